@@ -1,0 +1,58 @@
+//! The one trait that joins the two roles of handover: a **balancer** (the embedded proxy, a remote
+//! handover node, an HAProxy instance) that the **migration module** identifies, notifies and hears
+//! from.
+//!
+//! A balancer says which VMs it serves (`apply` answers `serves: false` for a VM it does not know),
+//! applies the desired [`PhaseCommand`] for a VM, and reports how much traffic still reaches it.
+//! Commands carry the whole desired state, so re-applying one (after a retry, or after the balancer
+//! restarted) is always safe.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::api::{Applied, BalancerStatus, DrainStatus};
+use crate::model::VmId;
+use crate::phase::PhaseCommand;
+
+/// A boxed future, so balancers can be held as `dyn Balancer`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a balancer could not be told or asked something.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BalancerError {
+    /// No answer in time.
+    #[error("no answer within {0} ms")]
+    Timeout(u64),
+    /// The balancer could not be reached (refused, reset, no socket).
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The balancer answered, with a refusal.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The balancer answered something that is not its protocol.
+    #[error("bad answer: {0}")]
+    Protocol(String),
+}
+
+/// A load balancer that handover's migration module drives.
+pub trait Balancer: Send + Sync {
+    /// Unique name in replies, logs and metrics.
+    fn name(&self) -> &str;
+
+    /// What kind of balancer this is (`embedded`, `peer`, `haproxy`...).
+    fn kind(&self) -> &'static str;
+
+    /// Applies the desired state of one VM. Answers `serves: false`, changing nothing, for a VM it
+    /// does not serve.
+    fn apply<'a>(
+        &'a self,
+        vm: &'a VmId,
+        command: PhaseCommand,
+    ) -> BoxFuture<'a, Result<Applied, BalancerError>>;
+
+    /// How much traffic still reaches the VM: open connections (L4) plus in-flight requests (L7).
+    fn drain_status<'a>(&'a self, vm: &'a VmId) -> BoxFuture<'a, Result<DrainStatus, BalancerError>>;
+
+    /// Every pool the balancer runs, with its backends.
+    fn status(&self) -> BoxFuture<'_, Result<BalancerStatus, BalancerError>>;
+}

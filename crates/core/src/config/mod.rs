@@ -1,0 +1,707 @@
+//! The configuration file: TOML in, a validated [`Config`] out, or every error with its field path
+//! and line. Nothing starts until a configuration is valid as a whole.
+//!
+//! This module only parses text; reading the file is the binary's job.
+
+mod error;
+mod reader;
+pub mod serde_duration;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::de::DeTable;
+
+pub use error::{ConfigError, ConfigErrors};
+use reader::{Doc, Field, Fields};
+
+use crate::drain::DrainPolicy;
+use crate::model::{Algorithm, DrainShape, Keep, ListenerKind, RestoreMode, VmId};
+use crate::ramp::RampPolicy;
+
+/// A whole, validated configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// The control API.
+    pub control: ControlConfig,
+    /// Client-facing listeners.
+    pub listeners: Vec<ListenerConfig>,
+    /// Backend pools, in file order.
+    pub pools: Vec<PoolConfig>,
+    /// Other handover nodes that also balance traffic to these VMs.
+    pub peers: Vec<PeerConfig>,
+    /// Settings of the migration module that are not per pool.
+    pub migration: MigrationConfig,
+}
+
+/// Where the control API listens and how it is protected.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ControlConfig {
+    /// Listen address of the control API (loopback by default).
+    pub bind: SocketAddr,
+    /// When set, every mutating call needs `Authorization: Bearer <token>`.
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
+}
+
+/// One client-facing listener.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ListenerConfig {
+    /// Unique name (metrics, logs).
+    pub name: String,
+    /// `http` (L7) or `tcp` (L4).
+    pub kind: ListenerKind,
+    /// Listen address.
+    pub bind: SocketAddr,
+    /// Pool this listener routes to.
+    pub pool: String,
+    /// L4: close a connection idle this long in both directions (none by default).
+    #[serde(with = "serde_duration::option")]
+    pub idle_timeout: Option<Duration>,
+    /// L7: how long to wait for a backend's response headers before answering 504.
+    #[serde(with = "serde_duration")]
+    pub response_timeout: Duration,
+}
+
+/// The capacity guard of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GuardConfig {
+    /// Refuse (or queue) a drain that would leave fewer backends than this not draining.
+    pub min_active: usize,
+    /// At most this many VMs of the pool draining or migrating at once.
+    pub max_concurrent: Option<usize>,
+    /// What to do with a prepare that breaks the guard.
+    pub on_violation: GuardAction,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        Self {
+            min_active: 0,
+            max_concurrent: None,
+            on_violation: GuardAction::Refuse,
+        }
+    }
+}
+
+/// What the guard does with a prepare it cannot admit now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardAction {
+    /// Answer with a refusal that says why; nothing changes.
+    Refuse,
+    /// Accept it into a queue; it is applied when another migration of the pool ends.
+    Queue,
+}
+
+/// Cookie-based session affinity for L7 listeners.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StickyConfig {
+    /// Name of the cookie that carries the backend.
+    pub cookie: String,
+}
+
+/// A pool of backends and its policies.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolConfig {
+    /// Unique name.
+    pub name: String,
+    /// Selection algorithm.
+    pub algorithm: Algorithm,
+    /// What happens to a VM's share of new work when it is about to migrate.
+    pub drain: DrainPolicy,
+    /// How the share comes back.
+    pub ramp: RampPolicy,
+    /// How a VM comes back after a failed or cancelled migration, or a missed deadline.
+    pub restore: RestoreMode,
+    /// A migration with no end notice is restored this long after its prepare.
+    #[serde(with = "serde_duration")]
+    pub deadline: Duration,
+    /// A VM counts as drained when its open connections (L4) plus in-flight requests (L7) are at most this.
+    pub drained_threshold: u64,
+    /// Capacity guard.
+    pub guard: GuardConfig,
+    /// Upstream connect timeout.
+    #[serde(with = "serde_duration")]
+    pub connect_timeout: Duration,
+    /// How many other backends a failed connect is retried on.
+    pub retries: u32,
+    /// Session affinity (L7).
+    pub sticky: Option<StickyConfig>,
+    /// The backends.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// One backend of a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendConfig {
+    /// Address traffic is sent to.
+    pub address: SocketAddr,
+    /// The VM behind this address.
+    pub vm: VmId,
+    /// Relative weight, 1 to 10000.
+    pub weight: u32,
+}
+
+/// Another handover node, notified of every migration this one learns about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerConfig {
+    /// Name in replies and metrics (defaults to the URL's host:port).
+    pub name: String,
+    /// Base URL of the peer's control API, `http://host:port`.
+    pub url: String,
+    /// Bearer token of the peer's control API.
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
+    /// Per-call timeout.
+    #[serde(with = "serde_duration")]
+    pub timeout: Duration,
+}
+
+/// Settings of the migration module that are not per pool.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MigrationConfig {
+    /// Deadline for a VM that no local pool serves (only peers do).
+    #[serde(with = "serde_duration")]
+    pub deadline: Duration,
+    /// Longest wait for drained when a notice asks to wait but gives no timeout.
+    #[serde(with = "serde_duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(600),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// The pool named `name`.
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+/// Default control API address.
+pub const DEFAULT_CONTROL_BIND: &str = "127.0.0.1:9090";
+
+/// Parses and validates a configuration file's text.
+pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
+    let mut doc = Doc::new(src);
+    let (tree, syntax_errors) = DeTable::parse_recoverable(src);
+    if !syntax_errors.is_empty() {
+        for e in syntax_errors {
+            doc.error("", e.span(), format!("TOML syntax: {}", e.message()));
+        }
+        return Err(ConfigErrors(doc.errors));
+    }
+    let mut root = Fields::new("", tree.get_ref(), tree.span());
+
+    let control = match root.get("control") {
+        Some(field) => read_control(&mut doc, &field),
+        None => Some(ControlConfig {
+            bind: DEFAULT_CONTROL_BIND.parse().expect("valid default"),
+            token: None,
+        }),
+    };
+    let listeners = match root.get("listeners") {
+        Some(field) => read_array(&mut doc, &field, read_listener),
+        None => Some(Vec::new()),
+    };
+    let pools = match root.get("pools") {
+        Some(field) => read_pools(&mut doc, &field),
+        None => Some(Vec::new()),
+    };
+    let peers = match root.get("peers") {
+        Some(field) => read_array(&mut doc, &field, read_peer),
+        None => Some(Vec::new()),
+    };
+    let migration = match root.get("migration") {
+        Some(field) => read_migration(&mut doc, &field),
+        None => Some(MigrationConfig::default()),
+    };
+    root.finish(&mut doc);
+
+    if let (Some(control), Some(listeners), Some(pools), Some(peers), Some(migration)) =
+        (control, listeners, pools, peers, migration)
+    {
+        let config = Config {
+            control,
+            listeners,
+            pools,
+            peers,
+            migration,
+        };
+        cross_check(&mut doc, &config);
+        if doc.errors.is_empty() {
+            return Ok(config);
+        }
+    }
+    doc.errors.sort_by_key(|e| e.line.unwrap_or(0));
+    Err(ConfigErrors(doc.errors))
+}
+
+/// Reads every element of an array of tables with `read`; `None` if any element failed.
+fn read_array<'a, 'i, T>(
+    doc: &mut Doc<'_>,
+    field: &Field<'a, 'i>,
+    read: impl Fn(&mut Doc<'_>, &Field<'a, 'i>) -> Option<T>,
+) -> Option<Vec<T>> {
+    let items = field.array(doc)?;
+    let mut out = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for item in &items {
+        match read(doc, item) {
+            Some(v) => out.push(v),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+/// `Some(value)` from an optional field, the default when absent, `None` after an error.
+fn or_default<T>(
+    field: Option<Field<'_, '_>>,
+    default: T,
+    read: impl FnOnce(&Field<'_, '_>) -> Option<T>,
+) -> Option<T> {
+    match field {
+        Some(f) => read(&f),
+        None => Some(default),
+    }
+}
+
+fn read_control(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<ControlConfig> {
+    let mut t = Fields::of(doc, field)?;
+    let bind = or_default(
+        t.get("bind"),
+        DEFAULT_CONTROL_BIND.parse().expect("valid default"),
+        |f| f.socket_addr(doc),
+    );
+    let token = match t.get("token") {
+        Some(f) => f.non_empty_string(doc).map(Some),
+        None => Some(None),
+    };
+    t.finish(doc);
+    Some(ControlConfig {
+        bind: bind?,
+        token: token?,
+    })
+}
+
+fn read_listener(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<ListenerConfig> {
+    let mut t = Fields::of(doc, field)?;
+    let name = t.require(doc, "name").and_then(|f| f.non_empty_string(doc));
+    let kind = t
+        .require(doc, "kind")
+        .and_then(|f| f.choice(doc, &[("http", ListenerKind::Http), ("tcp", ListenerKind::Tcp)]));
+    let bind = t.require(doc, "bind").and_then(|f| f.socket_addr(doc));
+    let pool = t.require(doc, "pool").and_then(|f| f.non_empty_string(doc));
+    let idle_timeout = match t.get("idle_timeout") {
+        Some(f) => f.duration(doc).map(Some),
+        None => Some(None),
+    };
+    let response_timeout = or_default(t.get("response_timeout"), Duration::from_secs(60), |f| {
+        positive(doc, f)
+    });
+    t.finish(doc);
+    Some(ListenerConfig {
+        name: name?,
+        kind: kind?,
+        bind: bind?,
+        pool: pool?,
+        idle_timeout: idle_timeout?,
+        response_timeout: response_timeout?,
+    })
+}
+
+/// A duration that must be above zero.
+fn positive(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<Duration> {
+    let d = field.duration(doc)?;
+    if d.is_zero() {
+        doc.error(&field.path, field.span(), "must be longer than zero");
+        return None;
+    }
+    Some(d)
+}
+
+fn read_pools(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<Vec<PoolConfig>> {
+    let mut t = Fields::of(doc, field)?;
+    let mut pools = Vec::new();
+    let mut ok = true;
+    for (name, key_span, pool_field) in t.entries() {
+        if !valid_name(&name) {
+            doc.error(
+                &pool_field.path,
+                Some(key_span),
+                "pool names use letters, digits, '.', '_' and '-' only",
+            );
+            ok = false;
+            continue;
+        }
+        match read_pool(doc, &name, &pool_field) {
+            Some(pool) => pools.push(pool),
+            None => ok = false,
+        }
+    }
+    t.finish(doc);
+    ok.then_some(pools)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn read_pool(doc: &mut Doc<'_>, name: &str, field: &Field<'_, '_>) -> Option<PoolConfig> {
+    let mut t = Fields::of(doc, field)?;
+    let algorithm = or_default(t.get("algorithm"), Algorithm::RoundRobin, |f| {
+        f.choice(
+            doc,
+            &[
+                ("round_robin", Algorithm::RoundRobin),
+                ("least_connections", Algorithm::LeastConnections),
+                ("p2c_ewma", Algorithm::P2cEwma),
+            ],
+        )
+    });
+    let drain = or_default(t.get("drain"), DrainPolicy::default(), |f| read_drain(doc, f));
+    let ramp = or_default(t.get("ramp"), RampPolicy::default(), |f| read_ramp(doc, f));
+    let restore = or_default(t.get("restore"), RestoreMode::Ramp, |f| {
+        f.choice(
+            doc,
+            &[("ramp", RestoreMode::Ramp), ("immediate", RestoreMode::Immediate)],
+        )
+    });
+    let deadline = or_default(t.get("deadline"), Duration::from_secs(600), |f| positive(doc, f));
+    let drained_threshold = or_default(t.get("drained_threshold"), 0, |f| {
+        f.integer(doc, 0, 1_000_000).map(|v| v as u64)
+    });
+    let guard = or_default(t.get("guard"), GuardConfig::default(), |f| read_guard(doc, f));
+    let connect_timeout = or_default(t.get("connect_timeout"), Duration::from_secs(2), |f| {
+        positive(doc, f)
+    });
+    let retries = or_default(t.get("retries"), 2, |f| f.integer(doc, 0, 16).map(|v| v as u32));
+    let sticky = match t.get("sticky") {
+        Some(f) => read_sticky(doc, &f).map(Some),
+        None => Some(None),
+    };
+    let backends = match t.require(doc, "backends") {
+        Some(f) => read_array(doc, &f, read_backend),
+        None => None,
+    };
+    t.finish(doc);
+    let pool = PoolConfig {
+        name: name.to_string(),
+        algorithm: algorithm?,
+        drain: drain?,
+        ramp: ramp?,
+        restore: restore?,
+        deadline: deadline?,
+        drained_threshold: drained_threshold?,
+        guard: guard?,
+        connect_timeout: connect_timeout?,
+        retries: retries?,
+        sticky: sticky?,
+        backends: backends?,
+    };
+    let path = &field.path;
+    if pool.backends.is_empty() {
+        doc.error(
+            &format!("{path}.backends"),
+            field.span(),
+            "a pool needs at least one backend",
+        );
+    }
+    if pool.drain.keep == Keep::Sessions && pool.sticky.is_none() {
+        doc.error(
+            &format!("{path}.drain.keep"),
+            field.span(),
+            "keep = \"sessions\" needs session affinity: add sticky = { cookie = \"...\" } to the pool",
+        );
+    }
+    Some(pool)
+}
+
+fn read_drain(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<DrainPolicy> {
+    let mut t = Fields::of(doc, field)?;
+    let target = or_default(t.get("target"), 0.0, |f| f.number(doc, 0.0, 1.0));
+    let shape = or_default(t.get("shape"), DrainShape::Step, |f| {
+        f.choice(doc, &[("step", DrainShape::Step), ("linear", DrainShape::Linear)])
+    });
+    let window_field = t.get("window");
+    let window_span = window_field.as_ref().and_then(Field::span);
+    let window = or_default(window_field, Duration::ZERO, |f| f.duration(doc));
+    let keep = or_default(t.get("keep"), Keep::Connections, |f| {
+        f.choice(
+            doc,
+            &[
+                ("connections", Keep::Connections),
+                ("sessions", Keep::Sessions),
+                ("in-flight", Keep::InFlight),
+            ],
+        )
+    });
+    t.finish(doc);
+    let policy = DrainPolicy {
+        target: target?,
+        shape: shape?,
+        window: window?,
+        keep: keep?,
+    };
+    if policy.shape == DrainShape::Linear && policy.window.is_zero() {
+        doc.error(
+            &format!("{}.window", field.path),
+            window_span.or(field.span()),
+            "shape = \"linear\" needs a window longer than zero (e.g. window = \"5s\")",
+        );
+        return None;
+    }
+    Some(policy)
+}
+
+fn read_ramp(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<RampPolicy> {
+    let mut t = Fields::of(doc, field)?;
+    let defaults = RampPolicy::default();
+    let window = or_default(t.get("window"), defaults.window, |f| f.duration(doc));
+    let aggression = match t.get("aggression") {
+        Some(f) => f.number(doc, 0.0, 100.0).and_then(|a| {
+            if a <= 0.0 {
+                doc.error(&f.path, f.span(), "must be above zero (1.0 is linear)");
+                None
+            } else {
+                Some(a)
+            }
+        }),
+        None => Some(defaults.aggression),
+    };
+    let min_percent = or_default(t.get("min_percent"), defaults.min_percent, |f| {
+        f.number(doc, 0.0, 100.0)
+    });
+    t.finish(doc);
+    Some(RampPolicy {
+        window: window?,
+        aggression: aggression?,
+        min_percent: min_percent?,
+    })
+}
+
+fn read_guard(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<GuardConfig> {
+    let mut t = Fields::of(doc, field)?;
+    let min_active = or_default(t.get("min_active"), 0, |f| {
+        f.integer(doc, 0, 100_000).map(|v| v as usize)
+    });
+    let max_concurrent = match t.get("max_concurrent") {
+        Some(f) => f.integer(doc, 1, 100_000).map(|v| Some(v as usize)),
+        None => Some(None),
+    };
+    let on_violation = or_default(t.get("on_violation"), GuardAction::Refuse, |f| {
+        f.choice(
+            doc,
+            &[("refuse", GuardAction::Refuse), ("queue", GuardAction::Queue)],
+        )
+    });
+    t.finish(doc);
+    Some(GuardConfig {
+        min_active: min_active?,
+        max_concurrent: max_concurrent?,
+        on_violation: on_violation?,
+    })
+}
+
+fn read_sticky(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<StickyConfig> {
+    let mut t = Fields::of(doc, field)?;
+    let cookie = t.require(doc, "cookie").and_then(|f| {
+        let name = f.non_empty_string(doc)?;
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            doc.error(
+                &f.path,
+                f.span(),
+                "cookie names use letters, digits, '_', '-' and '.' only",
+            );
+            return None;
+        }
+        Some(name)
+    });
+    t.finish(doc);
+    Some(StickyConfig { cookie: cookie? })
+}
+
+fn read_backend(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<BackendConfig> {
+    let mut t = Fields::of(doc, field)?;
+    let address = t.require(doc, "address").and_then(|f| f.socket_addr(doc));
+    let vm = t.require(doc, "vm").and_then(|f| {
+        let text = f.string(doc)?;
+        match VmId::new(text) {
+            Ok(vm) => Some(vm),
+            Err(e) => {
+                doc.error(&f.path, f.span(), e.to_string());
+                None
+            }
+        }
+    });
+    let weight = or_default(t.get("weight"), 1, |f| {
+        f.integer(doc, 1, 10_000).map(|v| v as u32)
+    });
+    t.finish(doc);
+    Some(BackendConfig {
+        address: address?,
+        vm: vm?,
+        weight: weight?,
+    })
+}
+
+fn read_peer(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<PeerConfig> {
+    let mut t = Fields::of(doc, field)?;
+    let url = t.require(doc, "url").and_then(|f| {
+        let text = f.non_empty_string(doc)?;
+        match normalize_peer_url(&text) {
+            Ok(url) => Some(url),
+            Err(message) => {
+                doc.error(&f.path, f.span(), message);
+                None
+            }
+        }
+    });
+    let name = match t.get("name") {
+        Some(f) => f.non_empty_string(doc).map(Some),
+        None => Some(None),
+    };
+    let token = match t.get("token") {
+        Some(f) => f.non_empty_string(doc).map(Some),
+        None => Some(None),
+    };
+    let timeout = or_default(t.get("timeout"), Duration::from_secs(2), |f| positive(doc, f));
+    t.finish(doc);
+    let url = url?;
+    let name = name?.unwrap_or_else(|| url.trim_start_matches("http://").to_string());
+    Some(PeerConfig {
+        name,
+        url,
+        token: token?,
+        timeout: timeout?,
+    })
+}
+
+/// Accepts `http://host:port` (optionally with a trailing `/`); returns it without the slash.
+pub fn normalize_peer_url(text: &str) -> Result<String, String> {
+    let rest = text
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("invalid URL {text:?}: only http://HOST:PORT is supported"))?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') || authority.contains('?') {
+        return Err(format!(
+            "invalid URL {text:?}: expected http://HOST:PORT with no path"
+        ));
+    }
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| format!("invalid URL {text:?}: the port is missing (http://HOST:PORT)"))?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("invalid URL {text:?}: expected http://HOST:PORT"));
+    }
+    Ok(format!("http://{authority}"))
+}
+
+fn read_migration(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<MigrationConfig> {
+    let mut t = Fields::of(doc, field)?;
+    let defaults = MigrationConfig::default();
+    let deadline = or_default(t.get("deadline"), defaults.deadline, |f| positive(doc, f));
+    let drain_timeout = or_default(t.get("drain_timeout"), defaults.drain_timeout, |f| {
+        positive(doc, f)
+    });
+    t.finish(doc);
+    Some(MigrationConfig {
+        deadline: deadline?,
+        drain_timeout: drain_timeout?,
+    })
+}
+
+/// Checks that need the whole file: references, duplicates.
+fn cross_check(doc: &mut Doc<'_>, config: &Config) {
+    let pool_names: HashSet<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+    let mut listener_names = HashSet::new();
+    let mut binds: BTreeMap<SocketAddr, &str> = BTreeMap::new();
+    for (i, listener) in config.listeners.iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        if !listener_names.insert(listener.name.as_str()) {
+            doc.error(
+                &format!("{path}.name"),
+                None,
+                format!("duplicate listener name {:?}", listener.name),
+            );
+        }
+        if !pool_names.contains(listener.pool.as_str()) {
+            let mut known: Vec<&str> = pool_names.iter().copied().collect();
+            known.sort_unstable();
+            doc.error(
+                &format!("{path}.pool"),
+                None,
+                format!(
+                    "no pool named {:?} (pools: {})",
+                    listener.pool,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        }
+        if listener.bind.port() != 0
+            && let Some(other) = binds.insert(listener.bind, &listener.name)
+        {
+            doc.error(
+                &format!("{path}.bind"),
+                None,
+                format!("{} is already used by listener {other:?}", listener.bind),
+            );
+        }
+        if listener.bind == config.control.bind && listener.bind.port() != 0 {
+            doc.error(
+                &format!("{path}.bind"),
+                None,
+                "is the control API's address (control.bind)",
+            );
+        }
+    }
+    for pool in &config.pools {
+        let mut seen = HashSet::new();
+        for (i, backend) in pool.backends.iter().enumerate() {
+            if !seen.insert(backend.address) {
+                doc.error(
+                    &format!("pools.{}.backends[{i}].address", pool.name),
+                    None,
+                    format!(
+                        "duplicate backend address {} in pool {:?}",
+                        backend.address, pool.name
+                    ),
+                );
+            }
+        }
+    }
+    let mut peer_names = HashSet::new();
+    for (i, peer) in config.peers.iter().enumerate() {
+        if !peer_names.insert(peer.name.as_str()) {
+            doc.error(
+                &format!("peers[{i}].name"),
+                None,
+                format!("duplicate peer name {:?}", peer.name),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

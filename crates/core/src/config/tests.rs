@@ -1,0 +1,168 @@
+use super::*;
+
+const EXAMPLE: &str = r#"
+[control]
+bind = "127.0.0.1:9090"
+
+[[listeners]]
+name = "web"
+kind = "http"
+bind = "127.0.0.1:8080"
+pool = "web"
+
+[pools.web]
+algorithm = "round_robin"
+drain = { target = 0.0, shape = "step", keep = "connections" }
+ramp = { window = "10s", aggression = 1.0, min_percent = 10 }
+deadline = "10m"
+
+[[pools.web.backends]]
+address = "127.0.0.1:9001"
+vm = "vm-a"
+weight = 1
+
+[[pools.web.backends]]
+address = "127.0.0.1:9002"
+vm = "vm-b"
+"#;
+
+fn errors_of(src: &str) -> Vec<ConfigError> {
+    parse(src).expect_err("config should be rejected").0
+}
+
+#[test]
+fn the_documented_example_parses() {
+    let config = parse(EXAMPLE).unwrap();
+    assert_eq!(config.control.bind, "127.0.0.1:9090".parse().unwrap());
+    assert_eq!(config.listeners.len(), 1);
+    let pool = config.pool("web").unwrap();
+    assert_eq!(pool.backends.len(), 2);
+    assert_eq!(pool.backends[1].weight, 1);
+    assert_eq!(pool.ramp.window, Duration::from_secs(10));
+    assert_eq!(pool.deadline, Duration::from_secs(600));
+    assert_eq!(pool.backends[0].vm.as_str(), "vm-a");
+}
+
+#[test]
+fn an_empty_file_is_a_valid_migration_module_only_config() {
+    let config = parse("").unwrap();
+    assert!(config.listeners.is_empty());
+    assert_eq!(config.control.bind.to_string(), DEFAULT_CONTROL_BIND);
+}
+
+#[test]
+fn a_bad_address_names_the_field_and_the_line() {
+    let src = EXAMPLE.replace("127.0.0.1:9002", "10.0.0.1");
+    let errors = errors_of(&src);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "pools.web.backends[1].address");
+    assert_eq!(errors[0].line, Some(23));
+    assert!(
+        errors[0]
+            .to_string()
+            .contains("invalid socket address \"10.0.0.1\""),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn every_error_is_reported_not_just_the_first() {
+    let src = EXAMPLE
+        .replace("kind = \"http\"", "kind = \"udp\"")
+        .replace("algorithm = \"round_robin\"", "algorithm = \"random\"")
+        .replace("min_percent = 10", "min_percent = 150")
+        .replace("vm = \"vm-b\"", "vm = \"vm b\"\nport = 3");
+    let errors = errors_of(&src);
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "listeners[0].kind",
+            "pools.web.algorithm",
+            "pools.web.ramp.min_percent",
+            "pools.web.backends[1].vm",
+            "pools.web.backends[1].port",
+        ],
+        "{errors:#?}"
+    );
+    assert!(errors.iter().all(|e| e.line.is_some()));
+    assert!(errors[4].message.contains("unknown field"));
+}
+
+#[test]
+fn listener_pointing_at_a_missing_pool_is_rejected() {
+    let src = EXAMPLE.replace("pool = \"web\"", "pool = \"api\"");
+    let errors = errors_of(&src);
+    assert_eq!(errors[0].path, "listeners[0].pool");
+    assert!(errors[0].message.contains("no pool named \"api\""));
+}
+
+#[test]
+fn syntax_errors_carry_a_line() {
+    let errors = errors_of("[control]\nbind = \n");
+    assert_eq!(errors[0].line, Some(2));
+    assert!(errors[0].message.starts_with("TOML syntax"));
+}
+
+#[test]
+fn drain_target_outside_zero_to_one_is_rejected() {
+    let src = EXAMPLE.replace("target = 0.0", "target = 1.5");
+    let errors = errors_of(&src);
+    assert_eq!(errors[0].path, "pools.web.drain.target");
+}
+
+#[test]
+fn linear_drain_needs_a_window() {
+    let src = EXAMPLE.replace("shape = \"step\"", "shape = \"linear\"");
+    let errors = errors_of(&src);
+    assert_eq!(errors[0].path, "pools.web.drain.window");
+}
+
+#[test]
+fn sessions_keep_needs_sticky() {
+    let src = EXAMPLE.replace("keep = \"connections\"", "keep = \"sessions\"");
+    let errors = errors_of(&src);
+    assert_eq!(errors[0].path, "pools.web.drain.keep");
+    let fixed = src.replace(
+        "deadline = \"10m\"",
+        "deadline = \"10m\"\nsticky = { cookie = \"hv\" }",
+    );
+    assert!(parse(&fixed).is_ok());
+}
+
+#[test]
+fn duplicate_backend_addresses_are_rejected() {
+    let src = EXAMPLE.replace("127.0.0.1:9002", "127.0.0.1:9001");
+    let errors = errors_of(&src);
+    assert!(errors[0].message.contains("duplicate backend address"));
+}
+
+#[test]
+fn peers_need_http_urls() {
+    let ok = parse("[[peers]]\nurl = \"http://127.0.0.1:9191/\"\n").unwrap();
+    assert_eq!(ok.peers[0].url, "http://127.0.0.1:9191");
+    assert_eq!(ok.peers[0].name, "127.0.0.1:9191");
+    let errors = errors_of("[[peers]]\nurl = \"https://x:1\"\n");
+    assert_eq!(errors[0].path, "peers[0].url");
+    assert_eq!(errors[0].line, Some(2));
+}
+
+#[test]
+fn zero_weight_and_zero_deadline_are_rejected() {
+    let src = EXAMPLE
+        .replace("weight = 1", "weight = 0")
+        .replace("deadline = \"10m\"", "deadline = \"0s\"");
+    let paths: Vec<String> = errors_of(&src).into_iter().map(|e| e.path).collect();
+    assert!(
+        paths.contains(&"pools.web.backends[0].weight".to_string()),
+        "{paths:?}"
+    );
+    assert!(paths.contains(&"pools.web.deadline".to_string()), "{paths:?}");
+}
+
+#[test]
+fn a_pool_without_backends_is_rejected() {
+    let errors = errors_of("[pools.web]\nbackends = []\n");
+    assert_eq!(errors[0].path, "pools.web.backends");
+}

@@ -1,0 +1,27 @@
+//! handover-core: the pure logic of handover, with no I/O, no async runtime and no clock.
+//!
+//! # Layout
+//!
+//! - [`model`]: VMs, backends, pools, listeners, and the enums that name policies.
+//! - [`config`]: the TOML configuration, validated as a whole, with field paths and lines in errors.
+//! - [`drain`] and [`ramp`]: how a VM's share of new work falls before a migration and rises after.
+//! - [`weights`]: solves the effective weight of every backend of a pool from the VMs' phases.
+//! - [`selection`]: the selection algorithms (smooth weighted round robin, least connections, P2C).
+//! - [`phase`] and [`migration`]: the per-VM phase state machine and the migration registry, a pure
+//!   reducer `(state, notice, now) → (state, transition)` that also enforces deadlines and the guard.
+//! - [`balancer`]: the one trait that joins the two roles: a balancer that says which VMs it serves,
+//!   applies a phase, and reports drain status. Every driver implements it.
+//! - [`api`]: the JSON shapes of the control API, shared by the server and its clients.
+//! - [`time`]: milliseconds and human durations.
+
+pub mod api;
+pub mod balancer;
+pub mod config;
+pub mod drain;
+pub mod migration;
+pub mod model;
+pub mod phase;
+pub mod ramp;
+pub mod selection;
+pub mod time;
+pub mod weights;

@@ -1,0 +1,764 @@
+//! The migration registry: every VM's phase, the capacity guard's queue, deadlines and the history
+//! of migrations, as a pure reducer.
+//!
+//! `apply(vm, notice, now)` and `tick(now)` are the only ways state changes; both return the
+//! [`Transition`]s the caller must fan out to the balancers. Nothing here reads a clock or touches
+//! a socket, so any sequence of notices can be replayed in a test. Call `tick(now)` before `apply`
+//! so that expired deadlines are seen first.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, GuardAction, GuardConfig};
+use crate::model::{RestoreMode, VmId};
+use crate::phase::{EndReason, Notice, Phase, PhaseCommand, VmState};
+use crate::time::{Millis, millis};
+
+/// What the registry needs to know of one local pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolTopology {
+    /// Pool name.
+    pub name: String,
+    /// The VM of each backend, in configuration order (a VM may appear more than once).
+    pub backend_vms: Vec<VmId>,
+    /// Capacity guard.
+    pub guard: GuardConfig,
+    /// Deadline of a migration of one of its VMs.
+    pub deadline: Duration,
+    /// Ramp window.
+    pub ramp_window: Duration,
+    /// Restore mode after a failure, cancel or deadline.
+    pub restore: RestoreMode,
+}
+
+/// The local pools, as the registry sees them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Topology {
+    /// Every local pool.
+    pub pools: Vec<PoolTopology>,
+}
+
+impl Topology {
+    /// The topology of a configuration.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            pools: config
+                .pools
+                .iter()
+                .map(|p| PoolTopology {
+                    name: p.name.clone(),
+                    backend_vms: p.backends.iter().map(|b| b.vm.clone()).collect(),
+                    guard: p.guard,
+                    deadline: p.deadline,
+                    ramp_window: p.ramp.window,
+                    restore: p.restore,
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether a local pool has a backend of this VM.
+    pub fn knows(&self, vm: &VmId) -> bool {
+        self.pools.iter().any(|p| p.backend_vms.contains(vm))
+    }
+
+    fn pools_of<'a>(&'a self, vm: &'a VmId) -> impl Iterator<Item = &'a PoolTopology> + 'a {
+        self.pools.iter().filter(move |p| p.backend_vms.contains(vm))
+    }
+}
+
+/// Settings for VMs that no local pool serves, and the history size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RegistryDefaults {
+    /// Deadline of a migration of a VM only peers serve.
+    pub deadline: Duration,
+    /// How many finished migrations the history keeps.
+    pub history_limit: usize,
+}
+
+impl Default for RegistryDefaults {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(600),
+            history_limit: 1000,
+        }
+    }
+}
+
+/// Options a notice may carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoticeOptions {
+    /// Overrides the pool deadline for this migration (prepare or started).
+    pub deadline_ms: Option<u64>,
+}
+
+/// Why a transition happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "notice")]
+pub enum Cause {
+    /// A notice arrived.
+    Notice(Notice),
+    /// The deadline passed with no end notice.
+    Deadline,
+    /// The ramp window is over.
+    RampDone,
+    /// A queued prepare was admitted by the capacity guard.
+    Dequeued,
+}
+
+/// A change of a VM's phase, with the command every balancer must now apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The VM.
+    pub vm: VmId,
+    /// Phase before.
+    pub from: Phase,
+    /// Phase after.
+    pub to: Phase,
+    /// What caused it.
+    pub cause: Cause,
+    /// What balancers must apply.
+    pub command: PhaseCommand,
+    /// The migration it belongs to.
+    pub migration: Option<u64>,
+}
+
+impl Transition {
+    /// Whether balancers must be told. A finished ramp needs no message: every balancer ends its
+    /// own ramp when its own window passes.
+    pub fn needs_fanout(&self) -> bool {
+        self.cause != Cause::RampDone
+    }
+}
+
+/// What a notice did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The phase changed.
+    Applied(Transition),
+    /// Nothing to do: the VM is already where the notice would put it.
+    Unchanged {
+        /// The current phase.
+        phase: Phase,
+        /// Why nothing changed.
+        note: String,
+    },
+    /// The capacity guard queued the prepare.
+    Queued {
+        /// Why it was queued.
+        reason: String,
+    },
+}
+
+/// Why a notice was rejected. The registry is unchanged after any of these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoticeError {
+    /// The capacity guard refused the prepare.
+    #[error("refused by the capacity guard: {reason}")]
+    Refused {
+        /// Which pool and limit.
+        reason: String,
+    },
+    /// An end notice for a VM with no migration in progress.
+    #[error("{vm} has no migration in progress (phase {phase}); {notice} needs a prepare or started first")]
+    NotMigrating {
+        /// The VM.
+        vm: VmId,
+        /// Its phase.
+        phase: Phase,
+        /// The notice.
+        notice: Notice,
+    },
+}
+
+/// Live progress of a migration, in the names of QEMU's `query-migrate` where they overlap.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationProgress {
+    /// QEMU's migration status (`setup`, `active`, `completed`...).
+    pub status: Option<String>,
+    /// Guest RAM in bytes.
+    pub total_bytes: Option<u64>,
+    /// Bytes transferred so far.
+    pub transferred_bytes: Option<u64>,
+    /// Bytes still to send.
+    pub remaining_bytes: Option<u64>,
+    /// Pages dirtied per second by the guest.
+    pub dirty_pages_rate: Option<u64>,
+    /// Dirty-bitmap syncs, i.e. passes over memory.
+    pub passes: Option<u64>,
+    /// Throughput in megabits per second.
+    pub mbps: Option<f64>,
+    /// Expected downtime in milliseconds (while active).
+    pub expected_downtime_ms: Option<u64>,
+    /// Total time in milliseconds.
+    pub total_time_ms: Option<u64>,
+    /// Measured downtime in milliseconds (once completed).
+    pub downtime_ms: Option<u64>,
+    /// Setup time in milliseconds.
+    pub setup_time_ms: Option<u64>,
+}
+
+/// One migration of one VM, with the timestamp of every phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationRecord {
+    /// Unique id (per handover process).
+    pub id: u64,
+    /// The VM.
+    pub vm: VmId,
+    /// When a queued prepare was accepted into the guard's queue.
+    pub queued_at: Option<Millis>,
+    /// When the drain began.
+    pub prepared_at: Option<Millis>,
+    /// When the memory copy began.
+    pub started_at: Option<Millis>,
+    /// When the balancers reported the VM drained.
+    pub drained_at: Option<Millis>,
+    /// How long the wait for drained took.
+    pub drain_wait_ms: Option<u64>,
+    /// Whether the wait for drained succeeded (absent when nobody waited).
+    pub drained: Option<bool>,
+    /// When the migration ended.
+    pub ended_at: Option<Millis>,
+    /// How it ended.
+    pub end: Option<EndReason>,
+    /// When the VM was back at full share.
+    pub stable_at: Option<Millis>,
+    /// Latest progress from the hypervisor.
+    pub progress: Option<MigrationProgress>,
+}
+
+impl MigrationRecord {
+    fn new(id: u64, vm: VmId) -> Self {
+        Self {
+            id,
+            vm,
+            queued_at: None,
+            prepared_at: None,
+            started_at: None,
+            drained_at: None,
+            drain_wait_ms: None,
+            drained: None,
+            ended_at: None,
+            end: None,
+            stable_at: None,
+            progress: None,
+        }
+    }
+
+    /// Milliseconds spent in each phase so far: (draining, migrating, ramping).
+    pub fn phase_durations(&self, now: Millis) -> (Option<u64>, Option<u64>, Option<u64>) {
+        let drain_end = self.started_at.or(self.ended_at).unwrap_or(now);
+        let draining = self.prepared_at.map(|p| drain_end.saturating_sub(p));
+        let migrating = self
+            .started_at
+            .map(|s| self.ended_at.unwrap_or(now).saturating_sub(s));
+        let ramping = self
+            .ended_at
+            .map(|e| self.stable_at.unwrap_or(now).saturating_sub(e));
+        (draining, migrating, ramping)
+    }
+}
+
+/// A prepare waiting for the capacity guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct QueuedPrepare {
+    vm: VmId,
+    options: NoticeOptions,
+}
+
+/// The migration registry.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    topology: Topology,
+    defaults: RegistryDefaults,
+    vms: BTreeMap<VmId, VmState>,
+    queue: VecDeque<QueuedPrepare>,
+    history: VecDeque<MigrationRecord>,
+    next_id: u64,
+}
+
+impl Registry {
+    /// An empty registry over a topology: every VM stable.
+    pub fn new(topology: Topology, defaults: RegistryDefaults) -> Self {
+        Self {
+            topology,
+            defaults,
+            vms: BTreeMap::new(),
+            queue: VecDeque::new(),
+            history: VecDeque::new(),
+            next_id: 1,
+        }
+    }
+
+    /// The topology.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The state of a VM the registry has seen (unseen VMs are stable).
+    pub fn vm(&self, vm: &VmId) -> Option<&VmState> {
+        self.vms.get(vm)
+    }
+
+    /// Every VM the registry has seen.
+    pub fn vms(&self) -> impl Iterator<Item = (&VmId, &VmState)> {
+        self.vms.iter()
+    }
+
+    /// The phase of a VM (stable when never seen).
+    pub fn phase(&self, vm: &VmId) -> Phase {
+        self.vms.get(vm).map_or(Phase::Stable, |s| s.phase)
+    }
+
+    /// Migrations, oldest first.
+    pub fn history(&self) -> impl DoubleEndedIterator<Item = &MigrationRecord> {
+        self.history.iter()
+    }
+
+    /// One migration by id.
+    pub fn migration(&self, id: u64) -> Option<&MigrationRecord> {
+        self.history.iter().rev().find(|r| r.id == id)
+    }
+
+    /// Restores VM states saved earlier (e.g. from a state file), replacing what is there.
+    pub fn restore_states(&mut self, states: impl IntoIterator<Item = (VmId, VmState)>) {
+        for (vm, state) in states {
+            self.vms.insert(vm, state);
+        }
+    }
+
+    /// What the balancers must currently apply for a VM.
+    pub fn command_for(&self, vm: &VmId, now: Millis) -> PhaseCommand {
+        self.vms
+            .get(vm)
+            .map_or(PhaseCommand::Stable, |s| s.command_at(now))
+    }
+
+    /// The next time `tick` has work to do.
+    pub fn next_due(&self) -> Option<Millis> {
+        self.vms
+            .values()
+            .filter_map(|s| match s.phase {
+                Phase::Draining | Phase::Migrating => s.deadline_at,
+                Phase::Ramping => s.ramp_until,
+                Phase::Stable => None,
+            })
+            .min()
+    }
+
+    /// What `apply` would do, without doing it.
+    pub fn preview(
+        &self,
+        vm: &VmId,
+        notice: Notice,
+        now: Millis,
+        options: NoticeOptions,
+    ) -> Result<Outcome, NoticeError> {
+        self.clone().apply(vm, notice, now, options)
+    }
+
+    /// Applies a notice. On error nothing changed.
+    pub fn apply(
+        &mut self,
+        vm: &VmId,
+        notice: Notice,
+        now: Millis,
+        options: NoticeOptions,
+    ) -> Result<Outcome, NoticeError> {
+        let state = self.vms.get(vm).cloned().unwrap_or_else(|| VmState::stable(now));
+        let queued = state.queued_since.is_some();
+        match (notice, state.phase) {
+            (Notice::Prepare, Phase::Draining | Phase::Migrating) => Ok(Outcome::Unchanged {
+                phase: state.phase,
+                note: format!("{vm} is already {}", state.phase),
+            }),
+            (Notice::Started, Phase::Migrating) => Ok(Outcome::Unchanged {
+                phase: state.phase,
+                note: format!("{vm} is already migrating"),
+            }),
+            (Notice::Prepare, Phase::Stable | Phase::Ramping) => {
+                if queued {
+                    return Ok(Outcome::Queued {
+                        reason: format!("{vm} is already queued by the capacity guard"),
+                    });
+                }
+                match self.guard_violation(vm) {
+                    Some((GuardAction::Refuse, reason)) => Err(NoticeError::Refused { reason }),
+                    Some((GuardAction::Queue, reason)) => {
+                        let id = self.new_record(vm);
+                        self.record_mut(id).queued_at = Some(now);
+                        let mut state = state;
+                        state.queued_since = Some(now);
+                        state.migration = Some(id);
+                        self.vms.insert(vm.clone(), state);
+                        self.queue.push_back(QueuedPrepare {
+                            vm: vm.clone(),
+                            options,
+                        });
+                        Ok(Outcome::Queued { reason })
+                    }
+                    None => Ok(Outcome::Applied(self.begin_drain(
+                        vm,
+                        now,
+                        options,
+                        false,
+                        Cause::Notice(notice),
+                    ))),
+                }
+            }
+            (Notice::Started, Phase::Draining) => {
+                let mut state = state;
+                state.phase = Phase::Migrating;
+                state.since = now;
+                let id = state.migration;
+                self.vms.insert(vm.clone(), state.clone());
+                if let Some(id) = id {
+                    self.record_mut(id).started_at = Some(now);
+                }
+                Ok(Outcome::Applied(Transition {
+                    vm: vm.clone(),
+                    from: Phase::Draining,
+                    to: Phase::Migrating,
+                    cause: Cause::Notice(notice),
+                    command: state.command_at(now),
+                    migration: id,
+                }))
+            }
+            // The copy already runs: drain now whatever the guard says; it can only delay what has not begun.
+            (Notice::Started, Phase::Stable | Phase::Ramping) => {
+                self.unqueue(vm);
+                Ok(Outcome::Applied(self.begin_drain(
+                    vm,
+                    now,
+                    options,
+                    true,
+                    Cause::Notice(notice),
+                )))
+            }
+            (Notice::Completed | Notice::Failed | Notice::Cancelled, Phase::Draining | Phase::Migrating) => {
+                let reason = match notice {
+                    Notice::Completed => EndReason::Completed,
+                    Notice::Failed => EndReason::Failed,
+                    _ => EndReason::Cancelled,
+                };
+                let transition = self.end(vm, reason, now, Cause::Notice(notice));
+                Ok(Outcome::Applied(transition))
+            }
+            (
+                Notice::Completed | Notice::Failed | Notice::Cancelled,
+                phase @ (Phase::Stable | Phase::Ramping),
+            ) => {
+                if queued {
+                    self.unqueue(vm);
+                    let mut state = state;
+                    let id = state.migration;
+                    state.queued_since = None;
+                    self.vms.insert(vm.clone(), state);
+                    if let Some(id) = id {
+                        let record = self.record_mut(id);
+                        record.ended_at = Some(now);
+                        record.end = Some(match notice {
+                            Notice::Completed => EndReason::Completed,
+                            Notice::Failed => EndReason::Failed,
+                            _ => EndReason::Cancelled,
+                        });
+                    }
+                    return Ok(Outcome::Unchanged {
+                        phase,
+                        note: format!("{vm} left the capacity guard's queue before it was drained"),
+                    });
+                }
+                Err(NoticeError::NotMigrating {
+                    vm: vm.clone(),
+                    phase,
+                    notice,
+                })
+            }
+        }
+    }
+
+    /// Restores VMs whose deadline passed, ends finished ramps, and admits queued prepares.
+    pub fn tick(&mut self, now: Millis) -> Vec<Transition> {
+        let mut transitions = Vec::new();
+        let expired: Vec<VmId> = self
+            .vms
+            .iter()
+            .filter(|(_, s)| s.phase.is_drained() && s.deadline_at.is_some_and(|d| d <= now))
+            .map(|(vm, _)| vm.clone())
+            .collect();
+        for vm in expired {
+            transitions.push(self.end(&vm, EndReason::Deadline, now, Cause::Deadline));
+        }
+        let ramped: Vec<VmId> = self
+            .vms
+            .iter()
+            .filter(|(_, s)| s.phase == Phase::Ramping && s.ramp_until.is_some_and(|r| r <= now))
+            .map(|(vm, _)| vm.clone())
+            .collect();
+        for vm in ramped {
+            let state = self.vms.get_mut(&vm).expect("listed above");
+            let id = state.migration;
+            *state = VmState {
+                migration: id,
+                queued_since: state.queued_since,
+                ..VmState::stable(now)
+            };
+            if let Some(id) = id {
+                self.record_mut(id).stable_at = Some(now);
+            }
+            transitions.push(Transition {
+                vm,
+                from: Phase::Ramping,
+                to: Phase::Stable,
+                cause: Cause::RampDone,
+                command: PhaseCommand::Stable,
+                migration: id,
+            });
+        }
+        transitions.extend(self.admit_queued(now));
+        transitions
+    }
+
+    /// Records the result of a wait for drained.
+    pub fn record_drain_wait(&mut self, migration: u64, now: Millis, waited_ms: u64, drained: bool) {
+        if let Some(record) = self.history.iter_mut().rev().find(|r| r.id == migration) {
+            record.drain_wait_ms = Some(waited_ms);
+            record.drained = Some(drained);
+            if drained {
+                record.drained_at = Some(now);
+            }
+        }
+    }
+
+    /// Records hypervisor progress on the VM's current or last migration.
+    pub fn record_progress(&mut self, vm: &VmId, progress: MigrationProgress) -> bool {
+        let Some(id) = self.vms.get(vm).and_then(|s| s.migration) else {
+            return false;
+        };
+        if let Some(record) = self.history.iter_mut().rev().find(|r| r.id == id) {
+            record.progress = Some(progress);
+            return true;
+        }
+        false
+    }
+
+    fn begin_drain(
+        &mut self,
+        vm: &VmId,
+        now: Millis,
+        options: NoticeOptions,
+        migrating: bool,
+        cause: Cause,
+    ) -> Transition {
+        let from = self.phase(vm);
+        let existing = self.vms.get(vm).and_then(|s| {
+            if s.queued_since.is_some() {
+                s.migration
+            } else {
+                None
+            }
+        });
+        let id = existing.unwrap_or_else(|| self.new_record(vm));
+        let deadline = options.deadline_ms.unwrap_or_else(|| self.deadline_ms_of(vm));
+        let state = VmState {
+            phase: if migrating {
+                Phase::Migrating
+            } else {
+                Phase::Draining
+            },
+            since: now,
+            drain_started_at: Some(now),
+            deadline_at: Some(now.saturating_add(deadline)),
+            ramp_started_at: None,
+            ramp_until: None,
+            end_reason: None,
+            migration: Some(id),
+            queued_since: None,
+        };
+        let record = self.record_mut(id);
+        record.prepared_at = Some(now);
+        if migrating {
+            record.started_at = Some(now);
+        }
+        let command = state.command_at(now);
+        let to = state.phase;
+        self.vms.insert(vm.clone(), state);
+        Transition {
+            vm: vm.clone(),
+            from,
+            to,
+            cause,
+            command,
+            migration: Some(id),
+        }
+    }
+
+    fn end(&mut self, vm: &VmId, reason: EndReason, now: Millis, cause: Cause) -> Transition {
+        let from = self.phase(vm);
+        let ramp_ms = self.ramp_ms_of(vm, reason);
+        let state = self.vms.get_mut(vm).expect("only drained VMs end");
+        let id = state.migration;
+        state.drain_started_at = None;
+        state.deadline_at = None;
+        state.end_reason = Some(reason);
+        state.since = now;
+        if ramp_ms > 0 {
+            state.phase = Phase::Ramping;
+            state.ramp_started_at = Some(now);
+            state.ramp_until = Some(now.saturating_add(ramp_ms));
+        } else {
+            state.phase = Phase::Stable;
+            state.ramp_started_at = None;
+            state.ramp_until = None;
+        }
+        let to = state.phase;
+        if let Some(id) = id {
+            let record = self.record_mut(id);
+            record.ended_at = Some(now);
+            record.end = Some(reason);
+            if to == Phase::Stable {
+                record.stable_at = Some(now);
+            }
+        }
+        // Each balancer ramps (or restores at once) per its own pools' policies.
+        let command = PhaseCommand::Ramp {
+            elapsed_ms: 0,
+            reason,
+        };
+        Transition {
+            vm: vm.clone(),
+            from,
+            to,
+            cause,
+            command,
+            migration: id,
+        }
+    }
+
+    fn admit_queued(&mut self, now: Millis) -> Vec<Transition> {
+        let mut admitted = Vec::new();
+        let mut i = 0;
+        while i < self.queue.len() {
+            let vm = self.queue[i].vm.clone();
+            if self.guard_violation(&vm).is_none() {
+                let queued = self.queue.remove(i).expect("index checked");
+                admitted.push(self.begin_drain(&vm, now, queued.options, false, Cause::Dequeued));
+            } else {
+                i += 1;
+            }
+        }
+        admitted
+    }
+
+    fn unqueue(&mut self, vm: &VmId) {
+        self.queue.retain(|q| &q.vm != vm);
+        if let Some(state) = self.vms.get_mut(vm) {
+            state.queued_since = None;
+        }
+    }
+
+    /// The first guard a drain of `vm` would break, with the strictest action among broken guards.
+    fn guard_violation(&self, vm: &VmId) -> Option<(GuardAction, String)> {
+        let mut violation: Option<(GuardAction, String)> = None;
+        for pool in self.topology.pools_of(vm) {
+            let busy: Vec<&VmId> = {
+                let mut busy: Vec<&VmId> = pool
+                    .backend_vms
+                    .iter()
+                    .filter(|v| *v != vm && self.phase(v).is_drained())
+                    .collect();
+                busy.sort();
+                busy.dedup();
+                busy
+            };
+            let reason = if let Some(max) = pool.guard.max_concurrent.filter(|max| busy.len() >= *max) {
+                let names: Vec<&str> = busy.iter().map(|v| v.as_str()).collect();
+                Some(format!(
+                    "pool {} already has {} migration{} in progress ({}); max_concurrent = {max}",
+                    pool.name,
+                    busy.len(),
+                    if busy.len() == 1 { "" } else { "s" },
+                    names.join(", ")
+                ))
+            } else {
+                let active_after = pool
+                    .backend_vms
+                    .iter()
+                    .filter(|v| *v != vm && !self.phase(v).is_drained())
+                    .count();
+                (active_after < pool.guard.min_active).then(|| {
+                    format!(
+                        "draining {vm} would leave pool {} with {active_after} active backend{}; min_active = {}",
+                        pool.name,
+                        if active_after == 1 { "" } else { "s" },
+                        pool.guard.min_active
+                    )
+                })
+            };
+            if let Some(reason) = reason {
+                let action = pool.guard.on_violation;
+                match &violation {
+                    Some((GuardAction::Refuse, _)) => {}
+                    Some((GuardAction::Queue, _)) if action == GuardAction::Queue => {}
+                    _ => violation = Some((action, reason)),
+                }
+            }
+        }
+        violation
+    }
+
+    fn deadline_ms_of(&self, vm: &VmId) -> u64 {
+        self.topology
+            .pools_of(vm)
+            .map(|p| millis(p.deadline))
+            .min()
+            .unwrap_or_else(|| millis(self.defaults.deadline))
+    }
+
+    /// Local bookkeeping only: how long until the registry calls the VM stable again.
+    fn ramp_ms_of(&self, vm: &VmId, reason: EndReason) -> u64 {
+        self.topology
+            .pools_of(vm)
+            .map(|p| {
+                if reason != EndReason::Completed && p.restore == RestoreMode::Immediate {
+                    0
+                } else {
+                    millis(p.ramp_window)
+                }
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn new_record(&mut self, vm: &VmId) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.history.push_back(MigrationRecord::new(id, vm.clone()));
+        while self.history.len() > self.defaults.history_limit.max(1) {
+            // Never evict a record that a VM still points at.
+            let front_in_use = self.history.front().is_some_and(|r| {
+                self.vms.values().any(|s| {
+                    s.migration == Some(r.id) && (s.phase != Phase::Stable || s.queued_since.is_some())
+                })
+            });
+            if front_in_use {
+                break;
+            }
+            self.history.pop_front();
+        }
+        id
+    }
+
+    fn record_mut(&mut self, id: u64) -> &mut MigrationRecord {
+        self.history
+            .iter_mut()
+            .rev()
+            .find(|r| r.id == id)
+            .expect("records of live migrations are kept")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,304 @@
+use super::*;
+use proptest::prelude::*;
+
+fn vm(name: &str) -> VmId {
+    VmId::new(name).unwrap()
+}
+
+fn pool(name: &str, vms: &[&str], guard: GuardConfig) -> PoolTopology {
+    PoolTopology {
+        name: name.to_string(),
+        backend_vms: vms.iter().map(|v| vm(v)).collect(),
+        guard,
+        deadline: Duration::from_secs(60),
+        ramp_window: Duration::from_secs(10),
+        restore: RestoreMode::Ramp,
+    }
+}
+
+fn registry(guard: GuardConfig) -> Registry {
+    Registry::new(
+        Topology {
+            pools: vec![pool("web", &["vm-a", "vm-b", "vm-c"], guard)],
+        },
+        RegistryDefaults::default(),
+    )
+}
+
+fn applied(outcome: Result<Outcome, NoticeError>) -> Transition {
+    match outcome {
+        Ok(Outcome::Applied(t)) => t,
+        other => panic!("expected a transition, got {other:?}"),
+    }
+}
+
+const NONE: NoticeOptions = NoticeOptions { deadline_ms: None };
+
+#[test]
+fn a_full_migration_walks_every_phase_with_timestamps() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    let t = applied(reg.apply(&a, Notice::Prepare, 1_000, NONE));
+    assert_eq!((t.from, t.to), (Phase::Stable, Phase::Draining));
+    assert_eq!(
+        t.command,
+        PhaseCommand::Drain {
+            elapsed_ms: 0,
+            migrating: false,
+            deadline_in_ms: 60_000
+        }
+    );
+    let t = applied(reg.apply(&a, Notice::Started, 2_000, NONE));
+    assert_eq!(t.to, Phase::Migrating);
+    let t = applied(reg.apply(&a, Notice::Completed, 5_000, NONE));
+    assert_eq!(t.to, Phase::Ramping);
+    assert_eq!(
+        t.command,
+        PhaseCommand::Ramp {
+            elapsed_ms: 0,
+            reason: EndReason::Completed
+        }
+    );
+    assert_eq!(reg.next_due(), Some(15_000));
+    assert!(reg.tick(14_999).is_empty());
+    let done = reg.tick(15_000);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].to, Phase::Stable);
+    assert!(!done[0].needs_fanout());
+
+    let record = reg.history().next().unwrap();
+    assert_eq!(record.prepared_at, Some(1_000));
+    assert_eq!(record.started_at, Some(2_000));
+    assert_eq!(record.ended_at, Some(5_000));
+    assert_eq!(record.end, Some(EndReason::Completed));
+    assert_eq!(record.stable_at, Some(15_000));
+    assert_eq!(
+        record.phase_durations(20_000),
+        (Some(1_000), Some(3_000), Some(10_000))
+    );
+}
+
+#[test]
+fn repeated_prepare_is_unchanged_and_end_without_prepare_is_an_error() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    assert!(matches!(
+        reg.apply(&a, Notice::Completed, 0, NONE),
+        Err(NoticeError::NotMigrating {
+            phase: Phase::Stable,
+            ..
+        })
+    ));
+    applied(reg.apply(&a, Notice::Prepare, 0, NONE));
+    assert!(matches!(
+        reg.apply(&a, Notice::Prepare, 10, NONE),
+        Ok(Outcome::Unchanged { .. })
+    ));
+    assert_eq!(reg.history().count(), 1);
+}
+
+#[test]
+fn missing_end_notice_is_restored_at_the_deadline() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    applied(reg.apply(
+        &a,
+        Notice::Prepare,
+        0,
+        NoticeOptions {
+            deadline_ms: Some(2_000),
+        },
+    ));
+    assert_eq!(reg.next_due(), Some(2_000));
+    let t = reg.tick(2_000);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].cause, Cause::Deadline);
+    assert_eq!(t[0].to, Phase::Ramping);
+    assert_eq!(reg.history().next().unwrap().end, Some(EndReason::Deadline));
+}
+
+#[test]
+fn failure_restores_immediately_when_the_pool_says_so() {
+    let mut topology = Topology {
+        pools: vec![pool("web", &["vm-a", "vm-b"], GuardConfig::default())],
+    };
+    topology.pools[0].restore = RestoreMode::Immediate;
+    let mut reg = Registry::new(topology, RegistryDefaults::default());
+    let a = vm("vm-a");
+    applied(reg.apply(&a, Notice::Prepare, 0, NONE));
+    let t = applied(reg.apply(&a, Notice::Failed, 100, NONE));
+    assert_eq!(t.to, Phase::Stable);
+    assert_eq!(
+        t.command,
+        PhaseCommand::Ramp {
+            elapsed_ms: 0,
+            reason: EndReason::Failed
+        }
+    );
+}
+
+#[test]
+fn started_without_prepare_drains_at_once() {
+    let mut reg = registry(GuardConfig::default());
+    let t = applied(reg.apply(&vm("vm-b"), Notice::Started, 50, NONE));
+    assert_eq!((t.from, t.to), (Phase::Stable, Phase::Migrating));
+    let record = reg.history().next().unwrap();
+    assert_eq!(record.prepared_at, Some(50));
+    assert_eq!(record.started_at, Some(50));
+}
+
+#[test]
+fn guard_refuses_a_drain_below_min_active_and_says_why() {
+    let mut reg = registry(GuardConfig {
+        min_active: 2,
+        ..GuardConfig::default()
+    });
+    applied(reg.apply(&vm("vm-a"), Notice::Prepare, 0, NONE));
+    let err = reg.apply(&vm("vm-b"), Notice::Prepare, 0, NONE).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "refused by the capacity guard: draining vm-b would leave pool web with 1 active backend; min_active = 2"
+    );
+    assert_eq!(reg.phase(&vm("vm-b")), Phase::Stable);
+}
+
+#[test]
+fn guard_queues_and_admits_when_a_migration_ends() {
+    let guard = GuardConfig {
+        max_concurrent: Some(1),
+        on_violation: GuardAction::Queue,
+        ..GuardConfig::default()
+    };
+    let mut reg = registry(guard);
+    applied(reg.apply(&vm("vm-a"), Notice::Prepare, 0, NONE));
+    match reg.apply(&vm("vm-b"), Notice::Prepare, 10, NONE) {
+        Ok(Outcome::Queued { reason }) => assert!(reason.contains("max_concurrent = 1"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(reg.phase(&vm("vm-b")), Phase::Stable);
+    applied(reg.apply(&vm("vm-a"), Notice::Completed, 100, NONE));
+    let admitted = reg.tick(100);
+    assert_eq!(admitted.len(), 1);
+    assert_eq!(admitted[0].vm, vm("vm-b"));
+    assert_eq!(admitted[0].cause, Cause::Dequeued);
+    assert_eq!(reg.phase(&vm("vm-b")), Phase::Draining);
+    let record = reg.migration(admitted[0].migration.unwrap()).unwrap();
+    assert_eq!((record.queued_at, record.prepared_at), (Some(10), Some(100)));
+}
+
+#[test]
+fn a_refused_prepare_leaves_everything_unchanged() {
+    let mut reg = registry(GuardConfig {
+        max_concurrent: Some(1),
+        ..GuardConfig::default()
+    });
+    applied(reg.apply(&vm("vm-a"), Notice::Prepare, 0, NONE));
+    let before = format!(
+        "{:?}",
+        (reg.vms().collect::<Vec<_>>(), reg.history().collect::<Vec<_>>())
+    );
+    assert!(reg.apply(&vm("vm-c"), Notice::Prepare, 5, NONE).is_err());
+    let after = format!(
+        "{:?}",
+        (reg.vms().collect::<Vec<_>>(), reg.history().collect::<Vec<_>>())
+    );
+    assert_eq!(before, after);
+}
+
+#[test]
+fn vms_only_peers_serve_use_the_default_deadline() {
+    let mut reg = registry(GuardConfig::default());
+    let t = applied(reg.apply(&vm("elsewhere"), Notice::Prepare, 0, NONE));
+    assert_eq!(
+        t.command,
+        PhaseCommand::Drain {
+            elapsed_ms: 0,
+            migrating: false,
+            deadline_in_ms: 600_000
+        }
+    );
+    let end = applied(reg.apply(&vm("elsewhere"), Notice::Completed, 10, NONE));
+    assert_eq!(end.to, Phase::Stable, "no local ramp to wait for");
+    assert_eq!(
+        end.command,
+        PhaseCommand::Ramp {
+            elapsed_ms: 0,
+            reason: EndReason::Completed
+        }
+    );
+}
+
+#[test]
+fn history_is_bounded() {
+    let mut reg = Registry::new(
+        Topology::default(),
+        RegistryDefaults {
+            history_limit: 3,
+            ..RegistryDefaults::default()
+        },
+    );
+    let a = vm("vm-a");
+    for i in 0..10 {
+        applied(reg.apply(&a, Notice::Prepare, i * 10, NONE));
+        applied(reg.apply(&a, Notice::Completed, i * 10 + 5, NONE));
+    }
+    assert_eq!(reg.history().count(), 3);
+}
+
+fn arb_notice() -> impl Strategy<Value = Notice> {
+    prop_oneof![
+        Just(Notice::Prepare),
+        Just(Notice::Started),
+        Just(Notice::Completed),
+        Just(Notice::Failed),
+        Just(Notice::Cancelled)
+    ]
+}
+
+proptest! {
+    /// Whatever notices arrive, in whatever order and timing, no VM stays drained past its deadline,
+    /// and a rejected notice changes nothing.
+    #[test]
+    fn no_phase_sequence_leaves_a_vm_drained_past_its_deadline(
+        steps in proptest::collection::vec((0usize..3, arb_notice(), 0u64..30_000, proptest::option::of(1u64..90_000)), 1..60),
+        min_active in 0usize..3,
+        max_concurrent in proptest::option::of(1usize..3),
+        queue in any::<bool>(),
+    ) {
+        let guard = GuardConfig {
+            min_active,
+            max_concurrent,
+            on_violation: if queue { GuardAction::Queue } else { GuardAction::Refuse },
+        };
+        let mut reg = registry(guard);
+        let names = ["vm-a", "vm-b", "vm-c"];
+        let mut now = 0u64;
+        for (which, notice, dt, deadline_ms) in steps {
+            now += dt;
+            reg.tick(now);
+            for (id, state) in reg.vms() {
+                if state.phase.is_drained() {
+                    let deadline = state.deadline_at.expect("drained VMs have a deadline");
+                    prop_assert!(now < deadline, "{id} drained at {now} past deadline {deadline}");
+                    prop_assert!(deadline <= state.drain_started_at.unwrap() + 90_000);
+                }
+                if state.phase == Phase::Ramping {
+                    prop_assert!(now < state.ramp_until.unwrap());
+                }
+            }
+            let vm = vm(names[which]);
+            let before = format!("{:?}", reg.vms().collect::<Vec<_>>());
+            let result = reg.apply(&vm, notice, now, NoticeOptions { deadline_ms });
+            if result.is_err() {
+                prop_assert_eq!(before, format!("{:?}", reg.vms().collect::<Vec<_>>()));
+            }
+        }
+        // However the sequence ended, time alone brings every VM out of its drain.
+        for i in 1..=10u64 {
+            reg.tick(now + i * 200_000);
+        }
+        for (id, state) in reg.vms() {
+            prop_assert!(!state.phase.is_drained(), "{id} still {}", state.phase);
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The vocabulary of handover: VMs, backends, pools and listeners.
+//!
+//! A **VM** is the unit that migrates. A **backend** is an address that serves traffic for one VM,
+//! with a weight, inside a **pool**. A **listener** accepts client traffic (L4 `tcp` or L7 `http`)
+//! and routes it to one pool. A backend's identity is its position in its pool (its [`BackendKey`]);
+//! its weight, phase, health and even its address are state that changes over time.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Identifier of a virtual machine, as the hypervisor or the operator names it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VmId(String);
+
+/// Why a string is not a valid VM id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VmIdError {
+    /// Empty id.
+    #[error("VM id is empty")]
+    Empty,
+    /// Longer than [`VmId::MAX_LEN`].
+    #[error("VM id is longer than {} characters", VmId::MAX_LEN)]
+    TooLong,
+    /// A character outside `A-Z a-z 0-9 . _ - :`.
+    #[error("VM id {0:?} has a character other than letters, digits, '.', '_', '-' or ':'")]
+    BadCharacter(String),
+}
+
+impl VmId {
+    /// Longest accepted id.
+    pub const MAX_LEN: usize = 128;
+
+    /// Validates and wraps an id.
+    pub fn new(id: impl Into<String>) -> Result<Self, VmIdError> {
+        let id = id.into();
+        if id.is_empty() {
+            return Err(VmIdError::Empty);
+        }
+        if id.len() > Self::MAX_LEN {
+            return Err(VmIdError::TooLong);
+        }
+        if !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
+        {
+            return Err(VmIdError::BadCharacter(id));
+        }
+        Ok(Self(id))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for VmId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Stable identity of a backend: its pool and its index in that pool's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BackendKey {
+    /// Pool name.
+    pub pool: String,
+    /// Index in `pools.<pool>.backends`.
+    pub index: usize,
+}
+
+/// Which protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// L7: HTTP/1.1, one backend chosen per request.
+    Http,
+    /// L4: TCP, one backend chosen per connection.
+    Tcp,
+}
+
+/// Backend selection algorithm of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Smooth weighted round robin (nginx's algorithm), lock-free through a precomputed schedule.
+    RoundRobin,
+    /// Weighted least connections: the backend with the fewest active connections per unit of weight.
+    LeastConnections,
+    /// Power of two choices over peak-EWMA latency times outstanding work (linkerd, Finagle).
+    P2cEwma,
+}
+
+/// How the share of new work falls when a drain starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainShape {
+    /// Straight to the target.
+    Step,
+    /// Linearly from full share to the target over the drain window.
+    Linear,
+}
+
+/// What existing traffic keeps going to a draining VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Keep {
+    /// Open client connections stay (L4 flows; L7 requests in flight). L7 routes new requests elsewhere.
+    Connections,
+    /// Like `connections`, and L7 clients pinned by the pool's sticky cookie keep reaching the VM.
+    Sessions,
+    /// Only requests already sent finish; L7 also closes idle upstream connections to the VM at once.
+    InFlight,
+}
+
+/// How a VM comes back after a failed or cancelled migration, or a missed deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreMode {
+    /// With the pool's ramp, as after a completed migration.
+    Ramp,
+    /// Straight back to full weight (the VM never left, its caches are warm).
+    Immediate,
+}
+
+/// A socket address formatted for humans and JSON.
+pub fn format_addr(addr: &SocketAddr) -> String {
+    addr.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_ids_are_validated() {
+        assert!(VmId::new("vm-a").is_ok());
+        assert!(VmId::new("rack1:vm_7.prod").is_ok());
+        assert_eq!(VmId::new(""), Err(VmIdError::Empty));
+        assert!(matches!(VmId::new("vm a"), Err(VmIdError::BadCharacter(_))));
+        assert!(matches!(VmId::new("vm/../a"), Err(VmIdError::BadCharacter(_))));
+        assert_eq!(VmId::new("x".repeat(129)), Err(VmIdError::TooLong));
+    }
+}

@@ -1,0 +1,288 @@
+//! Migration phases of one VM, the notices that move it between them, and the command every
+//! balancer receives for it.
+//!
+//! ```text
+//! stable ──prepare──▶ draining ──started──▶ migrating
+//!    ▲                    │                     │
+//!    │             completed | failed | cancelled | deadline
+//!    │                    ▼                     ▼
+//!    └──── ramp done ── ramping ◀───────────────┘   (or straight to stable: restore = "immediate")
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Millis;
+
+/// A notice about a VM's migration, from the API, the CLI or an event source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Notice {
+    /// The VM is about to migrate: reduce new work sent to it.
+    Prepare,
+    /// The memory copy has begun.
+    Started,
+    /// The VM runs at its destination: bring it back.
+    Completed,
+    /// The migration failed: the VM never left; bring it back.
+    Failed,
+    /// The migration was cancelled: the VM never left; bring it back.
+    Cancelled,
+}
+
+impl Notice {
+    /// Every notice, in lifecycle order.
+    pub const ALL: [Notice; 5] = [
+        Notice::Prepare,
+        Notice::Started,
+        Notice::Completed,
+        Notice::Failed,
+        Notice::Cancelled,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Notice::Prepare => "prepare",
+            Notice::Started => "started",
+            Notice::Completed => "completed",
+            Notice::Failed => "failed",
+            Notice::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether this notice ends a migration.
+    pub fn is_end(self) -> bool {
+        matches!(self, Notice::Completed | Notice::Failed | Notice::Cancelled)
+    }
+}
+
+impl fmt::Display for Notice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Notice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Notice::ALL.into_iter().find(|n| n.as_str() == s).ok_or_else(|| {
+            format!("unknown phase {s:?}; expected prepare, started, completed, failed or cancelled")
+        })
+    }
+}
+
+/// Where a VM is in its migration lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Full share of new work.
+    Stable,
+    /// About to migrate: new work reduced per the drain policy.
+    Draining,
+    /// Memory copy in progress: still drained.
+    Migrating,
+    /// Migration over: share of new work rising per the ramp policy.
+    Ramping,
+}
+
+impl Phase {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Stable => "stable",
+            Phase::Draining => "draining",
+            Phase::Migrating => "migrating",
+            Phase::Ramping => "ramping",
+        }
+    }
+
+    /// Draining or migrating: the VM's new work is reduced.
+    pub fn is_drained(self) -> bool {
+        matches!(self, Phase::Draining | Phase::Migrating)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a migration ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndReason {
+    /// The VM runs at its destination.
+    Completed,
+    /// The migration failed; the VM stayed.
+    Failed,
+    /// The migration was cancelled; the VM stayed.
+    Cancelled,
+    /// No end notice came before the deadline.
+    Deadline,
+}
+
+impl EndReason {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Completed => "completed",
+            EndReason::Failed => "failed",
+            EndReason::Cancelled => "cancelled",
+            EndReason::Deadline => "deadline",
+        }
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a balancer must do for a VM: the whole desired state, so applying it twice is harmless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum PhaseCommand {
+    /// Reduce new work per each pool's drain policy; keep existing connections.
+    Drain {
+        /// Milliseconds since the drain began (a linear drain continues from there).
+        elapsed_ms: u64,
+        /// Whether the memory copy has begun.
+        migrating: bool,
+        /// Restore by yourself if no further command arrives within this many milliseconds.
+        deadline_in_ms: u64,
+    },
+    /// Bring the VM back per each pool's ramp (or at once where `restore = "immediate"` and the
+    /// migration did not complete).
+    Ramp {
+        /// Milliseconds since the ramp began.
+        elapsed_ms: u64,
+        /// Why the migration ended.
+        reason: EndReason,
+    },
+    /// Full share of new work.
+    Stable,
+}
+
+impl PhaseCommand {
+    /// The phase a balancer shows for a VM under this command.
+    pub fn phase(&self) -> Phase {
+        match self {
+            PhaseCommand::Drain { migrating: false, .. } => Phase::Draining,
+            PhaseCommand::Drain { migrating: true, .. } => Phase::Migrating,
+            PhaseCommand::Ramp { .. } => Phase::Ramping,
+            PhaseCommand::Stable => Phase::Stable,
+        }
+    }
+}
+
+/// The registry's record of one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmState {
+    /// Current phase.
+    pub phase: Phase,
+    /// When the current phase began.
+    pub since: Millis,
+    /// When the current drain began (draining and migrating only).
+    pub drain_started_at: Option<Millis>,
+    /// When the VM is restored if no end notice comes (draining and migrating only).
+    pub deadline_at: Option<Millis>,
+    /// When the ramp began (ramping only).
+    pub ramp_started_at: Option<Millis>,
+    /// When the ramp ends (ramping only).
+    pub ramp_until: Option<Millis>,
+    /// Why the last migration ended (ramping only).
+    pub end_reason: Option<EndReason>,
+    /// Id of the current or last migration.
+    pub migration: Option<u64>,
+    /// A prepare waits in the capacity guard's queue.
+    pub queued_since: Option<Millis>,
+}
+
+impl VmState {
+    /// A VM at full share since `now`.
+    pub fn stable(now: Millis) -> Self {
+        Self {
+            phase: Phase::Stable,
+            since: now,
+            drain_started_at: None,
+            deadline_at: None,
+            ramp_started_at: None,
+            ramp_until: None,
+            end_reason: None,
+            migration: None,
+            queued_since: None,
+        }
+    }
+
+    /// The command balancers must apply for this VM at `now`.
+    pub fn command_at(&self, now: Millis) -> PhaseCommand {
+        match self.phase {
+            Phase::Draining | Phase::Migrating => PhaseCommand::Drain {
+                elapsed_ms: now.saturating_sub(self.drain_started_at.unwrap_or(self.since)),
+                migrating: self.phase == Phase::Migrating,
+                deadline_in_ms: self.deadline_at.map_or(0, |d| d.saturating_sub(now)),
+            },
+            Phase::Ramping => PhaseCommand::Ramp {
+                elapsed_ms: now.saturating_sub(self.ramp_started_at.unwrap_or(self.since)),
+                reason: self.end_reason.unwrap_or(EndReason::Completed),
+            },
+            Phase::Stable => PhaseCommand::Stable,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_parse_from_their_wire_names() {
+        for notice in Notice::ALL {
+            assert_eq!(notice.as_str().parse::<Notice>(), Ok(notice));
+        }
+        assert!(
+            "prepared"
+                .parse::<Notice>()
+                .unwrap_err()
+                .contains("unknown phase")
+        );
+    }
+
+    #[test]
+    fn commands_round_trip_through_json() {
+        let command = PhaseCommand::Drain {
+            elapsed_ms: 5,
+            migrating: true,
+            deadline_in_ms: 100,
+        };
+        let json = serde_json::to_string(&command).unwrap();
+        assert_eq!(
+            json,
+            r#"{"action":"drain","elapsed_ms":5,"migrating":true,"deadline_in_ms":100}"#
+        );
+        assert_eq!(serde_json::from_str::<PhaseCommand>(&json).unwrap(), command);
+    }
+
+    #[test]
+    fn a_draining_vm_commands_a_drain_with_time_left_to_its_deadline() {
+        let mut state = VmState::stable(0);
+        state.phase = Phase::Draining;
+        state.since = 1000;
+        state.drain_started_at = Some(1000);
+        state.deadline_at = Some(5000);
+        assert_eq!(
+            state.command_at(1500),
+            PhaseCommand::Drain {
+                elapsed_ms: 500,
+                migrating: false,
+                deadline_in_ms: 3500
+            }
+        );
+    }
+}

@@ -1,1 +1,86 @@
-fn main() {}
+//! The `handover` binary: a thin edge over the library crates (argument parsing, files, exit codes).
+
+mod check;
+mod cli;
+mod demo;
+mod notify;
+mod run;
+mod server;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command};
+
+/// Exit status: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: an error (bad input, unreachable node, refused notice).
+pub const EXIT_ERROR: u8 = 1;
+/// Exit status: `notify --wait-drained` timed out before the VM was drained.
+pub const EXIT_NOT_DRAINED: u8 = 3;
+/// Exit status: the capacity guard queued the prepare.
+pub const EXIT_QUEUED: u8 = 4;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Run { .. } => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run {
+                config,
+                ready_file,
+                shutdown_grace,
+            } => run::run(&config, ready_file.as_deref(), shutdown_grace).await,
+            Command::Check { config } => check::check(&config),
+            Command::Notify {
+                vm,
+                phase,
+                wait_drained,
+                timeout,
+                threshold,
+                deadline,
+                json,
+                control,
+            } => {
+                notify::notify(notify::NotifyArgs {
+                    vm,
+                    phase,
+                    wait_drained,
+                    timeout,
+                    threshold,
+                    deadline,
+                    json,
+                    control,
+                })
+                .await
+            }
+            Command::Status { json, control } => status::status(&control, json).await,
+            Command::Demo => demo::run().await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}

@@ -1,1 +1,29 @@
-//! placeholder
+//! handover-proxy: the data plane. L4 (TCP) and L7 (HTTP/1.1) listeners that pick a backend for
+//! every new connection (L4) or request (L7) from a lock-free snapshot of their pool, and the
+//! embedded [`Balancer`](handover_core::balancer::Balancer) the migration module drives.
+//!
+//! # Layout
+//!
+//! - [`pools`]: pools, the phase each VM is in, and snapshot rebuilds (on commands and on a ticker).
+//! - [`snapshot`]: the immutable per-pool view the hot path reads.
+//! - [`backend`]: live per-backend counters and the list of what is still open to it.
+//! - [`tcp`] + [`relay`]: the L4 listener and its half-close-aware byte relay.
+//! - [`http`] + [`upstream`] + [`headers`]: the L7 listener, its upstream connection pool, header rules.
+//! - [`listeners`]: binds every listener before any starts.
+//! - [`embedded`]: the proxy as a balancer.
+
+pub mod backend;
+pub mod embedded;
+pub mod headers;
+pub mod http;
+pub mod listeners;
+pub mod pools;
+mod random;
+pub mod relay;
+pub mod snapshot;
+pub mod tcp;
+pub mod upstream;
+
+pub use embedded::EmbeddedBalancer;
+pub use listeners::{BindError, Listeners};
+pub use pools::Pools;

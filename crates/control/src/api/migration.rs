@@ -1,0 +1,31 @@
+//! `POST /v1/vms/{vm}/migration`: a migration notice.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use handover_core::api::{NoticeRequest, NoticeResponse};
+
+use super::auth::authorize;
+use super::{ApiError, ApiState, json, vm_from_path};
+
+/// Applies a notice; 200 when applied or unchanged, 202 when queued by the capacity guard.
+pub async fn notice(
+    State(state): State<Arc<ApiState>>,
+    Path(vm): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<NoticeResponse>), ApiError> {
+    authorize(&state, &headers)?;
+    let vm = vm_from_path(&vm)?;
+    let request: NoticeRequest = json::parse(&body)?;
+    let response = state.coordinator.notice(&vm, &request).await?;
+    let status = if response.outcome == "queued" {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(response)))
+}

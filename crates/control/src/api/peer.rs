@@ -1,0 +1,41 @@
+//! The load-balancing module's API: what another handover node (a peer) calls on this one. These
+//! apply to this node's own balancers and never forward further, so peers cannot loop.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use handover_core::api::{Applied, BalancerStatus, DrainStatus};
+use handover_core::phase::PhaseCommand;
+
+use super::auth::authorize;
+use super::{ApiError, ApiState, json, vm_from_path};
+
+/// `PUT /v1/balancer/vms/{vm}`: applies a phase command locally.
+pub async fn apply(
+    State(state): State<Arc<ApiState>>,
+    Path(vm): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Applied>, ApiError> {
+    authorize(&state, &headers)?;
+    let vm = vm_from_path(&vm)?;
+    let command: PhaseCommand = json::parse(&body)?;
+    Ok(Json(state.coordinator.apply_local(&vm, command).await))
+}
+
+/// `GET /v1/balancer/vms/{vm}/drain`: local drain status.
+pub async fn drain(
+    State(state): State<Arc<ApiState>>,
+    Path(vm): Path<String>,
+) -> Result<Json<DrainStatus>, ApiError> {
+    let vm = vm_from_path(&vm)?;
+    Ok(Json(state.coordinator.drain_local(&vm).await))
+}
+
+/// `GET /v1/balancer/status`: local pools.
+pub async fn status(State(state): State<Arc<ApiState>>) -> Json<BalancerStatus> {
+    Json(state.coordinator.local_status().await)
+}

@@ -1,0 +1,110 @@
+//! Read-only views: VMs, pools, migrations and metrics.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use handover_core::api::{MigrationView, PoolStatus, VmBackendView, VmView};
+use handover_core::model::VmId;
+use handover_core::phase::Phase;
+
+use super::{ApiError, ApiState, vm_from_path};
+use crate::metrics::{self, MetricsInput};
+
+/// Every VM known to the registry or to a local pool.
+async fn collect_vms(state: &ApiState) -> Vec<VmView> {
+    let local = state.coordinator.local_status().await;
+    let mut views: BTreeMap<VmId, VmView> = BTreeMap::new();
+    for (vm, s) in state.coordinator.vm_states() {
+        views.insert(
+            vm.clone(),
+            VmView {
+                vm,
+                phase: s.phase,
+                since: Some(s.since),
+                deadline_at: s.deadline_at,
+                migration: s.migration,
+                queued: s.queued_since.is_some(),
+                backends: Vec::new(),
+            },
+        );
+    }
+    for pool in local.pools {
+        for backend in pool.backends {
+            let view = views.entry(backend.vm.clone()).or_insert_with(|| VmView {
+                vm: backend.vm.clone(),
+                phase: Phase::Stable,
+                since: None,
+                deadline_at: None,
+                migration: None,
+                queued: false,
+                backends: Vec::new(),
+            });
+            view.backends.push(VmBackendView {
+                pool: pool.name.clone(),
+                backend,
+            });
+        }
+    }
+    views.into_values().collect()
+}
+
+/// `GET /v1/vms`.
+pub async fn vms(State(state): State<Arc<ApiState>>) -> Json<Vec<VmView>> {
+    Json(collect_vms(&state).await)
+}
+
+/// `GET /v1/vms/{vm}`.
+pub async fn vm(
+    State(state): State<Arc<ApiState>>,
+    Path(vm): Path<String>,
+) -> Result<Json<VmView>, ApiError> {
+    let vm = vm_from_path(&vm)?;
+    collect_vms(&state)
+        .await
+        .into_iter()
+        .find(|v| v.vm == vm)
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "VM {vm} is not served by a local pool and has no migration record"
+            ))
+        })
+}
+
+/// `GET /v1/pools`.
+pub async fn pools(State(state): State<Arc<ApiState>>) -> Json<Vec<PoolStatus>> {
+    Json(state.coordinator.local_status().await.pools)
+}
+
+/// `GET /v1/migrations`: newest first.
+pub async fn migrations(State(state): State<Arc<ApiState>>) -> Json<Vec<MigrationView>> {
+    let now = state.coordinator.clock().now_ms();
+    Json(
+        state
+            .coordinator
+            .history()
+            .iter()
+            .rev()
+            .map(|r| MigrationView::of(r, now))
+            .collect(),
+    )
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
+    let local = state.coordinator.local_status().await;
+    let vms = state.coordinator.vm_states();
+    let history = state.coordinator.history();
+    let stats = state.coordinator.stats();
+    let text = metrics::render(&MetricsInput {
+        local: &local,
+        vms: &vms,
+        history: &history,
+        stats: &stats,
+    });
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+}

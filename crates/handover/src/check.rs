@@ -1,0 +1,50 @@
+//! `handover check`: validate a configuration file.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::{EXIT_ERROR, EXIT_OK};
+
+/// Reads and parses a configuration file; `Err` carries every problem, each with field and line.
+pub fn load(path: &Path) -> anyhow::Result<Result<handover_core::config::Config, String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(handover_core::config::parse(&text).map_err(|errors| {
+        errors
+            .errors()
+            .iter()
+            .map(|e| format!("{}: {e}", path.display()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }))
+}
+
+/// Prints `ok` with a summary, or every error; exit status 1 on errors.
+pub fn check(path: &Path) -> anyhow::Result<u8> {
+    match load(path)? {
+        Ok(config) => {
+            let backends: usize = config.pools.iter().map(|p| p.backends.len()).sum();
+            println!(
+                "{}: ok ({} listener{}, {} pool{}, {} backend{}, {} peer{})",
+                path.display(),
+                config.listeners.len(),
+                plural(config.listeners.len()),
+                config.pools.len(),
+                plural(config.pools.len()),
+                backends,
+                plural(backends),
+                config.peers.len(),
+                plural(config.peers.len()),
+            );
+            Ok(EXIT_OK)
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            Ok(EXIT_ERROR)
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}

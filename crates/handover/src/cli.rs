@@ -1,0 +1,100 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use handover_core::phase::Notice;
+use handover_core::time::parse_duration;
+
+/// handover: a migration-aware load balancer for VM fleets.
+#[derive(Debug, Parser)]
+#[command(name = "handover", version, about, long_about = None)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Default control API URL of the CLI commands.
+pub const DEFAULT_CONTROL: &str = "http://127.0.0.1:9090";
+
+/// Where the CLI finds a running node.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlArgs {
+    /// Control API of the handover node.
+    #[arg(long, env = "HANDOVER_CONTROL", default_value = DEFAULT_CONTROL)]
+    pub control: String,
+    /// Bearer token of the control API.
+    #[arg(long, env = "HANDOVER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the balancer and the migration module from a configuration file.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Once listening, write the actual addresses (JSON) to this file.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+        /// On SIGTERM or Ctrl-C, how long open connections may finish before exit.
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        shutdown_grace: Duration,
+    },
+    /// Validate a configuration file and print every error with its field and line.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Send a migration notice for a VM to a running node.
+    Notify {
+        /// The VM.
+        vm: String,
+        /// prepare, started, completed, failed or cancelled.
+        #[arg(value_parser = notice)]
+        phase: Notice,
+        /// Wait until the VM is drained (or the timeout passes) before returning.
+        #[arg(long)]
+        wait_drained: bool,
+        /// Longest wait for drained.
+        #[arg(long, default_value = "30s", value_parser = duration)]
+        timeout: Duration,
+        /// Drained means at most this many open connections and in-flight requests.
+        #[arg(long)]
+        threshold: Option<u64>,
+        /// Restore the VM if no end notice comes within this time (overrides the pools' deadline).
+        #[arg(long, value_parser = duration)]
+        deadline: Option<Duration>,
+        /// Print the reply as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The control API.
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Show every VM with its phase, backends, effective weights and open connections.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The control API.
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Start three demo backends, the proxy and a load generator, and walk a VM through a
+    /// migration (prepare → drained → started → completed → ramp) in about 30 seconds.
+    Demo,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|e| e.to_string())
+}
+
+fn notice(text: &str) -> Result<Notice, String> {
+    text.parse()
+}

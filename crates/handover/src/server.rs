@@ -1,0 +1,99 @@
+//! Starting and stopping a whole handover node: pools, listeners, the coordinator with its
+//! balancers (the embedded proxy and the peers), and the control API. `handover run` and
+//! `handover demo` both start a node through here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use handover_control::api::{ApiState, router};
+use handover_control::{BalancerSlot, Clock, Coordinator};
+use handover_core::config::Config;
+use handover_drivers::PeerBalancer;
+use handover_proxy::{EmbeddedBalancer, Listeners, Pools};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+/// How often the proxy recomputes weights that move with time.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A running node.
+pub struct Running {
+    /// Actual address of the control API.
+    pub control: SocketAddr,
+    /// Actual address of each listener.
+    pub listeners: Vec<(String, SocketAddr)>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Binds everything first (a port in use stops the start with nothing half-running), then serves.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let pools = Pools::new(config);
+    let listeners = Listeners::bind(config)?;
+    let control_listener = handover_proxy::listeners::bind_tcp(config.control.bind)
+        .with_context(|| format!("control.bind: cannot listen on {}", config.control.bind))?;
+    let control = control_listener.local_addr()?;
+
+    let mut slots = vec![BalancerSlot {
+        balancer: Arc::new(EmbeddedBalancer::new("embedded", pools.clone())),
+        timeout: Duration::from_secs(5),
+        is_peer: false,
+    }];
+    for peer in &config.peers {
+        slots.push(BalancerSlot {
+            balancer: Arc::new(PeerBalancer::new(peer)),
+            timeout: PeerBalancer::timeout(peer),
+            is_peer: true,
+        });
+    }
+    let coordinator = Coordinator::new(config, slots, Clock::new());
+
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let addresses = listeners.addresses();
+    listeners.serve(&pools, &cancel, &tasks);
+    tasks.spawn(pools.clone().run_ticker(TICK, cancel.clone()));
+    tasks.spawn(coordinator.clone().run(cancel.clone()));
+
+    let app = router(Arc::new(ApiState {
+        coordinator: coordinator.clone(),
+        token: config.control.token.clone(),
+    }));
+    let api_cancel = cancel.clone();
+    tasks.spawn(async move {
+        let server = axum::serve(control_listener, app)
+            .with_graceful_shutdown(async move { api_cancel.cancelled().await });
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "control API stopped");
+        }
+    });
+    info!(%control, "control API listening");
+    for (name, address) in &addresses {
+        info!(listener = %name, %address, "listening");
+    }
+    Ok(Running {
+        control,
+        listeners: addresses,
+        cancel,
+        tasks,
+    })
+}
+
+impl Running {
+    /// The actual address of a listener.
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// Stops accepting, lets open connections finish for up to `grace`, then returns.
+    pub async fn shutdown(self, grace: Duration) {
+        self.cancel.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+            info!(?grace, "grace period over; closing the connections still open");
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Live state of one backend that outlives every pool snapshot: counters read by the selection
+//! algorithms, the list of connections and requests still open to it (to say which remain when a
+//! drain times out), and its idle upstream HTTP connections.
+//!
+//! Its identity is its place in the pool's configuration; its address and weight live in snapshots.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use handover_core::api::ConnectionReport;
+use handover_core::model::VmId;
+use http::{Method, Uri};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::upstream::IdleConnections;
+
+/// What is open to a backend.
+#[derive(Debug, Clone)]
+pub enum Traffic {
+    /// An L4 connection.
+    Tcp,
+    /// An L7 request in flight.
+    Http {
+        /// Request method.
+        method: Method,
+        /// Request URI.
+        uri: Uri,
+    },
+}
+
+#[derive(Debug)]
+struct OpenItem {
+    client: SocketAddr,
+    address: SocketAddr,
+    traffic: Traffic,
+    since: Instant,
+}
+
+/// Live state of one backend.
+#[derive(Debug)]
+pub struct BackendRuntime {
+    /// Pool name.
+    pub pool: String,
+    /// Index in the pool's configuration.
+    pub index: usize,
+    /// The VM behind it.
+    pub vm: VmId,
+    /// Configured weight.
+    pub weight: u32,
+    /// Open L4 connections plus in-flight L7 requests.
+    active: AtomicU64,
+    /// L4 connections established in total.
+    connections_total: AtomicU64,
+    /// L7 requests sent in total.
+    requests_total: AtomicU64,
+    /// Connect failures and upstream errors in total.
+    failures_total: AtomicU64,
+    /// Peak-EWMA of response-header latency, nanoseconds.
+    latency_ns: AtomicU64,
+    /// What is open now, by id.
+    open: Mutex<OpenSet>,
+    /// Idle keep-alive upstream HTTP connections.
+    pub(crate) idle: IdleConnections,
+}
+
+#[derive(Debug, Default)]
+struct OpenSet {
+    next_id: u64,
+    items: HashMap<u64, OpenItem>,
+}
+
+impl BackendRuntime {
+    /// A backend with no traffic yet.
+    pub fn new(pool: &str, index: usize, vm: VmId, weight: u32) -> Self {
+        Self {
+            pool: pool.to_string(),
+            index,
+            vm,
+            weight,
+            active: AtomicU64::new(0),
+            connections_total: AtomicU64::new(0),
+            requests_total: AtomicU64::new(0),
+            failures_total: AtomicU64::new(0),
+            latency_ns: AtomicU64::new(0),
+            open: Mutex::new(OpenSet::default()),
+            idle: IdleConnections::default(),
+        }
+    }
+
+    /// Open L4 connections plus in-flight L7 requests.
+    #[inline]
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Peak-EWMA latency in nanoseconds.
+    #[inline]
+    pub fn latency_ns(&self) -> u64 {
+        self.latency_ns.load(Ordering::Relaxed)
+    }
+
+    /// Totals: (connections, requests, failures).
+    pub fn totals(&self) -> (u64, u64, u64) {
+        (
+            self.connections_total.load(Ordering::Relaxed),
+            self.requests_total.load(Ordering::Relaxed),
+            self.failures_total.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Counts a failed connect or upstream error.
+    pub fn record_failure(&self) {
+        self.failures_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Folds one latency sample into the peak EWMA: a slower sample is taken at once, a faster one
+    /// moves the average an eighth of the way.
+    pub fn record_latency(&self, sample_ns: u64) {
+        let old = self.latency_ns.load(Ordering::Relaxed);
+        let new = if sample_ns >= old || old == 0 {
+            sample_ns
+        } else {
+            old - (old - sample_ns) / 8
+        };
+        self.latency_ns.store(new, Ordering::Relaxed);
+    }
+
+    /// Starts tracking a connection or request; it counts as active until the guard drops.
+    pub fn track(self: &Arc<Self>, client: SocketAddr, address: SocketAddr, traffic: Traffic) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        match traffic {
+            Traffic::Tcp => self.connections_total.fetch_add(1, Ordering::Relaxed),
+            Traffic::Http { .. } => self.requests_total.fetch_add(1, Ordering::Relaxed),
+        };
+        let id = {
+            let mut open = self.open.lock();
+            let id = open.next_id;
+            open.next_id += 1;
+            open.items.insert(
+                id,
+                OpenItem {
+                    client,
+                    address,
+                    traffic,
+                    since: Instant::now(),
+                },
+            );
+            id
+        };
+        ActiveGuard {
+            backend: self.clone(),
+            id,
+        }
+    }
+
+    /// What is still open to this backend, oldest first, at most `limit` entries.
+    pub fn open_items(&self, limit: usize) -> Vec<ConnectionReport> {
+        let open = self.open.lock();
+        let mut items: Vec<&OpenItem> = open.items.values().collect();
+        items.sort_by_key(|i| i.since);
+        items
+            .into_iter()
+            .take(limit)
+            .map(|item| ConnectionReport {
+                balancer: String::new(),
+                pool: self.pool.clone(),
+                backend: item.address.to_string(),
+                client: item.client.to_string(),
+                kind: match item.traffic {
+                    Traffic::Tcp => "tcp".to_string(),
+                    Traffic::Http { .. } => "http".to_string(),
+                },
+                request: match &item.traffic {
+                    Traffic::Tcp => None,
+                    Traffic::Http { method, uri } => Some(format!("{method} {uri}")),
+                },
+                age_ms: u64::try_from(item.since.elapsed().as_millis()).unwrap_or(u64::MAX),
+            })
+            .collect()
+    }
+}
+
+/// Keeps a connection or request counted as active; dropping it ends it.
+#[derive(Debug)]
+pub struct ActiveGuard {
+    backend: Arc<BackendRuntime>,
+    id: u64,
+}
+
+impl ActiveGuard {
+    /// The backend.
+    pub fn backend(&self) -> &Arc<BackendRuntime> {
+        &self.backend
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.backend.open.lock().items.remove(&self.id);
+        self.backend.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guards_count_and_list_open_traffic() {
+        let backend = Arc::new(BackendRuntime::new("web", 0, VmId::new("vm-a").unwrap(), 1));
+        let client: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let address: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        let a = backend.track(client, address, Traffic::Tcp);
+        let b = backend.track(
+            client,
+            address,
+            Traffic::Http {
+                method: Method::GET,
+                uri: Uri::from_static("/x"),
+            },
+        );
+        assert_eq!(backend.active(), 2);
+        let open = backend.open_items(10);
+        assert_eq!(open.len(), 2);
+        assert_eq!(open[1].request.as_deref(), Some("GET /x"));
+        drop(a);
+        drop(b);
+        assert_eq!(backend.active(), 0);
+        assert!(backend.open_items(10).is_empty());
+        assert_eq!(backend.totals(), (1, 1, 0));
+    }
+
+    #[test]
+    fn latency_is_a_peak_ewma() {
+        let backend = BackendRuntime::new("web", 0, VmId::new("vm-a").unwrap(), 1);
+        backend.record_latency(800);
+        backend.record_latency(1600);
+        assert_eq!(backend.latency_ns(), 1600, "a slower sample is taken at once");
+        backend.record_latency(0);
+        assert_eq!(
+            backend.latency_ns(),
+            1400,
+            "a faster one moves an eighth of the way"
+        );
+    }
+}

@@ -1,0 +1,48 @@
+//! An immutable view of one pool that the hot path reads without locks: every backend's current
+//! address, phase and effective weight, and the selector built from those weights. A phase or
+//! weight change builds a new snapshot and swaps it in; connections holding the old one finish
+//! with it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use handover_core::phase::Phase;
+use handover_core::selection::{LoadSource, Selector};
+
+use crate::backend::BackendRuntime;
+
+/// One backend as of a snapshot.
+#[derive(Debug, Clone)]
+pub struct BackendEntry {
+    /// Live state (shared by every snapshot).
+    pub backend: Arc<BackendRuntime>,
+    /// Where to send traffic.
+    pub address: SocketAddr,
+    /// Phase applied to its VM.
+    pub phase: Phase,
+    /// Effective weight (0: no new work).
+    pub effective_weight: f64,
+}
+
+/// One pool as of one moment.
+#[derive(Debug)]
+pub struct PoolSnapshot {
+    /// Backends, in configuration order.
+    pub entries: Vec<BackendEntry>,
+    /// Selector over the effective weights.
+    pub selector: Selector,
+    /// Every available backend is draining, so they serve anyway.
+    pub fallback: bool,
+}
+
+impl LoadSource for PoolSnapshot {
+    #[inline]
+    fn active(&self, index: usize) -> u64 {
+        self.entries[index].backend.active()
+    }
+
+    #[inline]
+    fn latency_ns(&self, index: usize) -> u64 {
+        self.entries[index].backend.latency_ns()
+    }
+}

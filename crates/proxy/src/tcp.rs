@@ -1,0 +1,98 @@
+//! The L4 listener: one backend per client connection, chosen from the pool's snapshot; a failed
+//! connect is retried on another backend. A migration notice never touches an established
+//! connection: it only changes where the *next* connection goes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::backend::Traffic;
+use crate::pools::Pool;
+use crate::random;
+use crate::relay::relay;
+
+/// Settings of one L4 listener.
+#[derive(Debug, Clone)]
+pub struct TcpRoute {
+    /// Listener name (logs).
+    pub listener: String,
+    /// The pool it routes to.
+    pub pool: Arc<Pool>,
+    /// Close connections idle this long.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Accepts connections until cancelled; each is relayed on its own task.
+pub async fn serve(
+    listener: TcpListener,
+    route: Arc<TcpRoute>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = cancel.cancelled() => return,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                let route = route.clone();
+                tasks.spawn(async move { handle(client, peer, &route).await });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off a little instead of spinning.
+                warn!(listener = %route.listener, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn handle(mut client: TcpStream, peer: SocketAddr, route: &TcpRoute) {
+    let _ = client.set_nodelay(true);
+    let pool = &route.pool;
+    let attempts = pool.config.retries as usize + 1;
+    let mut tried: Vec<usize> = Vec::with_capacity(attempts);
+    for _ in 0..attempts {
+        let (entry, guard) = {
+            let snapshot = pool.snapshot();
+            let Some(index) = snapshot
+                .selector
+                .pick_excluding(&**snapshot, random::next_u64(), &tried)
+            else {
+                break;
+            };
+            let entry = snapshot.entries[index].clone();
+            let guard = entry.backend.track(peer, entry.address, Traffic::Tcp);
+            (entry, guard)
+        };
+        let connect =
+            tokio::time::timeout(pool.config.connect_timeout, TcpStream::connect(entry.address)).await;
+        match connect {
+            Ok(Ok(mut upstream)) => {
+                let _ = upstream.set_nodelay(true);
+                if let Err(e) = relay(&mut client, &mut upstream, route.idle_timeout).await {
+                    debug!(listener = %route.listener, backend = %entry.address, error = %e, "connection ended with an error");
+                }
+                drop(guard);
+                return;
+            }
+            Ok(Err(e)) => {
+                entry.backend.record_failure();
+                warn!(listener = %route.listener, backend = %entry.address, error = %e, "connect failed; trying another backend");
+            }
+            Err(_) => {
+                entry.backend.record_failure();
+                warn!(listener = %route.listener, backend = %entry.address, "connect timed out; trying another backend");
+            }
+        }
+        drop(guard);
+        tried.push(entry.backend.index);
+    }
+    warn!(listener = %route.listener, client = %peer, tried = tried.len(), "no backend could take the connection; closing it");
+}

@@ -220,9 +220,7 @@ fn choose(
             return Some(entry.clone());
         }
     }
-    let index = snapshot
-        .selector
-        .pick_excluding(snapshot, random::next_u64(), tried)?;
+    let index = snapshot.pick(random::next_u64(), tried)?;
     Some(snapshot.entries[index].clone())
 }
 
@@ -356,7 +354,7 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { body, completion } => match Pin::new(body).poll_frame(cx) {
+            ProxyBody::Upstream { body, completion } => match Pin::new(&mut *body).poll_frame(cx) {
                 Poll::Ready(None) => {
                     if let Some(done) = completion.take() {
                         done.finish();
@@ -369,7 +367,16 @@ impl Body for ProxyBody {
                     }
                     Poll::Ready(Some(Err(e.into())))
                 }
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    // With a known length, the server stops polling once the last byte is read:
+                    // complete now, or the upstream connection would never go back to the pool.
+                    if body.is_end_stream()
+                        && let Some(done) = completion.take()
+                    {
+                        done.finish();
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
                 Poll::Pending => Poll::Pending,
             },
             ProxyBody::Local(full) => Pin::new(full).poll_frame(cx).map_err(|never| match never {}),

@@ -35,6 +35,19 @@ pub struct PoolSnapshot {
     pub fallback: bool,
 }
 
+impl PoolSnapshot {
+    /// Picks a backend for new work that is not in `tried`. When no backend with a share of new
+    /// work is left (the others failed), a draining backend takes it rather than the client
+    /// being refused: a migration never causes a refusal of service.
+    pub fn pick(&self, random: u64, tried: &[usize]) -> Option<usize> {
+        self.selector.pick_excluding(self, random, tried).or_else(|| {
+            self.entries
+                .iter()
+                .position(|e| e.phase.is_drained() && !tried.contains(&e.backend.index))
+        })
+    }
+}
+
 impl LoadSource for PoolSnapshot {
     #[inline]
     fn active(&self, index: usize) -> u64 {

@@ -61,10 +61,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, route: &TcpRoute) {
     for _ in 0..attempts {
         let (entry, guard) = {
             let snapshot = pool.snapshot();
-            let Some(index) = snapshot
-                .selector
-                .pick_excluding(&**snapshot, random::next_u64(), &tried)
-            else {
+            let Some(index) = snapshot.pick(random::next_u64(), &tried) else {
                 break;
             };
             let entry = snapshot.entries[index].clone();

@@ -192,8 +192,8 @@ pub const DEFAULT_CONTROL_BIND: &str = "127.0.0.1:9090";
 
 /// Parses and validates a configuration file's text.
 pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
-    let mut doc = Doc::new(src);
     let (tree, syntax_errors) = DeTable::parse_recoverable(src);
+    let mut doc = Doc::new(src, syntax_errors.is_empty().then_some(&tree));
     if !syntax_errors.is_empty() {
         for e in syntax_errors {
             doc.error("", e.span(), format!("TOML syntax: {}", e.message()));
@@ -213,9 +213,9 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
         Some(field) => read_array(&mut doc, &field, read_listener),
         None => Some(Vec::new()),
     };
-    let pools = match root.get("pools") {
+    let (pools, pool_names) = match root.get("pools") {
         Some(field) => read_pools(&mut doc, &field),
-        None => Some(Vec::new()),
+        None => (Some(Vec::new()), Vec::new()),
     };
     let peers = match root.get("peers") {
         Some(field) => read_array(&mut doc, &field, read_peer),
@@ -226,6 +226,9 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
         None => Some(MigrationConfig::default()),
     };
     root.finish(&mut doc);
+    if let Some(listeners) = &listeners {
+        check_listener_pools(&mut doc, listeners, &pool_names);
+    }
 
     if let (Some(control), Some(listeners), Some(pools), Some(peers), Some(migration)) =
         (control, listeners, pools, peers, migration)
@@ -248,9 +251,9 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
 
 /// Reads every element of an array of tables with `read`; `None` if any element failed.
 fn read_array<'a, 'i, T>(
-    doc: &mut Doc<'_>,
+    doc: &mut Doc<'_, '_>,
     field: &Field<'a, 'i>,
-    read: impl Fn(&mut Doc<'_>, &Field<'a, 'i>) -> Option<T>,
+    read: impl Fn(&mut Doc<'_, '_>, &Field<'a, 'i>) -> Option<T>,
 ) -> Option<Vec<T>> {
     let items = field.array(doc)?;
     let mut out = Vec::with_capacity(items.len());
@@ -276,7 +279,7 @@ fn or_default<T>(
     }
 }
 
-fn read_control(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<ControlConfig> {
+fn read_control(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<ControlConfig> {
     let mut t = Fields::of(doc, field)?;
     let bind = or_default(
         t.get("bind"),
@@ -294,7 +297,7 @@ fn read_control(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<ControlConfi
     })
 }
 
-fn read_listener(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<ListenerConfig> {
+fn read_listener(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<ListenerConfig> {
     let mut t = Fields::of(doc, field)?;
     let name = t.require(doc, "name").and_then(|f| f.non_empty_string(doc));
     let kind = t
@@ -321,7 +324,7 @@ fn read_listener(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<ListenerCon
 }
 
 /// A duration that must be above zero.
-fn positive(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<Duration> {
+fn positive(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<Duration> {
     let d = field.duration(doc)?;
     if d.is_zero() {
         doc.error(&field.path, field.span(), "must be longer than zero");
@@ -330,11 +333,17 @@ fn positive(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<Duration> {
     Some(d)
 }
 
-fn read_pools(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<Vec<PoolConfig>> {
-    let mut t = Fields::of(doc, field)?;
+/// The pools, and the names of every pool in the file (even those with errors), so that listeners
+/// can be checked against them in the same run.
+fn read_pools(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> (Option<Vec<PoolConfig>>, Vec<String>) {
+    let Some(mut t) = Fields::of(doc, field) else {
+        return (None, Vec::new());
+    };
     let mut pools = Vec::new();
+    let mut names = Vec::new();
     let mut ok = true;
     for (name, key_span, pool_field) in t.entries() {
+        names.push(name.clone());
         if !valid_name(&name) {
             doc.error(
                 &pool_field.path,
@@ -350,7 +359,7 @@ fn read_pools(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<Vec<PoolConfig
         }
     }
     t.finish(doc);
-    ok.then_some(pools)
+    (ok.then_some(pools), names)
 }
 
 fn valid_name(name: &str) -> bool {
@@ -361,7 +370,7 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-fn read_pool(doc: &mut Doc<'_>, name: &str, field: &Field<'_, '_>) -> Option<PoolConfig> {
+fn read_pool(doc: &mut Doc<'_, '_>, name: &str, field: &Field<'_, '_>) -> Option<PoolConfig> {
     let mut t = Fields::of(doc, field)?;
     let algorithm = or_default(t.get("algorithm"), Algorithm::RoundRobin, |f| {
         f.choice(
@@ -431,7 +440,7 @@ fn read_pool(doc: &mut Doc<'_>, name: &str, field: &Field<'_, '_>) -> Option<Poo
     Some(pool)
 }
 
-fn read_drain(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<DrainPolicy> {
+fn read_drain(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<DrainPolicy> {
     let mut t = Fields::of(doc, field)?;
     let target = or_default(t.get("target"), 0.0, |f| f.number(doc, 0.0, 1.0));
     let shape = or_default(t.get("shape"), DrainShape::Step, |f| {
@@ -468,7 +477,7 @@ fn read_drain(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<DrainPolicy> {
     Some(policy)
 }
 
-fn read_ramp(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<RampPolicy> {
+fn read_ramp(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<RampPolicy> {
     let mut t = Fields::of(doc, field)?;
     let defaults = RampPolicy::default();
     let window = or_default(t.get("window"), defaults.window, |f| f.duration(doc));
@@ -494,7 +503,7 @@ fn read_ramp(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<RampPolicy> {
     })
 }
 
-fn read_guard(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<GuardConfig> {
+fn read_guard(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<GuardConfig> {
     let mut t = Fields::of(doc, field)?;
     let min_active = or_default(t.get("min_active"), 0, |f| {
         f.integer(doc, 0, 100_000).map(|v| v as usize)
@@ -517,7 +526,7 @@ fn read_guard(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<GuardConfig> {
     })
 }
 
-fn read_sticky(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<StickyConfig> {
+fn read_sticky(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<StickyConfig> {
     let mut t = Fields::of(doc, field)?;
     let cookie = t.require(doc, "cookie").and_then(|f| {
         let name = f.non_empty_string(doc)?;
@@ -538,7 +547,7 @@ fn read_sticky(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<StickyConfig>
     Some(StickyConfig { cookie: cookie? })
 }
 
-fn read_backend(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<BackendConfig> {
+fn read_backend(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<BackendConfig> {
     let mut t = Fields::of(doc, field)?;
     let address = t.require(doc, "address").and_then(|f| f.socket_addr(doc));
     let vm = t.require(doc, "vm").and_then(|f| {
@@ -562,7 +571,7 @@ fn read_backend(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<BackendConfi
     })
 }
 
-fn read_peer(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<PeerConfig> {
+fn read_peer(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<PeerConfig> {
     let mut t = Fields::of(doc, field)?;
     let url = t.require(doc, "url").and_then(|f| {
         let text = f.non_empty_string(doc)?;
@@ -614,7 +623,7 @@ pub fn normalize_peer_url(text: &str) -> Result<String, String> {
     Ok(format!("http://{authority}"))
 }
 
-fn read_migration(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<MigrationConfig> {
+fn read_migration(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<MigrationConfig> {
     let mut t = Fields::of(doc, field)?;
     let defaults = MigrationConfig::default();
     let deadline = or_default(t.get("deadline"), defaults.deadline, |f| positive(doc, f));
@@ -628,9 +637,28 @@ fn read_migration(doc: &mut Doc<'_>, field: &Field<'_, '_>) -> Option<MigrationC
     })
 }
 
-/// Checks that need the whole file: references, duplicates.
-fn cross_check(doc: &mut Doc<'_>, config: &Config) {
-    let pool_names: HashSet<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+/// Every listener must name a pool of the file.
+fn check_listener_pools(doc: &mut Doc<'_, '_>, listeners: &[ListenerConfig], pools: &[String]) {
+    for (i, listener) in listeners.iter().enumerate() {
+        if !pools.contains(&listener.pool) {
+            let mut known: Vec<&str> = pools.iter().map(String::as_str).collect();
+            known.sort_unstable();
+            let known = if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            };
+            doc.error(
+                &format!("listeners[{i}].pool"),
+                None,
+                format!("no pool named {:?} (pools: {known})", listener.pool),
+            );
+        }
+    }
+}
+
+/// Checks that need the whole file: duplicates.
+fn cross_check(doc: &mut Doc<'_, '_>, config: &Config) {
     let mut listener_names = HashSet::new();
     let mut binds: BTreeMap<SocketAddr, &str> = BTreeMap::new();
     for (i, listener) in config.listeners.iter().enumerate() {
@@ -640,23 +668,6 @@ fn cross_check(doc: &mut Doc<'_>, config: &Config) {
                 &format!("{path}.name"),
                 None,
                 format!("duplicate listener name {:?}", listener.name),
-            );
-        }
-        if !pool_names.contains(listener.pool.as_str()) {
-            let mut known: Vec<&str> = pool_names.iter().copied().collect();
-            known.sort_unstable();
-            doc.error(
-                &format!("{path}.pool"),
-                None,
-                format!(
-                    "no pool named {:?} (pools: {})",
-                    listener.pool,
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
             );
         }
         if listener.bind.port() != 0

@@ -11,20 +11,20 @@ use toml::de::{DeTable, DeValue};
 use super::error::ConfigError;
 use crate::time::parse_duration;
 
-/// The source text, its line index, and the errors found so far.
-pub(crate) struct Doc<'s> {
+/// The parsed document, its line index, and the errors found so far.
+pub(crate) struct Doc<'t, 'i> {
     line_starts: Vec<usize>,
-    _src: &'s str,
+    tree: Option<&'t Spanned<DeTable<'i>>>,
     pub(crate) errors: Vec<ConfigError>,
 }
 
-impl<'s> Doc<'s> {
-    pub(crate) fn new(src: &'s str) -> Self {
+impl<'t, 'i> Doc<'t, 'i> {
+    pub(crate) fn new(src: &str, tree: Option<&'t Spanned<DeTable<'i>>>) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(src.match_indices('\n').map(|(i, _)| i + 1));
         Self {
             line_starts,
-            _src: src,
+            tree,
             errors: Vec::new(),
         }
     }
@@ -37,13 +37,56 @@ impl<'s> Doc<'s> {
         }
     }
 
+    /// Records an error; without a span, the line is found from the field path.
+    /// Records an error; without a span, the line is found from the field path.
     pub(crate) fn error(&mut self, path: &str, span: Option<Range<usize>>, message: impl Into<String>) {
+        let span = span.or_else(|| self.tree.and_then(|tree| locate(tree, path)));
         let line = span.map(|s| self.line_of(s.start));
         self.errors.push(ConfigError {
             path: path.to_string(),
             line,
             message: message.into(),
         });
+    }
+}
+
+/// The span of the value at a field path such as `pools.web.v2.backends[1].address`. Keys may
+/// contain dots, so at each table the longest key that fits the rest of the path wins.
+fn locate(tree: &Spanned<DeTable<'_>>, path: &str) -> Option<Range<usize>> {
+    let mut span = tree.span();
+    let mut value: Option<&Spanned<DeValue<'_>>> = None;
+    let mut rest = path;
+    let mut table = tree.get_ref();
+    loop {
+        if rest.is_empty() {
+            return Some(span);
+        }
+        if let Some(after) = rest.strip_prefix('[') {
+            let (index, after) = after.split_once(']')?;
+            let items = value?.get_ref().as_array()?;
+            let item = items.get(index.parse::<usize>().ok()?)?;
+            span = item.span();
+            value = Some(item);
+            rest = after.strip_prefix('.').unwrap_or(after);
+            if let DeValue::Table(t) = item.get_ref() {
+                table = t;
+            }
+            continue;
+        }
+        let (key, item) = table
+            .iter()
+            .filter(|(k, _)| {
+                let k = k.get_ref().as_ref();
+                rest.starts_with(k) && matches!(rest[k.len()..].chars().next(), None | Some('.') | Some('['))
+            })
+            .max_by_key(|(k, _)| k.get_ref().len())?;
+        span = item.span();
+        value = Some(item);
+        rest = &rest[key.get_ref().len()..];
+        rest = rest.strip_prefix('.').unwrap_or(rest);
+        if let DeValue::Table(t) = item.get_ref() {
+            table = t;
+        }
     }
 }
 
@@ -87,7 +130,7 @@ impl<'a, 'i> Fields<'a, 'i> {
     }
 
     /// Opens a field that must be a table; reports an error otherwise.
-    pub(crate) fn of(doc: &mut Doc<'_>, field: &Field<'a, 'i>) -> Option<Self> {
+    pub(crate) fn of(doc: &mut Doc<'_, '_>, field: &Field<'a, 'i>) -> Option<Self> {
         match field.value.get_ref() {
             DeValue::Table(table) => Some(Self::new(field.path.clone(), table, field.value.span())),
             other => {
@@ -136,7 +179,7 @@ impl<'a, 'i> Fields<'a, 'i> {
     }
 
     /// A required field; reports `missing field` when absent.
-    pub(crate) fn require(&mut self, doc: &mut Doc<'_>, key: &str) -> Option<Field<'a, 'i>> {
+    pub(crate) fn require(&mut self, doc: &mut Doc<'_, '_>, key: &str) -> Option<Field<'a, 'i>> {
         let field = self.get(key);
         if field.is_none() {
             doc.error(
@@ -149,7 +192,7 @@ impl<'a, 'i> Fields<'a, 'i> {
     }
 
     /// Reports every key that no reader asked for.
-    pub(crate) fn finish(self, doc: &mut Doc<'_>) {
+    pub(crate) fn finish(self, doc: &mut Doc<'_, '_>) {
         for (key, _) in self.table.iter() {
             let name = key.get_ref().as_ref();
             if !self.used.iter().any(|u| u == name) {
@@ -168,7 +211,7 @@ impl<'a, 'i> Fields<'a, 'i> {
 
 /// Typed extraction; each returns `None` after recording an error.
 impl<'a, 'i> Field<'a, 'i> {
-    pub(crate) fn string(&self, doc: &mut Doc<'_>) -> Option<String> {
+    pub(crate) fn string(&self, doc: &mut Doc<'_, '_>) -> Option<String> {
         match self.value.get_ref() {
             DeValue::String(s) => Some(s.to_string()),
             other => {
@@ -182,7 +225,7 @@ impl<'a, 'i> Field<'a, 'i> {
         }
     }
 
-    pub(crate) fn non_empty_string(&self, doc: &mut Doc<'_>) -> Option<String> {
+    pub(crate) fn non_empty_string(&self, doc: &mut Doc<'_, '_>) -> Option<String> {
         let s = self.string(doc)?;
         if s.trim().is_empty() {
             doc.error(&self.path, self.span(), "must not be empty");
@@ -191,7 +234,7 @@ impl<'a, 'i> Field<'a, 'i> {
         Some(s)
     }
 
-    pub(crate) fn integer(&self, doc: &mut Doc<'_>, min: i64, max: i64) -> Option<i64> {
+    pub(crate) fn integer(&self, doc: &mut Doc<'_, '_>, min: i64, max: i64) -> Option<i64> {
         let value = match self.value.get_ref() {
             DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok(),
             other => {
@@ -217,7 +260,7 @@ impl<'a, 'i> Field<'a, 'i> {
     }
 
     /// A float; integers are accepted too (`target = 0` is as good as `target = 0.0`).
-    pub(crate) fn number(&self, doc: &mut Doc<'_>, min: f64, max: f64) -> Option<f64> {
+    pub(crate) fn number(&self, doc: &mut Doc<'_, '_>, min: f64, max: f64) -> Option<f64> {
         let value = match self.value.get_ref() {
             DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok().map(|v| v as f64),
             DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
@@ -243,7 +286,7 @@ impl<'a, 'i> Field<'a, 'i> {
         }
     }
 
-    pub(crate) fn duration(&self, doc: &mut Doc<'_>) -> Option<Duration> {
+    pub(crate) fn duration(&self, doc: &mut Doc<'_, '_>) -> Option<Duration> {
         let text = self.string(doc)?;
         match parse_duration(&text) {
             Ok(d) => Some(d),
@@ -254,7 +297,7 @@ impl<'a, 'i> Field<'a, 'i> {
         }
     }
 
-    pub(crate) fn socket_addr(&self, doc: &mut Doc<'_>) -> Option<SocketAddr> {
+    pub(crate) fn socket_addr(&self, doc: &mut Doc<'_, '_>) -> Option<SocketAddr> {
         let text = self.string(doc)?;
         match text.parse::<SocketAddr>() {
             Ok(addr) => Some(addr),
@@ -270,7 +313,7 @@ impl<'a, 'i> Field<'a, 'i> {
     }
 
     /// One of a fixed set of strings.
-    pub(crate) fn choice<T: Copy>(&self, doc: &mut Doc<'_>, choices: &[(&str, T)]) -> Option<T> {
+    pub(crate) fn choice<T: Copy>(&self, doc: &mut Doc<'_, '_>, choices: &[(&str, T)]) -> Option<T> {
         let text = self.string(doc)?;
         match choices.iter().find(|(name, _)| *name == text) {
             Some((_, value)) => Some(*value),
@@ -287,7 +330,7 @@ impl<'a, 'i> Field<'a, 'i> {
     }
 
     /// An array; each element comes with its indexed path (`backends[2]`).
-    pub(crate) fn array(&self, doc: &mut Doc<'_>) -> Option<Vec<Field<'a, 'i>>> {
+    pub(crate) fn array(&self, doc: &mut Doc<'_, '_>) -> Option<Vec<Field<'a, 'i>>> {
         match self.value.get_ref() {
             DeValue::Array(items) => Some(
                 items

@@ -91,11 +91,33 @@ fn every_error_is_reported_not_just_the_first() {
 }
 
 #[test]
-fn listener_pointing_at_a_missing_pool_is_rejected() {
+fn listener_pointing_at_a_missing_pool_is_rejected_with_its_line() {
     let src = EXAMPLE.replace("pool = \"web\"", "pool = \"api\"");
     let errors = errors_of(&src);
     assert_eq!(errors[0].path, "listeners[0].pool");
+    assert_eq!(errors[0].line, Some(9));
     assert!(errors[0].message.contains("no pool named \"api\""));
+}
+
+#[test]
+fn a_missing_pool_is_reported_with_the_other_errors() {
+    let src = EXAMPLE
+        .replace("pool = \"web\"", "pool = \"api\"")
+        .replace("127.0.0.1:9002", "nowhere");
+    let paths: Vec<String> = errors_of(&src).into_iter().map(|e| e.path).collect();
+    assert_eq!(paths, vec!["listeners[0].pool", "pools.web.backends[1].address"]);
+}
+
+#[test]
+fn errors_found_after_parsing_still_carry_lines_even_with_dotted_pool_names() {
+    let src = EXAMPLE
+        .replace("[pools.web]", "[pools.\"web.v2\"]")
+        .replace("pools.web.backends", "pools.\"web.v2\".backends")
+        .replace("pool = \"web\"", "pool = \"web.v2\"")
+        .replace("127.0.0.1:9002", "127.0.0.1:9001");
+    let errors = errors_of(&src);
+    assert_eq!(errors[0].path, "pools.web.v2.backends[1].address");
+    assert_eq!(errors[0].line, Some(23), "{errors:?}");
 }
 
 #[test]

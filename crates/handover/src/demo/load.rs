@@ -90,9 +90,13 @@ impl Load {
         }
     }
 
-    fn record(&self, vm: Option<usize>) {
+    /// The label a request sent now is counted under.
+    fn label_now(&self) -> usize {
+        self.phase.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, vm: Option<usize>, phase: usize) {
         let second = self.start.elapsed().as_secs() as usize;
-        let phase = self.phase.load(Ordering::Relaxed);
         let mut tally = self.tally.lock();
         match vm {
             Some(vm) => {
@@ -138,6 +142,8 @@ pub async fn http_client(load: Arc<Load>, address: SocketAddr, pause: Duration, 
         if sender.is_none() {
             sender = open(address).await.ok();
         }
+        // Labelled by the phase when the request is sent, not when it is answered.
+        let label = load.label_now();
         let answer = match sender.as_mut() {
             Some(s) => ask(s).await,
             None => None,
@@ -145,7 +151,7 @@ pub async fn http_client(load: Arc<Load>, address: SocketAddr, pause: Duration, 
         if answer.is_none() {
             sender = None;
         }
-        load.record(answer);
+        load.record(answer, label);
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = cancel.cancelled() => {}
@@ -167,8 +173,8 @@ pub async fn pinned_client(
         return;
     };
     while !cancel.is_cancelled() && Instant::now() < close_at {
-        let answer = ask(&mut sender).await;
         let drained = load.drained_now();
+        let answer = ask(&mut sender).await;
         {
             let mut pinned = load.pinned.lock();
             let entry = &mut pinned[slot];

@@ -134,11 +134,10 @@ pub async fn run() -> anyhow::Result<u8> {
         while next_step < steps.len() && steps[next_step].0 == second {
             let (_, notice, label) = steps[next_step];
             if let Some(notice) = notice {
-                // Count under the new label from the moment the notice is sent.
-                load.set_phase(label);
                 let control = control.clone();
+                let load = load.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = send(&control, notice).await {
+                    if let Err(e) = send(&control, notice, &load, label).await {
                         println!(">>> notice {notice} for vm-a failed: {e}");
                     }
                 });
@@ -157,27 +156,41 @@ pub async fn run() -> anyhow::Result<u8> {
     Ok(if ok { EXIT_OK } else { EXIT_ERROR })
 }
 
-async fn send(control: &ControlClient, notice: Notice) -> anyhow::Result<()> {
-    let request = NoticeRequest {
+/// Sends a notice through the control API. Requests are labelled by the phase when they are sent,
+/// so the label moves only when it is certain: to a drained phase once the API said the drain is
+/// applied, away from it shortly before the notice that ends it.
+async fn send(control: &ControlClient, notice: Notice, load: &Load, label: &str) -> anyhow::Result<()> {
+    let path = "/v1/vms/vm-a/migration";
+    let request = |wait_drained: bool| NoticeRequest {
         phase: notice,
-        wait_drained: notice == Notice::Prepare,
+        wait_drained,
         timeout_ms: Some(5_000),
         threshold: None,
         deadline_ms: None,
     };
-    if notice == Notice::Prepare {
-        println!(">>> notice prepare for vm-a: waiting until vm-a is drained (its open connections finish)");
+    if notice == Notice::Completed {
+        load.set_phase(label);
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (_, reply): (_, NoticeResponse) = control.post("/v1/vms/vm-a/migration", &request).await?;
-    let drained = match &reply.drain {
-        Some(d) if d.drained => format!(", drained in {} ms", d.waited_ms),
-        Some(d) => format!(", NOT drained after {} ms ({} active)", d.waited_ms, d.active),
-        None => String::new(),
-    };
+    let (_, reply): (_, NoticeResponse) = control.post(path, &request(false)).await?;
+    load.set_phase(label);
     println!(
-        ">>> notice {notice} for vm-a: {} → {}{drained}",
+        ">>> notice {notice} for vm-a: {} → {}",
         reply.previous_phase, reply.phase
     );
+    if notice == Notice::Prepare {
+        println!(">>> waiting until vm-a is drained (its open connections finish)");
+        // A repeated prepare changes nothing; it only waits.
+        let (_, reply): (_, NoticeResponse) = control.post(path, &request(true)).await?;
+        match &reply.drain {
+            Some(d) if d.drained => println!(">>> vm-a drained in {} ms", d.waited_ms),
+            Some(d) => println!(
+                ">>> vm-a NOT drained after {} ms ({} still active)",
+                d.waited_ms, d.active
+            ),
+            None => {}
+        }
+    }
     Ok(())
 }
 

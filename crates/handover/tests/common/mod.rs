@@ -1,0 +1,209 @@
+//! Test kit shared by the end-to-end tests: the real `handover` binary started on a temporary
+//! configuration, real backends on loopback, and small clients.
+
+#![allow(dead_code)]
+
+pub mod backends;
+pub mod skip;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use handover_core::api::{NoticeRequest, VmView};
+use handover_drivers::{ClientError, ControlClient};
+
+/// Path of the binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_handover")
+}
+
+/// A running `handover run` process.
+pub struct Node {
+    child: Child,
+    /// Control API base URL.
+    pub control: String,
+    /// Listener addresses by name.
+    pub listeners: BTreeMap<String, SocketAddr>,
+    _dir: tempfile::TempDir,
+}
+
+#[derive(serde::Deserialize)]
+struct Ready {
+    control: String,
+    listeners: BTreeMap<String, String>,
+}
+
+impl Node {
+    /// Starts `handover run` on this configuration and waits until it listens.
+    pub fn start(config: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("handover.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let ready: PathBuf = dir.path().join("ready.json");
+        let log = std::fs::File::create(dir.path().join("handover.log")).unwrap();
+        let child = Command::new(binary())
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(["--shutdown-grace", "1s"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn handover");
+        let mut node = Node {
+            child,
+            control: String::new(),
+            listeners: BTreeMap::new(),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                let ready: Ready = serde_json::from_str(&text).expect("ready file is JSON");
+                node.control = ready.control;
+                node.listeners = ready
+                    .listeners
+                    .into_iter()
+                    .map(|(k, v)| (k, v.parse().unwrap()))
+                    .collect();
+                return node;
+            }
+            if let Some(status) = node.child.try_wait().unwrap() {
+                panic!("handover exited early with {status}:\n{}", node.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "handover did not become ready:\n{}",
+                node.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("handover.log")).unwrap_or_default()
+    }
+
+    /// Address of a listener.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.listeners[name]
+    }
+
+    /// A control-API client.
+    pub fn client(&self, token: Option<&str>) -> ControlClient {
+        ControlClient::new(&self.control, token.map(str::to_string), Duration::from_secs(30))
+    }
+
+    /// Sends a notice; returns the reply as JSON (errors too), with its HTTP status.
+    pub async fn notice(&self, vm: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.notice_with_token(vm, body, None).await
+    }
+
+    /// Sends a notice with a bearer token.
+    pub async fn notice_with_token(
+        &self,
+        vm: &str,
+        body: serde_json::Value,
+        token: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let result: Result<(http::StatusCode, serde_json::Value), ClientError> = self
+            .client(token)
+            .post(&format!("/v1/vms/{vm}/migration"), &body)
+            .await;
+        match result {
+            Ok((status, value)) => (status.as_u16(), value),
+            Err(ClientError::Status { status, body }) => {
+                (status.as_u16(), serde_json::to_value(body).unwrap())
+            }
+            Err(e) => panic!("notice failed: {e}"),
+        }
+    }
+
+    /// Sends a typed notice.
+    pub async fn send(&self, vm: &str, request: NoticeRequest) -> (u16, serde_json::Value) {
+        self.notice(vm, serde_json::to_value(request).unwrap()).await
+    }
+
+    /// `GET /v1/vms`.
+    pub async fn vms(&self) -> Vec<VmView> {
+        self.client(None).get("/v1/vms").await.expect("GET /v1/vms")
+    }
+
+    /// The phase a VM has in the registry.
+    pub async fn phase(&self, vm: &str) -> String {
+        self.vms()
+            .await
+            .into_iter()
+            .find(|v| v.vm.as_str() == vm)
+            .map(|v| v.phase.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Runs a CLI command of the binary against this node.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .args(args)
+            .env("HANDOVER_CONTROL", &self.control)
+            .output()
+            .expect("run handover CLI")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A simple prepare.
+pub fn notice(phase: &str) -> serde_json::Value {
+    serde_json::json!({ "phase": phase })
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A pool section with three backends of vm-a, vm-b, vm-c.
+pub fn pool_toml(name: &str, extra: &str, backends: &[SocketAddr]) -> String {
+    let mut text = format!("[pools.{name}]\n{extra}\n");
+    for (i, address) in backends.iter().enumerate() {
+        let vm = ["vm-a", "vm-b", "vm-c", "vm-d"][i];
+        text.push_str(&format!(
+            "\n[[pools.{name}.backends]]\naddress = \"{address}\"\nvm = \"{vm}\"\n"
+        ));
+    }
+    text
+}

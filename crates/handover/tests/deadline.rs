@@ -1,0 +1,107 @@
+//! A migration with no end notice is restored at its deadline; a failed one is restored at once
+//! where the pool says so; history records every phase with its timestamp.
+
+mod common;
+
+use std::time::Duration;
+
+use common::backends::{TcpBackend, vm_counts};
+use common::{Node, eventually, notice, pool_toml};
+
+async fn node(pool_extra: &str) -> (Node, Vec<TcpBackend>) {
+    let backends = vec![
+        TcpBackend::start("vm-a").await,
+        TcpBackend::start("vm-b").await,
+        TcpBackend::start("vm-c").await,
+    ];
+    let addresses: Vec<_> = backends.iter().map(|b| b.address).collect();
+    let config = format!(
+        "[control]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\n{}",
+        pool_toml("p", pool_extra, &addresses)
+    );
+    (Node::start(&config), backends)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_without_an_end_notice_is_restored_at_the_deadline() {
+    let (node, _backends) = node("deadline = \"1500ms\"\nramp = { window = \"1s\" }").await;
+    let (status, reply) = node.notice("vm-a", notice("prepare")).await;
+    assert_eq!(status, 200, "{reply}");
+    let counts = vm_counts(node.listener("tcp"), 90, 30).await;
+    assert_eq!(counts.get("vm-a"), None);
+
+    // Not before the deadline...
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(node.phase("vm-a").await, "draining");
+    // ...but after it, without any notice.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            node.phase("vm-a").await == "stable"
+        })
+        .await
+    );
+    let counts = vm_counts(node.listener("tcp"), 300, 30).await;
+    let a = counts.get("vm-a").copied().unwrap_or(0) as f64 / 300.0;
+    assert!(
+        (a - 1.0 / 3.0).abs() < 0.05,
+        "vm-a is back at full share: {counts:?}"
+    );
+
+    let migrations: serde_json::Value = node.client(None).get("/v1/migrations").await.unwrap();
+    let m = &migrations[0];
+    assert_eq!(m["vm"], "vm-a");
+    assert_eq!(m["end"], "deadline");
+    let prepared = m["prepared_at"].as_u64().unwrap();
+    let ended = m["ended_at"].as_u64().unwrap();
+    assert!(
+        (1500..2500).contains(&(ended - prepared)),
+        "ended {} ms after prepare",
+        ended - prepared
+    );
+    assert!(
+        m["stable_at"].as_u64().unwrap() >= ended + 1000,
+        "the ramp took its window"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_migration_restores_the_vm() {
+    let (node, _backends) = node("restore = \"immediate\"\nramp = { window = \"30s\" }").await;
+    node.notice("vm-a", notice("prepare")).await;
+    node.notice("vm-a", notice("started")).await;
+    assert_eq!(node.phase("vm-a").await, "migrating");
+    let (status, reply) = node.notice("vm-a", notice("failed")).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        reply["phase"], "stable",
+        "restore = immediate skips the ramp after a failure"
+    );
+    let backend = &reply["balancers"][0]["backends"][0];
+    assert_eq!(backend["effective_weight"], 1.0);
+    let counts = vm_counts(node.listener("tcp"), 300, 30).await;
+    let a = counts.get("vm-a").copied().unwrap_or(0) as f64 / 300.0;
+    assert!((a - 1.0 / 3.0).abs() < 0.05, "{counts:?}");
+
+    let migrations: serde_json::Value = node.client(None).get("/v1/migrations").await.unwrap();
+    assert_eq!(migrations[0]["end"], "failed");
+    assert!(migrations[0]["started_at"].is_u64());
+    assert!(migrations[0]["migrating_ms"].is_u64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_migration_ramps_back_by_default() {
+    let (node, _backends) = node("ramp = { window = \"2s\" }").await;
+    node.notice("vm-a", notice("prepare")).await;
+    let (_, reply) = node.notice("vm-a", notice("failed")).await;
+    assert_eq!(reply["phase"], "ramping");
+    let weight = reply["balancers"][0]["backends"][0]["effective_weight"]
+        .as_f64()
+        .unwrap();
+    assert!(weight < 0.5, "the ramp starts low: {weight}");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            node.phase("vm-a").await == "stable"
+        })
+        .await
+    );
+}

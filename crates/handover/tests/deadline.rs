@@ -105,3 +105,37 @@ async fn a_failed_migration_ramps_back_by_default() {
         .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_queues_a_prepare_and_admits_it_when_another_migration_ends() {
+    let (node, _backends) = node("guard = { max_concurrent = 1, on_violation = \"queue\" }").await;
+    let (status, _) = node.notice("vm-a", notice("prepare")).await;
+    assert_eq!(status, 200);
+    let output = node.cli(&["notify", "vm-b", "prepare"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(4), "exit 4 means queued: {stdout}");
+    assert!(stdout.contains("queued"), "{stdout}");
+    assert!(
+        stdout.contains("pool p already has 1 migration in progress (vm-a); max_concurrent = 1"),
+        "{stdout}"
+    );
+    let vms = node.vms().await;
+    let b = vms.iter().find(|v| v.vm.as_str() == "vm-b").unwrap();
+    assert!(b.queued);
+    assert_eq!(b.phase.to_string(), "stable");
+
+    let (status, _) = node.notice("vm-a", notice("completed")).await;
+    assert_eq!(status, 200);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            node.phase("vm-b").await == "draining"
+        })
+        .await
+    );
+    let counts = vm_counts(node.listener("tcp"), 90, 30).await;
+    assert_eq!(
+        counts.get("vm-b"),
+        None,
+        "the admitted drain is applied: {counts:?}"
+    );
+}

@@ -163,3 +163,28 @@ async fn a_failed_connect_is_retried_on_another_backend() {
     );
     assert_eq!(counts.get("vm-a"), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_lets_the_answer_come_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backends = three_backends().await;
+    let node = Node::start(&config(&backends, ""));
+    let mut stream = tokio::net::TcpStream::connect(node.listener("tcp"))
+        .await
+        .unwrap();
+    stream.write_all(b"last words\n").await.unwrap();
+    // The client is done sending; the backend's answer must still arrive, then EOF.
+    stream.shutdown().await.unwrap();
+    let mut received = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut received))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut lines = received.lines();
+    let vm = lines.next().unwrap().to_string();
+    assert_eq!(
+        lines.next(),
+        Some(format!("{vm} last words").as_str()),
+        "{received:?}"
+    );
+}

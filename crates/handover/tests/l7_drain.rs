@@ -179,3 +179,66 @@ async fn upstream_connections_are_reused_across_requests() {
         "200 sequential requests opened {opened} upstream connections"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stream_both_ways() {
+    let backend = HttpBackend::start("vm-a").await;
+    let node = Node::start(&config(&[backend.address], ""));
+    let proxy = node.listener("web");
+
+    // A 20 MiB chunked response without a length arrives whole.
+    let mut client = HttpClient::connect(proxy).await;
+    let answer = client.get("/big?bytes=20971520").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body.len(), 20 * 1024 * 1024);
+    assert!(answer.body.bytes().all(|b| b == b'x'));
+    // The connection is still usable afterwards.
+    assert_eq!(client.get("/").await.body, "vm-a");
+
+    // A 16 MiB request body streamed in chunks reaches the backend whole.
+    let stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let chunks = (0..256).map(|_| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(vec![7u8; 65536])))
+    });
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+    let request = http::Request::post("/echo-length")
+        .header("host", "test")
+        .body(body)
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(
+        String::from_utf8_lossy(&text).trim(),
+        format!("vm-a {}", 256 * 65536)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_does_not_answer_in_time_gives_504() {
+    let backend = HttpBackend::start("vm-a").await;
+    let text = config(&[backend.address], "")
+        .replace("pool = \"p\"\n", "pool = \"p\"\nresponse_timeout = \"300ms\"\n");
+    let node = Node::start(&text);
+    let mut client = HttpClient::connect(node.listener("web")).await;
+    let started = std::time::Instant::now();
+    let answer = client.get("/slow?ms=3000").await;
+    assert_eq!(answer.status, 504, "{}", answer.body);
+    assert!(
+        answer.body.contains("did not answer within 300ms"),
+        "{}",
+        answer.body
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The client connection stays usable.
+    let mut client = HttpClient::connect(node.listener("web")).await;
+    assert_eq!(client.get("/").await.status, 200);
+}

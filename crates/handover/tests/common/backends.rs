@@ -179,6 +179,42 @@ impl HttpBackend {
                             if let Some(ms) = wait {
                                 tokio::time::sleep(Duration::from_millis(ms)).await;
                             }
+                            if request.uri().path() == "/echo-length" {
+                                // Streams the request body in, answers with its length.
+                                let mut body = request.into_body();
+                                let mut length = 0usize;
+                                while let Some(frame) = body.frame().await {
+                                    if let Ok(data) = frame.map(|f| f.into_data()) {
+                                        length += data.map(|d| d.len()).unwrap_or(0);
+                                    } else {
+                                        break;
+                                    }
+                                }
+                                counter.fetch_add(1, Ordering::Relaxed);
+                                return Ok::<_, Infallible>(Response::new(
+                                    Full::new(Bytes::from(format!("{name} {length}\n"))).boxed(),
+                                ));
+                            }
+                            if let Some(bytes) = request
+                                .uri()
+                                .query()
+                                .and_then(|q| q.strip_prefix("bytes="))
+                                .and_then(|b| b.parse::<usize>().ok())
+                                .filter(|_| request.uri().path() == "/big")
+                            {
+                                // A large response streamed in 64 KiB chunks, without a length.
+                                counter.fetch_add(1, Ordering::Relaxed);
+                                let chunks = (0..bytes.div_ceil(65536)).map(move |i| {
+                                    let size = 65536.min(bytes - i * 65536);
+                                    Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(vec![
+                                        b'x';
+                                        size
+                                    ])))
+                                });
+                                let stream =
+                                    http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+                                return Ok(Response::new(stream.boxed()));
+                            }
                             let forwarded = request
                                 .headers()
                                 .get("x-forwarded-for")
@@ -187,14 +223,15 @@ impl HttpBackend {
                                 .to_string();
                             let hop = request.headers().contains_key("x-hop");
                             counter.fetch_add(1, Ordering::Relaxed);
-                            let mut response = Response::new(Full::new(Bytes::from(format!("{name}\n"))));
+                            let mut response =
+                                Response::new(Full::new(Bytes::from(format!("{name}\n"))).boxed());
                             response
                                 .headers_mut()
                                 .insert("x-seen-forwarded-for", forwarded.parse().unwrap());
                             response
                                 .headers_mut()
                                 .insert("x-seen-hop", if hop { "yes" } else { "no" }.parse().unwrap());
-                            Ok::<_, Infallible>(response)
+                            Ok(response)
                         }
                     });
                     let _ = http1::Builder::new()

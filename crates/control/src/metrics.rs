@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use handover_core::api::BalancerStatus;
+use handover_core::api::{BackendStatus, BalancerStatus};
 use handover_core::migration::MigrationRecord;
 use handover_core::model::VmId;
 use handover_core::phase::{Phase, VmState};
@@ -36,98 +36,58 @@ pub fn render(input: &MetricsInput<'_>) -> String {
         .flat_map(|pool| pool.backends.iter().map(move |b| (pool.name.as_str(), b)))
         .collect();
 
-    family(
-        &mut out,
-        "handover_backend_active",
-        "gauge",
-        "Open L4 connections plus in-flight L7 requests.",
-    );
-    for (pool, b) in &backends {
-        sample(
-            &mut out,
+    type BackendValue = fn(&BackendStatus) -> f64;
+    let per_backend: [(&str, &str, &str, BackendValue); 7] = [
+        (
             "handover_backend_active",
-            &[("pool", pool), ("backend", &b.address), ("vm", b.vm.as_str())],
-            b.active as f64,
-        );
-    }
-    family(
-        &mut out,
-        "handover_backend_connections_total",
-        "counter",
-        "L4 connections sent to the backend.",
-    );
-    for (pool, b) in &backends {
-        sample(
-            &mut out,
+            "gauge",
+            "Open L4 connections plus in-flight L7 requests.",
+            |b| b.active as f64,
+        ),
+        (
             "handover_backend_connections_total",
-            &[("pool", pool), ("backend", &b.address), ("vm", b.vm.as_str())],
-            b.connections_total as f64,
-        );
-    }
-    family(
-        &mut out,
-        "handover_backend_requests_total",
-        "counter",
-        "L7 requests sent to the backend.",
-    );
-    for (pool, b) in &backends {
-        sample(
-            &mut out,
+            "counter",
+            "L4 connections sent to the backend.",
+            |b| b.connections_total as f64,
+        ),
+        (
             "handover_backend_requests_total",
-            &[("pool", pool), ("backend", &b.address), ("vm", b.vm.as_str())],
-            b.requests_total as f64,
-        );
-    }
-    family(
-        &mut out,
-        "handover_backend_failures_total",
-        "counter",
-        "Failed connects and upstream errors.",
-    );
-    for (pool, b) in &backends {
-        sample(
-            &mut out,
+            "counter",
+            "L7 requests sent to the backend.",
+            |b| b.requests_total as f64,
+        ),
+        (
             "handover_backend_failures_total",
-            &[("pool", pool), ("backend", &b.address), ("vm", b.vm.as_str())],
-            b.failures_total as f64,
-        );
-    }
-    family(&mut out, "handover_backend_weight", "gauge", "Configured weight.");
-    for (pool, b) in &backends {
-        sample(
-            &mut out,
-            "handover_backend_weight",
-            &[("pool", pool), ("backend", &b.address), ("vm", b.vm.as_str())],
-            f64::from(b.weight),
-        );
-    }
-    family(
-        &mut out,
-        "handover_backend_effective_weight",
-        "gauge",
-        "Weight used for new work now.",
-    );
-    for (pool, b) in &backends {
-        sample(
-            &mut out,
+            "counter",
+            "Failed connects and upstream errors.",
+            |b| b.failures_total as f64,
+        ),
+        ("handover_backend_weight", "gauge", "Configured weight.", |b| {
+            f64::from(b.weight)
+        }),
+        (
             "handover_backend_effective_weight",
-            &[("pool", pool), ("backend", &b.address), ("vm", b.vm.as_str())],
-            b.effective_weight,
-        );
-    }
-    family(
-        &mut out,
-        "handover_backend_share",
-        "gauge",
-        "Share of the pool's new work the backend gets now (0 to 1).",
-    );
-    for (pool, b) in &backends {
-        sample(
-            &mut out,
+            "gauge",
+            "Weight used for new work now.",
+            |b| b.effective_weight,
+        ),
+        (
             "handover_backend_share",
-            &[("pool", pool), ("backend", &b.address), ("vm", b.vm.as_str())],
-            b.share,
-        );
+            "gauge",
+            "Share of the pool's new work the backend gets now (0 to 1).",
+            |b| b.share,
+        ),
+    ];
+    for (name, kind, help, value) in per_backend {
+        family(&mut out, name, kind, help);
+        for (pool, b) in &backends {
+            sample(
+                &mut out,
+                name,
+                &[("pool", pool), ("backend", &b.address), ("vm", b.vm.as_str())],
+                value(b),
+            );
+        }
     }
     family(
         &mut out,

@@ -30,6 +30,34 @@ pub struct ControlArgs {
     pub token: Option<String>,
 }
 
+/// Arguments of `handover notify`.
+#[derive(Debug, clap::Args)]
+pub struct NotifyArgs {
+    /// The VM.
+    pub vm: String,
+    /// prepare, started, completed, failed or cancelled.
+    #[arg(value_parser = notice)]
+    pub phase: Notice,
+    /// Wait until the VM is drained (or the timeout passes) before returning.
+    #[arg(long)]
+    pub wait_drained: bool,
+    /// Longest wait for drained.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub timeout: Duration,
+    /// Drained means at most this many open connections and in-flight requests.
+    #[arg(long)]
+    pub threshold: Option<u64>,
+    /// Restore the VM if no end notice comes within this time (overrides the pools' deadline).
+    #[arg(long, value_parser = duration)]
+    pub deadline: Option<Duration>,
+    /// Print the reply as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The control API.
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -52,31 +80,7 @@ pub enum Command {
         config: PathBuf,
     },
     /// Send a migration notice for a VM to a running node.
-    Notify {
-        /// The VM.
-        vm: String,
-        /// prepare, started, completed, failed or cancelled.
-        #[arg(value_parser = notice)]
-        phase: Notice,
-        /// Wait until the VM is drained (or the timeout passes) before returning.
-        #[arg(long)]
-        wait_drained: bool,
-        /// Longest wait for drained.
-        #[arg(long, default_value = "30s", value_parser = duration)]
-        timeout: Duration,
-        /// Drained means at most this many open connections and in-flight requests.
-        #[arg(long)]
-        threshold: Option<u64>,
-        /// Restore the VM if no end notice comes within this time (overrides the pools' deadline).
-        #[arg(long, value_parser = duration)]
-        deadline: Option<Duration>,
-        /// Print the reply as JSON.
-        #[arg(long)]
-        json: bool,
-        /// The control API.
-        #[command(flatten)]
-        control: ControlArgs,
-    },
+    Notify(NotifyArgs),
     /// Show every VM with its phase, backends, effective weights and open connections.
     Status {
         /// Print JSON instead of a table.

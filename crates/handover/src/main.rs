@@ -50,28 +50,7 @@ fn main() -> ExitCode {
                 shutdown_grace,
             } => run::run(&config, ready_file.as_deref(), shutdown_grace).await,
             Command::Check { config } => check::check(&config),
-            Command::Notify {
-                vm,
-                phase,
-                wait_drained,
-                timeout,
-                threshold,
-                deadline,
-                json,
-                control,
-            } => {
-                notify::notify(notify::NotifyArgs {
-                    vm,
-                    phase,
-                    wait_drained,
-                    timeout,
-                    threshold,
-                    deadline,
-                    json,
-                    control,
-                })
-                .await
-            }
+            Command::Notify(args) => notify::notify(args).await,
             Command::Status { json, control } => status::status(&control, json).await,
             Command::Demo => demo::run().await,
         }

@@ -4,32 +4,10 @@
 use std::time::Duration;
 
 use handover_core::api::{NoticeRequest, NoticeResponse};
-use handover_core::phase::Notice;
 use handover_drivers::{ClientError, ControlClient};
 
-use crate::cli::ControlArgs;
+use crate::cli::NotifyArgs;
 use crate::{EXIT_ERROR, EXIT_NOT_DRAINED, EXIT_OK, EXIT_QUEUED};
-
-/// Arguments of `notify`.
-#[derive(Debug)]
-pub struct NotifyArgs {
-    /// VM id.
-    pub vm: String,
-    /// Notice.
-    pub phase: Notice,
-    /// Wait for drained.
-    pub wait_drained: bool,
-    /// Longest wait.
-    pub timeout: Duration,
-    /// Drained threshold.
-    pub threshold: Option<u64>,
-    /// Deadline override.
-    pub deadline: Option<Duration>,
-    /// JSON output.
-    pub json: bool,
-    /// Control API.
-    pub control: ControlArgs,
-}
 
 /// Sends the notice; exit 0 when applied (and drained, if asked), 3 when the drain timed out,
 /// 4 when queued by the capacity guard, 1 on any error.

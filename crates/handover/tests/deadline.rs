@@ -5,26 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::backends::{TcpBackend, vm_counts};
-use common::{Node, eventually, notice, pool_toml};
-
-async fn node(pool_extra: &str) -> (Node, Vec<TcpBackend>) {
-    let backends = vec![
-        TcpBackend::start("vm-a").await,
-        TcpBackend::start("vm-b").await,
-        TcpBackend::start("vm-c").await,
-    ];
-    let addresses: Vec<_> = backends.iter().map(|b| b.address).collect();
-    let config = format!(
-        "[control]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\n{}",
-        pool_toml("p", pool_extra, &addresses)
-    );
-    (Node::start(&config), backends)
-}
+use common::backends::vm_counts;
+use common::{eventually, notice, tcp_node};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_without_an_end_notice_is_restored_at_the_deadline() {
-    let (node, _backends) = node("deadline = \"1500ms\"\nramp = { window = \"1s\" }").await;
+    let (node, _backends) = tcp_node("deadline = \"1500ms\"\nramp = { window = \"1s\" }").await;
     let (status, reply) = node.notice("vm-a", notice("prepare")).await;
     assert_eq!(status, 200, "{reply}");
     let counts = vm_counts(node.listener("tcp"), 90, 30).await;
@@ -66,7 +52,7 @@ async fn a_migration_without_an_end_notice_is_restored_at_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_migration_restores_the_vm() {
-    let (node, _backends) = node("restore = \"immediate\"\nramp = { window = \"30s\" }").await;
+    let (node, _backends) = tcp_node("restore = \"immediate\"\nramp = { window = \"30s\" }").await;
     node.notice("vm-a", notice("prepare")).await;
     node.notice("vm-a", notice("started")).await;
     assert_eq!(node.phase("vm-a").await, "migrating");
@@ -90,7 +76,7 @@ async fn a_failed_migration_restores_the_vm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_migration_ramps_back_by_default() {
-    let (node, _backends) = node("ramp = { window = \"2s\" }").await;
+    let (node, _backends) = tcp_node("ramp = { window = \"2s\" }").await;
     node.notice("vm-a", notice("prepare")).await;
     let (_, reply) = node.notice("vm-a", notice("failed")).await;
     assert_eq!(reply["phase"], "ramping");
@@ -108,7 +94,7 @@ async fn a_failed_migration_ramps_back_by_default() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guard_queues_a_prepare_and_admits_it_when_another_migration_ends() {
-    let (node, _backends) = node("guard = { max_concurrent = 1, on_violation = \"queue\" }").await;
+    let (node, _backends) = tcp_node("guard = { max_concurrent = 1, on_violation = \"queue\" }").await;
     let (status, _) = node.notice("vm-a", notice("prepare")).await;
     assert_eq!(status, 200);
     let output = node.cli(&["notify", "vm-b", "prepare"]);

@@ -5,24 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::backends::{TcpBackend, TcpClient, vm_counts};
-use common::{Node, notice, pool_toml};
-
-async fn three_backends() -> Vec<TcpBackend> {
-    vec![
-        TcpBackend::start("vm-a").await,
-        TcpBackend::start("vm-b").await,
-        TcpBackend::start("vm-c").await,
-    ]
-}
-
-fn config(backends: &[TcpBackend], pool_extra: &str) -> String {
-    let addresses: Vec<_> = backends.iter().map(|b| b.address).collect();
-    format!(
-        "[control]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\n{}",
-        pool_toml("p", pool_extra, &addresses)
-    )
-}
+use common::backends::{TcpClient, vm_counts};
+use common::{notice, tcp_node};
 
 fn share(counts: &std::collections::BTreeMap<String, usize>, vm: &str) -> f64 {
     let total: usize = counts.values().sum();
@@ -31,12 +15,10 @@ fn share(counts: &std::collections::BTreeMap<String, usize>, vm: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_drain_keeps_existing_connections_moves_new_ones_and_ramps_back() {
-    let backends = three_backends().await;
     let ramp = Duration::from_secs(4);
-    let node = Node::start(&config(
-        &backends,
-        "drain = { target = 0.0 }\nramp = { window = \"4s\", aggression = 1.0, min_percent = 10 }",
-    ));
+    let (node, _backends) =
+        tcp_node("drain = { target = 0.0 }\nramp = { window = \"4s\", aggression = 1.0, min_percent = 10 }")
+            .await;
     let proxy = node.listener("tcp");
 
     // Connections opened before the notice, some of them to vm-a.
@@ -134,8 +116,7 @@ async fn full_drain_keeps_existing_connections_moves_new_ones_and_ramps_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_drain_gives_the_target_fraction_of_the_normal_share() {
-    let backends = three_backends().await;
-    let node = Node::start(&config(&backends, "drain = { target = 0.25 }"));
+    let (node, _backends) = tcp_node("drain = { target = 0.25 }").await;
     let proxy = node.listener("tcp");
 
     let (status, reply) = node.notice("vm-a", notice("prepare")).await;
@@ -150,8 +131,7 @@ async fn partial_drain_gives_the_target_fraction_of_the_normal_share() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_connect_is_retried_on_another_backend() {
-    let backends = three_backends().await;
-    let node = Node::start(&config(&backends, "retries = 2\nconnect_timeout = \"1s\""));
+    let (node, backends) = tcp_node("retries = 2\nconnect_timeout = \"1s\"").await;
     backends[0].stop();
     // Give the accept loop's abort a moment; then vm-a refuses connections.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -167,8 +147,7 @@ async fn a_failed_connect_is_retried_on_another_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_lets_the_answer_come_back() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let backends = three_backends().await;
-    let node = Node::start(&config(&backends, ""));
+    let (node, _backends) = tcp_node("").await;
     let mut stream = tokio::net::TcpStream::connect(node.listener("tcp"))
         .await
         .unwrap();

@@ -4,22 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::backends::{TcpBackend, TcpClient};
-use common::{Node, pool_toml};
-
-async fn node_with_backends() -> (Node, Vec<TcpBackend>) {
-    let backends = vec![
-        TcpBackend::start("vm-a").await,
-        TcpBackend::start("vm-b").await,
-        TcpBackend::start("vm-c").await,
-    ];
-    let addresses: Vec<_> = backends.iter().map(|b| b.address).collect();
-    let config = format!(
-        "[control]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\n{}",
-        pool_toml("p", "drain = { target = 0.0 }", &addresses)
-    );
-    (Node::start(&config), backends)
-}
+use common::backends::TcpClient;
+use common::{Node, tcp_node};
 
 async fn connection_to_vm_a(node: &Node) -> (TcpClient, Vec<TcpClient>) {
     let mut others = Vec::new();
@@ -34,7 +20,7 @@ async fn connection_to_vm_a(node: &Node) -> (TcpClient, Vec<TcpClient>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_drained_times_out_naming_the_connections_that_remain() {
-    let (node, _backends) = node_with_backends().await;
+    let (node, _backends) = tcp_node("drain = { target = 0.0 }").await;
     let (client, _others) = connection_to_vm_a(&node).await;
     let control = node.control.clone();
     let output = tokio::task::spawn_blocking(move || {
@@ -70,7 +56,7 @@ async fn wait_drained_times_out_naming_the_connections_that_remain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_drained_returns_when_the_last_connection_closes() {
-    let (node, _backends) = node_with_backends().await;
+    let (node, _backends) = tcp_node("drain = { target = 0.0 }").await;
     let (client, _others) = connection_to_vm_a(&node).await;
     let control = node.control.clone();
     let cli = tokio::task::spawn_blocking(move || {
@@ -108,7 +94,7 @@ async fn wait_drained_returns_when_the_last_connection_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_phases_weights_and_connections() {
-    let (node, _backends) = node_with_backends().await;
+    let (node, _backends) = tcp_node("drain = { target = 0.0 }").await;
     let (_client, _others) = connection_to_vm_a(&node).await;
     let notify = node.cli(&["notify", "vm-a", "prepare"]);
     assert_eq!(

@@ -31,6 +31,7 @@ use tracing::{debug, warn};
 
 use handover_core::model::Keep;
 
+use crate::accept::accept_loop;
 use crate::backend::{ActiveGuard, Traffic};
 use crate::headers::{append_forwarded_for, strip_hop_by_hop};
 use crate::pools::Pool;
@@ -60,24 +61,12 @@ pub async fn serve(
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = cancel.cancelled() => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let route = route.clone();
-                let cancel = cancel.clone();
-                tasks.spawn(async move { serve_connection(stream, peer, route, cancel).await });
-            }
-            Err(e) => {
-                warn!(listener = %route.listener, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    let name = route.listener.clone();
+    let shutdown = cancel.clone();
+    accept_loop(listener, &name, cancel, tasks, move |stream, peer| {
+        serve_connection(stream, peer, route.clone(), shutdown.clone())
+    })
+    .await;
 }
 
 async fn serve_connection(

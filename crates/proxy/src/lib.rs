@@ -12,6 +12,7 @@
 //! - [`listeners`]: binds every listener before any starts.
 //! - [`embedded`]: the proxy as a balancer.
 
+mod accept;
 pub mod backend;
 pub mod embedded;
 pub mod headers;

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::accept::accept_loop;
 use crate::backend::Traffic;
 use crate::pools::Pool;
 use crate::random;
@@ -34,27 +35,15 @@ pub async fn serve(
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = cancel.cancelled() => return,
-        };
-        match accepted {
-            Ok((client, peer)) => {
-                let route = route.clone();
-                tasks.spawn(async move { handle(client, peer, &route).await });
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off a little instead of spinning.
-                warn!(listener = %route.listener, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    let name = route.listener.clone();
+    accept_loop(listener, &name, cancel, tasks, move |client, peer| {
+        let route = route.clone();
+        async move { handle(client, peer, &route).await }
+    })
+    .await;
 }
 
 async fn handle(mut client: TcpStream, peer: SocketAddr, route: &TcpRoute) {
-    let _ = client.set_nodelay(true);
     let pool = &route.pool;
     let attempts = pool.config.retries as usize + 1;
     let mut tried: Vec<usize> = Vec::with_capacity(attempts);

@@ -207,3 +207,22 @@ pub fn pool_toml(name: &str, extra: &str, backends: &[SocketAddr]) -> String {
     }
     text
 }
+
+/// The configuration of a node with one L4 listener `tcp` routing to pool `p`.
+pub fn tcp_config(addresses: &[SocketAddr], pool_extra: &str) -> String {
+    format!(
+        "[control]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\n{}",
+        pool_toml("p", pool_extra, addresses)
+    )
+}
+
+/// A node with one L4 listener `tcp` in front of three line-echo backends vm-a, vm-b, vm-c.
+pub async fn tcp_node(pool_extra: &str) -> (Node, Vec<backends::TcpBackend>) {
+    let backends = vec![
+        backends::TcpBackend::start("vm-a").await,
+        backends::TcpBackend::start("vm-b").await,
+        backends::TcpBackend::start("vm-c").await,
+    ];
+    let addresses: Vec<SocketAddr> = backends.iter().map(|b| b.address).collect();
+    (Node::start(&tcp_config(&addresses, pool_extra)), backends)
+}

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::migration::MigrationRecord;
+use crate::migration::{MigrationProgress, MigrationRecord};
 use crate::model::{Algorithm, VmId};
 use crate::phase::{Notice, Phase};
 use crate::time::Millis;
@@ -235,6 +235,9 @@ pub struct VmView {
     pub migration: Option<u64>,
     /// A prepare waits in the capacity guard's queue.
     pub queued: bool,
+    /// Hypervisor progress of the current or last migration, when a source reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<MigrationProgress>,
     /// Its local backends.
     pub backends: Vec<VmBackendView>,
 }

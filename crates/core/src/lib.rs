@@ -12,7 +12,7 @@
 //! - [`balancer`]: the one trait that joins the two roles: a balancer that says which VMs it serves,
 //!   applies a phase, and reports drain status. Every driver implements it.
 //! - [`api`]: the JSON shapes of the control API, shared by the server and its clients.
-//! - [`time`]: milliseconds and human durations.
+//! - [`time`] and [`units`]: milliseconds and human durations, byte quantities.
 
 pub mod api;
 pub mod balancer;
@@ -24,4 +24,5 @@ pub mod phase;
 pub mod ramp;
 pub mod selection;
 pub mod time;
+pub mod units;
 pub mod weights;

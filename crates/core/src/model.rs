@@ -7,6 +7,8 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -131,6 +133,52 @@ pub fn format_addr(addr: &SocketAddr) -> String {
     addr.to_string()
 }
 
+/// Where QEMU's QMP monitor listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub enum QmpAddress {
+    /// A unix socket path (`/run/vm-a.qmp` or `unix:/run/vm-a.qmp`).
+    Unix(PathBuf),
+    /// A TCP address (`tcp:HOST:PORT`).
+    Tcp(String),
+}
+
+impl FromStr for QmpAddress {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Some(address) = text.strip_prefix("tcp:") {
+            let (host, port) = address
+                .rsplit_once(':')
+                .ok_or_else(|| format!("invalid QMP address {text:?}: expected tcp:HOST:PORT"))?;
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(format!("invalid QMP address {text:?}: expected tcp:HOST:PORT"));
+            }
+            return Ok(Self::Tcp(address.to_string()));
+        }
+        let path = text.strip_prefix("unix:").unwrap_or(text);
+        if path.is_empty() {
+            return Err("empty QMP socket path".to_string());
+        }
+        Ok(Self::Unix(PathBuf::from(path)))
+    }
+}
+
+impl fmt::Display for QmpAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+            Self::Tcp(address) => write!(f, "tcp:{address}"),
+        }
+    }
+}
+
+impl From<QmpAddress> for String {
+    fn from(address: QmpAddress) -> Self {
+        address.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +191,22 @@ mod tests {
         assert!(matches!(VmId::new("vm a"), Err(VmIdError::BadCharacter(_))));
         assert!(matches!(VmId::new("vm/../a"), Err(VmIdError::BadCharacter(_))));
         assert_eq!(VmId::new("x".repeat(129)), Err(VmIdError::TooLong));
+    }
+
+    #[test]
+    fn qmp_addresses_parse() {
+        assert_eq!(
+            "/run/vm-a.qmp".parse(),
+            Ok(QmpAddress::Unix("/run/vm-a.qmp".into()))
+        );
+        assert_eq!("unix:/run/x".parse(), Ok(QmpAddress::Unix("/run/x".into())));
+        assert_eq!(
+            "tcp:127.0.0.1:4444".parse(),
+            Ok(QmpAddress::Tcp("127.0.0.1:4444".into()))
+        );
+        assert_eq!(QmpAddress::Tcp("h:1".into()).to_string(), "tcp:h:1");
+        assert!("tcp:localhost".parse::<QmpAddress>().is_err());
+        assert!("".parse::<QmpAddress>().is_err());
+        assert!("unix:".parse::<QmpAddress>().is_err());
     }
 }

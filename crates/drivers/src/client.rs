@@ -66,9 +66,20 @@ pub struct ControlClient {
 impl ControlClient {
     /// A client for `base` (`http://host:port`), with an optional bearer token and a per-call timeout.
     pub fn new(base: impl Into<String>, token: Option<String>, timeout: Duration) -> Self {
+        Self::with_timeouts(base, token, timeout, timeout)
+    }
+
+    /// A client whose connect timeout is shorter than its per-call timeout (a call may be held
+    /// while the node waits for drained; a node that is down should be noticed at once).
+    pub fn with_timeouts(
+        base: impl Into<String>,
+        token: Option<String>,
+        connect: Duration,
+        timeout: Duration,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
+        connector.set_connect_timeout(Some(connect));
         let http = Client::builder(TokioExecutor::new()).build(connector);
         Self {
             base: base.into().trim_end_matches('/').to_string(),

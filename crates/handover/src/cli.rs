@@ -58,6 +58,57 @@ pub struct NotifyArgs {
     pub control: ControlArgs,
 }
 
+/// Arguments of `handover migrate`.
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// The VM.
+    pub vm: String,
+    /// QMP socket of the source QEMU: a path, `unix:PATH` or `tcp:HOST:PORT`.
+    #[arg(long)]
+    pub qmp: String,
+    /// Migration URI the destination listens on (`tcp:HOST:PORT`, `unix:PATH`, ...).
+    #[arg(long)]
+    pub uri: String,
+    /// Bandwidth limit of the copy, e.g. `64MiB` (per second).
+    #[arg(long, value_parser = bytes)]
+    pub max_bandwidth: Option<u64>,
+    /// Longest pause QEMU may plan for the switchover, e.g. `300ms`.
+    #[arg(long, value_parser = duration)]
+    pub downtime_limit: Option<Duration>,
+    /// Longest wait for drained before the migration starts anyway.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub drain_timeout: Duration,
+    /// Drained means at most this many open connections and in-flight requests.
+    #[arg(long)]
+    pub threshold: Option<u64>,
+    /// Restore the VM if the migration gives no news for this long (overrides the pools' deadline).
+    #[arg(long, value_parser = duration)]
+    pub deadline: Option<Duration>,
+    /// The control API.
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// Arguments of `handover libvirt-hook`.
+#[derive(Debug, clap::Args)]
+pub struct HookArgs {
+    /// Longest wait for drained on `migrate begin` (libvirt waits for the hook: keep it bounded).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub drain_timeout: Duration,
+    /// Exit non-zero (libvirt then cancels the incoming migration) when the VM could not be drained.
+    #[arg(long)]
+    pub veto: bool,
+    /// Longest wait to connect to handover.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub connect_timeout: Duration,
+    /// The control API.
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// libvirt's arguments: DOMAIN OPERATION SUB-OPERATION EXTRA (the domain XML comes on stdin).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub libvirt: Vec<String>,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -81,6 +132,11 @@ pub enum Command {
     },
     /// Send a migration notice for a VM to a running node.
     Notify(NotifyArgs),
+    /// Migrate a VM with QEMU after draining it: prepare, wait for drained, then QMP `migrate`,
+    /// follow it with a progress bar, and send completed or failed. Ctrl-C cancels the migration.
+    Migrate(MigrateArgs),
+    /// The libvirt `qemu` hook: install as /etc/libvirt/hooks/qemu (see the README).
+    LibvirtHook(HookArgs),
     /// Show every VM with its phase, backends, effective weights and open connections.
     Status {
         /// Print JSON instead of a table.
@@ -97,6 +153,10 @@ pub enum Command {
 
 fn duration(text: &str) -> Result<Duration, String> {
     parse_duration(text).map_err(|e| e.to_string())
+}
+
+fn bytes(text: &str) -> Result<u64, String> {
+    handover_core::units::parse_bytes(text).map_err(|e| e.to_string())
 }
 
 fn notice(text: &str) -> Result<Notice, String> {

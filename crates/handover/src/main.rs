@@ -3,9 +3,12 @@
 mod check;
 mod cli;
 mod demo;
+mod libvirt_hook;
+mod migrate;
 mod notify;
 mod run;
 mod server;
+mod sources;
 mod status;
 
 use std::process::ExitCode;
@@ -23,6 +26,8 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_NOT_DRAINED: u8 = 3;
 /// Exit status: the capacity guard queued the prepare.
 pub const EXIT_QUEUED: u8 = 4;
+/// Exit status: `migrate` was interrupted (Ctrl-C) and the migration cancelled.
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -51,6 +56,8 @@ fn main() -> ExitCode {
             } => run::run(&config, ready_file.as_deref(), shutdown_grace).await,
             Command::Check { config } => check::check(&config),
             Command::Notify(args) => notify::notify(args).await,
+            Command::Migrate(args) => migrate::migrate(args).await,
+            Command::LibvirtHook(args) => libvirt_hook::hook(args).await,
             Command::Status { json, control } => status::status(&control, json).await,
             Command::Demo => demo::run().await,
         }

@@ -57,6 +57,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     listeners.serve(&pools, &cancel, &tasks);
     tasks.spawn(pools.clone().run_ticker(TICK, cancel.clone()));
     tasks.spawn(coordinator.clone().run(cancel.clone()));
+    crate::sources::start_qmp_watchers(config, &coordinator, &cancel, &tasks);
 
     let app = router(Arc::new(ApiState {
         coordinator: coordinator.clone(),

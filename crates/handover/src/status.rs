@@ -74,6 +74,14 @@ pub fn table(vms: &[VmView]) -> String {
             ]);
         }
     }
+    let progress: Vec<String> = vms
+        .iter()
+        .filter_map(|vm| {
+            vm.progress
+                .as_ref()
+                .map(|p| format!("{} {}", vm.vm, describe_progress(vm.migration, p)))
+        })
+        .collect();
     let widths: Vec<usize> = (0..9)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
@@ -87,5 +95,45 @@ pub fn table(vms: &[VmView]) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    if !progress.is_empty() {
+        out.push('\n');
+        for line in progress {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
     out
+}
+
+/// One line of hypervisor progress: `migration 3: active, 45.1 of 64.5 MiB sent, ...`.
+pub fn describe_progress(migration: Option<u64>, p: &handover_core::migration::MigrationProgress) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let mut parts = vec![p.status.clone().unwrap_or_else(|| "unknown".to_string())];
+    if let (Some(sent), Some(total)) = (p.transferred_bytes, p.total_bytes) {
+        parts.push(format!(
+            "{:.1} of {:.1} MiB sent",
+            sent as f64 / MIB,
+            total as f64 / MIB
+        ));
+    }
+    if let Some(remaining) = p.remaining_bytes.filter(|r| *r > 0) {
+        parts.push(format!("{:.1} MiB left", remaining as f64 / MIB));
+    }
+    if let Some(passes) = p.passes {
+        parts.push(format!("pass {passes}"));
+    }
+    if let Some(rate) = p.dirty_pages_rate.filter(|r| *r > 0) {
+        parts.push(format!("dirty {rate} pages/s"));
+    }
+    if let Some(expected) = p.expected_downtime_ms {
+        parts.push(format!("expected downtime {expected} ms"));
+    }
+    if let Some(total) = p.total_time_ms {
+        parts.push(format!("total {total} ms"));
+    }
+    if let Some(downtime) = p.downtime_ms {
+        parts.push(format!("downtime {downtime} ms"));
+    }
+    let id = migration.map(|m| format!("migration {m}: ")).unwrap_or_default();
+    format!("{id}{}", parts.join(", "))
 }

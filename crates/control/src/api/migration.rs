@@ -1,4 +1,4 @@
-//! `POST /v1/vms/{vm}/migration`: a migration notice.
+//! `POST /v1/vms/{vm}/migration`: a migration notice; `PUT .../progress`: hypervisor progress.
 
 use std::sync::Arc;
 
@@ -7,6 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use handover_core::api::{NoticeRequest, NoticeResponse};
+use handover_core::migration::MigrationProgress;
 
 use super::auth::authorize;
 use super::{ApiError, ApiState, json, vm_from_path};
@@ -28,4 +29,23 @@ pub async fn notice(
         StatusCode::OK
     };
     Ok((status, Json(response)))
+}
+
+/// Records hypervisor progress on the VM's current migration (what `handover migrate` reports).
+pub async fn progress(
+    State(state): State<Arc<ApiState>>,
+    Path(vm): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let vm = vm_from_path(&vm)?;
+    let progress: MigrationProgress = json::parse(&body)?;
+    if state.coordinator.record_progress(&vm, progress) {
+        Ok(Json(serde_json::json!({ "recorded": true })))
+    } else {
+        Err(ApiError::not_found(format!(
+            "VM {vm} has no migration to record progress on"
+        )))
+    }
 }

@@ -1,6 +1,7 @@
 //! The control API (JSON over HTTP, axum).
 //!
-//! Migration module: `POST /v1/vms/{vm}/migration`, `GET /v1/vms`, `GET /v1/vms/{vm}`,
+//! Migration module: `POST /v1/vms/{vm}/migration`, `PUT /v1/vms/{vm}/migration/progress`,
+//! `GET /v1/vms`, `GET /v1/vms/{vm}`,
 //! `GET /v1/pools`, `GET /v1/migrations`, `GET /metrics`, `GET /healthz`.
 //! Load-balancing module (what peers call): `PUT /v1/balancer/vms/{vm}`,
 //! `GET /v1/balancer/vms/{vm}/drain`, `GET /v1/balancer/status`.
@@ -40,6 +41,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/vms", get(views::vms))
         .route("/v1/vms/{vm}", get(views::vm))
         .route("/v1/vms/{vm}/migration", post(migration::notice))
+        .route("/v1/vms/{vm}/migration/progress", put(migration::progress))
         .route("/v1/pools", get(views::pools))
         .route("/v1/migrations", get(views::migrations))
         .route("/v1/balancer/vms/{vm}", put(peer::apply))

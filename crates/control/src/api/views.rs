@@ -17,8 +17,13 @@ use crate::metrics::{self, MetricsInput};
 /// Every VM known to the registry or to a local pool.
 async fn collect_vms(state: &ApiState) -> Vec<VmView> {
     let local = state.coordinator.local_status().await;
+    let history = state.coordinator.history();
     let mut views: BTreeMap<VmId, VmView> = BTreeMap::new();
     for (vm, s) in state.coordinator.vm_states() {
+        let progress = s
+            .migration
+            .and_then(|id| history.iter().rev().find(|r| r.id == id))
+            .and_then(|r| r.progress.clone());
         views.insert(
             vm.clone(),
             VmView {
@@ -28,6 +33,7 @@ async fn collect_vms(state: &ApiState) -> Vec<VmView> {
                 deadline_at: s.deadline_at,
                 migration: s.migration,
                 queued: s.queued_since.is_some(),
+                progress,
                 backends: Vec::new(),
             },
         );
@@ -41,6 +47,7 @@ async fn collect_vms(state: &ApiState) -> Vec<VmView> {
                 deadline_at: None,
                 migration: None,
                 queued: false,
+                progress: None,
                 backends: Vec::new(),
             });
             view.backends.push(VmBackendView {

@@ -18,7 +18,7 @@ pub use error::{ConfigError, ConfigErrors};
 use reader::{Doc, Field, Fields};
 
 use crate::drain::DrainPolicy;
-use crate::model::{Algorithm, DrainShape, Keep, ListenerKind, RestoreMode, VmId};
+use crate::model::{Algorithm, DrainShape, Keep, ListenerKind, QmpAddress, RestoreMode, VmId};
 use crate::ramp::RampPolicy;
 
 /// A whole, validated configuration.
@@ -34,6 +34,20 @@ pub struct Config {
     pub peers: Vec<PeerConfig>,
     /// Settings of the migration module that are not per pool.
     pub migration: MigrationConfig,
+    /// QEMU QMP monitors to watch for migrations.
+    pub qmp: Vec<QmpConfig>,
+}
+
+/// A QEMU QMP monitor handover watches for one VM's migrations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QmpConfig {
+    /// Unix socket path (`/run/vm-a.qmp`, `unix:/run/vm-a.qmp`) or `tcp:HOST:PORT`.
+    pub socket: QmpAddress,
+    /// The VM that QEMU runs.
+    pub vm: VmId,
+    /// How often `query-migrate` is polled while a migration runs.
+    #[serde(with = "serde_duration")]
+    pub poll_interval: Duration,
 }
 
 /// Where the control API listens and how it is protected.
@@ -225,13 +239,17 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
         Some(field) => read_migration(&mut doc, &field),
         None => Some(MigrationConfig::default()),
     };
+    let qmp = match root.get("qmp") {
+        Some(field) => read_array(&mut doc, &field, read_qmp),
+        None => Some(Vec::new()),
+    };
     root.finish(&mut doc);
     if let Some(listeners) = &listeners {
         check_listener_pools(&mut doc, listeners, &pool_names);
     }
 
-    if let (Some(control), Some(listeners), Some(pools), Some(peers), Some(migration)) =
-        (control, listeners, pools, peers, migration)
+    if let (Some(control), Some(listeners), Some(pools), Some(peers), Some(migration), Some(qmp)) =
+        (control, listeners, pools, peers, migration, qmp)
     {
         let config = Config {
             control,
@@ -239,6 +257,7 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
             pools,
             peers,
             migration,
+            qmp,
         };
         cross_check(&mut doc, &config);
         if doc.errors.is_empty() {
@@ -657,6 +676,35 @@ fn check_listener_pools(doc: &mut Doc<'_, '_>, listeners: &[ListenerConfig], poo
     }
 }
 
+fn read_qmp(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<QmpConfig> {
+    let mut t = Fields::of(doc, field)?;
+    let socket = t.require(doc, "socket").and_then(|f| {
+        let text = f.non_empty_string(doc)?;
+        match text.parse::<QmpAddress>() {
+            Ok(address) => Some(address),
+            Err(message) => {
+                doc.error(&f.path, f.span(), message);
+                None
+            }
+        }
+    });
+    let vm = t.require(doc, "vm").and_then(|f| {
+        let text = f.string(doc)?;
+        VmId::new(text)
+            .map_err(|e| doc.error(&f.path, f.span(), e.to_string()))
+            .ok()
+    });
+    let poll_interval = or_default(t.get("poll_interval"), Duration::from_secs(1), |f| {
+        positive(doc, f)
+    });
+    t.finish(doc);
+    Some(QmpConfig {
+        socket: socket?,
+        vm: vm?,
+        poll_interval: poll_interval?,
+    })
+}
+
 /// Checks that need the whole file: duplicates.
 fn cross_check(doc: &mut Doc<'_, '_>, config: &Config) {
     let mut listener_names = HashSet::new();
@@ -700,6 +748,16 @@ fn cross_check(doc: &mut Doc<'_, '_>, config: &Config) {
                     ),
                 );
             }
+        }
+    }
+    let mut watched = HashSet::new();
+    for (i, qmp) in config.qmp.iter().enumerate() {
+        if !watched.insert(&qmp.vm) {
+            doc.error(
+                &format!("qmp[{i}].vm"),
+                None,
+                format!("{} already has a QMP monitor", qmp.vm),
+            );
         }
     }
     let mut peer_names = HashSet::new();

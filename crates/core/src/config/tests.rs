@@ -188,3 +188,20 @@ fn a_pool_without_backends_is_rejected() {
     let errors = errors_of("[pools.web]\nbackends = []\n");
     assert_eq!(errors[0].path, "pools.web.backends");
 }
+
+#[test]
+fn qmp_monitors_are_validated() {
+    let ok = parse("[[qmp]]\nsocket = \"/run/vm-a.qmp\"\nvm = \"vm-a\"\n\n[[qmp]]\nsocket = \"tcp:127.0.0.1:4444\"\nvm = \"vm-b\"\npoll_interval = \"250ms\"\n").unwrap();
+    assert_eq!(ok.qmp.len(), 2);
+    assert_eq!(ok.qmp[0].poll_interval, Duration::from_secs(1));
+    assert_eq!(ok.qmp[1].poll_interval, Duration::from_millis(250));
+    let errors = errors_of(
+        "[[qmp]]\nsocket = \"tcp:nowhere\"\nvm = \"vm-a\"\n[[qmp]]\nsocket = \"/x\"\nvm = \"vm-a\"\n",
+    );
+    assert_eq!(errors[0].path, "qmp[0].socket");
+    assert_eq!(errors[0].line, Some(2));
+    let errors =
+        errors_of("[[qmp]]\nsocket = \"/a\"\nvm = \"vm-a\"\n[[qmp]]\nsocket = \"/b\"\nvm = \"vm-a\"\n");
+    assert_eq!(errors[0].path, "qmp[1].vm");
+    assert_eq!(errors[0].line, Some(6));
+}

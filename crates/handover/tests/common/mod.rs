@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod qemu;
 pub mod skip;
 
 use std::collections::BTreeMap;
@@ -225,4 +226,17 @@ pub async fn tcp_node(pool_extra: &str) -> (Node, Vec<backends::TcpBackend>) {
     ];
     let addresses: Vec<SocketAddr> = backends.iter().map(|b| b.address).collect();
     (Node::start(&tcp_config(&addresses, pool_extra)), backends)
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Waits until the node's log contains `text`.
+pub async fn log_contains(node: &Node, text: &str, timeout: Duration) -> bool {
+    eventually(timeout, || async { node.log().contains(text) }).await
 }

@@ -1,0 +1,63 @@
+//! Wiring event sources into the migration module: the coordinator receives the notices and the
+//! progress that QMP watchers produce.
+
+use std::sync::Arc;
+
+use handover_control::Coordinator;
+use handover_core::api::NoticeRequest;
+use handover_core::balancer::BoxFuture;
+use handover_core::config::Config;
+use handover_core::migration::MigrationProgress;
+use handover_core::model::VmId;
+use handover_core::phase::Notice;
+use handover_sources::qmp::{MigrationSink, QmpWatcher};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Timeout of every QMP command a watcher sends.
+const QMP_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The coordinator as the destination of a source's notices.
+pub struct CoordinatorSink(pub Arc<Coordinator>);
+
+impl MigrationSink for CoordinatorSink {
+    fn notice<'a>(&'a self, vm: &'a VmId, notice: Notice) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let request = NoticeRequest {
+                phase: notice,
+                wait_drained: false,
+                timeout_ms: None,
+                threshold: None,
+                deadline_ms: None,
+            };
+            self.0
+                .notice(vm, &request)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn progress(&self, vm: &VmId, progress: MigrationProgress) {
+        self.0.record_progress(vm, progress);
+    }
+}
+
+/// Starts one watcher per `[[qmp]]` entry.
+pub fn start_qmp_watchers(
+    config: &Config,
+    coordinator: &Arc<Coordinator>,
+    cancel: &CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let sink: Arc<dyn MigrationSink> = Arc::new(CoordinatorSink(coordinator.clone()));
+    for qmp in &config.qmp {
+        let watcher = QmpWatcher {
+            address: qmp.socket.clone(),
+            vm: qmp.vm.clone(),
+            poll_interval: qmp.poll_interval,
+            command_timeout: QMP_COMMAND_TIMEOUT,
+        };
+        tasks.spawn(watcher.run(sink.clone(), cancel.clone()));
+    }
+}

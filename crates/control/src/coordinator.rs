@@ -18,10 +18,10 @@ use handover_core::api::{
 use handover_core::config::Config;
 use handover_core::migration::{
     MigrationProgress, MigrationRecord, NoticeError, NoticeOptions, Outcome, Registry, RegistryDefaults,
-    Topology, Transition,
+    RegistrySnapshot, Topology, Transition,
 };
 use handover_core::model::VmId;
-use handover_core::phase::{Notice, Phase, PhaseCommand, VmState};
+use handover_core::phase::{Notice, Phase, PhaseCommand, Readdress, VmState};
 use handover_core::time::{Millis, millis};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -48,6 +48,14 @@ pub enum CoordinatorError {
     /// The registry refused it (capacity guard, or no migration in progress).
     #[error(transparent)]
     Rejected(#[from] NoticeError),
+    /// A field of the notice is not acceptable.
+    #[error("{message}")]
+    BadRequest {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// No balancer serves the VM.
     #[error("no balancer serves VM {vm}{}", unreachable_note(.results))]
     UnknownVm {
@@ -164,14 +172,33 @@ impl Coordinator {
         vm: &VmId,
         request: &NoticeRequest,
     ) -> Result<NoticeResponse, CoordinatorError> {
+        let readdress = Readdress {
+            new_ip: request.new_ip,
+            addresses: request.addresses.clone(),
+        };
+        if !readdress.is_empty() && request.phase != Notice::Completed {
+            let field = if request.new_ip.is_some() {
+                "new_ip"
+            } else {
+                "addresses"
+            };
+            return Err(CoordinatorError::BadRequest {
+                field,
+                message: format!("{field}: only a completed notice can move a VM to new addresses"),
+            });
+        }
         let options = NoticeOptions {
             deadline_ms: request.deadline_ms,
+            readdress: Some(readdress).filter(|r| !r.is_empty()),
         };
         let serial = self.serial.lock().await;
         self.tick_locked().await;
         let now = self.clock.now_ms();
         let previous_phase = self.registry.lock().phase(vm);
-        let preview = self.registry.lock().preview(vm, request.phase, now, options);
+        let preview = self
+            .registry
+            .lock()
+            .preview(vm, request.phase, now, options.clone());
         let outcome_name;
         let mut note = None;
         let results;
@@ -181,7 +208,9 @@ impl Coordinator {
                 return Err(e.into());
             }
             Ok(Outcome::Queued { reason }) => {
-                self.registry.lock().apply(vm, request.phase, now, options)?;
+                self.registry
+                    .lock()
+                    .apply(vm, request.phase, now, options.clone())?;
                 self.count_notice(request.phase, "queued");
                 info!(%vm, %reason, "prepare queued by the capacity guard");
                 let phase = self.registry.lock().phase(vm);
@@ -200,14 +229,18 @@ impl Coordinator {
             }
             Ok(Outcome::Unchanged { note: why, .. }) => {
                 // Re-assert the current state: a balancer that restarted gets it back.
-                let command = self.registry.lock().command_for(vm, now);
-                results = self.fan_out(vm, command).await;
-                self.registry.lock().apply(vm, request.phase, now, options)?;
+                let (command, readdress) = self.desired(vm, now);
+                results = self.fan_out(vm, command, readdress.as_ref()).await;
+                self.registry
+                    .lock()
+                    .apply(vm, request.phase, now, options.clone())?;
                 outcome_name = "unchanged";
                 note = Some(why);
             }
             Ok(Outcome::Applied(transition)) => {
-                results = self.fan_out(vm, transition.command).await;
+                results = self
+                    .fan_out(vm, transition.command, transition.readdress.as_ref())
+                    .await;
                 let serving = results.iter().any(|r| r.serves == Some(true));
                 if !serving && previous_phase == Phase::Stable {
                     self.count_notice(request.phase, "unknown_vm");
@@ -217,7 +250,9 @@ impl Coordinator {
                     });
                 }
                 let before = self.registry.lock().vm(vm).cloned();
-                self.registry.lock().apply(vm, request.phase, now, options)?;
+                self.registry
+                    .lock()
+                    .apply(vm, request.phase, now, options.clone())?;
                 self.observe_transition(&transition, before.as_ref(), now);
                 info!(%vm, from = %transition.from, to = %transition.to, notice = %request.phase, "migration phase changed");
                 outcome_name = "applied";
@@ -276,10 +311,37 @@ impl Coordinator {
     /// the migration module; this one acts as a load-balancing module).
     pub async fn apply_local(&self, vm: &VmId, command: PhaseCommand) -> Applied {
         let local: Vec<BalancerSlot> = self.slots.iter().filter(|s| !s.is_peer).cloned().collect();
-        let results = fanout::apply_all(&local, vm, command).await;
+        let results = fanout::apply_all(&local, vm, command, None).await;
         let serves = results.iter().any(|r| r.serves == Some(true));
         let backends: Vec<BackendReport> = results.into_iter().flat_map(|r| r.backends).collect();
         Applied { serves, backends }
+    }
+
+    /// Moves a VM's backends on this node's own balancers only (the peer API).
+    pub async fn readdress_local(&self, vm: &VmId, change: &Readdress) -> Applied {
+        let mut applied = Applied {
+            serves: false,
+            backends: Vec::new(),
+        };
+        for slot in self.slots.iter().filter(|s| !s.is_peer) {
+            if let Ok(Ok(result)) =
+                tokio::time::timeout(slot.timeout, slot.balancer.set_addresses(vm, change)).await
+            {
+                applied.serves |= result.serves;
+                applied.backends.extend(result.backends);
+            }
+        }
+        applied
+    }
+
+    /// Everything the registry holds, for the state file.
+    pub fn export(&self) -> RegistrySnapshot {
+        self.registry.lock().snapshot()
+    }
+
+    /// Restores a saved registry (before serving).
+    pub fn import(&self, snapshot: RegistrySnapshot) {
+        self.registry.lock().restore(snapshot);
     }
 
     /// Drain status of this node's own balancers only.
@@ -355,7 +417,9 @@ impl Coordinator {
             self.observe_transition(transition, before.as_ref(), now);
             info!(vm = %transition.vm, from = %transition.from, to = %transition.to, cause = ?transition.cause, "migration phase changed");
             if transition.needs_fanout() {
-                let results = self.fan_out(&transition.vm, transition.command).await;
+                let results = self
+                    .fan_out(&transition.vm, transition.command, transition.readdress.as_ref())
+                    .await;
                 self.note_results(&transition.vm, &results);
             }
         }
@@ -371,9 +435,9 @@ impl Coordinator {
             .map(|(k, _)| k.clone())
             .collect();
         for (index, vm) in due {
-            let command = self.registry.lock().command_for(&vm, self.clock.now_ms());
+            let (command, readdress) = self.desired(&vm, self.clock.now_ms());
             let slot = &self.slots[index];
-            let result = fanout::apply_one(slot, &vm, command).await;
+            let result = fanout::apply_one(slot, &vm, command, readdress.as_ref()).await;
             self.stats
                 .lock()
                 .balancer_call(&result.name, result.error.is_none());
@@ -391,8 +455,22 @@ impl Coordinator {
         }
     }
 
-    async fn fan_out(&self, vm: &VmId, command: PhaseCommand) -> Vec<BalancerResult> {
-        let results = fanout::apply_all(&self.slots, vm, command).await;
+    /// What every balancer must currently have for a VM: its phase command and its addresses.
+    fn desired(&self, vm: &VmId, now: Millis) -> (PhaseCommand, Option<Readdress>) {
+        let registry = self.registry.lock();
+        (
+            registry.command_for(vm, now),
+            registry.vm(vm).and_then(|s| s.readdress.clone()),
+        )
+    }
+
+    async fn fan_out(
+        &self,
+        vm: &VmId,
+        command: PhaseCommand,
+        readdress: Option<&Readdress>,
+    ) -> Vec<BalancerResult> {
+        let results = fanout::apply_all(&self.slots, vm, command, readdress).await;
         let mut stats = self.stats.lock();
         for result in &results {
             stats.balancer_call(&result.name, result.error.is_none());

@@ -8,7 +8,7 @@ use futures_util::future::join_all;
 use handover_core::api::{BalancerResult, DrainStatus};
 use handover_core::balancer::{Balancer, BalancerError};
 use handover_core::model::VmId;
-use handover_core::phase::PhaseCommand;
+use handover_core::phase::{PhaseCommand, Readdress};
 use tokio::time::Instant;
 
 /// A balancer and how long it may take to answer.
@@ -32,10 +32,22 @@ impl std::fmt::Debug for BalancerSlot {
     }
 }
 
-/// Applies a command on one balancer within its timeout.
-pub async fn apply_one(slot: &BalancerSlot, vm: &VmId, command: PhaseCommand) -> BalancerResult {
+/// Applies a command (and an address change, if any) on one balancer within its timeout.
+pub async fn apply_one(
+    slot: &BalancerSlot,
+    vm: &VmId,
+    command: PhaseCommand,
+    readdress: Option<&Readdress>,
+) -> BalancerResult {
     let started = Instant::now();
-    let outcome = match tokio::time::timeout(slot.timeout, slot.balancer.apply(vm, command)).await {
+    let call = async {
+        let applied = slot.balancer.apply(vm, command).await?;
+        match readdress {
+            Some(change) if applied.serves => slot.balancer.set_addresses(vm, change).await,
+            _ => Ok(applied),
+        }
+    };
+    let outcome = match tokio::time::timeout(slot.timeout, call).await {
         Ok(result) => result,
         Err(_) => Err(BalancerError::Timeout(slot.timeout.as_millis() as u64)),
     };
@@ -69,8 +81,13 @@ pub async fn apply_one(slot: &BalancerSlot, vm: &VmId, command: PhaseCommand) ->
 }
 
 /// Applies a command on every balancer in parallel; results come back in slot order.
-pub async fn apply_all(slots: &[BalancerSlot], vm: &VmId, command: PhaseCommand) -> Vec<BalancerResult> {
-    join_all(slots.iter().map(|slot| apply_one(slot, vm, command))).await
+pub async fn apply_all(
+    slots: &[BalancerSlot],
+    vm: &VmId,
+    command: PhaseCommand,
+    readdress: Option<&Readdress>,
+) -> Vec<BalancerResult> {
+    join_all(slots.iter().map(|slot| apply_one(slot, vm, command, readdress))).await
 }
 
 /// Asks every balancer in parallel how much traffic still reaches a VM.

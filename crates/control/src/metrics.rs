@@ -37,7 +37,7 @@ pub fn render(input: &MetricsInput<'_>) -> String {
         .collect();
 
     type BackendValue = fn(&BackendStatus) -> f64;
-    let per_backend: [(&str, &str, &str, BackendValue); 7] = [
+    let per_backend: [(&str, &str, &str, BackendValue); 10] = [
         (
             "handover_backend_active",
             "gauge",
@@ -76,6 +76,26 @@ pub fn render(input: &MetricsInput<'_>) -> String {
             "gauge",
             "Share of the pool's new work the backend gets now (0 to 1).",
             |b| b.share,
+        ),
+        (
+            "handover_backend_up",
+            "gauge",
+            "1 when the backend is up (not down by active checks, not ejected).",
+            |b| {
+                if b.health == "up" { 1.0 } else { 0.0 }
+            },
+        ),
+        (
+            "handover_backend_suppressed_failures_total",
+            "counter",
+            "Failed checks and traffic tolerated because the VM was migrating.",
+            |b| b.suppressed_failures_total as f64,
+        ),
+        (
+            "handover_backend_outages_total",
+            "counter",
+            "Times the backend was marked down or ejected.",
+            |b| b.outages_total as f64,
         ),
     ];
     for (name, kind, help, value) in per_backend {

@@ -28,6 +28,27 @@ pub struct NoticeRequest {
     /// Overrides the pools' deadline for this migration, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// `completed` only: the VM's new IP (every backend keeps its port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_ip: Option<std::net::IpAddr>,
+    /// `completed` only: explicit moves, configured address → new address.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub addresses: std::collections::BTreeMap<std::net::SocketAddr, std::net::SocketAddr>,
+}
+
+impl NoticeRequest {
+    /// A notice with no options.
+    pub fn new(phase: Notice) -> Self {
+        Self {
+            phase,
+            wait_drained: false,
+            timeout_ms: None,
+            threshold: None,
+            deadline_ms: None,
+            new_ip: None,
+            addresses: std::collections::BTreeMap::new(),
+        }
+    }
 }
 
 /// What one balancer did with a notice.
@@ -198,6 +219,12 @@ pub struct BackendStatus {
     pub requests_total: u64,
     /// Failed connects and upstream errors in total.
     pub failures_total: u64,
+    /// Failures (checks or traffic) tolerated because the VM was migrating, in total.
+    #[serde(default)]
+    pub suppressed_failures_total: u64,
+    /// Times marked down or ejected, in total.
+    #[serde(default)]
+    pub outages_total: u64,
 }
 
 /// One pool in a status report.

@@ -12,7 +12,7 @@ use std::pin::Pin;
 
 use crate::api::{Applied, BalancerStatus, DrainStatus};
 use crate::model::VmId;
-use crate::phase::PhaseCommand;
+use crate::phase::{PhaseCommand, Readdress};
 
 /// A boxed future, so balancers can be held as `dyn Balancer`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -48,6 +48,14 @@ pub trait Balancer: Send + Sync {
         &'a self,
         vm: &'a VmId,
         command: PhaseCommand,
+    ) -> BoxFuture<'a, Result<Applied, BalancerError>>;
+
+    /// Moves the VM's backends to new addresses (after a migration that changed its IP). Open
+    /// connections to the old addresses are kept; new work goes to the new ones.
+    fn set_addresses<'a>(
+        &'a self,
+        vm: &'a VmId,
+        change: &'a Readdress,
     ) -> BoxFuture<'a, Result<Applied, BalancerError>>;
 
     /// How much traffic still reaches the VM: open connections (L4) plus in-flight requests (L7).

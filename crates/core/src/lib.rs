@@ -5,6 +5,7 @@
 //! - [`model`]: VMs, backends, pools, listeners, and the enums that name policies.
 //! - [`config`]: the TOML configuration, validated as a whole, with field paths and lines in errors.
 //! - [`drain`] and [`ramp`]: how a VM's share of new work falls before a migration and rises after.
+//! - [`health`]: active and passive health with tolerance of a migration's blackout.
 //! - [`weights`]: solves the effective weight of every backend of a pool from the VMs' phases.
 //! - [`selection`]: the selection algorithms (smooth weighted round robin, least connections, P2C).
 //! - [`phase`] and [`migration`]: the per-VM phase state machine and the migration registry, a pure
@@ -18,6 +19,7 @@ pub mod api;
 pub mod balancer;
 pub mod config;
 pub mod drain;
+pub mod health;
 pub mod migration;
 pub mod model;
 pub mod phase;

@@ -181,6 +181,37 @@ impl PhaseCommand {
     }
 }
 
+/// New addresses of a VM after a migration that moved its IP (e.g. KubeVirt with masquerade
+/// networking). Applied to the *configured* addresses of the VM's backends, so applying it again is
+/// harmless.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readdress {
+    /// The VM's new IP: every backend of the VM keeps its port and takes this IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_ip: Option<std::net::IpAddr>,
+    /// Explicit moves, configured address → new address (take precedence over `new_ip`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub addresses: std::collections::BTreeMap<std::net::SocketAddr, std::net::SocketAddr>,
+}
+
+impl Readdress {
+    /// The address a backend configured at `configured` has under this change.
+    pub fn apply(&self, configured: std::net::SocketAddr) -> std::net::SocketAddr {
+        if let Some(moved) = self.addresses.get(&configured) {
+            return *moved;
+        }
+        match self.new_ip {
+            Some(ip) => std::net::SocketAddr::new(ip, configured.port()),
+            None => configured,
+        }
+    }
+
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.new_ip.is_none() && self.addresses.is_empty()
+    }
+}
+
 /// The registry's record of one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmState {
@@ -202,6 +233,9 @@ pub struct VmState {
     pub migration: Option<u64>,
     /// A prepare waits in the capacity guard's queue.
     pub queued_since: Option<Millis>,
+    /// The VM's addresses changed with its last completed migration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readdress: Option<Readdress>,
 }
 
 impl VmState {
@@ -217,6 +251,7 @@ impl VmState {
             end_reason: None,
             migration: None,
             queued_since: None,
+            readdress: None,
         }
     }
 
@@ -240,6 +275,23 @@ impl VmState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readdress_keeps_ports_and_prefers_explicit_moves() {
+        let change = Readdress {
+            new_ip: Some("10.0.0.9".parse().unwrap()),
+            addresses: [("10.0.0.1:81".parse().unwrap(), "10.0.0.7:8081".parse().unwrap())].into(),
+        };
+        assert_eq!(
+            change.apply("10.0.0.1:80".parse().unwrap()),
+            "10.0.0.9:80".parse().unwrap()
+        );
+        assert_eq!(
+            change.apply("10.0.0.1:81".parse().unwrap()),
+            "10.0.0.7:8081".parse().unwrap()
+        );
+        assert!(Readdress::default().is_empty());
+    }
 
     #[test]
     fn notices_parse_from_their_wire_names() {

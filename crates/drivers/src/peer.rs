@@ -8,7 +8,7 @@ use handover_core::api::{Applied, BalancerStatus, DrainStatus};
 use handover_core::balancer::{Balancer, BalancerError, BoxFuture};
 use handover_core::config::PeerConfig;
 use handover_core::model::VmId;
-use handover_core::phase::PhaseCommand;
+use handover_core::phase::{PhaseCommand, Readdress};
 
 use crate::client::{ClientError, ControlClient};
 
@@ -60,6 +60,19 @@ impl Balancer for PeerBalancer {
         Box::pin(async move {
             self.client
                 .put(&format!("/v1/balancer/vms/{vm}"), &command)
+                .await
+                .map_err(to_balancer_error)
+        })
+    }
+
+    fn set_addresses<'a>(
+        &'a self,
+        vm: &'a VmId,
+        change: &'a Readdress,
+    ) -> BoxFuture<'a, Result<Applied, BalancerError>> {
+        Box::pin(async move {
+            self.client
+                .put(&format!("/v1/balancer/vms/{vm}/addresses"), change)
                 .await
                 .map_err(to_balancer_error)
         })

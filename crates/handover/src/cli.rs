@@ -50,6 +50,12 @@ pub struct NotifyArgs {
     /// Restore the VM if no end notice comes within this time (overrides the pools' deadline).
     #[arg(long, value_parser = duration)]
     pub deadline: Option<Duration>,
+    /// With `completed`: the VM's new IP (its backends keep their ports).
+    #[arg(long)]
+    pub new_ip: Option<std::net::IpAddr>,
+    /// With `completed`: move one backend, `CONFIGURED_ADDRESS=NEW_ADDRESS` (repeatable).
+    #[arg(long = "move", value_parser = address_move)]
+    pub moves: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
     /// Print the reply as JSON.
     #[arg(long)]
     pub json: bool,
@@ -153,6 +159,18 @@ pub enum Command {
 
 fn duration(text: &str) -> Result<Duration, String> {
     parse_duration(text).map_err(|e| e.to_string())
+}
+
+fn address_move(text: &str) -> Result<(std::net::SocketAddr, std::net::SocketAddr), String> {
+    let (from, to) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected OLD=NEW, got {text:?}"))?;
+    let parse = |a: &str| {
+        a.trim()
+            .parse()
+            .map_err(|_| format!("invalid socket address {a:?} (expected IP:PORT)"))
+    };
+    Ok((parse(from)?, parse(to)?))
 }
 
 fn bytes(text: &str) -> Result<u64, String> {

@@ -61,11 +61,11 @@ pub async fn hook(args: HookArgs) -> anyhow::Result<u8> {
     );
     let path = format!("/v1/vms/{vm}/migration");
     let request = |phase: Notice, wait_drained: bool| NoticeRequest {
-        phase,
         wait_drained,
         timeout_ms: wait_drained.then_some(args.drain_timeout.as_millis() as u64),
         threshold: None,
         deadline_ms: None,
+        ..NoticeRequest::new(phase)
     };
     match action {
         HookAction::Prepare => {

@@ -9,6 +9,7 @@ mod notify;
 mod run;
 mod server;
 mod sources;
+mod state_file;
 mod status;
 
 use std::process::ExitCode;

@@ -92,11 +92,11 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<u8> {
         handover_core::time::format_duration(args.drain_timeout)
     ));
     let prepare = NoticeRequest {
-        phase: Notice::Prepare,
         wait_drained: true,
         timeout_ms: Some(args.drain_timeout.as_millis() as u64),
         threshold: args.threshold,
         deadline_ms: args.deadline.map(|d| d.as_millis() as u64),
+        ..NoticeRequest::new(Notice::Prepare)
     };
     let reply: NoticeResponse = match control.post(&notices, &prepare).await {
         Ok((_, reply)) => reply,
@@ -263,13 +263,7 @@ fn message(progress: &MigrationProgress) -> String {
 
 /// Sends a notice without waiting; a failure is printed, not fatal (the deadline is the safety net).
 async fn end_notice(control: &ControlClient, path: &str, notice: Notice) {
-    let request = NoticeRequest {
-        phase: notice,
-        wait_drained: false,
-        timeout_ms: None,
-        threshold: None,
-        deadline_ms: None,
-    };
+    let request = NoticeRequest::new(notice);
     let reply: Result<(http::StatusCode, NoticeResponse), ClientError> = control.post(path, &request).await;
     match reply {
         Ok((_, reply)) => step(&format!("{notice}: {} → {}", reply.previous_phase, reply.phase)),

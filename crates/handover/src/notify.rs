@@ -13,11 +13,13 @@ use crate::{EXIT_ERROR, EXIT_NOT_DRAINED, EXIT_OK, EXIT_QUEUED};
 /// 4 when queued by the capacity guard, 1 on any error.
 pub async fn notify(args: NotifyArgs) -> anyhow::Result<u8> {
     let request = NoticeRequest {
-        phase: args.phase,
         wait_drained: args.wait_drained,
         timeout_ms: args.wait_drained.then_some(args.timeout.as_millis() as u64),
         threshold: args.threshold,
         deadline_ms: args.deadline.map(|d| d.as_millis() as u64),
+        new_ip: args.new_ip,
+        addresses: args.moves.iter().copied().collect(),
+        ..NoticeRequest::new(args.phase)
     };
     // The reply is held while the node waits for drained: allow for that plus a margin.
     let call_timeout = if args.wait_drained {

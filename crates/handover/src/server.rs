@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+use crate::state_file;
+
 /// How often the proxy recomputes weights that move with time.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -50,11 +52,24 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         });
     }
     let coordinator = Coordinator::new(config, slots, Clock::new());
+    // Restore phases, ramps and health before anything serves.
+    if let Some(saved) = config.state_file.as_deref().and_then(state_file::load) {
+        state_file::restore(saved, &pools, &coordinator);
+    }
 
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let addresses = listeners.addresses();
     listeners.serve(&pools, &cancel, &tasks);
+    handover_proxy::health::spawn_checks(&pools, &cancel, &tasks);
+    if let Some(path) = &config.state_file {
+        tasks.spawn(state_file::run_writer(
+            path.clone(),
+            pools.clone(),
+            coordinator.clone(),
+            cancel.clone(),
+        ));
+    }
     tasks.spawn(pools.clone().run_ticker(TICK, cancel.clone()));
     tasks.spawn(coordinator.clone().run(cancel.clone()));
     crate::sources::start_qmp_watchers(config, &coordinator, &cancel, &tasks);

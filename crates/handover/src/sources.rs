@@ -23,13 +23,7 @@ pub struct CoordinatorSink(pub Arc<Coordinator>);
 impl MigrationSink for CoordinatorSink {
     fn notice<'a>(&'a self, vm: &'a VmId, notice: Notice) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let request = NoticeRequest {
-                phase: notice,
-                wait_drained: false,
-                timeout_ms: None,
-                threshold: None,
-                deadline_ms: None,
-            };
+            let request = NoticeRequest::new(notice);
             self.0
                 .notice(vm, &request)
                 .await

@@ -229,3 +229,31 @@ async fn a_peer_restores_the_vm_itself_if_the_draining_node_dies() {
         .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_that_moves_is_moved_on_every_node() {
+    let a = TcpBackend::start("vm-a").await;
+    let node_b = Node::start(&node_config("edge", &[("vm-a", a.address)], &[]));
+    let node_a = Node::start(&node_config(
+        "core",
+        &[("vm-a", a.address)],
+        &[("node-b", &node_b.control)],
+    ));
+    node_a.notice("vm-a", notice("prepare")).await;
+    let (status, reply) = node_a
+        .notice(
+            "vm-a",
+            serde_json::json!({"phase": "completed", "new_ip": "127.0.0.9"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    let moved = format!("127.0.0.9:{}", a.address.port());
+    assert_eq!(reply["balancers"][0]["backends"][0]["address"], moved.as_str());
+    assert_eq!(
+        reply["balancers"][1]["backends"][0]["address"],
+        moved.as_str(),
+        "{reply}"
+    );
+    let pools: serde_json::Value = node_b.client(None).get("/v1/balancer/status").await.unwrap();
+    assert_eq!(pools["pools"][0]["backends"][0]["address"], moved.as_str());
+}

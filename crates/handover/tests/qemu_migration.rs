@@ -30,6 +30,12 @@ impl Setup {
         let source = Qemu::start(&path, "src", &ram, None);
         let incoming = format!("unix:{}", path.join("migration.sock").display());
         let destination = Qemu::start(&path, "dst", &ram, Some(&incoming));
+        // The destination listens for the migration once its socket exists.
+        let socket = path.join("migration.sock");
+        assert!(
+            eventually(Duration::from_secs(20), || async { socket.exists() }).await,
+            "no incoming migration socket"
+        );
         let backends = vec![TcpBackend::start("vm-a").await, TcpBackend::start("vm-b").await];
         let addresses: Vec<_> = backends.iter().map(|b| b.address).collect();
         let mut config = tcp_config(&addresses, pool_extra);
@@ -88,7 +94,9 @@ async fn the_qmp_watcher_drives_prepare_to_completed_with_progress() {
         eventually(Duration::from_secs(5), || async {
             node.phase("vm-a").await == "migrating"
         })
-        .await
+        .await,
+        "{}",
+        node.log()
     );
     let in_flight = eventually(Duration::from_secs(5), || async {
         let vms = node.vms().await;
@@ -111,7 +119,9 @@ async fn the_qmp_watcher_drives_prepare_to_completed_with_progress() {
         eventually(Duration::from_secs(5), || async {
             node.phase("vm-a").await == "ramping"
         })
-        .await
+        .await,
+        "{}",
+        node.log()
     );
     let record = migration(node).await;
     assert_eq!(record["end"], "completed", "{record}");
@@ -161,7 +171,9 @@ async fn a_migration_whose_destination_dies_ends_failed_and_restores_the_vm() {
         eventually(Duration::from_secs(5), || async {
             node.phase("vm-a").await == "migrating"
         })
-        .await
+        .await,
+        "{}",
+        node.log()
     );
     setup.destination.kill();
     assert_eq!(
@@ -174,7 +186,9 @@ async fn a_migration_whose_destination_dies_ends_failed_and_restores_the_vm() {
         eventually(Duration::from_secs(5), || async {
             node.phase("vm-a").await == "stable"
         })
-        .await
+        .await,
+        "{}",
+        node.log()
     );
     assert_eq!(migration(node).await["end"], "failed");
 }
@@ -208,7 +222,9 @@ async fn a_migration_to_nowhere_ends_failed_and_restores_the_vm() {
         eventually(Duration::from_secs(5), || async {
             node.phase("vm-a").await == "stable"
         })
-        .await
+        .await,
+        "{}",
+        node.log()
     );
 }
 
@@ -231,7 +247,9 @@ async fn a_qmp_socket_that_disappears_mid_migration_is_restored_at_the_deadline(
         eventually(Duration::from_secs(5), || async {
             node.phase("vm-a").await == "migrating"
         })
-        .await
+        .await,
+        "{}",
+        node.log()
     );
     let prepared = migration(node).await["prepared_at"].as_u64().unwrap();
     drop(observer);
@@ -243,7 +261,9 @@ async fn a_qmp_socket_that_disappears_mid_migration_is_restored_at_the_deadline(
         eventually(Duration::from_secs(8), || async {
             node.phase("vm-a").await == "stable"
         })
-        .await
+        .await,
+        "{}",
+        node.log()
     );
     let record = migration(node).await;
     assert_eq!(record["end"], "deadline", "{record}");
@@ -345,7 +365,9 @@ async fn handover_migrate_sends_migrate_only_after_the_vm_is_drained() {
         eventually(Duration::from_secs(5), || async {
             node.phase("vm-a").await == "ramping"
         })
-        .await
+        .await,
+        "{}",
+        node.log()
     );
 }
 

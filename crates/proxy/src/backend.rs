@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use handover_core::api::ConnectionReport;
 use handover_core::model::VmId;
@@ -60,6 +60,10 @@ pub struct BackendRuntime {
     failures_total: AtomicU64,
     /// Peak-EWMA of response-header latency, nanoseconds.
     latency_ns: AtomicU64,
+    /// The last traffic to it failed (a success must then reset the pool's failure streak).
+    failing: AtomicBool,
+    /// Failures tolerated because the VM was migrating.
+    suppressed_total: AtomicU64,
     /// What is open now, by id.
     open: Mutex<OpenSet>,
     /// Idle keep-alive upstream HTTP connections.
@@ -85,6 +89,8 @@ impl BackendRuntime {
             requests_total: AtomicU64::new(0),
             failures_total: AtomicU64::new(0),
             latency_ns: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            suppressed_total: AtomicU64::new(0),
             open: Mutex::new(OpenSet::default()),
             idle: IdleConnections::default(),
         }
@@ -109,6 +115,27 @@ impl BackendRuntime {
             self.requests_total.load(Ordering::Relaxed),
             self.failures_total.load(Ordering::Relaxed),
         )
+    }
+
+    /// Whether the last traffic to it failed.
+    #[inline]
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// Marks whether the last traffic to it failed.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
+    }
+
+    /// Counts a failure tolerated because the VM was migrating.
+    pub fn record_suppressed(&self) {
+        self.suppressed_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failures tolerated because the VM was migrating, in total.
+    pub fn suppressed_total(&self) -> u64 {
+        self.suppressed_total.load(Ordering::Relaxed)
     }
 
     /// Counts a failed connect or upstream error.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use handover_core::api::{Applied, BalancerStatus, DrainStatus};
 use handover_core::balancer::{Balancer, BalancerError, BoxFuture};
 use handover_core::model::VmId;
-use handover_core::phase::PhaseCommand;
+use handover_core::phase::{PhaseCommand, Readdress};
 
 use crate::pools::Pools;
 
@@ -47,6 +47,14 @@ impl Balancer for EmbeddedBalancer {
         command: PhaseCommand,
     ) -> BoxFuture<'a, Result<Applied, BalancerError>> {
         Box::pin(async move { Ok(self.pools.apply(vm, command)) })
+    }
+
+    fn set_addresses<'a>(
+        &'a self,
+        vm: &'a VmId,
+        change: &'a Readdress,
+    ) -> BoxFuture<'a, Result<Applied, BalancerError>> {
+        Box::pin(async move { Ok(self.pools.readdress(vm, change)) })
     }
 
     fn drain_status<'a>(&'a self, vm: &'a VmId) -> BoxFuture<'a, Result<DrainStatus, BalancerError>> {

@@ -122,10 +122,14 @@ async fn forward(route: &HttpRoute, request: Request<Incoming>, client: SocketAd
         };
         let Some(entry) = choice else {
             if tried.is_empty() {
-                return local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("no backend of pool {} can take new requests\n", pool.config.name),
+                let snapshot = pool.snapshot();
+                let down = snapshot.entries.iter().filter(|e| !e.available).count();
+                let message = format!(
+                    "no backend of pool {} can take new requests ({down} of {} down)\n",
+                    pool.config.name,
+                    snapshot.entries.len()
                 );
+                return local(StatusCode::SERVICE_UNAVAILABLE, &message);
             }
             break;
         };
@@ -141,6 +145,7 @@ async fn forward(route: &HttpRoute, request: Request<Incoming>, client: SocketAd
             Ok(sender) => sender,
             Err(e) => {
                 entry.backend.record_failure();
+                pool.record_traffic(entry.backend.index, false);
                 warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
                 last_error = e.to_string();
                 tried.push(entry.backend.index);
@@ -151,6 +156,7 @@ async fn forward(route: &HttpRoute, request: Request<Incoming>, client: SocketAd
         match tokio::time::timeout(route.response_timeout, sender.try_send_request(request)).await {
             Err(_) => {
                 entry.backend.record_failure();
+                pool.record_traffic(entry.backend.index, false);
                 return local(
                     StatusCode::GATEWAY_TIMEOUT,
                     &format!(
@@ -161,6 +167,7 @@ async fn forward(route: &HttpRoute, request: Request<Incoming>, client: SocketAd
             }
             Ok(Ok(response)) => {
                 entry.backend.record_latency(started.elapsed().as_nanos() as u64);
+                pool.record_traffic(entry.backend.index, !response.status().is_server_error());
                 let set_cookie = sticky_cookie
                     .filter(|_| sticky_index != Some(entry.backend.index))
                     .map(|name| format!("{name}={}; Path=/; HttpOnly", sticky_value(&entry)));
@@ -175,6 +182,7 @@ async fn forward(route: &HttpRoute, request: Request<Incoming>, client: SocketAd
                 }
                 None => {
                     entry.backend.record_failure();
+                    pool.record_traffic(entry.backend.index, false);
                     let error = error.into_error();
                     debug!(listener = %route.listener, backend = %entry.address, %error, "upstream request failed");
                     return local(

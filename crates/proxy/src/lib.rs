@@ -9,6 +9,7 @@
 //! - [`backend`]: live per-backend counters and the list of what is still open to it.
 //! - [`tcp`] + [`relay`]: the L4 listener and its half-close-aware byte relay.
 //! - [`http`] + [`upstream`] + [`headers`]: the L7 listener, its upstream connection pool, header rules.
+//! - [`health`]: active health checks (passive ones are recorded by the listeners).
 //! - [`listeners`]: binds every listener before any starts.
 //! - [`embedded`]: the proxy as a balancer.
 
@@ -16,6 +17,7 @@ mod accept;
 pub mod backend;
 pub mod embedded;
 pub mod headers;
+pub mod health;
 pub mod http;
 pub mod listeners;
 pub mod pools;

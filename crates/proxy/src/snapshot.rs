@@ -22,6 +22,10 @@ pub struct BackendEntry {
     pub phase: Phase,
     /// Effective weight (0: no new work).
     pub effective_weight: f64,
+    /// Health label: `up`, `down` or `ejected`.
+    pub health: &'static str,
+    /// Healthy enough for any work (a draining backend is available; a down one is not).
+    pub available: bool,
 }
 
 /// One pool as of one moment.

@@ -61,6 +61,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, route: &TcpRoute) {
             tokio::time::timeout(pool.config.connect_timeout, TcpStream::connect(entry.address)).await;
         match connect {
             Ok(Ok(mut upstream)) => {
+                pool.record_traffic(entry.backend.index, true);
                 let _ = upstream.set_nodelay(true);
                 if let Err(e) = relay(&mut client, &mut upstream, route.idle_timeout).await {
                     debug!(listener = %route.listener, backend = %entry.address, error = %e, "connection ended with an error");
@@ -70,10 +71,12 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, route: &TcpRoute) {
             }
             Ok(Err(e)) => {
                 entry.backend.record_failure();
+                pool.record_traffic(entry.backend.index, false);
                 warn!(listener = %route.listener, backend = %entry.address, error = %e, "connect failed; trying another backend");
             }
             Err(_) => {
                 entry.backend.record_failure();
+                pool.record_traffic(entry.backend.index, false);
                 warn!(listener = %route.listener, backend = %entry.address, "connect timed out; trying another backend");
             }
         }

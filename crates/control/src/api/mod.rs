@@ -3,7 +3,7 @@
 //! Migration module: `POST /v1/vms/{vm}/migration`, `PUT /v1/vms/{vm}/migration/progress`,
 //! `GET /v1/vms`, `GET /v1/vms/{vm}`,
 //! `GET /v1/pools`, `GET /v1/migrations`, `GET /metrics`, `GET /healthz`.
-//! Load-balancing module (what peers call): `PUT /v1/balancer/vms/{vm}`,
+//! Load-balancing module (what peers call): `PUT /v1/balancer/vms/{vm}`, `PUT .../addresses`,
 //! `GET /v1/balancer/vms/{vm}/drain`, `GET /v1/balancer/status`.
 //!
 //! When a token is configured, every mutating call needs `Authorization: Bearer <token>`.
@@ -45,6 +45,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/pools", get(views::pools))
         .route("/v1/migrations", get(views::migrations))
         .route("/v1/balancer/vms/{vm}", put(peer::apply))
+        .route("/v1/balancer/vms/{vm}/addresses", put(peer::addresses))
         .route("/v1/balancer/vms/{vm}/drain", get(peer::drain))
         .route("/v1/balancer/status", get(peer::status))
         .fallback(|| async { ApiError::not_found("no such endpoint; see the README's API section") })

@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use handover_core::api::{Applied, BalancerStatus, DrainStatus};
-use handover_core::phase::PhaseCommand;
+use handover_core::phase::{PhaseCommand, Readdress};
 
 use super::auth::authorize;
 use super::{ApiError, ApiState, json, vm_from_path};
@@ -24,6 +24,19 @@ pub async fn apply(
     let vm = vm_from_path(&vm)?;
     let command: PhaseCommand = json::parse(&body)?;
     Ok(Json(state.coordinator.apply_local(&vm, command).await))
+}
+
+/// `PUT /v1/balancer/vms/{vm}/addresses`: moves a VM's backends locally.
+pub async fn addresses(
+    State(state): State<Arc<ApiState>>,
+    Path(vm): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Applied>, ApiError> {
+    authorize(&state, &headers)?;
+    let vm = vm_from_path(&vm)?;
+    let change: Readdress = json::parse(&body)?;
+    Ok(Json(state.coordinator.readdress_local(&vm, &change).await))
 }
 
 /// `GET /v1/balancer/vms/{vm}/drain`: local drain status.

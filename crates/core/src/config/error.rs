@@ -9,6 +9,8 @@ pub struct ConfigError {
     pub path: String,
     /// 1-based line in the file, when known.
     pub line: Option<usize>,
+    /// 1-based column in that line, when known (errors are sorted by line, then column).
+    pub column: Option<usize>,
     /// What is wrong, and what was expected.
     pub message: String,
 }

@@ -9,6 +9,7 @@ pub mod serde_duration;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,69 @@ pub struct Config {
     pub migration: MigrationConfig,
     /// QEMU QMP monitors to watch for migrations.
     pub qmp: Vec<QmpConfig>,
+    /// Where runtime state (phases, ramps, health, addresses) is kept across restarts.
+    pub state_file: Option<PathBuf>,
+}
+
+/// What an active health check does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A TCP connect.
+    Tcp,
+    /// An HTTP GET whose status must match.
+    Http {
+        /// Path requested.
+        path: String,
+        /// Expected status.
+        expect: StatusMatch,
+    },
+}
+
+/// The statuses an HTTP check accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum StatusMatch {
+    /// Exactly this status.
+    Exact(u16),
+    /// Any status of this class (`2` for 2xx).
+    Class(u16),
+}
+
+impl StatusMatch {
+    /// Whether a status matches.
+    pub fn matches(&self, status: u16) -> bool {
+        match self {
+            Self::Exact(code) => status == *code,
+            Self::Class(class) => status / 100 == *class,
+        }
+    }
+}
+
+/// A pool's active health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCheckConfig {
+    /// TCP or HTTP.
+    pub check: CheckKind,
+    /// Time between two checks of a backend.
+    #[serde(with = "serde_duration")]
+    pub interval: Duration,
+    /// Longest a check may take.
+    #[serde(with = "serde_duration")]
+    pub timeout: Duration,
+    /// Consecutive successes to come back up.
+    pub rise: u32,
+    /// Consecutive failures to go down.
+    pub fall: u32,
+}
+
+/// A pool's passive health check (outlier ejection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OutlierConfig {
+    /// Consecutive failed connects or 5xx answers that eject a backend.
+    pub consecutive_failures: u32,
+    /// How long an ejection lasts.
+    #[serde(with = "serde_duration")]
+    pub ejection: Duration,
 }
 
 /// A QEMU QMP monitor handover watches for one VM's migrations.
@@ -144,6 +208,14 @@ pub struct PoolConfig {
     pub retries: u32,
     /// Session affinity (L7).
     pub sticky: Option<StickyConfig>,
+    /// Active health check.
+    pub health: Option<HealthCheckConfig>,
+    /// Passive health check.
+    pub outlier: Option<OutlierConfig>,
+    /// How long a streak of failures during a migration (and after it ends) is taken for the
+    /// blackout rather than a fault.
+    #[serde(with = "serde_duration")]
+    pub blackout_grace: Duration,
     /// The backends.
     pub backends: Vec<BackendConfig>,
 }
@@ -243,28 +315,35 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
         Some(field) => read_array(&mut doc, &field, read_qmp),
         None => Some(Vec::new()),
     };
+    let state_file = match root.get("state") {
+        Some(field) => read_state(&mut doc, &field).map(Some),
+        None => Some(None),
+    };
     root.finish(&mut doc);
     if let Some(listeners) = &listeners {
         check_listener_pools(&mut doc, listeners, &pool_names);
     }
 
-    if let (Some(control), Some(listeners), Some(pools), Some(peers), Some(migration), Some(qmp)) =
-        (control, listeners, pools, peers, migration, qmp)
-    {
-        let config = Config {
-            control,
-            listeners,
-            pools,
-            peers,
-            migration,
-            qmp,
-        };
+    // Every section read without errors: check the whole.
+    let whole = (|| {
+        Some(Config {
+            control: control?,
+            listeners: listeners?,
+            pools: pools?,
+            peers: peers?,
+            migration: migration?,
+            qmp: qmp?,
+            state_file: state_file?,
+        })
+    })();
+    if let Some(config) = whole {
         cross_check(&mut doc, &config);
         if doc.errors.is_empty() {
             return Ok(config);
         }
     }
-    doc.errors.sort_by_key(|e| e.line.unwrap_or(0));
+    doc.errors
+        .sort_by_key(|e| (e.line.unwrap_or(0), e.column.unwrap_or(0)));
     Err(ConfigErrors(doc.errors))
 }
 
@@ -422,6 +501,17 @@ fn read_pool(doc: &mut Doc<'_, '_>, name: &str, field: &Field<'_, '_>) -> Option
         Some(f) => read_sticky(doc, &f).map(Some),
         None => Some(None),
     };
+    let health = match t.get("health") {
+        Some(f) => read_health(doc, &f).map(Some),
+        None => Some(None),
+    };
+    let outlier = match t.get("outlier") {
+        Some(f) => read_outlier(doc, &f).map(Some),
+        None => Some(None),
+    };
+    let blackout_grace = or_default(t.get("blackout_grace"), Duration::from_secs(2), |f| {
+        f.duration(doc)
+    });
     let backends = match t.require(doc, "backends") {
         Some(f) => read_array(doc, &f, read_backend),
         None => None,
@@ -439,6 +529,9 @@ fn read_pool(doc: &mut Doc<'_, '_>, name: &str, field: &Field<'_, '_>) -> Option
         connect_timeout: connect_timeout?,
         retries: retries?,
         sticky: sticky?,
+        health: health?,
+        outlier: outlier?,
+        blackout_grace: blackout_grace?,
         backends: backends?,
     };
     let path = &field.path;
@@ -566,6 +659,94 @@ fn read_sticky(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<StickyCon
     Some(StickyConfig { cookie: cookie? })
 }
 
+fn read_health(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<HealthCheckConfig> {
+    let mut t = Fields::of(doc, field)?;
+    let kind = t
+        .require(doc, "kind")
+        .and_then(|f| f.choice(doc, &[("tcp", false), ("http", true)]));
+    let path_field = t.get("path");
+    let expect_field = t.get("expect");
+    let interval = or_default(t.get("interval"), Duration::from_secs(2), |f| positive(doc, f));
+    let timeout = or_default(t.get("timeout"), Duration::from_secs(1), |f| positive(doc, f));
+    let rise = or_default(t.get("rise"), 2, |f| f.integer(doc, 1, 100).map(|v| v as u32));
+    let fall = or_default(t.get("fall"), 3, |f| f.integer(doc, 1, 100).map(|v| v as u32));
+    let check = match kind? {
+        false => {
+            for f in [&path_field, &expect_field].into_iter().flatten() {
+                doc.error(
+                    &f.path,
+                    f.span(),
+                    "only HTTP checks have this field (kind = \"http\")",
+                );
+            }
+            Some(CheckKind::Tcp)
+        }
+        true => {
+            let path = match &path_field {
+                Some(f) => f.non_empty_string(doc).and_then(|p| {
+                    if p.starts_with('/') {
+                        Some(p)
+                    } else {
+                        doc.error(&f.path, f.span(), "must start with '/'");
+                        None
+                    }
+                }),
+                None => Some("/".to_string()),
+            };
+            let expect = match &expect_field {
+                Some(f) => read_status_match(doc, f),
+                None => Some(StatusMatch::Exact(200)),
+            };
+            Some(CheckKind::Http {
+                path: path?,
+                expect: expect?,
+            })
+        }
+    };
+    t.finish(doc);
+    Some(HealthCheckConfig {
+        check: check?,
+        interval: interval?,
+        timeout: timeout?,
+        rise: rise?,
+        fall: fall?,
+    })
+}
+
+/// `200` (exactly) or `"2xx"` (a class).
+fn read_status_match(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<StatusMatch> {
+    if let Some(text) = field.value.get_ref().as_str() {
+        let class = text
+            .strip_suffix("xx")
+            .and_then(|c| c.parse::<u16>().ok())
+            .filter(|c| (1..=5).contains(c));
+        if class.is_none() {
+            doc.error(
+                &field.path,
+                field.span(),
+                format!("invalid status {text:?}: expected a code like 200 or a class like \"2xx\""),
+            );
+        }
+        return class.map(StatusMatch::Class);
+    }
+    field
+        .integer(doc, 100, 599)
+        .map(|code| StatusMatch::Exact(code as u16))
+}
+
+fn read_outlier(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<OutlierConfig> {
+    let mut t = Fields::of(doc, field)?;
+    let consecutive = or_default(t.get("consecutive_failures"), 5, |f| {
+        f.integer(doc, 1, 1000).map(|v| v as u32)
+    });
+    let ejection = or_default(t.get("ejection"), Duration::from_secs(10), |f| positive(doc, f));
+    t.finish(doc);
+    Some(OutlierConfig {
+        consecutive_failures: consecutive?,
+        ejection: ejection?,
+    })
+}
+
 fn read_backend(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<BackendConfig> {
     let mut t = Fields::of(doc, field)?;
     let address = t.require(doc, "address").and_then(|f| f.socket_addr(doc));
@@ -674,6 +855,16 @@ fn check_listener_pools(doc: &mut Doc<'_, '_>, listeners: &[ListenerConfig], poo
             );
         }
     }
+}
+
+fn read_state(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<PathBuf> {
+    let mut t = Fields::of(doc, field)?;
+    let file = t
+        .require(doc, "file")
+        .and_then(|f| f.non_empty_string(doc))
+        .map(PathBuf::from);
+    t.finish(doc);
+    file
 }
 
 fn read_qmp(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<QmpConfig> {

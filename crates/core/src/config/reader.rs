@@ -38,13 +38,17 @@ impl<'t, 'i> Doc<'t, 'i> {
     }
 
     /// Records an error; without a span, the line is found from the field path.
-    /// Records an error; without a span, the line is found from the field path.
     pub(crate) fn error(&mut self, path: &str, span: Option<Range<usize>>, message: impl Into<String>) {
         let span = span.or_else(|| self.tree.and_then(|tree| locate(tree, path)));
-        let line = span.map(|s| self.line_of(s.start));
+        let line = span.as_ref().map(|s| self.line_of(s.start));
+        let column = span
+            .as_ref()
+            .zip(line)
+            .map(|(s, line)| s.start - self.line_starts[line - 1] + 1);
         self.errors.push(ConfigError {
             path: path.to_string(),
             line,
+            column,
             message: message.into(),
         });
     }

@@ -1,4 +1,5 @@
 use super::*;
+use std::path::PathBuf;
 
 const EXAMPLE: &str = r#"
 [control]
@@ -204,4 +205,58 @@ fn qmp_monitors_are_validated() {
         errors_of("[[qmp]]\nsocket = \"/a\"\nvm = \"vm-a\"\n[[qmp]]\nsocket = \"/b\"\nvm = \"vm-a\"\n");
     assert_eq!(errors[0].path, "qmp[1].vm");
     assert_eq!(errors[0].line, Some(6));
+}
+
+#[test]
+fn health_checks_parse_with_defaults_and_are_validated() {
+    let src = EXAMPLE.replace(
+        "deadline = \"10m\"",
+        "deadline = \"10m\"\nhealth = { kind = \"http\", path = \"/healthz\", expect = \"2xx\", interval = \"500ms\" }\noutlier = { consecutive_failures = 3 }\nblackout_grace = \"1s\"",
+    );
+    let config = parse(&src).unwrap();
+    let pool = config.pool("web").unwrap();
+    let health = pool.health.as_ref().unwrap();
+    assert_eq!(
+        health.check,
+        CheckKind::Http {
+            path: "/healthz".into(),
+            expect: StatusMatch::Class(2)
+        }
+    );
+    assert_eq!(
+        (health.interval, health.timeout, health.rise, health.fall),
+        (Duration::from_millis(500), Duration::from_secs(1), 2, 3)
+    );
+    assert!(StatusMatch::Class(2).matches(204) && !StatusMatch::Class(2).matches(500));
+    assert_eq!(
+        pool.outlier,
+        Some(OutlierConfig {
+            consecutive_failures: 3,
+            ejection: Duration::from_secs(10)
+        })
+    );
+    assert_eq!(pool.blackout_grace, Duration::from_secs(1));
+
+    let bad = EXAMPLE.replace(
+        "deadline = \"10m\"",
+        "deadline = \"10m\"\nhealth = { kind = \"tcp\", path = \"/x\", fall = 0 }",
+    );
+    let paths: Vec<String> = errors_of(&bad).into_iter().map(|e| e.path).collect();
+    assert_eq!(paths, vec!["pools.web.health.path", "pools.web.health.fall"]);
+    let bad = EXAMPLE.replace(
+        "deadline = \"10m\"",
+        "deadline = \"10m\"\nhealth = { kind = \"http\", expect = \"ok\" }",
+    );
+    assert_eq!(errors_of(&bad)[0].path, "pools.web.health.expect");
+}
+
+#[test]
+fn the_state_file_is_optional() {
+    assert_eq!(parse("").unwrap().state_file, None);
+    let config = parse("[state]\nfile = \"/var/lib/handover/state.json\"\n").unwrap();
+    assert_eq!(
+        config.state_file,
+        Some(PathBuf::from("/var/lib/handover/state.json"))
+    );
+    assert_eq!(errors_of("[state]\n")[0].path, "state.file");
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, GuardAction, GuardConfig};
 use crate::model::{RestoreMode, VmId};
-use crate::phase::{EndReason, Notice, Phase, PhaseCommand, VmState};
+use crate::phase::{EndReason, Notice, Phase, PhaseCommand, Readdress, VmState};
 use crate::time::{Millis, millis};
 
 /// What the registry needs to know of one local pool.
@@ -88,10 +88,13 @@ impl Default for RegistryDefaults {
 }
 
 /// Options a notice may carry.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NoticeOptions {
     /// Overrides the pool deadline for this migration (prepare or started).
     pub deadline_ms: Option<u64>,
+    /// New addresses of the VM (completed only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readdress: Option<Readdress>,
 }
 
 /// Why a transition happened.
@@ -123,6 +126,8 @@ pub struct Transition {
     pub command: PhaseCommand,
     /// The migration it belongs to.
     pub migration: Option<u64>,
+    /// New addresses every balancer must use for the VM.
+    pub readdress: Option<Readdress>,
 }
 
 impl Transition {
@@ -262,10 +267,25 @@ impl MigrationRecord {
 }
 
 /// A prepare waiting for the capacity guard.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct QueuedPrepare {
-    vm: VmId,
-    options: NoticeOptions,
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedPrepare {
+    /// The VM.
+    pub vm: VmId,
+    /// Its options.
+    pub options: NoticeOptions,
+}
+
+/// Everything a registry holds, to be saved and restored across restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistrySnapshot {
+    /// Every VM's state.
+    pub vms: Vec<(VmId, VmState)>,
+    /// Prepares waiting for the capacity guard.
+    pub queue: Vec<QueuedPrepare>,
+    /// Migration history.
+    pub history: Vec<MigrationRecord>,
+    /// Next migration id.
+    pub next_id: u64,
 }
 
 /// The migration registry.
@@ -322,11 +342,24 @@ impl Registry {
         self.history.iter().rev().find(|r| r.id == id)
     }
 
-    /// Restores VM states saved earlier (e.g. from a state file), replacing what is there.
-    pub fn restore_states(&mut self, states: impl IntoIterator<Item = (VmId, VmState)>) {
-        for (vm, state) in states {
-            self.vms.insert(vm, state);
+    /// Everything the registry holds, for a state file.
+    pub fn snapshot(&self) -> RegistrySnapshot {
+        RegistrySnapshot {
+            vms: self.vms.iter().map(|(vm, s)| (vm.clone(), s.clone())).collect(),
+            queue: self.queue.iter().cloned().collect(),
+            history: self.history.iter().cloned().collect(),
+            next_id: self.next_id,
         }
+    }
+
+    /// Restores what [`Registry::snapshot`] saved (the topology stays the configuration's).
+    pub fn restore(&mut self, snapshot: RegistrySnapshot) {
+        self.vms = snapshot.vms.into_iter().collect();
+        self.queue = snapshot.queue.into_iter().collect();
+        self.history = snapshot.history.into_iter().collect();
+        self.next_id = snapshot
+            .next_id
+            .max(self.history.iter().map(|r| r.id + 1).max().unwrap_or(1));
     }
 
     /// What the balancers must currently apply for a VM.
@@ -402,7 +435,7 @@ impl Registry {
                     None => Ok(Outcome::Applied(self.begin_drain(
                         vm,
                         now,
-                        options,
+                        &options,
                         false,
                         Cause::Notice(notice),
                     ))),
@@ -424,6 +457,7 @@ impl Registry {
                     cause: Cause::Notice(notice),
                     command: state.command_at(now),
                     migration: id,
+                    readdress: None,
                 }))
             }
             // The copy already runs: drain now whatever the guard says; it can only delay what has not begun.
@@ -432,7 +466,7 @@ impl Registry {
                 Ok(Outcome::Applied(self.begin_drain(
                     vm,
                     now,
-                    options,
+                    &options,
                     true,
                     Cause::Notice(notice),
                 )))
@@ -443,7 +477,14 @@ impl Registry {
                     Notice::Failed => EndReason::Failed,
                     _ => EndReason::Cancelled,
                 };
-                let transition = self.end(vm, reason, now, Cause::Notice(notice));
+                let mut transition = self.end(vm, reason, now, Cause::Notice(notice));
+                if let Some(readdress) = options
+                    .readdress
+                    .filter(|r| !r.is_empty() && reason == EndReason::Completed)
+                {
+                    self.vms.get_mut(vm).expect("just ended").readdress = Some(readdress.clone());
+                    transition.readdress = Some(readdress);
+                }
                 Ok(Outcome::Applied(transition))
             }
             (
@@ -503,6 +544,7 @@ impl Registry {
             *state = VmState {
                 migration: id,
                 queued_since: state.queued_since,
+                readdress: state.readdress.take(),
                 ..VmState::stable(now)
             };
             if let Some(id) = id {
@@ -515,6 +557,7 @@ impl Registry {
                 cause: Cause::RampDone,
                 command: PhaseCommand::Stable,
                 migration: id,
+                readdress: None,
             });
         }
         transitions.extend(self.admit_queued(now));
@@ -548,7 +591,7 @@ impl Registry {
         &mut self,
         vm: &VmId,
         now: Millis,
-        options: NoticeOptions,
+        options: &NoticeOptions,
         migrating: bool,
         cause: Cause,
     ) -> Transition {
@@ -576,6 +619,8 @@ impl Registry {
             end_reason: None,
             migration: Some(id),
             queued_since: None,
+            // The VM keeps the addresses its last migration gave it.
+            readdress: self.vms.get(vm).and_then(|s| s.readdress.clone()),
         };
         let record = self.record_mut(id);
         record.prepared_at = Some(now);
@@ -592,6 +637,7 @@ impl Registry {
             cause,
             command,
             migration: Some(id),
+            readdress: None,
         }
     }
 
@@ -634,6 +680,7 @@ impl Registry {
             cause,
             command,
             migration: id,
+            readdress: None,
         }
     }
 
@@ -644,7 +691,7 @@ impl Registry {
             let vm = self.queue[i].vm.clone();
             if self.guard_violation(&vm).is_none() {
                 let queued = self.queue.remove(i).expect("index checked");
-                admitted.push(self.begin_drain(&vm, now, queued.options, false, Cause::Dequeued));
+                admitted.push(self.begin_drain(&vm, now, &queued.options, false, Cause::Dequeued));
             } else {
                 i += 1;
             }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::phase::Readdress;
 use proptest::prelude::*;
 
 fn vm(name: &str) -> VmId {
@@ -32,7 +33,10 @@ fn applied(outcome: Result<Outcome, NoticeError>) -> Transition {
     }
 }
 
-const NONE: NoticeOptions = NoticeOptions { deadline_ms: None };
+const NONE: NoticeOptions = NoticeOptions {
+    deadline_ms: None,
+    readdress: None,
+};
 
 #[test]
 fn a_full_migration_walks_every_phase_with_timestamps() {
@@ -107,6 +111,7 @@ fn missing_end_notice_is_restored_at_the_deadline() {
         0,
         NoticeOptions {
             deadline_ms: Some(2_000),
+            readdress: None,
         },
     ));
     assert_eq!(reg.next_due(), Some(2_000));
@@ -245,6 +250,80 @@ fn history_is_bounded() {
     assert_eq!(reg.history().count(), 3);
 }
 
+#[test]
+fn a_completed_notice_can_move_the_vm_and_the_move_persists() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    applied(reg.apply(&a, Notice::Prepare, 0, NONE));
+    let readdress = Readdress {
+        new_ip: Some("10.0.0.9".parse().unwrap()),
+        ..Readdress::default()
+    };
+    let options = NoticeOptions {
+        deadline_ms: None,
+        readdress: Some(readdress.clone()),
+    };
+    let t = applied(reg.apply(&a, Notice::Completed, 10, options));
+    assert_eq!(t.readdress.as_ref(), Some(&readdress));
+    reg.tick(100_000);
+    assert_eq!(reg.phase(&a), Phase::Stable);
+    assert_eq!(
+        reg.vm(&a).unwrap().readdress.as_ref(),
+        Some(&readdress),
+        "kept after the ramp"
+    );
+    applied(reg.apply(&a, Notice::Prepare, 200_000, NONE));
+    assert_eq!(
+        reg.vm(&a).unwrap().readdress.as_ref(),
+        Some(&readdress),
+        "kept through the next migration"
+    );
+}
+
+#[test]
+fn a_failed_migration_does_not_move_the_vm() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    applied(reg.apply(&a, Notice::Prepare, 0, NONE));
+    let options = NoticeOptions {
+        deadline_ms: None,
+        readdress: Some(Readdress {
+            new_ip: Some("10.0.0.9".parse().unwrap()),
+            ..Readdress::default()
+        }),
+    };
+    let t = applied(reg.apply(&a, Notice::Failed, 10, options));
+    assert_eq!(t.readdress, None);
+}
+
+#[test]
+fn a_snapshot_restores_phases_deadlines_queue_and_history() {
+    let guard = GuardConfig {
+        max_concurrent: Some(1),
+        on_violation: GuardAction::Queue,
+        ..GuardConfig::default()
+    };
+    let mut reg = registry(guard);
+    applied(reg.apply(&vm("vm-a"), Notice::Prepare, 1_000, NONE));
+    assert!(matches!(
+        reg.apply(&vm("vm-b"), Notice::Prepare, 1_100, NONE),
+        Ok(Outcome::Queued { .. })
+    ));
+    let saved = serde_json::to_string(&reg.snapshot()).unwrap();
+
+    let mut restored = registry(guard);
+    restored.restore(serde_json::from_str(&saved).unwrap());
+    assert_eq!(restored.phase(&vm("vm-a")), Phase::Draining);
+    assert_eq!(restored.next_due(), Some(61_000), "the deadline continues");
+    applied(restored.apply(&vm("vm-a"), Notice::Completed, 2_000, NONE));
+    let admitted = restored.tick(2_000);
+    assert_eq!(admitted[0].vm, vm("vm-b"), "the queue survived");
+    let ids: Vec<u64> = restored.history().map(|r| r.id).collect();
+    assert_eq!(ids, vec![1, 2]);
+    applied(restored.apply(&vm("vm-c"), Notice::Started, 3_000, NONE));
+    assert_eq!(restored.history().last().unwrap().id, 3, "ids do not repeat");
+}
+
 fn arb_notice() -> impl Strategy<Value = Notice> {
     prop_oneof![
         Just(Notice::Prepare),
@@ -288,7 +367,7 @@ proptest! {
             }
             let vm = vm(names[which]);
             let before = format!("{:?}", reg.vms().collect::<Vec<_>>());
-            let result = reg.apply(&vm, notice, now, NoticeOptions { deadline_ms });
+            let result = reg.apply(&vm, notice, now, NoticeOptions { deadline_ms, readdress: None });
             if result.is_err() {
                 prop_assert_eq!(before, format!("{:?}", reg.vms().collect::<Vec<_>>()));
             }

@@ -162,11 +162,11 @@ pub async fn run() -> anyhow::Result<u8> {
 async fn send(control: &ControlClient, notice: Notice, load: &Load, label: &str) -> anyhow::Result<()> {
     let path = "/v1/vms/vm-a/migration";
     let request = |wait_drained: bool| NoticeRequest {
-        phase: notice,
         wait_drained,
         timeout_ms: Some(5_000),
         threshold: None,
         deadline_ms: None,
+        ..NoticeRequest::new(notice)
     };
     if notice == Notice::Completed {
         load.set_phase(label);

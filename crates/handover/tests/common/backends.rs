@@ -31,7 +31,12 @@ pub struct TcpBackend {
 impl TcpBackend {
     /// Starts a backend named `name` on an ephemeral loopback port.
     pub async fn start(name: &'static str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts a backend named `name` on `address` (to come back where a stopped one was).
+    pub async fn start_on(name: &'static str, address: SocketAddr) -> Self {
+        let listener = TcpListener::bind(address).await.unwrap();
         let address = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicU64::new(0));
         let counter = accepted.clone();
@@ -147,6 +152,8 @@ pub struct HttpBackend {
     pub requests: Arc<AtomicU64>,
     /// Connections accepted.
     pub connections: Arc<AtomicU64>,
+    /// Status `/health` answers with.
+    pub health_status: Arc<std::sync::atomic::AtomicU16>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -157,6 +164,8 @@ impl HttpBackend {
         let address = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicU64::new(0));
         let connections = Arc::new(AtomicU64::new(0));
+        let health_status = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let status_source = health_status.clone();
         let counter = requests.clone();
         let accepted = connections.clone();
         let task = tokio::spawn(async move {
@@ -166,10 +175,20 @@ impl HttpBackend {
                 };
                 accepted.fetch_add(1, Ordering::Relaxed);
                 let counter = counter.clone();
+                let status_source = status_source.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                         let counter = counter.clone();
+                        let status_source = status_source.clone();
                         async move {
+                            if request.uri().path() == "/health" {
+                                let mut response =
+                                    Response::new(Full::new(Bytes::from_static(b"health\n")).boxed());
+                                *response.status_mut() =
+                                    hyper::StatusCode::from_u16(status_source.load(Ordering::Relaxed))
+                                        .unwrap();
+                                return Ok::<_, Infallible>(response);
+                            }
                             let wait = request
                                 .uri()
                                 .query()
@@ -244,6 +263,7 @@ impl HttpBackend {
             address,
             requests,
             connections,
+            health_status,
             task,
         }
     }

@@ -10,6 +10,7 @@
 //! - [`selection`]: the selection algorithms (smooth weighted round robin, least connections, P2C).
 //! - [`phase`] and [`migration`]: the per-VM phase state machine and the migration registry, a pure
 //!   reducer `(state, notice, now) → (state, transition)` that also enforces deadlines and the guard.
+//! - [`command`]: what a phase command means for a backend's share of new work over time.
 //! - [`balancer`]: the one trait that joins the two roles: a balancer that says which VMs it serves,
 //!   applies a phase, and reports drain status. Every driver implements it.
 //! - [`api`]: the JSON shapes of the control API, shared by the server and its clients.
@@ -17,6 +18,7 @@
 
 pub mod api;
 pub mod balancer;
+pub mod command;
 pub mod config;
 pub mod drain;
 pub mod health;

@@ -133,38 +133,41 @@ pub fn format_addr(addr: &SocketAddr) -> String {
     addr.to_string()
 }
 
-/// Where QEMU's QMP monitor listens.
+/// A unix socket (a path, or `unix:PATH`) or a TCP address (`tcp:HOST:PORT`): where QEMU's QMP
+/// monitor or HAProxy's runtime API listens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(into = "String")]
-pub enum QmpAddress {
+pub enum Endpoint {
     /// A unix socket path (`/run/vm-a.qmp` or `unix:/run/vm-a.qmp`).
     Unix(PathBuf),
     /// A TCP address (`tcp:HOST:PORT`).
     Tcp(String),
 }
 
-impl FromStr for QmpAddress {
+impl FromStr for Endpoint {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         if let Some(address) = text.strip_prefix("tcp:") {
-            let (host, port) = address
-                .rsplit_once(':')
-                .ok_or_else(|| format!("invalid QMP address {text:?}: expected tcp:HOST:PORT"))?;
+            let (host, port) = address.rsplit_once(':').ok_or_else(|| {
+                format!("invalid socket {text:?}: expected a path, unix:PATH or tcp:HOST:PORT")
+            })?;
             if host.is_empty() || port.parse::<u16>().is_err() {
-                return Err(format!("invalid QMP address {text:?}: expected tcp:HOST:PORT"));
+                return Err(format!(
+                    "invalid socket {text:?}: expected a path, unix:PATH or tcp:HOST:PORT"
+                ));
             }
             return Ok(Self::Tcp(address.to_string()));
         }
         let path = text.strip_prefix("unix:").unwrap_or(text);
         if path.is_empty() {
-            return Err("empty QMP socket path".to_string());
+            return Err("empty socket path".to_string());
         }
         Ok(Self::Unix(PathBuf::from(path)))
     }
 }
 
-impl fmt::Display for QmpAddress {
+impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Unix(path) => write!(f, "unix:{}", path.display()),
@@ -173,8 +176,8 @@ impl fmt::Display for QmpAddress {
     }
 }
 
-impl From<QmpAddress> for String {
-    fn from(address: QmpAddress) -> Self {
+impl From<Endpoint> for String {
+    fn from(address: Endpoint) -> Self {
         address.to_string()
     }
 }
@@ -194,19 +197,19 @@ mod tests {
     }
 
     #[test]
-    fn qmp_addresses_parse() {
+    fn endpoints_parse() {
         assert_eq!(
             "/run/vm-a.qmp".parse(),
-            Ok(QmpAddress::Unix("/run/vm-a.qmp".into()))
+            Ok(Endpoint::Unix("/run/vm-a.qmp".into()))
         );
-        assert_eq!("unix:/run/x".parse(), Ok(QmpAddress::Unix("/run/x".into())));
+        assert_eq!("unix:/run/x".parse(), Ok(Endpoint::Unix("/run/x".into())));
         assert_eq!(
             "tcp:127.0.0.1:4444".parse(),
-            Ok(QmpAddress::Tcp("127.0.0.1:4444".into()))
+            Ok(Endpoint::Tcp("127.0.0.1:4444".into()))
         );
-        assert_eq!(QmpAddress::Tcp("h:1".into()).to_string(), "tcp:h:1");
-        assert!("tcp:localhost".parse::<QmpAddress>().is_err());
-        assert!("".parse::<QmpAddress>().is_err());
-        assert!("unix:".parse::<QmpAddress>().is_err());
+        assert_eq!(Endpoint::Tcp("h:1".into()).to_string(), "tcp:h:1");
+        assert!("tcp:localhost".parse::<Endpoint>().is_err());
+        assert!("".parse::<Endpoint>().is_err());
+        assert!("unix:".parse::<Endpoint>().is_err());
     }
 }

@@ -24,9 +24,8 @@ pub fn check(path: &Path) -> anyhow::Result<u8> {
     match load(path)? {
         Ok(config) => {
             let backends: usize = config.pools.iter().map(|p| p.backends.len()).sum();
-            println!(
-                "{}: ok ({} listener{}, {} pool{}, {} backend{}, {} peer{})",
-                path.display(),
+            let mut summary = format!(
+                "{} listener{}, {} pool{}, {} backend{}, {} peer{}",
                 config.listeners.len(),
                 plural(config.listeners.len()),
                 config.pools.len(),
@@ -36,6 +35,14 @@ pub fn check(path: &Path) -> anyhow::Result<u8> {
                 config.peers.len(),
                 plural(config.peers.len()),
             );
+            if !config.haproxy.is_empty() || !config.nginx.is_empty() {
+                summary.push_str(&format!(
+                    ", {} HAProxy, {} nginx",
+                    config.haproxy.len(),
+                    config.nginx.len()
+                ));
+            }
+            println!("{}: ok ({summary})", path.display());
             Ok(EXIT_OK)
         }
         Err(errors) => {

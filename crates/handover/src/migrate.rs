@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, anyhow};
 use handover_core::api::{NoticeRequest, NoticeResponse};
 use handover_core::migration::MigrationProgress;
-use handover_core::model::{QmpAddress, VmId};
+use handover_core::model::{Endpoint, VmId};
 use handover_core::phase::Notice;
 use handover_drivers::{ClientError, ControlClient};
 use handover_sources::qmp::{MigrationStatus, QmpClient, progress_of, status_of};
@@ -50,7 +50,7 @@ enum Ending {
 /// Runs the migration.
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<u8> {
     let vm = VmId::new(args.vm.as_str()).map_err(|e| anyhow!("VM {:?}: {e}", args.vm))?;
-    let address: QmpAddress = args.qmp.parse().map_err(|e| anyhow!("--qmp: {e}"))?;
+    let address: Endpoint = args.qmp.parse().map_err(|e| anyhow!("--qmp: {e}"))?;
     let control = ControlClient::new(
         &args.control.control,
         args.control.token.clone(),

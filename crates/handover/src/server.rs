@@ -11,6 +11,8 @@ use handover_control::api::{ApiState, router};
 use handover_control::{BalancerSlot, Clock, Coordinator};
 use handover_core::config::Config;
 use handover_drivers::PeerBalancer;
+use handover_drivers::haproxy::HaproxyBalancer;
+use handover_drivers::nginx::NginxBalancer;
 use handover_proxy::{EmbeddedBalancer, Listeners, Pools};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,11 +41,32 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .with_context(|| format!("control.bind: cannot listen on {}", config.control.bind))?;
     let control = control_listener.local_addr()?;
 
-    let mut slots = vec![BalancerSlot {
-        balancer: Arc::new(EmbeddedBalancer::new("embedded", pools.clone())),
-        timeout: Duration::from_secs(5),
-        is_peer: false,
-    }];
+    // The embedded proxy is a balancer when it has pools; a node with none is a pure migration
+    // module in front of other balancers.
+    let mut slots = Vec::new();
+    if !config.pools.is_empty() {
+        slots.push(BalancerSlot {
+            balancer: Arc::new(EmbeddedBalancer::new("embedded", pools.clone())),
+            timeout: Duration::from_secs(5),
+            is_peer: false,
+        });
+    }
+    let haproxies: Vec<_> = config.haproxy.iter().cloned().map(HaproxyBalancer::new).collect();
+    for driver in &haproxies {
+        slots.push(BalancerSlot {
+            balancer: driver.clone(),
+            timeout: driver.call_timeout(),
+            is_peer: false,
+        });
+    }
+    let nginxes: Vec<_> = config.nginx.iter().cloned().map(NginxBalancer::new).collect();
+    for driver in &nginxes {
+        slots.push(BalancerSlot {
+            balancer: driver.clone(),
+            timeout: driver.call_timeout(),
+            is_peer: false,
+        });
+    }
     for peer in &config.peers {
         slots.push(BalancerSlot {
             balancer: Arc::new(PeerBalancer::new(peer)),
@@ -62,6 +85,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let addresses = listeners.addresses();
     listeners.serve(&pools, &cancel, &tasks);
     handover_proxy::health::spawn_checks(&pools, &cancel, &tasks);
+    for driver in haproxies {
+        tasks.spawn(driver.run(cancel.clone()));
+    }
+    for driver in nginxes {
+        tasks.spawn(driver.run(cancel.clone()));
+    }
     if let Some(path) = &config.state_file {
         tasks.spawn(state_file::run_writer(
             path.clone(),

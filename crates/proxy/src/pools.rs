@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use handover_core::api::{Applied, BackendReport, BackendStatus, BalancerStatus, DrainStatus, PoolStatus};
+use handover_core::command::{Effect, Policies, aged, effect};
 use handover_core::config::{Config, PoolConfig};
 use handover_core::health::{
     CheckThresholds, FailureVerdict, HealthChange, HealthState, OutlierPolicy, Tolerance,
 };
-use handover_core::model::{Keep, RestoreMode, VmId};
-use handover_core::phase::{EndReason, Phase, PhaseCommand, Readdress};
+use handover_core::model::{Keep, VmId};
+use handover_core::phase::{Phase, PhaseCommand, Readdress};
 use handover_core::selection::Selector;
 use handover_core::time::{Millis, millis};
 use handover_core::weights::{self, WeightInput, WeightState};
@@ -29,9 +30,6 @@ use tracing::{info, warn};
 
 use crate::backend::BackendRuntime;
 use crate::snapshot::{BackendEntry, PoolSnapshot};
-
-/// How long after its deadline a drained VM is restored locally if no command came.
-pub const LOCAL_DEADLINE_GRACE: Duration = Duration::from_secs(1);
 
 /// Most connections listed in a drain status.
 const MAX_LISTED: usize = 100;
@@ -69,15 +67,6 @@ pub struct PoolExport {
     pub down: Vec<usize>,
     /// Backends ejected by passive checks: index and milliseconds left.
     pub ejected: Vec<(usize, u64)>,
-}
-
-/// How a backend takes part in its pool at one moment.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Effective {
-    state: WeightState,
-    phase: Phase,
-    /// The weight still changes with time.
-    moving: bool,
 }
 
 /// One pool: its configuration, its backends, its state and the current snapshot.
@@ -381,7 +370,7 @@ impl Pool {
                 state.vms.insert(
                     vm.clone(),
                     VmEntry {
-                        command: age(*command, age_ms),
+                        command: aged(*command, age_ms),
                         received: Instant::now(),
                     },
                 );
@@ -401,30 +390,10 @@ impl Pool {
 
 /// A command as it stands `now`: elapsed times advanced, time to the deadline reduced.
 fn current_command(entry: &VmEntry, now: Instant) -> PhaseCommand {
-    age(
+    aged(
         entry.command,
         millis(now.saturating_duration_since(entry.received)),
     )
-}
-
-/// A command `by` milliseconds later.
-fn age(command: PhaseCommand, by: u64) -> PhaseCommand {
-    match command {
-        PhaseCommand::Drain {
-            elapsed_ms,
-            migrating,
-            deadline_in_ms,
-        } => PhaseCommand::Drain {
-            elapsed_ms: elapsed_ms.saturating_add(by),
-            migrating,
-            deadline_in_ms: deadline_in_ms.saturating_sub(by),
-        },
-        PhaseCommand::Ramp { elapsed_ms, reason } => PhaseCommand::Ramp {
-            elapsed_ms: elapsed_ms.saturating_add(by),
-            reason,
-        },
-        PhaseCommand::Stable => PhaseCommand::Stable,
-    }
 }
 
 /// Every pool of the embedded proxy.
@@ -566,66 +535,18 @@ impl Pools {
 }
 
 /// How a VM's backend takes part in a pool, given the last command and the time.
-fn effective(pool: &PoolConfig, entry: Option<&VmEntry>, now: Instant) -> Effective {
-    let Some(entry) = entry else {
-        return Effective {
-            state: WeightState::Scaled(1.0),
-            phase: Phase::Stable,
-            moving: false,
-        };
+fn effective(pool: &PoolConfig, entry: Option<&VmEntry>, now: Instant) -> Effect {
+    let Some(entry) = entry else { return Effect::STABLE };
+    let policies = Policies {
+        drain: &pool.drain,
+        ramp: &pool.ramp,
+        restore: pool.restore,
     };
-    let since = millis(now.saturating_duration_since(entry.received));
-    match entry.command {
-        PhaseCommand::Stable => Effective {
-            state: WeightState::Scaled(1.0),
-            phase: Phase::Stable,
-            moving: false,
-        },
-        PhaseCommand::Drain {
-            elapsed_ms,
-            migrating,
-            deadline_in_ms,
-        } => {
-            let grace = millis(LOCAL_DEADLINE_GRACE);
-            if since >= deadline_in_ms.saturating_add(grace) {
-                // Nobody ended this migration: restore as the pool says for a missed deadline.
-                let ramp_elapsed = since - deadline_in_ms - grace;
-                return ramp(pool, ramp_elapsed, EndReason::Deadline);
-            }
-            let elapsed = elapsed_ms.saturating_add(since);
-            Effective {
-                state: WeightState::Draining {
-                    share: pool.drain.share_at(elapsed),
-                },
-                phase: if migrating {
-                    Phase::Migrating
-                } else {
-                    Phase::Draining
-                },
-                // Moving until the local deadline, which the ticker must notice.
-                moving: true,
-            }
-        }
-        PhaseCommand::Ramp { elapsed_ms, reason } => ramp(pool, elapsed_ms.saturating_add(since), reason),
-    }
-}
-
-fn ramp(pool: &PoolConfig, elapsed: u64, reason: EndReason) -> Effective {
-    if (reason != EndReason::Completed && pool.restore == RestoreMode::Immediate)
-        || pool.ramp.is_done_at(elapsed)
-    {
-        Effective {
-            state: WeightState::Scaled(1.0),
-            phase: Phase::Stable,
-            moving: false,
-        }
-    } else {
-        Effective {
-            state: WeightState::Scaled(pool.ramp.factor_at(elapsed)),
-            phase: Phase::Ramping,
-            moving: true,
-        }
-    }
+    effect(
+        policies,
+        entry.command,
+        millis(now.saturating_duration_since(entry.received)),
+    )
 }
 
 /// Slow start after a recovery: (weight factor, still ramping).

@@ -19,7 +19,7 @@ pub use error::{ConfigError, ConfigErrors};
 use reader::{Doc, Field, Fields};
 
 use crate::drain::DrainPolicy;
-use crate::model::{Algorithm, DrainShape, Keep, ListenerKind, QmpAddress, RestoreMode, VmId};
+use crate::model::{Algorithm, DrainShape, Endpoint, Keep, ListenerKind, RestoreMode, VmId};
 use crate::ramp::RampPolicy;
 
 /// A whole, validated configuration.
@@ -39,6 +39,86 @@ pub struct Config {
     pub qmp: Vec<QmpConfig>,
     /// Where runtime state (phases, ramps, health, addresses) is kept across restarts.
     pub state_file: Option<PathBuf>,
+    /// HAProxy instances handover drives through their runtime API.
+    pub haproxy: Vec<HaproxyConfig>,
+    /// nginx instances handover drives through a generated upstream file.
+    pub nginx: Vec<NginxConfig>,
+}
+
+/// Policies a driven balancer applies (the same meaning as a pool's).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DrivenPolicy {
+    /// Drain policy.
+    pub drain: DrainPolicy,
+    /// Ramp policy.
+    pub ramp: RampPolicy,
+    /// Restore after failed, cancelled or deadline.
+    pub restore: RestoreMode,
+    /// How often weights are re-sent while they move (ramp, linear drain).
+    #[serde(with = "serde_duration")]
+    pub step: Duration,
+}
+
+/// Which HAProxy servers belong to which VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum ServerKey {
+    /// `backend/server`.
+    Name {
+        /// HAProxy backend.
+        backend: String,
+        /// HAProxy server.
+        server: String,
+    },
+    /// The server's configured address.
+    Address(SocketAddr),
+}
+
+/// An HAProxy instance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HaproxyConfig {
+    /// Name in replies and metrics.
+    pub name: String,
+    /// Runtime API socket: a path, `unix:PATH` or `tcp:HOST:PORT` (`stats socket ... level admin`).
+    pub socket: Endpoint,
+    /// Per-command timeout.
+    #[serde(with = "serde_duration")]
+    pub timeout: Duration,
+    /// Servers of each VM, by `backend/server` or by address.
+    pub vms: Vec<(ServerKey, VmId)>,
+    /// A server whose name is a VM id belongs to that VM (when no other mapping matches).
+    pub server_name_is_vm: bool,
+    /// Drain, ramp, restore.
+    pub policy: DrivenPolicy,
+}
+
+/// One server of an nginx upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NginxServer {
+    /// Address.
+    pub address: SocketAddr,
+    /// The VM behind it.
+    pub vm: VmId,
+    /// Weight.
+    pub weight: u32,
+}
+
+/// An nginx instance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NginxConfig {
+    /// Name in replies and metrics.
+    pub name: String,
+    /// Name of the upstream block handover writes.
+    pub upstream: String,
+    /// File handover writes the upstream block to (include it from `http {}` or `stream {}`).
+    pub file: PathBuf,
+    /// Command that reloads nginx gracefully (argv).
+    pub reload: Vec<String>,
+    /// Extra directives inside the upstream block (e.g. `keepalive 64;`).
+    pub extra: Vec<String>,
+    /// The servers.
+    pub servers: Vec<NginxServer>,
+    /// Drain, ramp, restore.
+    pub policy: DrivenPolicy,
 }
 
 /// What an active health check does.
@@ -106,7 +186,7 @@ pub struct OutlierConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct QmpConfig {
     /// Unix socket path (`/run/vm-a.qmp`, `unix:/run/vm-a.qmp`) or `tcp:HOST:PORT`.
-    pub socket: QmpAddress,
+    pub socket: Endpoint,
     /// The VM that QEMU runs.
     pub vm: VmId,
     /// How often `query-migrate` is polled while a migration runs.
@@ -319,6 +399,14 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
         Some(field) => read_state(&mut doc, &field).map(Some),
         None => Some(None),
     };
+    let haproxy = match root.get("haproxy") {
+        Some(field) => read_array(&mut doc, &field, read_haproxy),
+        None => Some(Vec::new()),
+    };
+    let nginx = match root.get("nginx") {
+        Some(field) => read_array(&mut doc, &field, read_nginx),
+        None => Some(Vec::new()),
+    };
     root.finish(&mut doc);
     if let Some(listeners) = &listeners {
         check_listener_pools(&mut doc, listeners, &pool_names);
@@ -334,6 +422,8 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
             migration: migration?,
             qmp: qmp?,
             state_file: state_file?,
+            haproxy: haproxy?,
+            nginx: nginx?,
         })
     })();
     if let Some(config) = whole {
@@ -857,6 +947,173 @@ fn check_listener_pools(doc: &mut Doc<'_, '_>, listeners: &[ListenerConfig], poo
     }
 }
 
+/// Drain, ramp, restore and step of a driven balancer.
+fn read_policy(
+    doc: &mut Doc<'_, '_>,
+    t: &mut Fields<'_, '_>,
+    default_step: Duration,
+) -> Option<DrivenPolicy> {
+    let drain = or_default(t.get("drain"), DrainPolicy::default(), |f| read_drain(doc, f));
+    let ramp = or_default(t.get("ramp"), RampPolicy::default(), |f| read_ramp(doc, f));
+    let restore = or_default(t.get("restore"), RestoreMode::Ramp, |f| {
+        f.choice(
+            doc,
+            &[("ramp", RestoreMode::Ramp), ("immediate", RestoreMode::Immediate)],
+        )
+    });
+    let step = or_default(t.get("step"), default_step, |f| positive(doc, f));
+    Some(DrivenPolicy {
+        drain: drain?,
+        ramp: ramp?,
+        restore: restore?,
+        step: step?,
+    })
+}
+
+fn read_haproxy(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<HaproxyConfig> {
+    let mut t = Fields::of(doc, field)?;
+    let name = t.require(doc, "name").and_then(|f| f.non_empty_string(doc));
+    let socket = t.require(doc, "socket").and_then(|f| {
+        let text = f.non_empty_string(doc)?;
+        text.parse::<Endpoint>()
+            .map_err(|e| doc.error(&f.path, f.span(), e))
+            .ok()
+    });
+    let timeout = or_default(t.get("timeout"), Duration::from_secs(1), |f| positive(doc, f));
+    let vms = match t.get("vms") {
+        Some(f) => {
+            let mut vms_table = Fields::of(doc, &f);
+            let mut vms = Some(Vec::new());
+            if let Some(table) = vms_table.as_mut() {
+                for (key, key_span, value) in table.entries() {
+                    let server = if let Some((backend, server)) = key.split_once('/') {
+                        (!backend.is_empty() && !server.is_empty()).then(|| ServerKey::Name {
+                            backend: backend.to_string(),
+                            server: server.to_string(),
+                        })
+                    } else {
+                        key.parse::<SocketAddr>().ok().map(ServerKey::Address)
+                    };
+                    if server.is_none() {
+                        doc.error(
+                            &value.path,
+                            Some(key_span),
+                            format!("invalid server {key:?}: expected \"BACKEND/SERVER\" or \"IP:PORT\""),
+                        );
+                    }
+                    let vm = value.string(doc).and_then(|text| {
+                        VmId::new(text)
+                            .map_err(|e| doc.error(&value.path, value.span(), e.to_string()))
+                            .ok()
+                    });
+                    match (server, vm, vms.as_mut()) {
+                        (Some(server), Some(vm), Some(list)) => list.push((server, vm)),
+                        _ => vms = None,
+                    }
+                }
+            } else {
+                vms = None;
+            }
+            if let Some(table) = vms_table {
+                table.finish(doc);
+            }
+            vms
+        }
+        None => Some(Vec::new()),
+    };
+    let server_name_is_vm = match t.get("server_name_is_vm") {
+        Some(f) => match f.value.get_ref().as_bool() {
+            Some(b) => Some(b),
+            None => {
+                doc.error(&f.path, f.span(), "expected true or false");
+                None
+            }
+        },
+        None => Some(false),
+    };
+    let policy = read_policy(doc, &mut t, Duration::from_millis(500));
+    t.finish(doc);
+    let config = HaproxyConfig {
+        name: name?,
+        socket: socket?,
+        timeout: timeout?,
+        vms: vms?,
+        server_name_is_vm: server_name_is_vm?,
+        policy: policy?,
+    };
+    if config.vms.is_empty() && !config.server_name_is_vm {
+        doc.error(&format!("{}.vms", field.path), field.span(), "map at least one server to a VM (vms = { \"backend/server\" = \"vm-a\" }), or set server_name_is_vm = true");
+        return None;
+    }
+    Some(config)
+}
+
+fn read_nginx(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<NginxConfig> {
+    let mut t = Fields::of(doc, field)?;
+    let name = t.require(doc, "name").and_then(|f| f.non_empty_string(doc));
+    let upstream = t.require(doc, "upstream").and_then(|f| {
+        let text = f.non_empty_string(doc)?;
+        if valid_name(&text) {
+            Some(text)
+        } else {
+            doc.error(
+                &f.path,
+                f.span(),
+                "upstream names use letters, digits, '.', '_' and '-' only",
+            );
+            None
+        }
+    });
+    let file = t
+        .require(doc, "file")
+        .and_then(|f| f.non_empty_string(doc))
+        .map(PathBuf::from);
+    let reload = t.require(doc, "reload").and_then(|f| {
+        let items = f.array(doc)?;
+        let argv: Option<Vec<String>> = items.iter().map(|i| i.non_empty_string(doc)).collect();
+        let argv = argv?;
+        if argv.is_empty() {
+            doc.error(
+                &f.path,
+                f.span(),
+                "the reload command needs at least the program, e.g. [\"nginx\", \"-s\", \"reload\"]",
+            );
+            return None;
+        }
+        Some(argv)
+    });
+    let extra = match t.get("extra") {
+        Some(f) => f.array(doc).and_then(|items| {
+            items
+                .iter()
+                .map(|i| i.non_empty_string(doc))
+                .collect::<Option<Vec<_>>>()
+        }),
+        None => Some(Vec::new()),
+    };
+    let servers = t.require(doc, "servers").and_then(|f| {
+        read_array(doc, &f, |doc, item| {
+            let backend = read_backend(doc, item)?;
+            Some(NginxServer {
+                address: backend.address,
+                vm: backend.vm,
+                weight: backend.weight,
+            })
+        })
+    });
+    let policy = read_policy(doc, &mut t, Duration::from_secs(1));
+    t.finish(doc);
+    Some(NginxConfig {
+        name: name?,
+        upstream: upstream?,
+        file: file?,
+        reload: reload?,
+        extra: extra?,
+        servers: servers?,
+        policy: policy?,
+    })
+}
+
 fn read_state(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<PathBuf> {
     let mut t = Fields::of(doc, field)?;
     let file = t
@@ -871,7 +1128,7 @@ fn read_qmp(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<QmpConfig> {
     let mut t = Fields::of(doc, field)?;
     let socket = t.require(doc, "socket").and_then(|f| {
         let text = f.non_empty_string(doc)?;
-        match text.parse::<QmpAddress>() {
+        match text.parse::<Endpoint>() {
             Ok(address) => Some(address),
             Err(message) => {
                 doc.error(&f.path, f.span(), message);
@@ -951,14 +1208,30 @@ fn cross_check(doc: &mut Doc<'_, '_>, config: &Config) {
             );
         }
     }
-    let mut peer_names = HashSet::new();
-    for (i, peer) in config.peers.iter().enumerate() {
-        if !peer_names.insert(peer.name.as_str()) {
-            doc.error(
-                &format!("peers[{i}].name"),
-                None,
-                format!("duplicate peer name {:?}", peer.name),
-            );
+    // Balancer names appear in replies and metrics: they must be unique.
+    let mut names: HashSet<&str> = HashSet::from(["embedded"]);
+    let named = config
+        .peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("peers[{i}].name"), p.name.as_str()))
+        .chain(
+            config
+                .haproxy
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (format!("haproxy[{i}].name"), h.name.as_str())),
+        )
+        .chain(
+            config
+                .nginx
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("nginx[{i}].name"), n.name.as_str())),
+        );
+    for (path, name) in named {
+        if !names.insert(name) {
+            doc.error(&path, None, format!("balancer name {name:?} is already used"));
         }
     }
 }

@@ -260,3 +260,47 @@ fn the_state_file_is_optional() {
     );
     assert_eq!(errors_of("[state]\n")[0].path, "state.file");
 }
+
+#[test]
+fn driven_balancers_parse_and_are_validated() {
+    let config = parse(r#"
+[[haproxy]]
+name = "lb-1"
+socket = "/run/haproxy/admin.sock"
+vms = { "be/s1" = "vm-a", "127.0.0.1:9002" = "vm-b" }
+ramp = { window = "5s" }
+
+[[nginx]]
+name = "ngx-1"
+upstream = "web"
+file = "/etc/nginx/handover/web.conf"
+reload = ["nginx", "-s", "reload"]
+extra = ["keepalive 16;"]
+servers = [ { address = "127.0.0.1:9001", vm = "vm-a" }, { address = "127.0.0.1:9002", vm = "vm-b", weight = 2 } ]
+"#).unwrap();
+    let h = &config.haproxy[0];
+    let be_s1 = ServerKey::Name {
+        backend: "be".into(),
+        server: "s1".into(),
+    };
+    assert!(h.vms.contains(&(be_s1, VmId::new("vm-a").unwrap())));
+    let by_address = ServerKey::Address("127.0.0.1:9002".parse().unwrap());
+    assert!(h.vms.contains(&(by_address, VmId::new("vm-b").unwrap())));
+    assert_eq!(h.policy.ramp.window, Duration::from_secs(5));
+    assert_eq!(h.policy.step, Duration::from_millis(500));
+    let n = &config.nginx[0];
+    assert_eq!(n.servers[1].weight, 2);
+    assert_eq!(n.reload, vec!["nginx", "-s", "reload"]);
+
+    let errors =
+        errors_of("[[haproxy]]\nname = \"lb\"\nsocket = \"/s\"\nvms = { \"nonsense\" = \"vm-a\" }\n");
+    assert_eq!(errors[0].path, "haproxy[0].vms.nonsense");
+    assert_eq!(errors[0].line, Some(4));
+    let errors = errors_of("[[haproxy]]\nname = \"lb\"\nsocket = \"/s\"\n");
+    assert_eq!(errors[0].path, "haproxy[0].vms");
+    let errors = errors_of(
+        "[[peers]]\nname = \"lb\"\nurl = \"http://a:1\"\n[[haproxy]]\nname = \"lb\"\nsocket = \"/s\"\nserver_name_is_vm = true\n",
+    );
+    assert_eq!(errors[0].path, "haproxy[0].name");
+    assert!(errors[0].message.contains("already used"));
+}

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use handover_core::model::QmpAddress;
+use handover_core::model::Endpoint;
 use handover_sources::qmp::{Event, QmpClient};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -120,7 +120,7 @@ impl Observer {
     /// Connects to an observer monitor.
     pub async fn connect(path: &Path) -> Observer {
         let (client, mut events) =
-            QmpClient::connect(&QmpAddress::Unix(path.to_path_buf()), Duration::from_secs(10))
+            QmpClient::connect(&Endpoint::Unix(path.to_path_buf()), Duration::from_secs(10))
                 .await
                 .expect("observer QMP");
         let seen = Arc::new(Mutex::new(Vec::new()));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use handover_core::model::QmpAddress;
+use handover_core::model::Endpoint;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -54,7 +54,7 @@ pub struct QmpClient {
     pending: Pending,
     next_id: AtomicU64,
     timeout: Duration,
-    address: QmpAddress,
+    address: Endpoint,
 }
 
 impl fmt::Debug for QmpClient {
@@ -70,20 +70,20 @@ pub type Events = mpsc::Receiver<Event>;
 
 impl QmpClient {
     /// Connects, reads the greeting and negotiates capabilities; every step bounded by `timeout`.
-    pub async fn connect(address: &QmpAddress, timeout: Duration) -> Result<(Self, Events), QmpError> {
+    pub async fn connect(address: &Endpoint, timeout: Duration) -> Result<(Self, Events), QmpError> {
         let connect = async {
             let (reader, writer): (
                 Box<dyn AsyncRead + Send + Unpin>,
                 Box<dyn AsyncWrite + Send + Unpin>,
             ) = match address {
-                QmpAddress::Unix(path) => {
+                Endpoint::Unix(path) => {
                     let stream = tokio::net::UnixStream::connect(path)
                         .await
                         .map_err(|e| QmpError::Io(format!("cannot connect to {address}: {e}")))?;
                     let (r, w) = stream.into_split();
                     (Box::new(r), Box::new(w))
                 }
-                QmpAddress::Tcp(target) => {
+                Endpoint::Tcp(target) => {
                     let stream = tokio::net::TcpStream::connect(target)
                         .await
                         .map_err(|e| QmpError::Io(format!("cannot connect to {address}: {e}")))?;
@@ -129,7 +129,7 @@ impl QmpClient {
     }
 
     /// The address.
-    pub fn address(&self) -> &QmpAddress {
+    pub fn address(&self) -> &Endpoint {
         &self.address
     }
 
@@ -191,7 +191,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     mut lines: LineReader<R>,
     pending: Pending,
     events: mpsc::Sender<Event>,
-    address: QmpAddress,
+    address: Endpoint,
 ) {
     loop {
         let line = match lines.next_line().await {
@@ -238,7 +238,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
-fn answer(pending: &Pending, id: Option<u64>, result: Result<Value, QmpError>, address: &QmpAddress) {
+fn answer(pending: &Pending, id: Option<u64>, result: Result<Value, QmpError>, address: &Endpoint) {
     let waiter = id.and_then(|id| {
         pending
             .lock()

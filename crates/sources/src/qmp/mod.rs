@@ -12,7 +12,7 @@ pub mod migration;
 pub mod watcher;
 
 pub use client::{Events, QmpClient, QmpError};
-pub use handover_core::model::QmpAddress;
+pub use handover_core::model::Endpoint;
 pub use message::Event;
 pub use migration::{MigrationStatus, progress_of, status_of};
 pub use watcher::{MigrationSink, QmpWatcher};

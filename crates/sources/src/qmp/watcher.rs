@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use handover_core::model::QmpAddress;
+use handover_core::model::Endpoint;
 
 use super::client::{Events, QmpClient};
 use super::migration::{MigrationStatus, progress_of, status_of};
@@ -37,7 +37,7 @@ pub trait MigrationSink: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct QmpWatcher {
     /// QEMU's QMP monitor (the migration *source*).
-    pub address: QmpAddress,
+    pub address: Endpoint,
     /// The VM it runs.
     pub vm: VmId,
     /// How often `query-migrate` is polled while a migration runs.

@@ -115,6 +115,26 @@ pub struct HookArgs {
     pub libvirt: Vec<String>,
 }
 
+/// Arguments of `handover sim`.
+#[derive(Debug, clap::Args)]
+pub struct SimArgs {
+    /// Scenario file (TOML; see examples/sim/).
+    #[arg(long)]
+    pub scenario: PathBuf,
+    /// Seeds per point and policy (the same seeds for every policy); overrides the scenario's.
+    #[arg(long)]
+    pub seeds: Option<u64>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Draw a picture (SVG) here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Write the markdown table here too.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -143,6 +163,8 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// The libvirt `qemu` hook: install as /etc/libvirt/hooks/qemu (see the README).
     LibvirtHook(HookArgs),
+    /// Simulate live migrations under load behind handover's policies (deterministic).
+    Sim(SimArgs),
     /// Show every VM with its phase, backends, effective weights and open connections.
     Status {
         /// Print JSON instead of a table.

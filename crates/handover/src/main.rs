@@ -8,6 +8,7 @@ mod migrate;
 mod notify;
 mod run;
 mod server;
+mod sim;
 mod sources;
 mod state_file;
 mod status;
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
             Command::Check { config } => check::check(&config),
             Command::Notify(args) => notify::notify(args).await,
             Command::Migrate(args) => migrate::migrate(args).await,
+            Command::Sim(args) => sim::sim(&args),
             Command::LibvirtHook(args) => libvirt_hook::hook(args).await,
             Command::Status { json, control } => status::status(&control, json).await,
             Command::Demo => demo::run().await,

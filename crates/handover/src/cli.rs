@@ -122,7 +122,7 @@ pub struct SimArgs {
     #[arg(long)]
     pub scenario: PathBuf,
     /// Seeds per point and policy (the same seeds for every policy); overrides the scenario's.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub seeds: Option<u64>,
     /// Write the results as JSON here.
     #[arg(long)]

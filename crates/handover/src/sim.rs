@@ -14,7 +14,8 @@ use crate::{EXIT_ERROR, EXIT_OK};
 pub fn sim(args: &SimArgs) -> anyhow::Result<u8> {
     let text = std::fs::read_to_string(&args.scenario)
         .with_context(|| format!("cannot read {}", args.scenario.display()))?;
-    let points = match scenario::parse(&text) {
+    let dir = args.scenario.parent().unwrap_or(std::path::Path::new("."));
+    let points = match scenario::parse_in(&text, dir) {
         Ok(points) => points,
         Err(e) => {
             eprintln!("{}: {e}", args.scenario.display());

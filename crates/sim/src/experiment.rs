@@ -10,7 +10,7 @@ use crate::request;
 use crate::rng::{Rng, Stream};
 use crate::run::{RunResult, Sample};
 use crate::scenario::{Bytes, Fidelity, Point, Scenario};
-use crate::stats::Estimate;
+use crate::stats::{Estimate, quantile};
 
 /// One policy at one point, over seeds.
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +71,10 @@ pub struct FleetPolicy {
     pub mean_migration_s: f64,
     /// Longest migration, s.
     pub max_migration_s: f64,
+    /// Median blackout of the migrations that completed, ms.
+    pub downtime_p50_ms: f64,
+    /// 99th percentile blackout, ms.
+    pub downtime_p99_ms: f64,
     /// Requests caught in blackouts, over the wave.
     pub caught_in_blackout: f64,
     /// Migrations that did not complete.
@@ -88,6 +92,15 @@ pub struct FleetReport {
     pub per_policy: Vec<FleetPolicy>,
 }
 
+/// One policy's timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyTimeline {
+    /// Policy.
+    pub policy: String,
+    /// Samples in time order.
+    pub samples: Vec<Sample>,
+}
+
 /// Everything a scenario produced.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -103,9 +116,9 @@ pub struct Report {
     pub points: Vec<PointSummary>,
     /// The fleet wave, if any.
     pub fleet: Option<FleetReport>,
-    /// Timeline of the first point and seed, per policy (request fidelity).
-    #[serde(skip)]
-    pub timelines: Vec<(String, Vec<Sample>)>,
+    /// Timeline of the first point and seed, per policy (request fidelity): the VM's share of new
+    /// work, what is left to copy and every backend's utilisation, sampled over time.
+    pub timelines: Vec<PolicyTimeline>,
     /// Simulated migrations in all.
     pub migrations_simulated: u64,
 }
@@ -144,7 +157,10 @@ pub fn run(points: &[Point], seeds: u64, mut progress: impl FnMut(u64, u64)) -> 
             for seed in 1..=seeds {
                 let result = run_one(&point.scenario, &policy, seed);
                 if index == 0 && seed == 1 && !result.samples.is_empty() {
-                    timelines.push((spec.name.clone(), result.samples.clone()));
+                    timelines.push(PolicyTimeline {
+                        policy: spec.name.clone(),
+                        samples: result.samples.clone(),
+                    });
                 }
                 runs.push(result);
                 done += 1;
@@ -224,6 +240,8 @@ fn fleet(base: &Scenario, progress: &mut dyn FnMut(u64)) -> FleetReport {
             s.traffic.connection_rate = Some(rate);
             s.traffic.request_rate = None;
             s.traffic.utilisation = None;
+            s.traffic.trace = None;
+            s.traffic.trace_arrivals = None;
             s
         })
         .collect();
@@ -232,6 +250,7 @@ fn fleet(base: &Scenario, progress: &mut dyn FnMut(u64)) -> FleetReport {
         let policy = Policy::new(policy_spec);
         let mut host_times = Vec::with_capacity(spec.hosts);
         let (mut sum, mut max, mut caught, mut failed) = (0.0, 0.0f64, 0.0, 0);
+        let mut downtimes_ms = Vec::with_capacity(vms);
         for host in 0..spec.hosts {
             let mut host_time = 0.0;
             for vm in 0..spec.vms_per_host {
@@ -242,6 +261,9 @@ fn fleet(base: &Scenario, progress: &mut dyn FnMut(u64)) -> FleetReport {
                 max = max.max(t);
                 caught += result.caught_in_blackout;
                 failed += u64::from(!result.migration.converged);
+                if result.migration.converged {
+                    downtimes_ms.push(result.migration.downtime * 1000.0);
+                }
             }
             host_times.push(host_time);
             progress(spec.vms_per_host as u64);
@@ -255,6 +277,8 @@ fn fleet(base: &Scenario, progress: &mut dyn FnMut(u64)) -> FleetReport {
             wave_time_s: wave,
             mean_migration_s: sum / vms as f64,
             max_migration_s: max,
+            downtime_p50_ms: quantile(&mut downtimes_ms, 0.5),
+            downtime_p99_ms: quantile(&mut downtimes_ms, 0.99),
             caught_in_blackout: caught,
             not_converged: failed,
         });

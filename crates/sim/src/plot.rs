@@ -87,7 +87,25 @@ fn sweep(report: &Report, path: &Path) -> Result<(), PlotError> {
             .collect()
     };
     let time = series(&|p| p.total_time_s.mean);
-    let caught = series(&|p| p.caught_in_blackout.mean);
+    // A migration that never completed had no blackout: leave it out rather than plot a zero.
+    let caught = series(&|p| {
+        if p.converged_pct > 0.0 {
+            p.caught_in_blackout.mean
+        } else {
+            f64::NAN
+        }
+    });
+    let cancelled: Vec<(f64, f64)> = report
+        .points
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| {
+            p.per_policy
+                .iter()
+                .filter(|p| p.converged_pct < 100.0)
+                .map(move |_| (i as f64, 0.0))
+        })
+        .collect();
     let label_of = |x: &f64| -> String {
         let i = x.round();
         if (x - i).abs() > 1e-6 || i < 0.0 {
@@ -100,15 +118,24 @@ fn sweep(report: &Report, path: &Path) -> Result<(), PlotError> {
     };
     let x_range = -0.2..(n as f64 - 0.8).max(0.2);
 
-    let max = upper(&time);
-    let min = time
+    // A linear axis up to the slowest migration that completed; runs that did not complete are
+    // drawn as crosses on the top edge (their time is the timeout, which would flatten the rest).
+    let completed_max = report
+        .points
         .iter()
-        .flatten()
-        .map(|(_, y)| *y)
-        .filter(|y| *y > 0.0)
-        .fold(f64::INFINITY, f64::min)
-        .min(max / 10.0)
-        .max(1e-3);
+        .flat_map(|p| p.per_policy.iter())
+        .filter(|p| p.converged_pct >= 100.0)
+        .map(|p| p.total_time_s.mean)
+        .fold(0.0f64, f64::max);
+    let max = if completed_max > 0.0 {
+        completed_max * 1.3
+    } else {
+        upper(&time)
+    };
+    let time: Vec<Vec<(f64, f64)>> = time
+        .into_iter()
+        .map(|line| line.into_iter().map(|(x, y)| (x, y.min(max))).collect())
+        .collect();
     let mut chart = ChartBuilder::on(&top)
         .caption(
             format!("{}: migration time (s) by {swept}", report.scenario),
@@ -117,15 +144,27 @@ fn sweep(report: &Report, path: &Path) -> Result<(), PlotError> {
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(56)
-        .build_cartesian_2d(x_range.clone(), (min * 0.8..max).log_scale())
+        .build_cartesian_2d(x_range.clone(), 0.0..max)
         .map_err(|e| error(path, e))?;
     chart
         .configure_mesh()
         .x_labels(n.max(2))
         .x_label_formatter(&label_of)
-        .y_desc("s (log)")
+        .y_desc("s")
+        .light_line_style(WHITE)
         .draw()
         .map_err(|e| error(path, e))?;
+    if !cancelled.is_empty() {
+        chart
+            .draw_series(
+                cancelled
+                    .into_iter()
+                    .map(|(x, _)| Cross::new((x, max), 7, BLACK.stroke_width(2))),
+            )
+            .map_err(|e| error(path, e))?
+            .label("did not complete (cancelled at the timeout; off the scale)")
+            .legend(|(x, y)| Cross::new((x + 9, y), 5, BLACK.stroke_width(2)));
+    }
     draw_lines(&mut chart, &policies, time, 3, path)?;
 
     let mut chart = ChartBuilder::on(&bottom)
@@ -143,6 +182,7 @@ fn sweep(report: &Report, path: &Path) -> Result<(), PlotError> {
         .x_labels(n.max(2))
         .x_label_formatter(&label_of)
         .y_desc("requests")
+        .light_line_style(WHITE)
         .draw()
         .map_err(|e| error(path, e))?;
     draw_lines(&mut chart, &policies, caught, 3, path)?;
@@ -157,7 +197,7 @@ fn timeline(report: &Report, path: &Path) -> Result<(), PlotError> {
     let end = report
         .timelines
         .iter()
-        .flat_map(|(_, s)| s.iter().map(|s| s.t))
+        .flat_map(|line| line.samples.iter().map(|s| s.t))
         .fold(1.0f64, f64::max);
     let mut chart = ChartBuilder::on(&top)
         .caption(
@@ -175,12 +215,13 @@ fn timeline(report: &Report, path: &Path) -> Result<(), PlotError> {
         .y_desc("share")
         .draw()
         .map_err(|e| error(path, e))?;
-    let names: Vec<String> = report.timelines.iter().map(|(name, _)| name.clone()).collect();
+    let names: Vec<String> = report.timelines.iter().map(|line| line.policy.clone()).collect();
     let shares = report
         .timelines
         .iter()
-        .map(|(_, s)| {
-            s.iter()
+        .map(|line| {
+            line.samples
+                .iter()
                 .filter(|s| s.vm_share.is_finite())
                 .map(|s| (s.t, s.vm_share))
                 .collect()
@@ -190,7 +231,7 @@ fn timeline(report: &Report, path: &Path) -> Result<(), PlotError> {
     let max_mib = report
         .timelines
         .iter()
-        .flat_map(|(_, s)| s.iter().map(|s| s.remaining_bytes / 1048576.0))
+        .flat_map(|line| line.samples.iter().map(|s| s.remaining_bytes / 1048576.0))
         .fold(1.0f64, f64::max)
         * 1.1;
     let mut chart = ChartBuilder::on(&bottom)
@@ -209,7 +250,12 @@ fn timeline(report: &Report, path: &Path) -> Result<(), PlotError> {
     let left = report
         .timelines
         .iter()
-        .map(|(_, s)| s.iter().map(|s| (s.t, s.remaining_bytes / 1048576.0)).collect())
+        .map(|line| {
+            line.samples
+                .iter()
+                .map(|s| (s.t, s.remaining_bytes / 1048576.0))
+                .collect()
+        })
         .collect();
     draw_lines(&mut chart, &names, left, 0, path)?;
     root.present().map_err(|e| error(path, e))
@@ -246,6 +292,7 @@ where
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()

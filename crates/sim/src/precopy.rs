@@ -6,7 +6,7 @@
 //! the rest goes at link speed with no rate limit, and the blackout is that copy plus the device
 //! state time. QEMU has no pass limit; Xen stops after 30 iterations, below 50 pages, or beyond 3×
 //! memory sent. Auto-converge throttles the guest 20 %, then +10 % steps up to 99 %, when the
-//! bytes dirtied in a period of at least 1 s exceed half the bytes sent, twice. A management
+//! bytes dirtied in a period of more than 1 s exceed half the bytes sent, twice. A management
 //! timeout cancels the migration.
 //!
 //! The engine is pure: the caller says when a pass ends and how many bytes were dirtied meanwhile.
@@ -175,7 +175,7 @@ impl Engine {
         self.period_dirty += dirtied;
 
         if let Some(ac) = c.auto_converge
-            && now - self.period_start >= 1.0
+            && now - self.period_start > 1.0
         {
             if self.period_dirty > self.period_sent * f64::from(ac.threshold) / 100.0 {
                 self.high_periods += 1;

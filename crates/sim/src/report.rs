@@ -105,17 +105,19 @@ pub fn markdown(report: &Report) -> String {
     if let Some(fleet) = &report.fleet {
         let _ = writeln!(
             out,
-            "\nFleet: {} hosts, {} migrations per policy (flow fidelity).\n\n| policy | wave time min | mean migration s | longest migration s | caught in blackouts | not converged |\n|---|---|---|---|---|---|",
+            "\nFleet: {} hosts, {} migrations per policy (flow fidelity).\n\n| policy | wave time min | mean migration s | longest migration s | downtime p50 ms | downtime p99 ms | caught in blackouts | not converged |\n|---|---|---|---|---|---|---|---|",
             fleet.hosts, fleet.migrations
         );
         for p in &fleet.per_policy {
             let _ = writeln!(
                 out,
-                "| {} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
+                "| {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {} |",
                 p.policy,
                 p.wave_time_s / 60.0,
                 p.mean_migration_s,
                 p.max_migration_s,
+                p.downtime_p50_ms,
+                p.downtime_p99_ms,
                 p.caught_in_blackout,
                 p.not_converged
             );

@@ -124,6 +124,8 @@ struct Sim<'a> {
     seq: u64,
     events: BinaryHeap<Event>,
     arrivals: Rng,
+    /// Next line of the arrival trace, when the scenario replays one.
+    trace_next: usize,
     sessions: Rng,
     service: Rng,
     pages: Rng,
@@ -176,6 +178,7 @@ impl<'a> Sim<'a> {
             seq: 0,
             events: BinaryHeap::new(),
             arrivals: Rng::new(seed, Stream::Arrivals),
+            trace_next: 0,
             sessions: Rng::new(seed, Stream::Sessions),
             service: Rng::new(seed, Stream::Service),
             pages: Rng::new(seed, Stream::Pages),
@@ -227,6 +230,13 @@ impl<'a> Sim<'a> {
     }
 
     fn next_arrival(&mut self) -> f64 {
+        if let Some(arrivals) = &self.s.traffic.trace_arrivals {
+            self.trace_next += 1;
+            return arrivals
+                .get(self.trace_next - 1)
+                .copied()
+                .unwrap_or(f64::INFINITY);
+        }
         if self.s.connection_rate() <= 0.0 {
             return f64::INFINITY;
         }

@@ -3,7 +3,9 @@
 //! and a fleet (host evacuation, maintenance wave). Durations are `"250ms"`, sizes `"4GiB"`, rates
 //! `"128MiB"` (per second). Errors name the line and the field.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use handover_core::model::{Algorithm, DrainShape, Keep, RestoreMode};
@@ -132,7 +134,7 @@ pub struct TrafficModel {
     #[serde(default = "l4")]
     pub mode: String,
     /// New connections per second (Poisson). Give exactly one of `connection_rate`,
-    /// `request_rate` and `utilisation`.
+    /// `request_rate`, `utilisation` and `trace`.
     #[serde(default)]
     pub connection_rate: Option<f64>,
     /// Requests per second to the pool (connections arrive at this over `requests_per_connection`).
@@ -141,6 +143,14 @@ pub struct TrafficModel {
     /// Busy share of the pool's workers (0 to 1): the request rate that keeps them this busy.
     #[serde(default)]
     pub utilisation: Option<f64>,
+    /// A file of connection arrival times in seconds from the start, one per line, in order
+    /// (`#` starts a comment), relative to the scenario file. Request fidelity replays it; flow
+    /// fidelity and fleets use its mean rate. No arrivals after its last line.
+    #[serde(default)]
+    pub trace: Option<String>,
+    /// The trace's arrival times, loaded with the scenario.
+    #[serde(skip)]
+    pub trace_arrivals: Option<Arc<[f64]>>,
     /// Mean requests per connection (geometric).
     #[serde(default = "one")]
     pub requests_per_connection: f64,
@@ -160,6 +170,14 @@ impl Scenario {
     pub fn connection_rate(&self) -> f64 {
         let t = &self.traffic;
         let b = &self.backends;
+        if let Some(arrivals) = &t.trace_arrivals {
+            let span = arrivals.last().copied().unwrap_or(0.0);
+            return if span > 0.0 {
+                arrivals.len() as f64 / span
+            } else {
+                0.0
+            };
+        }
         match (t.connection_rate, t.request_rate, t.utilisation) {
             (Some(rate), _, _) => rate,
             (None, Some(requests), _) => requests / t.requests_per_connection,
@@ -314,6 +332,14 @@ pub struct Point {
 
 /// Parses a scenario file and expands its sweep into points (one when there is no sweep).
 pub fn parse(text: &str) -> Result<Vec<Point>, ScenarioError> {
+    parse_in(text, Path::new("."))
+}
+
+/// Like [`parse`], for a scenario file in `dir` (a `traffic.trace` path is relative to it).
+pub fn parse_in(text: &str, dir: &Path) -> Result<Vec<Point>, ScenarioError> {
+    // The file as written first, so that errors carry its own line numbers.
+    let base: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?;
+    validate(&base)?;
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ScenarioError::Parse(e.to_string()))?;
@@ -341,22 +367,66 @@ pub fn parse(text: &str) -> Result<Vec<Point>, ScenarioError> {
         }
         points = next;
     }
+    let mut traces: HashMap<String, Arc<[f64]>> = HashMap::new();
     points
         .into_iter()
         .map(|(label, table)| {
+            let at = if label.is_empty() {
+                String::new()
+            } else {
+                format!(" (sweep point {label:?})")
+            };
             let text = toml::to_string(&table).map_err(|e| ScenarioError::Parse(e.to_string()))?;
-            let scenario: Scenario = toml::from_str(&text).map_err(|e| {
-                let at = if label.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (sweep point {label:?})")
+            let mut scenario: Scenario =
+                toml::from_str(&text).map_err(|e| ScenarioError::Parse(format!("{e}{at}")))?;
+            validate(&scenario).map_err(|e| ScenarioError::Invalid(format!("{e}{at}")))?;
+            if let Some(trace) = scenario.traffic.trace.clone() {
+                let arrivals = match traces.get(&trace) {
+                    Some(arrivals) => arrivals.clone(),
+                    None => {
+                        let loaded = load_trace(&dir.join(&trace))?;
+                        traces.insert(trace, loaded.clone());
+                        loaded
+                    }
                 };
-                ScenarioError::Parse(format!("{e}{at}"))
-            })?;
-            validate(&scenario)?;
+                scenario.traffic.trace_arrivals = Some(arrivals);
+            }
             Ok(Point { label, scenario })
         })
         .collect()
+}
+
+/// Reads a trace of connection arrival times (seconds, one per line, in order; `#` comments).
+pub fn load_trace(path: &Path) -> Result<Arc<[f64]>, ScenarioError> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ScenarioError::Invalid(format!("traffic.trace: cannot read {shown}: {e}")))?;
+    let mut arrivals = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let at: f64 = line.parse().map_err(|_| {
+            ScenarioError::Invalid(format!(
+                "traffic.trace: {shown} line {}: {line:?} is not a time in seconds",
+                number + 1
+            ))
+        })?;
+        if !at.is_finite() || at < 0.0 || arrivals.last().is_some_and(|last| at < *last) {
+            return Err(ScenarioError::Invalid(format!(
+                "traffic.trace: {shown} line {}: {line} is negative or earlier than the line before",
+                number + 1
+            )));
+        }
+        arrivals.push(at);
+    }
+    if arrivals.is_empty() {
+        return Err(ScenarioError::Invalid(format!(
+            "traffic.trace: {shown} has no arrivals"
+        )));
+    }
+    Ok(arrivals.into())
 }
 
 fn set(table: &mut toml::Table, field: &str, value: toml::Value) -> Result<(), ScenarioError> {
@@ -423,6 +493,12 @@ fn display(value: &toml::Value) -> String {
 
 fn validate(s: &Scenario) -> Result<(), ScenarioError> {
     let bad = |m: String| Err(ScenarioError::Invalid(m));
+    if s.seeds == 0 {
+        return bad("seeds: at least 1".into());
+    }
+    if s.duration.0.is_zero() {
+        return bad("duration: above zero".into());
+    }
     if s.vm.page_size.0 < 512.0 {
         return bad("vm.page_size: at least 512 bytes".into());
     }
@@ -457,8 +533,10 @@ fn validate(s: &Scenario) -> Result<(), ScenarioError> {
         s.traffic.request_rate,
         s.traffic.utilisation,
     ];
-    if given.iter().filter(|g| g.is_some()).count() != 1 {
-        return bad("traffic: give exactly one of connection_rate, request_rate and utilisation".into());
+    if given.iter().filter(|g| g.is_some()).count() + usize::from(s.traffic.trace.is_some()) != 1 {
+        return bad(
+            "traffic: give exactly one of connection_rate, request_rate, utilisation and trace".into(),
+        );
     }
     if given.iter().flatten().any(|v| *v < 0.0) || s.traffic.requests_per_connection < 1.0 {
         return bad("traffic: rates ≥ 0 and requests_per_connection ≥ 1".into());
@@ -657,6 +735,13 @@ name = "drain"
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `burst`"), "{e}");
+        // The line is the file's own, not that of a re-serialised copy.
+        let line = BASE
+            .lines()
+            .position(|l| l.starts_with("connection_rate"))
+            .unwrap()
+            + 2;
+        assert!(e.contains(&format!("line {line}")), "{e}");
         let e = parse(&format!("{BASE}\n[sweep]\n\"vm.nothing\" = [1]\n"))
             .unwrap_err()
             .to_string();

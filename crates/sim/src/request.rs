@@ -117,6 +117,55 @@ pub fn run(scenario: &Scenario, policy: &Policy, seed: u64) -> RunResult {
     Sim::new(scenario, policy, seed).run()
 }
 
+/// Live items by index, reusing the slots of finished ones (connections and requests churn).
+struct Slots<T> {
+    items: Vec<T>,
+    free: Vec<usize>,
+}
+
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T> Slots<T> {
+    /// Stores `item` in a free slot (or a new one) and returns its index.
+    fn insert(&mut self, item: T) -> usize {
+        match self.free.pop() {
+            Some(id) => {
+                self.items[id] = item;
+                id
+            }
+            None => {
+                self.items.push(item);
+                self.items.len() - 1
+            }
+        }
+    }
+
+    /// The slot may be reused; its item stays readable until then.
+    fn release(&mut self, id: usize) {
+        self.free.push(id);
+    }
+}
+
+impl<T> std::ops::Index<usize> for Slots<T> {
+    type Output = T;
+    fn index(&self, id: usize) -> &T {
+        &self.items[id]
+    }
+}
+
+impl<T> std::ops::IndexMut<usize> for Slots<T> {
+    fn index_mut(&mut self, id: usize) -> &mut T {
+        &mut self.items[id]
+    }
+}
+
 struct Sim<'a> {
     s: &'a Scenario,
     policy: &'a Policy,
@@ -132,10 +181,8 @@ struct Sim<'a> {
     background: Rng,
     balancer: Rng,
     backends: Vec<Backend>,
-    connections: Vec<Connection>,
-    free_connections: Vec<usize>,
-    requests: Vec<Request>,
-    free_requests: Vec<usize>,
+    connections: Slots<Connection>,
+    requests: Slots<Request>,
     selector: Selector,
     moving: bool,
     l7: bool,
@@ -185,10 +232,8 @@ impl<'a> Sim<'a> {
             background: Rng::new(seed, Stream::Background),
             balancer: Rng::new(seed, Stream::Balancer),
             backends: (0..count).map(|_| Backend::default()).collect(),
-            connections: Vec::new(),
-            free_connections: Vec::new(),
-            requests: Vec::new(),
-            free_requests: Vec::new(),
+            connections: Slots::default(),
+            requests: Slots::default(),
             selector: Selector::build(s.backends.algorithm, &weights, 0),
             moving,
             l7: s.traffic.mode == "l7",
@@ -308,16 +353,7 @@ impl<'a> Sim<'a> {
             remaining,
             syn_delay: self.s.traffic.syn_retransmit.secs(),
         };
-        let id = match self.free_connections.pop() {
-            Some(id) => {
-                self.connections[id] = connection;
-                id
-            }
-            None => {
-                self.connections.push(connection);
-                self.connections.len() - 1
-            }
-        };
+        let id = self.connections.insert(connection);
         self.connection_syn(id);
         let next = self.next_arrival();
         self.schedule(next, Kind::ConnectionArrival);
@@ -351,16 +387,7 @@ impl<'a> Sim<'a> {
             sent_at: self.now,
             shifted: false,
         };
-        let id = match self.free_requests.pop() {
-            Some(id) => {
-                self.requests[id] = request;
-                id
-            }
-            None => {
-                self.requests.push(request);
-                self.requests.len() - 1
-            }
-        };
+        let id = self.requests.insert(request);
         if self.l7 {
             self.backends[backend].active += 1;
         }
@@ -425,7 +452,7 @@ impl<'a> Sim<'a> {
                 self.window_latencies.push(latency);
             }
         }
-        self.free_requests.push(request);
+        self.requests.release(request);
         let b = &mut self.backends[backend];
         b.account(self.now);
         b.busy -= 1;
@@ -448,7 +475,7 @@ impl<'a> Sim<'a> {
             if let Some(b) = self.connections[c].backend {
                 self.backends[b].active -= 1;
             }
-            self.free_connections.push(c);
+            self.connections.release(c);
         }
     }
 

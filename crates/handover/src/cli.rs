@@ -135,6 +135,94 @@ pub struct SimArgs {
     pub markdown: Option<PathBuf>,
 }
 
+/// `handover testbed` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TestbedCommand {
+    /// One loaded guest behind handover migrated with a drain; exit 0 only if no request failed, no
+    /// connection broke, the phases came in order and the guest answers from the destination.
+    Check(TestbedCheckArgs),
+    /// The migration benchmark: policies × request rates × bandwidth caps × repetitions, with
+    /// HAProxy as the unaware industry baseline; JSON, a markdown table and timeline pictures.
+    Bench(TestbedBenchArgs),
+}
+
+/// Where the testbed runs.
+#[derive(Debug, clap::Args)]
+pub struct TestbedPlace {
+    /// The repository's testbed/ directory (its scripts build the guest and the namespace);
+    /// found from the current directory or this program's location when not given.
+    #[arg(long)]
+    pub testbed_dir: Option<PathBuf>,
+    /// Network namespace to create (and remove afterwards).
+    #[arg(long, default_value = "handover-tb")]
+    pub netns: String,
+    /// Where results go.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Guest RAM, MiB.
+    #[arg(long, default_value_t = 128)]
+    pub memory_mib: u32,
+    /// Guest buffer the load rewrites, MiB (non-zero data).
+    #[arg(long, default_value_t = 32)]
+    pub buffer_mib: u32,
+}
+
+/// Arguments of `handover testbed check`.
+#[derive(Debug, clap::Args)]
+pub struct TestbedCheckArgs {
+    /// Where and how big.
+    #[command(flatten)]
+    pub place: TestbedPlace,
+    /// HTTP requests per second to the pool.
+    #[arg(long, default_value_t = 6.0)]
+    pub rate: f64,
+    /// KiB of guest memory each request rewrites.
+    #[arg(long, default_value_t = 256)]
+    pub kib: u32,
+    /// Copy bandwidth cap, e.g. `32MiB` (per second).
+    #[arg(long, default_value = "32MiB", value_parser = bytes)]
+    pub max_bandwidth: u64,
+}
+
+/// Arguments of `handover testbed bench`.
+#[derive(Debug, clap::Args)]
+pub struct TestbedBenchArgs {
+    /// Where and how big.
+    #[command(flatten)]
+    pub place: TestbedPlace,
+    /// Request rates to the pool (requests per second), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [4.0, 15.0])]
+    pub rates: Vec<f64>,
+    /// Copy bandwidth caps in MiB/s, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1024.0, 12.0])]
+    pub bandwidths: Vec<f64>,
+    /// Policies: unaware, drain, reduce-0.25, drain-ramp, haproxy (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "unaware,drain,reduce-0.25,drain-ramp,haproxy"
+    )]
+    pub policies: Vec<String>,
+    /// Repetitions per point and policy.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repetitions: u32,
+    /// KiB of guest memory each request rewrites.
+    #[arg(long, default_value_t = 1024)]
+    pub kib: u32,
+    /// Long-lived TCP connections through the balancer.
+    #[arg(long, default_value_t = 6)]
+    pub connections: usize,
+    /// Seconds of load before each migration.
+    #[arg(long, default_value_t = 4.0)]
+    pub warmup: f64,
+    /// Seconds of load after each migration (at least the ramp window plus 4).
+    #[arg(long, default_value_t = 5.0)]
+    pub tail: f64,
+    /// Cancel a migration not done after this many seconds.
+    #[arg(long, default_value_t = 45.0)]
+    pub timeout: f64,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -165,6 +253,9 @@ pub enum Command {
     LibvirtHook(HookArgs),
     /// Simulate live migrations under load behind handover's policies (deterministic).
     Sim(SimArgs),
+    /// Real live migrations of tiny Debian guests under load, in a network namespace (root).
+    #[command(subcommand)]
+    Testbed(TestbedCommand),
     /// Show every VM with its phase, backends, effective weights and open connections.
     Status {
         /// Print JSON instead of a table.

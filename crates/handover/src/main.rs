@@ -12,6 +12,7 @@ mod sim;
 mod sources;
 mod state_file;
 mod status;
+mod testbed;
 
 use std::process::ExitCode;
 
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
             Command::Notify(args) => notify::notify(args).await,
             Command::Migrate(args) => migrate::migrate(args).await,
             Command::Sim(args) => sim::sim(&args),
+            Command::Testbed(command) => testbed::testbed(command).await,
             Command::LibvirtHook(args) => libvirt_hook::hook(args).await,
             Command::Status { json, control } => status::status(&control, json).await,
             Command::Demo => demo::run().await,

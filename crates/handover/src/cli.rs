@@ -144,6 +144,23 @@ pub enum TestbedCommand {
     /// The migration benchmark: policies × request rates × bandwidth caps × repetitions, with
     /// HAProxy as the unaware industry baseline; JSON, a markdown table and timeline pictures.
     Bench(TestbedBenchArgs),
+    /// Measures the guest's dirty rate (QEMU calc-dirty-rate) against request rate and idle
+    /// migrations, fits the simulator to them and sets its predictions beside a benchmark's results.
+    Calibrate(TestbedCalibrateArgs),
+}
+
+/// Arguments of `handover testbed calibrate`.
+#[derive(Debug, clap::Args)]
+pub struct TestbedCalibrateArgs {
+    /// Where and how big (use the benchmark's sizes).
+    #[command(flatten)]
+    pub place: TestbedPlace,
+    /// The benchmark's results.json to compare with.
+    #[arg(long)]
+    pub bench: PathBuf,
+    /// Request rates to the guest for the dirty-rate measurements, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.0, 2.0, 5.0, 10.0])]
+    pub rates: Vec<f64>,
 }
 
 /// Where the testbed runs.
@@ -191,7 +208,7 @@ pub struct TestbedBenchArgs {
     #[command(flatten)]
     pub place: TestbedPlace,
     /// Request rates to the pool (requests per second), comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [4.0, 15.0])]
+    #[arg(long, value_delimiter = ',', default_values_t = [15.0, 30.0])]
     pub rates: Vec<f64>,
     /// Copy bandwidth caps in MiB/s, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1024.0, 12.0])]
@@ -237,6 +254,9 @@ pub enum Command {
         /// On SIGTERM or Ctrl-C, how long open connections may finish before exit.
         #[arg(long, default_value = "10s", value_parser = duration)]
         shutdown_grace: Duration,
+        /// Worker threads of the data plane (default: one per core).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: Option<u16>,
     },
     /// Validate a configuration file and print every error with its field and line.
     Check {

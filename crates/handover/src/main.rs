@@ -43,7 +43,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Run {
+        workers: Some(workers),
+        ..
+    } = cli.command
+    {
+        builder.worker_threads(usize::from(workers));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -56,6 +64,7 @@ fn main() -> ExitCode {
                 config,
                 ready_file,
                 shutdown_grace,
+                workers: _,
             } => run::run(&config, ready_file.as_deref(), shutdown_grace).await,
             Command::Check { config } => check::check(&config),
             Command::Notify(args) => notify::notify(args).await,

@@ -12,9 +12,9 @@ use handover_testbed::metrics::measure;
 use handover_testbed::migration::Settings;
 use handover_testbed::netns::{Netns, is_root};
 use handover_testbed::run::{GuestSize, Layout, RunSpec, Testbed};
-use handover_testbed::{check, plot, report};
+use handover_testbed::{calibrate, check, plot, report};
 
-use crate::cli::{TestbedBenchArgs, TestbedCheckArgs, TestbedCommand};
+use crate::cli::{TestbedBenchArgs, TestbedCalibrateArgs, TestbedCheckArgs, TestbedCommand};
 use crate::{EXIT_ERROR, EXIT_OK};
 
 /// Runs a testbed subcommand.
@@ -22,6 +22,7 @@ pub async fn testbed(command: TestbedCommand) -> anyhow::Result<u8> {
     let place = match &command {
         TestbedCommand::Check(args) => &args.place,
         TestbedCommand::Bench(args) => &args.place,
+        TestbedCommand::Calibrate(args) => &args.place,
     };
     let testbed_dir = find_testbed_dir(place.testbed_dir.as_deref())?;
     let checkout = testbed_dir.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -44,6 +45,7 @@ pub async fn testbed(command: TestbedCommand) -> anyhow::Result<u8> {
     let out = place.out.clone().unwrap_or_else(|| match &command {
         TestbedCommand::Check(_) => default_out("testbed/check"),
         TestbedCommand::Bench(_) => default_out("bench/migration"),
+        TestbedCommand::Calibrate(_) => default_out("bench/calibration"),
     });
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let layout = Layout {
@@ -66,6 +68,7 @@ pub async fn testbed(command: TestbedCommand) -> anyhow::Result<u8> {
     match command {
         TestbedCommand::Check(args) => check(&mut bed, &args, &out).await,
         TestbedCommand::Bench(args) => bench(&mut bed, &args, &out).await,
+        TestbedCommand::Calibrate(args) => calibrate(&mut bed, &args, &out).await,
     }
 }
 
@@ -180,5 +183,40 @@ async fn bench(bed: &mut Testbed, args: &TestbedBenchArgs, out: &Path) -> anyhow
     for error in &report.errors {
         println!("not measured: {error}");
     }
+    Ok(EXIT_OK)
+}
+
+async fn calibrate(bed: &mut Testbed, args: &TestbedCalibrateArgs, out: &Path) -> anyhow::Result<u8> {
+    let text = std::fs::read_to_string(&args.bench)
+        .with_context(|| format!("cannot read {}", args.bench.display()))?;
+    let bench: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", args.bench.display()))?;
+    let summary: Vec<handover_testbed::bench::PointSummary> =
+        serde_json::from_value(bench["summary"].clone())
+            .with_context(|| format!("{}: no benchmark summary", args.bench.display()))?;
+    let kib = bench["spec"]["kib"]
+        .as_u64()
+        .context("the benchmark's spec has no kib")? as u32;
+    let timeout = bench["spec"]["timeout_s"].as_f64().unwrap_or(45.0);
+    let caps: Vec<f64> = summary
+        .iter()
+        .map(|p| p.max_bandwidth_mib)
+        .fold(Vec::new(), |mut caps, c| {
+            if !caps.contains(&c) {
+                caps.push(c);
+            }
+            caps
+        });
+    eprintln!(
+        "measuring vm-a's dirty rate at {:?} requests/s and idle migrations at {caps:?} MiB/s",
+        args.rates
+    );
+    let calibration = calibrate::measure(bed, kib, &args.rates, &[1, 3], &caps).await?;
+    let predictions = calibrate::predict(&calibration, &summary, timeout)?;
+    let table = calibrate::markdown(&calibration, &predictions);
+    let body = serde_json::json!({"calibration": &calibration, "predictions": &predictions});
+    std::fs::write(out.join("calibration.json"), serde_json::to_vec_pretty(&body)?)?;
+    std::fs::write(out.join("calibration.md"), &table)?;
+    println!("{table}");
     Ok(EXIT_OK)
 }

@@ -39,7 +39,7 @@ pub struct BenchSpec {
 }
 
 /// One point and policy over its repetitions.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PointSummary {
     /// Requests per second.
     pub rate: f64,

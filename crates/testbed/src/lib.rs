@@ -12,9 +12,12 @@
 //! - [`run`]: one measured migration; [`metrics`]: what it shows; [`bench`]: sweeps and repetitions.
 //! - [`report`] and [`plot`]: the markdown table and the timeline picture.
 //! - [`check`]: the CI scenario and its verdicts.
+//! - [`calibrate`]: the guest's dirty rate and idle migrations, fitted into the simulator, whose
+//!   predictions are set beside the benchmark's measurements.
 
 pub mod balancer;
 pub mod bench;
+pub mod calibrate;
 pub mod check;
 pub mod guest;
 pub mod load;

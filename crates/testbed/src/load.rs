@@ -66,7 +66,7 @@ impl<T> Records<T> {
 pub struct HttpLoad {
     /// The balancer.
     pub target: SocketAddr,
-    /// Requests per second.
+    /// Requests per second (none when zero).
     pub rate: f64,
     /// KiB of guest memory each request rewrites.
     pub kib: u32,
@@ -99,8 +99,11 @@ impl HttpLoad {
         let spec = self.clone();
         let (stop, sink) = (cancel.clone(), records.clone());
         let task = tokio::spawn(async move {
+            if spec.rate <= 0.0 {
+                return stop.cancelled().await;
+            }
             let mut in_flight = JoinSet::new();
-            let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / spec.rate.max(0.001)));
+            let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / spec.rate));
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             loop {
                 tokio::select! {

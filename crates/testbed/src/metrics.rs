@@ -2,7 +2,7 @@
 //! failures, requests caught when the blackout began), broken long-lived connections, the VM's
 //! share of new work and when it is back; and medians with their spread over repetitions.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::run::{MIGRATING, RunRecord};
 
@@ -174,15 +174,23 @@ fn back_to_full(run: &RunRecord, end: f64, share: f64) -> f64 {
     f64::NAN
 }
 
-/// Median and range of one measure over repetitions.
-#[derive(Debug, Clone, Copy, Serialize)]
+/// Median and range of one measure over repetitions (JSON `null` when there were no values).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Spread {
     /// Median.
+    #[serde(deserialize_with = "nan_if_null")]
     pub median: f64,
     /// Smallest.
+    #[serde(deserialize_with = "nan_if_null")]
     pub min: f64,
     /// Largest.
+    #[serde(deserialize_with = "nan_if_null")]
     pub max: f64,
+}
+
+/// JSON has no NaN: serde_json writes it as `null`; read it back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 impl Spread {

@@ -218,6 +218,12 @@ impl Testbed {
         })
     }
 
+    /// A new QMP observer connection to the migrating VM's current QEMU.
+    pub async fn observe_migrating(&mut self) -> Result<Observer, TestbedError> {
+        let path = self.source()?.observer.clone();
+        Observer::connect(&path).await
+    }
+
     /// Where the testbed keeps its files.
     pub fn layout(&self) -> &Layout {
         &self.layout

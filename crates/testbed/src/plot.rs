@@ -99,11 +99,12 @@ fn draw_row(
 
     // Requests answered per second, by VM (1-second bins of the request's start).
     let vms = ["vm-a", "vm-b", "vm-c"];
-    let bins = ((x1 - x0).ceil() as usize).max(1);
+    // Whole seconds only: a last, partial second would look like a drop.
+    let bins = ((x1 - x0).floor() as usize).max(1);
     let mut counts = vec![vec![0u32; bins]; vms.len()];
     for r in run.requests.iter().filter(|r| r.ok()) {
-        let bin = (((r.start_ms - origin) / 1000.0 - x0).floor() as usize).min(bins - 1);
-        if let Some(k) = vms.iter().position(|v| r.vm.as_deref() == Some(*v)) {
+        let bin = ((r.start_ms - origin) / 1000.0 - x0).floor() as usize;
+        if let (Some(k), true) = (vms.iter().position(|v| r.vm.as_deref() == Some(*v)), bin < bins) {
             counts[k][bin] += 1;
         }
     }

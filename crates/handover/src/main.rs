@@ -43,14 +43,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Run {
-        workers: Some(workers),
-        ..
-    } = cli.command
-    {
-        builder.worker_threads(usize::from(workers));
-    }
+    // `run` serves on data-plane threads of its own (one runtime each); its control plane is light
+    // and takes this thread alone. Every other command runs on a multi-threaded runtime.
+    let mut builder = match cli.command {
+        Command::Run { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -64,8 +62,11 @@ fn main() -> ExitCode {
                 config,
                 ready_file,
                 shutdown_grace,
-                workers: _,
-            } => run::run(&config, ready_file.as_deref(), shutdown_grace).await,
+                workers,
+            } => {
+                let workers = workers.map_or_else(server::default_workers, usize::from);
+                run::run(&config, ready_file.as_deref(), shutdown_grace, workers).await
+            }
             Command::Check { config } => check::check(&config),
             Command::Notify(args) => notify::notify(args).await,
             Command::Migrate(args) => migrate::migrate(args).await,

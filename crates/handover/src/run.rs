@@ -17,8 +17,14 @@ struct Ready<'a> {
     pid: u32,
 }
 
-/// Loads the configuration, starts the node, waits for a signal, shuts down gracefully.
-pub async fn run(path: &Path, ready_file: Option<&Path>, grace: Duration) -> anyhow::Result<u8> {
+/// Loads the configuration, starts the node with `workers` data-plane threads, waits for a
+/// signal, shuts down gracefully.
+pub async fn run(
+    path: &Path,
+    ready_file: Option<&Path>,
+    grace: Duration,
+    workers: usize,
+) -> anyhow::Result<u8> {
     let config = match load(path)? {
         Ok(config) => config,
         Err(errors) => {
@@ -26,7 +32,7 @@ pub async fn run(path: &Path, ready_file: Option<&Path>, grace: Duration) -> any
             return Ok(EXIT_ERROR);
         }
     };
-    let running = server::start(&config).await?;
+    let running = server::start(&config, workers).await?;
     if let Some(ready_file) = ready_file {
         let ready = Ready {
             control: format!("http://{}", running.control),

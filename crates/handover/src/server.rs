@@ -13,7 +13,7 @@ use handover_core::config::Config;
 use handover_drivers::PeerBalancer;
 use handover_drivers::haproxy::HaproxyBalancer;
 use handover_drivers::nginx::NginxBalancer;
-use handover_proxy::{EmbeddedBalancer, Listeners, Pools};
+use handover_proxy::{DataPlane, EmbeddedBalancer, Listeners, Pools};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
@@ -31,13 +31,21 @@ pub struct Running {
     pub listeners: Vec<(String, SocketAddr)>,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    data_plane: DataPlane,
 }
 
-/// Binds everything first (a port in use stops the start with nothing half-running), then serves.
-pub async fn start(config: &Config) -> anyhow::Result<Running> {
+/// Data-plane workers when none are asked for: one per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Binds everything first (a port in use stops the start with nothing half-running), then serves:
+/// the data plane on `workers` threads of its own, the control plane on the caller's runtime.
+pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
     let pools = Pools::new(config);
-    let listeners = Listeners::bind(config)?;
+    let listeners = Listeners::bind(config, workers)?;
     let control_listener = handover_proxy::listeners::bind_tcp(config.control.bind)
+        .and_then(tokio::net::TcpListener::from_std)
         .with_context(|| format!("control.bind: cannot listen on {}", config.control.bind))?;
     let control = control_listener.local_addr()?;
 
@@ -83,7 +91,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let addresses = listeners.addresses();
-    listeners.serve(&pools, &cancel, &tasks);
+    let data_plane = DataPlane::start(listeners, &pools, &cancel, &tasks)
+        .context("cannot start the data-plane workers")?;
     handover_proxy::health::spawn_checks(&pools, &cancel, &tasks);
     for driver in haproxies {
         tasks.spawn(driver.run(cancel.clone()));
@@ -117,13 +126,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     });
     info!(%control, "control API listening");
     for (name, address) in &addresses {
-        info!(listener = %name, %address, "listening");
+        info!(listener = %name, %address, workers = data_plane.workers(), "listening");
     }
     Ok(Running {
         control,
         listeners: addresses,
         cancel,
         tasks,
+        data_plane,
     })
 }
 
@@ -133,12 +143,14 @@ impl Running {
         self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
     }
 
-    /// Stops accepting, lets open connections finish for up to `grace`, then returns.
+    /// Stops accepting, lets open connections finish for up to `grace`, then closes the rest.
     pub async fn shutdown(self, grace: Duration) {
         self.cancel.cancel();
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
             info!(?grace, "grace period over; closing the connections still open");
         }
+        let data_plane = self.data_plane;
+        let _ = tokio::task::spawn_blocking(move || data_plane.stop()).await;
     }
 }

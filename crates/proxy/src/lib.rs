@@ -10,7 +10,8 @@
 //! - [`tcp`] + [`relay`]: the L4 listener and its half-close-aware byte relay.
 //! - [`http`] + [`upstream`] + [`headers`]: the L7 listener, its upstream connection pool, header rules.
 //! - [`health`]: active health checks (passive ones are recorded by the listeners).
-//! - [`listeners`]: binds every listener before any starts.
+//! - [`listeners`]: binds every listener before any starts, a socket per worker.
+//! - [`workers`]: the data plane's threads, a single-threaded runtime each.
 //! - [`embedded`]: the proxy as a balancer.
 
 mod accept;
@@ -26,7 +27,9 @@ pub mod relay;
 pub mod snapshot;
 pub mod tcp;
 pub mod upstream;
+pub mod workers;
 
 pub use embedded::EmbeddedBalancer;
 pub use listeners::{BindError, Listeners};
 pub use pools::Pools;
+pub use workers::DataPlane;

@@ -1,22 +1,19 @@
 //! Binding every configured listener before any starts, so a port in use stops `handover run`
 //! with an error naming the listener instead of half-starting it.
+//!
+//! Each listener gets one socket per data-plane worker. With more than one worker the sockets
+//! share the port through `SO_REUSEPORT`, so the kernel spreads new connections over the workers
+//! and no worker wakes for a connection another one takes. Before that, a plain bind probes the
+//! port: `SO_REUSEPORT` alone would let a second handover share a port it should be refused.
 
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{SocketAddr, TcpListener};
 
 use handover_core::config::{Config, ListenerConfig};
-use handover_core::model::ListenerKind;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-use crate::http::{self, HttpRoute};
-use crate::pools::Pools;
-use crate::tcp::{self, TcpRoute};
+use socket2::{Domain, Protocol, Socket, Type};
 
 /// Listen backlog.
-const BACKLOG: u32 = 4096;
+const BACKLOG: i32 = 4096;
 
 /// A listener could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -33,36 +30,80 @@ pub struct BindError {
     pub source: io::Error,
 }
 
+/// One configured listener, bound: a socket for each worker, all on the same address.
+#[derive(Debug)]
+pub struct BoundListener {
+    /// Its configuration.
+    pub config: ListenerConfig,
+    /// The actual address (the port is known even when the configuration said 0).
+    pub address: SocketAddr,
+    /// One non-blocking listening socket per worker.
+    pub sockets: Vec<TcpListener>,
+}
+
 /// Every listener, bound and not yet serving.
 #[derive(Debug)]
 pub struct Listeners {
-    bound: Vec<(ListenerConfig, TcpListener)>,
+    /// In configuration order.
+    pub bound: Vec<BoundListener>,
 }
 
-/// Binds a TCP listener with `SO_REUSEADDR` and a deep backlog.
+/// Binds one non-blocking TCP listener with `SO_REUSEADDR` and a deep backlog (the control API's).
 pub fn bind_tcp(address: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if address.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(address)?;
-    socket.listen(BACKLOG)
+    bind_socket(address, false)
+}
+
+/// A listening socket; `shared` adds `SO_REUSEPORT`.
+fn bind_socket(address: SocketAddr, shared: bool) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if shared {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// `count` sockets on one address. A fixed port is probed first with a plain bind, so a port
+/// another process holds is an error even if that process also set `SO_REUSEPORT`; port 0 takes
+/// the port the first socket got.
+fn bind_shared(address: SocketAddr, count: usize) -> io::Result<(SocketAddr, Vec<TcpListener>)> {
+    if count <= 1 {
+        let socket = bind_socket(address, false)?;
+        return Ok((socket.local_addr()?, vec![socket]));
+    }
+    if address.port() != 0 {
+        drop(bind_socket(address, false)?);
+    }
+    let first = bind_socket(address, true)?;
+    let actual = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(bind_socket(actual, true)?);
+    }
+    Ok((actual, sockets))
 }
 
 impl Listeners {
-    /// Binds every listener of the configuration (must run inside a tokio runtime).
-    pub fn bind(config: &Config) -> Result<Self, BindError> {
+    /// Binds every listener of the configuration, `workers` sockets each. Nothing is left bound
+    /// when one fails.
+    pub fn bind(config: &Config, workers: usize) -> Result<Self, BindError> {
         let mut bound = Vec::with_capacity(config.listeners.len());
         for (index, listener) in config.listeners.iter().enumerate() {
-            let socket = bind_tcp(listener.bind).map_err(|source| BindError {
-                index,
-                name: listener.name.clone(),
-                address: listener.bind,
-                source,
-            })?;
-            bound.push((listener.clone(), socket));
+            let (address, sockets) =
+                bind_shared(listener.bind, workers.max(1)).map_err(|source| BindError {
+                    index,
+                    name: listener.name.clone(),
+                    address: listener.bind,
+                    source,
+                })?;
+            bound.push(BoundListener {
+                config: listener.clone(),
+                address,
+                sockets,
+            });
         }
         Ok(Self { bound })
     }
@@ -71,34 +112,29 @@ impl Listeners {
     pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
         self.bound
             .iter()
-            .map(|(config, socket)| (config.name.clone(), socket.local_addr().unwrap_or(config.bind)))
+            .map(|listener| (listener.config.name.clone(), listener.address))
             .collect()
     }
+}
 
-    /// Starts serving; accept loops end when `cancel` fires, connection tasks are tracked by `tasks`.
-    pub fn serve(self, pools: &Pools, cancel: &CancellationToken, tasks: &TaskTracker) {
-        for (config, socket) in self.bound {
-            let pool = pools
-                .pool(&config.pool)
-                .expect("validated: every listener's pool exists");
-            match config.kind {
-                ListenerKind::Tcp => {
-                    let route = Arc::new(TcpRoute {
-                        listener: config.name.clone(),
-                        pool,
-                        idle_timeout: config.idle_timeout,
-                    });
-                    tasks.spawn(tcp::serve(socket, route, cancel.clone(), tasks.clone()));
-                }
-                ListenerKind::Http => {
-                    let route = Arc::new(HttpRoute {
-                        listener: config.name.clone(),
-                        pool,
-                        response_timeout: config.response_timeout,
-                    });
-                    tasks.spawn(http::serve(socket, route, cancel.clone(), tasks.clone()));
-                }
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_share_one_port_even_when_the_configuration_says_zero() {
+        let (address, sockets) = bind_shared("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        assert_ne!(address.port(), 0);
+        assert_eq!(sockets.len(), 3);
+        for socket in &sockets {
+            assert_eq!(socket.local_addr().unwrap(), address);
         }
+    }
+
+    #[test]
+    fn a_port_held_elsewhere_is_refused_even_with_reuseport() {
+        let (address, _held) = bind_shared("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let error = bind_shared(address, 2).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::AddrInUse);
     }
 }

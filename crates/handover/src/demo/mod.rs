@@ -78,7 +78,7 @@ pub async fn run() -> anyhow::Result<u8> {
     }
     let config =
         handover_core::config::parse(&config_text(&addresses)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let node = server::start(&config).await?;
+    let node = server::start(&config, 1).await?;
     let web = node.listener("web").expect("configured");
     let tcp = node.listener("tcp").expect("configured");
     let control = ControlClient::new(format!("http://{}", node.control), None, Duration::from_secs(15));

@@ -1,0 +1,134 @@
+//! The data plane's threads: one single-threaded tokio runtime per worker, thread per core, each
+//! accepting on its own `SO_REUSEPORT` socket of every listener and serving what it accepted to
+//! the end. A connection never moves between threads, so nothing on its path is shared with
+//! another worker but the pool snapshots (read lock-free) and the per-backend counters.
+//!
+//! The control plane (API, coordinator, health checks, the pools' ticker) runs elsewhere, on the
+//! caller's runtime; it reaches the data plane only through the pools.
+
+use std::io;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::error;
+
+use handover_core::model::ListenerKind;
+
+use crate::http::{self, HttpRoute};
+use crate::listeners::Listeners;
+use crate::pools::Pools;
+use crate::tcp::{self, TcpRoute};
+
+/// The running worker threads.
+#[derive(Debug)]
+pub struct DataPlane {
+    /// One per worker.
+    threads: Vec<JoinHandle<()>>,
+    /// Ends the workers' runtimes, closing whatever is still open.
+    stop: CancellationToken,
+}
+
+/// What one worker serves: a socket of each listener.
+struct WorkerSockets {
+    routes: Vec<(Route, std::net::TcpListener)>,
+}
+
+#[derive(Clone)]
+enum Route {
+    Tcp(Arc<TcpRoute>),
+    Http(Arc<HttpRoute>),
+}
+
+impl DataPlane {
+    /// Starts one thread per socket of the listeners (they were bound with the worker count).
+    /// Accept loops end when `cancel` fires; every connection task is tracked by `tasks`, so the
+    /// caller can wait for them before [`DataPlane::stop`].
+    pub fn start(
+        listeners: Listeners,
+        pools: &Pools,
+        cancel: &CancellationToken,
+        tasks: &TaskTracker,
+    ) -> io::Result<Self> {
+        let workers = listeners.bound.iter().map(|l| l.sockets.len()).max().unwrap_or(0);
+        let mut per_worker: Vec<WorkerSockets> = (0..workers)
+            .map(|_| WorkerSockets { routes: Vec::new() })
+            .collect();
+        for listener in listeners.bound {
+            let config = &listener.config;
+            let pool = pools
+                .pool(&config.pool)
+                .expect("validated: every listener's pool exists");
+            let route = match config.kind {
+                ListenerKind::Tcp => Route::Tcp(Arc::new(TcpRoute {
+                    listener: config.name.clone(),
+                    pool,
+                    idle_timeout: config.idle_timeout,
+                })),
+                ListenerKind::Http => Route::Http(Arc::new(HttpRoute {
+                    listener: config.name.clone(),
+                    pool,
+                    response_timeout: config.response_timeout,
+                })),
+            };
+            for (worker, socket) in listener.sockets.into_iter().enumerate() {
+                per_worker[worker].routes.push((route.clone(), socket));
+            }
+        }
+        let stop = CancellationToken::new();
+        let mut threads = Vec::with_capacity(workers);
+        for (index, sockets) in per_worker.into_iter().enumerate() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (cancel, tasks, stop) = (cancel.clone(), tasks.clone(), stop.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("handover-worker-{index}"))
+                .spawn(move || runtime.block_on(serve(sockets, cancel, tasks, stop)))?;
+            threads.push(thread);
+        }
+        Ok(Self { threads, stop })
+    }
+
+    /// Number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Ends every worker: connections still open are closed. Blocks until the threads exit.
+    pub fn stop(self) {
+        self.stop.cancel();
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One worker: its accept loops, then idle until stopped (its connections finish meanwhile).
+async fn serve(
+    sockets: WorkerSockets,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) {
+    for (route, socket) in sockets.routes {
+        let listener = match TcpListener::from_std(socket) {
+            Ok(listener) => listener,
+            Err(e) => {
+                error!(error = %e, "cannot serve a listener socket");
+                continue;
+            }
+        };
+        match route {
+            Route::Tcp(route) => {
+                tasks.spawn(tcp::serve(listener, route, cancel.clone(), tasks.clone()));
+            }
+            Route::Http(route) => {
+                tasks.spawn(http::serve(listener, route, cancel.clone(), tasks.clone()));
+            }
+        }
+    }
+    stop.cancelled().await;
+}

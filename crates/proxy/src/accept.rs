@@ -1,6 +1,7 @@
 //! The accept loop both listeners share: every accepted connection is handed to `handle` on its own
 //! tracked task, until cancelled. Accept errors (out of file descriptors and the like) back off
-//! briefly instead of spinning.
+//! briefly instead of spinning. `TCP_NODELAY` is set here only when asked: the HTTP listener sets
+//! it itself, and only on connections that carry more than one write.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use tracing::warn;
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     name: &str,
+    nodelay: bool,
     cancel: CancellationToken,
     tasks: TaskTracker,
     handle: F,
@@ -29,7 +31,9 @@ pub async fn accept_loop<F, Fut>(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
+                if nodelay {
+                    let _ = stream.set_nodelay(true);
+                }
                 tasks.spawn(handle(stream, peer));
             }
             Err(e) => {

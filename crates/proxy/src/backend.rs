@@ -1,21 +1,18 @@
 //! Live state of one backend that outlives every pool snapshot: counters read by the selection
 //! algorithms, the list of connections and requests still open to it (to say which remain when a
-//! drain times out), and its idle upstream HTTP connections.
+//! drain times out), and the generation its idle upstream HTTP connections must carry.
 //!
 //! Its identity is its place in the pool's configuration; its address and weight live in snapshots.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use handover_core::api::ConnectionReport;
 use handover_core::model::VmId;
-use http::{Method, Uri};
 use parking_lot::Mutex;
+use slab::Slab;
 use tokio::time::Instant;
-
-use crate::upstream::IdleConnections;
 
 /// What is open to a backend.
 #[derive(Debug, Clone)]
@@ -23,12 +20,50 @@ pub enum Traffic {
     /// An L4 connection.
     Tcp,
     /// An L7 request in flight.
-    Http {
-        /// Request method.
-        method: Method,
-        /// Request URI.
-        uri: Uri,
-    },
+    Http(RequestLine),
+}
+
+/// Method and target of a request, kept inline (no allocation per request) and cut at
+/// [`RequestLine::MAX`] bytes: enough to tell an operator which request a drain waits for.
+#[derive(Clone, Copy)]
+pub struct RequestLine {
+    bytes: [u8; RequestLine::MAX],
+    len: u8,
+}
+
+impl RequestLine {
+    /// Longest line kept.
+    pub const MAX: usize = 96;
+
+    /// `METHOD target`, cut to [`RequestLine::MAX`] bytes (the cut is marked with `...`).
+    pub fn new(method: &str, target: &str) -> Self {
+        let mut line = Self {
+            bytes: [0; Self::MAX],
+            len: 0,
+        };
+        for part in [method.as_bytes(), b" ", target.as_bytes()] {
+            let room = Self::MAX - line.len as usize;
+            let take = part.len().min(room);
+            line.bytes[line.len as usize..line.len as usize + take].copy_from_slice(&part[..take]);
+            line.len += take as u8;
+            if take < part.len() {
+                line.bytes[Self::MAX - 3..].copy_from_slice(b"...");
+                break;
+            }
+        }
+        line
+    }
+
+    /// The text (lossy: a target cut inside a UTF-8 sequence shows a replacement character).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes[..self.len as usize]).into_owned()
+    }
+}
+
+impl std::fmt::Debug for RequestLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text())
+    }
 }
 
 #[derive(Debug)]
@@ -50,6 +85,8 @@ pub struct BackendRuntime {
     pub vm: VmId,
     /// Configured weight.
     pub weight: u32,
+    /// Unique in the process: indexes per-worker state kept for this backend (idle connections).
+    pub uid: usize,
     /// Open L4 connections plus in-flight L7 requests.
     active: AtomicU64,
     /// L4 connections established in total.
@@ -64,17 +101,15 @@ pub struct BackendRuntime {
     failing: AtomicBool,
     /// Failures tolerated because the VM was migrating.
     suppressed_total: AtomicU64,
-    /// What is open now, by id.
-    open: Mutex<OpenSet>,
-    /// Idle keep-alive upstream HTTP connections.
-    pub(crate) idle: IdleConnections,
+    /// What is open now (a slab: insert and remove are O(1) and allocation-free once warm).
+    open: Mutex<Slab<OpenItem>>,
+    /// Bumped to retire every idle upstream HTTP connection (they live per worker thread, so the
+    /// control plane cannot close them itself; each worker drops those of an older generation).
+    idle_generation: AtomicU64,
 }
 
-#[derive(Debug, Default)]
-struct OpenSet {
-    next_id: u64,
-    items: HashMap<u64, OpenItem>,
-}
+/// Source of [`BackendRuntime::uid`].
+static NEXT_UID: AtomicUsize = AtomicUsize::new(0);
 
 impl BackendRuntime {
     /// A backend with no traffic yet.
@@ -84,6 +119,7 @@ impl BackendRuntime {
             index,
             vm,
             weight,
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             active: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
             requests_total: AtomicU64::new(0),
@@ -91,8 +127,8 @@ impl BackendRuntime {
             latency_ns: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             suppressed_total: AtomicU64::new(0),
-            open: Mutex::new(OpenSet::default()),
-            idle: IdleConnections::default(),
+            open: Mutex::new(Slab::new()),
+            idle_generation: AtomicU64::new(0),
         }
     }
 
@@ -155,38 +191,48 @@ impl BackendRuntime {
         self.latency_ns.store(new, Ordering::Relaxed);
     }
 
-    /// Starts tracking a connection or request; it counts as active until the guard drops.
-    pub fn track(self: &Arc<Self>, client: SocketAddr, address: SocketAddr, traffic: Traffic) -> ActiveGuard {
+    /// Starts tracking a connection or request that began at `since`; it counts as active until
+    /// the guard drops.
+    pub fn track(
+        self: &Arc<Self>,
+        client: SocketAddr,
+        address: SocketAddr,
+        traffic: Traffic,
+        since: Instant,
+    ) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
         match traffic {
             Traffic::Tcp => self.connections_total.fetch_add(1, Ordering::Relaxed),
-            Traffic::Http { .. } => self.requests_total.fetch_add(1, Ordering::Relaxed),
+            Traffic::Http(_) => self.requests_total.fetch_add(1, Ordering::Relaxed),
         };
-        let id = {
-            let mut open = self.open.lock();
-            let id = open.next_id;
-            open.next_id += 1;
-            open.items.insert(
-                id,
-                OpenItem {
-                    client,
-                    address,
-                    traffic,
-                    since: Instant::now(),
-                },
-            );
-            id
+        let item = OpenItem {
+            client,
+            address,
+            traffic,
+            since,
         };
+        let key = self.open.lock().insert(item);
         ActiveGuard {
             backend: self.clone(),
-            id,
+            key,
         }
+    }
+
+    /// The generation idle upstream connections must carry to be reused.
+    #[inline]
+    pub fn idle_generation(&self) -> u64 {
+        self.idle_generation.load(Ordering::Relaxed)
+    }
+
+    /// Retires every idle upstream connection to this backend (each worker closes its own).
+    pub fn retire_idle(&self) {
+        self.idle_generation.fetch_add(1, Ordering::Relaxed);
     }
 
     /// What is still open to this backend, oldest first, at most `limit` entries.
     pub fn open_items(&self, limit: usize) -> Vec<ConnectionReport> {
         let open = self.open.lock();
-        let mut items: Vec<&OpenItem> = open.items.values().collect();
+        let mut items: Vec<&OpenItem> = open.iter().map(|(_, item)| item).collect();
         items.sort_by_key(|i| i.since);
         items
             .into_iter()
@@ -198,11 +244,11 @@ impl BackendRuntime {
                 client: item.client.to_string(),
                 kind: match item.traffic {
                     Traffic::Tcp => "tcp".to_string(),
-                    Traffic::Http { .. } => "http".to_string(),
+                    Traffic::Http(_) => "http".to_string(),
                 },
                 request: match &item.traffic {
                     Traffic::Tcp => None,
-                    Traffic::Http { method, uri } => Some(format!("{method} {uri}")),
+                    Traffic::Http(line) => Some(line.text()),
                 },
                 age_ms: u64::try_from(item.since.elapsed().as_millis()).unwrap_or(u64::MAX),
             })
@@ -214,7 +260,7 @@ impl BackendRuntime {
 #[derive(Debug)]
 pub struct ActiveGuard {
     backend: Arc<BackendRuntime>,
-    id: u64,
+    key: usize,
 }
 
 impl ActiveGuard {
@@ -226,7 +272,7 @@ impl ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.backend.open.lock().items.remove(&self.id);
+        self.backend.open.lock().remove(self.key);
         self.backend.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -240,14 +286,12 @@ mod tests {
         let backend = Arc::new(BackendRuntime::new("web", 0, VmId::new("vm-a").unwrap(), 1));
         let client: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let address: SocketAddr = "127.0.0.1:9001".parse().unwrap();
-        let a = backend.track(client, address, Traffic::Tcp);
+        let a = backend.track(client, address, Traffic::Tcp, Instant::now());
         let b = backend.track(
             client,
             address,
-            Traffic::Http {
-                method: Method::GET,
-                uri: Uri::from_static("/x"),
-            },
+            Traffic::Http(RequestLine::new("GET", "/x")),
+            Instant::now(),
         );
         assert_eq!(backend.active(), 2);
         let open = backend.open_items(10);
@@ -258,6 +302,16 @@ mod tests {
         assert_eq!(backend.active(), 0);
         assert!(backend.open_items(10).is_empty());
         assert_eq!(backend.totals(), (1, 1, 0));
+    }
+
+    #[test]
+    fn long_request_lines_are_cut_and_marked() {
+        let target = format!("/{}", "a".repeat(200));
+        let line = RequestLine::new("GET", &target).text();
+        assert_eq!(line.len(), RequestLine::MAX);
+        assert!(line.starts_with("GET /aaa"));
+        assert!(line.ends_with("..."));
+        assert_eq!(RequestLine::new("POST", "/x?y=1").text(), "POST /x?y=1");
     }
 
     #[test]

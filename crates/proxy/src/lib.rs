@@ -8,7 +8,9 @@
 //! - [`snapshot`]: the immutable per-pool view the hot path reads.
 //! - [`backend`]: live per-backend counters and the list of what is still open to it.
 //! - [`tcp`] + [`relay`]: the L4 listener and its half-close-aware byte relay.
-//! - [`http`] + [`upstream`] + [`headers`]: the L7 listener, its upstream connection pool, header rules.
+//! - [`http`]: the L7 listener: its own HTTP/1.1 engine, upstream connection reuse, header rules.
+//! - [`buffer`]: I/O buffers recycled per worker.
+//! - [`shutdown`]: a worker's shutdown signal.
 //! - [`health`]: active health checks (passive ones are recorded by the listeners).
 //! - [`listeners`]: binds every listener before any starts, a socket per worker.
 //! - [`workers`]: the data plane's threads, a single-threaded runtime each.
@@ -16,17 +18,17 @@
 
 mod accept;
 pub mod backend;
+pub mod buffer;
 pub mod embedded;
-pub mod headers;
 pub mod health;
 pub mod http;
 pub mod listeners;
 pub mod pools;
 mod random;
 pub mod relay;
+pub mod shutdown;
 pub mod snapshot;
 pub mod tcp;
-pub mod upstream;
 pub mod workers;
 
 pub use embedded::EmbeddedBalancer;

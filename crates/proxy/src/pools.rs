@@ -146,7 +146,7 @@ impl Pool {
         drop(state);
         if matches!(command, PhaseCommand::Drain { .. }) && self.config.drain.keep == Keep::InFlight {
             for backend in self.backends.iter().filter(|b| &b.vm == vm) {
-                backend.idle.clear();
+                backend.retire_idle();
             }
         }
         true
@@ -163,7 +163,7 @@ impl Pool {
             if address != state.addresses[i] {
                 info!(pool = %self.config.name, %vm, from = %state.addresses[i], to = %address, "backend moved");
                 state.addresses[i] = address;
-                backend.idle.clear();
+                backend.retire_idle();
             }
         }
         state.readdress.insert(vm.clone(), change.clone());

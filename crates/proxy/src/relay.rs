@@ -10,7 +10,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-const BUFFER: usize = 32 * 1024;
+/// Bytes read at most per read; the buffer is allocated once per direction, not zeroed.
+const BUFFER: usize = 16 * 1024;
 
 /// Bytes relayed in each direction.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -69,16 +70,17 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buffer = vec![0u8; BUFFER];
+    let mut buffer: Vec<u8> = Vec::with_capacity(BUFFER);
     let mut total = 0u64;
     loop {
-        let n = reader.read(&mut buffer).await?;
+        buffer.clear();
+        let n = reader.read_buf(&mut buffer).await?;
         if n == 0 {
             // Half-close: tell the other side we are done sending; keep the other direction open.
             writer.shutdown().await?;
             return Ok(total);
         }
-        writer.write_all(&buffer[..n]).await?;
+        writer.write_all(&buffer).await?;
         total += n as u64;
         last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -36,7 +37,7 @@ pub async fn serve(
     tasks: TaskTracker,
 ) {
     let name = route.listener.clone();
-    accept_loop(listener, &name, cancel, tasks, move |client, peer| {
+    accept_loop(listener, &name, true, cancel, tasks, move |client, peer| {
         let route = route.clone();
         async move { handle(client, peer, &route).await }
     })
@@ -54,7 +55,9 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, route: &TcpRoute) {
                 break;
             };
             let entry = snapshot.entries[index].clone();
-            let guard = entry.backend.track(peer, entry.address, Traffic::Tcp);
+            let guard = entry
+                .backend
+                .track(peer, entry.address, Traffic::Tcp, Instant::now());
             (entry, guard)
         };
         let connect =

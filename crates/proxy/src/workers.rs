@@ -11,15 +11,18 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::error;
 
 use handover_core::model::ListenerKind;
 
+use crate::backend::BackendRuntime;
 use crate::http::{self, HttpRoute};
 use crate::listeners::Listeners;
 use crate::pools::Pools;
+use crate::shutdown::Shutdown;
 use crate::tcp::{self, TcpRoute};
 
 /// The running worker threads.
@@ -77,6 +80,15 @@ impl DataPlane {
                 per_worker[worker].routes.push((route.clone(), socket));
             }
         }
+        // Every backend by uid, for the sweep to know which idle connections are retired.
+        let mut by_uid: Vec<Option<Arc<BackendRuntime>>> = Vec::new();
+        for backend in pools.all().iter().flat_map(|pool| pool.backends.iter()) {
+            if by_uid.len() <= backend.uid {
+                by_uid.resize(backend.uid + 1, None);
+            }
+            by_uid[backend.uid] = Some(backend.clone());
+        }
+        let backends = Arc::new(by_uid);
         let stop = CancellationToken::new();
         let mut threads = Vec::with_capacity(workers);
         for (index, sockets) in per_worker.into_iter().enumerate() {
@@ -84,9 +96,10 @@ impl DataPlane {
                 .enable_all()
                 .build()?;
             let (cancel, tasks, stop) = (cancel.clone(), tasks.clone(), stop.clone());
+            let backends = backends.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("handover-worker-{index}"))
-                .spawn(move || runtime.block_on(serve(sockets, cancel, tasks, stop)))?;
+                .spawn(move || runtime.block_on(serve(sockets, backends, cancel, tasks, stop)))?;
             threads.push(thread);
         }
         Ok(Self { threads, stop })
@@ -106,13 +119,16 @@ impl DataPlane {
     }
 }
 
-/// One worker: its accept loops, then idle until stopped (its connections finish meanwhile).
+/// One worker: its accept loops and its idle-connection sweep; on cancel, its HTTP connections are
+/// told to finish; then idle until stopped (its connections finish meanwhile).
 async fn serve(
     sockets: WorkerSockets,
+    backends: Arc<Vec<Option<Arc<BackendRuntime>>>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
     stop: CancellationToken,
 ) {
+    let shutdown = Shutdown::new();
     for (route, socket) in sockets.routes {
         let listener = match TcpListener::from_std(socket) {
             Ok(listener) => listener,
@@ -126,9 +142,33 @@ async fn serve(
                 tasks.spawn(tcp::serve(listener, route, cancel.clone(), tasks.clone()));
             }
             Route::Http(route) => {
-                tasks.spawn(http::serve(listener, route, cancel.clone(), tasks.clone()));
+                tasks.spawn(http::serve(
+                    listener,
+                    route,
+                    cancel.clone(),
+                    tasks.clone(),
+                    shutdown.clone(),
+                ));
             }
         }
     }
+    let sweep = async {
+        let mut ticks = tokio::time::interval(http::upstream::SWEEP_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            http::upstream::sweep(Instant::now(), |uid| {
+                backends
+                    .get(uid)
+                    .and_then(Option::as_ref)
+                    .map(|backend| backend.idle_generation())
+            });
+        }
+    };
+    tokio::select! {
+        _ = sweep => {}
+        _ = cancel.cancelled() => {}
+    }
+    shutdown.trigger();
     stop.cancelled().await;
 }

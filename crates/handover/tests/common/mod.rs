@@ -6,6 +6,7 @@
 pub mod backends;
 pub mod lb;
 pub mod qemu;
+pub mod raw;
 pub mod skip;
 
 use std::collections::BTreeMap;
@@ -145,6 +146,28 @@ impl Node {
             .find(|v| v.vm.as_str() == vm)
             .map(|v| v.phase.to_string())
             .unwrap_or_default()
+    }
+
+    /// Asks the node to stop gracefully (SIGTERM), without waiting.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Whether the process has exited within `timeout`.
+    pub fn exited_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Runs a CLI command of the binary against this node.

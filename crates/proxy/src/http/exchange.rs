@@ -1,0 +1,486 @@
+//! Forwarding one request to a backend of the route's pool and its response back to the client.
+//!
+//! 1. Pick a backend (a sticky session's own if it may still take work), count the request as in
+//!    flight to it, take an idle connection or open one. A failed connect tries another backend,
+//!    up to the pool's `retries`.
+//! 2. Send the rewritten head with as much of the body as is already here, in one write; stream
+//!    the rest of the body while watching the backend, which may answer before the body is whole
+//!    (`100 Continue`, or an early error).
+//! 3. Read the response head within the route's `response_timeout`; pass interim responses on.
+//! 4. Send the rewritten head with the start of the body in one write, stream the rest, and give
+//!    the backend connection back for reuse if both messages ended cleanly.
+//!
+//! A reused connection that its backend had closed (it fails before answering anything) is not
+//! the backend's fault: the request goes again on a new connection when it can be replayed (its
+//! body was here whole, and its method is idempotent unless nothing could be written at all).
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use handover_core::model::Keep;
+
+use super::Connection;
+use super::body::BodyCounter;
+use super::head::{self, Framing, Request, Response, ResponseContext};
+use super::local;
+use super::upstream::{self, Upstream};
+use crate::backend::Traffic;
+use crate::buffer::Buffer;
+use crate::random;
+use crate::snapshot::{BackendEntry, PoolSnapshot};
+
+/// How a try on one backend connection ended without a response head.
+enum Failure {
+    /// A reused connection failed before anything was answered: try again on a new one.
+    Stale,
+    /// The backend failed; the client gets 502 with this.
+    Backend(String),
+    /// No response head within the response timeout.
+    Timeout,
+    /// The client's body is malformed; it gets 400.
+    BadRequest(String),
+    /// The client went away.
+    Client,
+}
+
+/// A response head received, with what it came on.
+struct Answered {
+    upstream: Upstream,
+    /// Bytes from the backend: the head and whatever followed it.
+    input: Buffer,
+    response: Response,
+    /// The request body was sent whole.
+    request_complete: bool,
+}
+
+/// Forwards one request; returns whether the client connection stays open. `out` holds the
+/// request head as it is forwarded.
+pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Buffer) -> bool {
+    let route = conn.route.clone();
+    let pool = &route.pool;
+    let started = Instant::now();
+    let head_len = out.len();
+    let attempts = pool.config.retries as usize + 1;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_error = String::from("no backend was tried");
+    let mut stale_retries = 0;
+    let mut fresh_only = false;
+    let (entry, guard, answered) = loop {
+        if tried.len() >= attempts {
+            return refuse(
+                conn,
+                &request,
+                out,
+                502,
+                &format!(
+                    "no backend of pool {} could be reached: {last_error}",
+                    pool.config.name
+                ),
+            )
+            .await;
+        }
+        let choice = {
+            let snapshot = pool.snapshot();
+            choose(&snapshot, request.sticky, pool.config.drain.keep, &tried).ok_or_else(|| {
+                let down = snapshot.entries.iter().filter(|e| !e.available).count();
+                (down, snapshot.entries.len())
+            })
+        };
+        let entry = match choice {
+            Ok(entry) => entry,
+            Err((down, total)) if tried.is_empty() => {
+                let message = format!(
+                    "no backend of pool {} can take new requests ({down} of {total} down)",
+                    pool.config.name
+                );
+                return refuse(conn, &request, out, 503, &message).await;
+            }
+            Err(_) => {
+                let message = format!(
+                    "no backend of pool {} could be reached: {last_error}",
+                    pool.config.name
+                );
+                return refuse(conn, &request, out, 502, &message).await;
+            }
+        };
+        let guard = entry
+            .backend
+            .track(conn.peer, entry.address, Traffic::Http(request.line), started);
+        let idle = if fresh_only {
+            None
+        } else {
+            upstream::checkout(&entry.backend, entry.address, started)
+        };
+        let upstream = match idle {
+            Some(upstream) => upstream,
+            None => match upstream::connect(&entry.backend, entry.address, pool.config.connect_timeout).await
+            {
+                Ok(upstream) => upstream,
+                Err(e) => {
+                    entry.backend.record_failure();
+                    pool.record_traffic(entry.backend.index, false);
+                    warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
+                    last_error = e.to_string();
+                    tried.push(entry.backend.index);
+                    continue;
+                }
+            },
+        };
+        out.truncate_to(head_len);
+        match attempt(
+            conn,
+            &request,
+            &mut out,
+            upstream,
+            started,
+            route.response_timeout,
+            &entry,
+        )
+        .await
+        {
+            Ok(answered) => break (entry, guard, answered),
+            Err(Failure::Stale) if stale_retries == 0 => {
+                debug!(backend = %entry.address, "reused connection was closed by the backend; trying a new one");
+                stale_retries += 1;
+                fresh_only = true;
+            }
+            Err(Failure::Stale) => {
+                return backend_failed(
+                    conn,
+                    &request,
+                    out,
+                    &entry,
+                    "closed the connection before answering",
+                )
+                .await;
+            }
+            Err(Failure::Backend(error)) => return backend_failed(conn, &request, out, &entry, &error).await,
+            Err(Failure::Timeout) => {
+                entry.backend.record_failure();
+                pool.record_traffic(entry.backend.index, false);
+                let message = format!(
+                    "backend {} did not answer within {:?}",
+                    entry.address, route.response_timeout
+                );
+                return refuse(conn, &request, out, 504, &message).await;
+            }
+            Err(Failure::BadRequest(reason)) => {
+                debug!(client = %conn.peer, %reason, "request body refused");
+                local::write(&mut out, 400, &reason, false);
+                conn.unread = true;
+                let _ = conn.send(out.filled()).await;
+                return false;
+            }
+            Err(Failure::Client) => return false,
+        }
+        drop(guard);
+    };
+
+    let now = Instant::now();
+    entry
+        .backend
+        .record_latency(now.saturating_duration_since(started).as_nanos() as u64);
+    pool.record_traffic(entry.backend.index, answered.response.status < 500);
+    let keep = relay_response(conn, &entry, answered, out).await;
+    drop(guard);
+    keep
+}
+
+/// Sends the request on `upstream` and reads until a final response head; interim responses go
+/// on to the client as they come. On success `out` holds the rewritten response head.
+async fn attempt(
+    conn: &mut Connection,
+    request: &Request,
+    out: &mut Buffer,
+    mut upstream: Upstream,
+    started: Instant,
+    response_timeout: Duration,
+    entry: &BackendEntry,
+) -> Result<Answered, Failure> {
+    let reused = upstream.reused;
+    let mut body = BodyCounter::new(request.framing);
+    let input = conn.input.get_or_insert_with(Buffer::take);
+    // The body bytes already here go with the head.
+    let here = body
+        .take(input.filled())
+        .map_err(|e| Failure::BadRequest(format!("request body: {e}")))?;
+    let fits = here.min(out.room());
+    out.extend(&input.filled()[..fits]);
+    let mut written = upstream.stream.write_all(out.filled()).await;
+    if written.is_ok() && fits < here {
+        written = upstream.stream.write_all(&input.filled()[fits..here]).await;
+    }
+    if let Err(e) = written {
+        return Err(if reused {
+            Failure::Stale
+        } else {
+            Failure::Backend(e.to_string())
+        });
+    }
+    // A body that was here whole stays in the input until the answer, so the request can be sent
+    // again; the start of a longer one is consumed now and the rest streamed.
+    let replayable = body.is_done();
+    if !replayable {
+        input.consume(here);
+    }
+
+    // The response timeout runs from when the backend has the whole request.
+    let mut deadline = started + response_timeout;
+    let mut from_backend = Buffer::take();
+    let mut answered_anything = false;
+    let set_cookie = sticky_set_cookie(conn, request, entry);
+    loop {
+        if !body.is_done() {
+            pump_body(conn, &mut upstream, &mut body, &mut from_backend).await?;
+            if body.is_done() {
+                deadline = Instant::now() + response_timeout;
+            }
+        }
+        let response = loop {
+            if !from_backend.is_empty() {
+                answered_anything = true;
+                // Decided now, not when the request went out: a shutdown meanwhile closes it.
+                let context = ResponseContext {
+                    is_head: request.is_head,
+                    client_version: request.version,
+                    client_keep_alive: request.keep_alive && body.is_done() && !conn.shutdown.is_triggered(),
+                    set_cookie: set_cookie.as_deref(),
+                };
+                out.clear();
+                match head::parse_response(from_backend.filled(), &context, out) {
+                    Ok(Some(response)) => break response,
+                    Ok(None) if from_backend.is_full() => {
+                        return Err(Failure::Backend("response head too large".into()));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(Failure::Backend(e.to_string())),
+                }
+            }
+            let read = tokio::select! {
+                biased;
+                read = from_backend.read_from(&mut upstream.stream) => read,
+                _ = conn.timer.until(deadline) => return Err(Failure::Timeout),
+            };
+            match read {
+                Ok(0) if !answered_anything && reused && replayable && request.idempotent => {
+                    return Err(Failure::Stale);
+                }
+                Ok(0) => {
+                    return Err(Failure::Backend(
+                        "connection closed before a complete response head".into(),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) if !answered_anything && reused && replayable && request.idempotent => {
+                    debug!(error = %e, "reused connection failed");
+                    return Err(Failure::Stale);
+                }
+                Err(e) => return Err(Failure::Backend(e.to_string())),
+            }
+        };
+        if response.interim {
+            from_backend.consume(response.head_len);
+            conn.send(out.filled()).await.map_err(|_| Failure::Client)?;
+            continue;
+        }
+        if replayable && let Some(input) = conn.input.as_mut() {
+            input.consume(here);
+        }
+        return Ok(Answered {
+            upstream,
+            input: from_backend,
+            response,
+            request_complete: body.is_done(),
+        });
+    }
+}
+
+/// The `Set-Cookie` value that binds a new session to the chosen backend.
+fn sticky_set_cookie(conn: &Connection, request: &Request, entry: &BackendEntry) -> Option<String> {
+    let sticky = conn.route.pool.config.sticky.as_ref()?;
+    (request.sticky != Some(entry.backend.index)).then(|| {
+        format!(
+            "{}={}-{}; Path=/; HttpOnly",
+            sticky.cookie, entry.backend.index, entry.backend.vm
+        )
+    })
+}
+
+/// Streams the rest of the request body to the backend until it is whole, or until the backend
+/// starts answering (its first bytes are then in `from_backend`).
+async fn pump_body(
+    conn: &mut Connection,
+    upstream: &mut Upstream,
+    body: &mut BodyCounter,
+    from_backend: &mut Buffer,
+) -> Result<(), Failure> {
+    let input = conn.input.get_or_insert_with(Buffer::take);
+    let (backend_read, mut backend_write) = upstream.stream.split();
+    loop {
+        if body.is_done() {
+            return Ok(());
+        }
+        if !input.is_empty() {
+            let n = body
+                .take(input.filled())
+                .map_err(|e| Failure::BadRequest(format!("request body: {e}")))?;
+            tokio::select! {
+                biased;
+                ready = backend_read.readable() => {
+                    ready.map_err(|e| Failure::Backend(e.to_string()))?;
+                    if answered(&backend_read, from_backend)? {
+                        return Ok(());
+                    }
+                }
+                written = backend_write.write_all(&input.filled()[..n]) => {
+                    written.map_err(|e| Failure::Backend(e.to_string()))?;
+                    input.consume(n);
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            biased;
+            ready = backend_read.readable() => {
+                ready.map_err(|e| Failure::Backend(e.to_string()))?;
+                if answered(&backend_read, from_backend)? {
+                    return Ok(());
+                }
+            }
+            read = input.read_from(&mut conn.stream) => match read {
+                Ok(0) | Err(_) => return Err(Failure::Client),
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// After the backend socket reported readable: whether it really sent something (read into
+/// `from_backend`). A stale readiness reads nothing and is cleared.
+fn answered(backend: &tokio::net::tcp::ReadHalf<'_>, from_backend: &mut Buffer) -> Result<bool, Failure> {
+    match from_backend.try_read_from(backend) {
+        Ok(0) => Err(Failure::Backend(
+            "connection closed while the request body was sent".into(),
+        )),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(Failure::Backend(e.to_string())),
+    }
+}
+
+/// Sends the response head (in `out`) and its body to the client; gives the backend connection
+/// back when it can carry another request. Returns whether the client connection stays open.
+async fn relay_response(
+    conn: &mut Connection,
+    entry: &BackendEntry,
+    answered: Answered,
+    mut out: Buffer,
+) -> bool {
+    let Answered {
+        upstream,
+        input: mut from_backend,
+        response,
+        request_complete,
+    } = answered;
+    from_backend.consume(response.head_len);
+    let mut body = BodyCounter::new(response.framing);
+    let failed = |reason: &str| {
+        entry.backend.record_failure();
+        debug!(backend = %entry.address, reason, "response ended early");
+        false
+    };
+    let Ok(here) = body.take(from_backend.filled()) else {
+        return failed("malformed chunked body");
+    };
+    // The head and as much of the body as fits go in one write.
+    let fits = here.min(out.room());
+    out.extend(&from_backend.filled()[..fits]);
+    from_backend.consume(fits);
+    let mut pending = here - fits;
+    if conn.send(out.filled()).await.is_err() {
+        return false;
+    }
+    drop(out);
+    let mut upstream = upstream;
+    loop {
+        if pending > 0 {
+            if conn.send(&from_backend.filled()[..pending]).await.is_err() {
+                return false;
+            }
+            from_backend.consume(pending);
+        }
+        if body.is_done() {
+            break;
+        }
+        match from_backend.read_from(&mut upstream.stream).await {
+            Ok(0) if matches!(body, BodyCounter::UntilClose) => break,
+            Ok(0) => return failed("connection closed inside the body"),
+            Ok(_) => {}
+            Err(_) => return failed("read error inside the body"),
+        }
+        match body.take(from_backend.filled()) {
+            Ok(n) => pending = n,
+            Err(_) => return failed("malformed chunked body"),
+        }
+    }
+    // Bytes after the body are a protocol error: such a connection is not reused.
+    let clean = from_backend.is_empty();
+    if response.upstream_reusable && request_complete && clean && response.framing != Framing::UntilClose {
+        upstream::checkin(&entry.backend, upstream, Instant::now());
+    }
+    conn.unread = !request_complete;
+    response.client_keep_alive && request_complete
+}
+
+/// Answers with a local error; the connection stays open only for a bodiless request that asked
+/// for it.
+async fn refuse(
+    conn: &mut Connection,
+    request: &Request,
+    mut out: Buffer,
+    status: u16,
+    message: &str,
+) -> bool {
+    let keep = request.keep_alive && request.framing == Framing::Empty && !conn.shutdown.is_triggered();
+    conn.unread = request.framing != Framing::Empty;
+    local::write(&mut out, status, message, keep);
+    conn.send(out.filled()).await.is_ok() && keep
+}
+
+/// A backend failed after the request went out: 502.
+async fn backend_failed(
+    conn: &mut Connection,
+    request: &Request,
+    out: Buffer,
+    entry: &BackendEntry,
+    error: &str,
+) -> bool {
+    entry.backend.record_failure();
+    conn.route.pool.record_traffic(entry.backend.index, false);
+    debug!(listener = %conn.route.listener, backend = %entry.address, %error, "upstream request failed");
+    let message = format!("backend {} failed: {error}", entry.address);
+    refuse(conn, request, out, 502, &message).await
+}
+
+/// The sticky backend if the session may still go there, else the selector's pick.
+fn choose(
+    snapshot: &PoolSnapshot,
+    sticky: Option<usize>,
+    keep: Keep,
+    tried: &[usize],
+) -> Option<BackendEntry> {
+    if let Some(index) = sticky.filter(|i| !tried.contains(i))
+        && let Some(entry) = snapshot.entries.get(index)
+    {
+        let draining_session = keep == Keep::Sessions && entry.phase.is_drained();
+        if entry.effective_weight > 0.0 || draining_session {
+            return Some(entry.clone());
+        }
+    }
+    let index = snapshot.pick(random::next_u64(), tried)?;
+    Some(snapshot.entries[index].clone())
+}

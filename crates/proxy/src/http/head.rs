@@ -1,0 +1,779 @@
+//! Request and response heads: parsed in place with `httparse`, checked against the framing rules
+//! that keep a proxy in step with both its peers (RFC 9112 §6: request smuggling is two parsers
+//! disagreeing on where a message ends), and written out for the next hop in the same pass.
+//!
+//! What is written differs from what came in only by the proxy's header rules:
+//! - hop-by-hop headers go (`Connection`, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`,
+//!   `Proxy-Authorization`, `TE`, `Trailer`, `Upgrade`, and every header `Connection` names);
+//!   `Transfer-Encoding: chunked` stays, since chunked bodies pass through unchanged;
+//! - requests: an absolute-form target becomes origin-form with `Host` taken from it, and the
+//!   client's address is appended to `X-Forwarded-For`;
+//! - responses: the status line says HTTP/1.1, a sticky-session cookie may be added, and
+//!   `Connection` says what the proxy will do with the client connection.
+//!
+//! Nothing here allocates for an ordinary message: headers are parsed into an uninitialised array
+//! on the stack and copied straight into the output buffer.
+
+use std::mem::MaybeUninit;
+
+use crate::backend::RequestLine;
+use crate::buffer::Buffer;
+
+/// Most header fields in one head.
+pub const MAX_HEADERS: usize = 100;
+
+/// Where a message body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding, passed through as is.
+    Chunked,
+    /// Until the sender closes the connection (responses only).
+    UntilClose,
+}
+
+/// A request head that cannot be forwarded; the client gets `status` and the connection closes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct RequestError {
+    /// Status of the answer.
+    pub status: u16,
+    /// What was wrong, for the client and the log.
+    pub reason: String,
+}
+
+impl RequestError {
+    fn bad(reason: impl Into<String>) -> Self {
+        Self {
+            status: 400,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A response head that cannot be forwarded (the client gets 502).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid response from the backend: {0}")]
+pub struct ResponseError(pub String);
+
+/// What the proxy needs from a request once its head is written out.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Bytes of the head in the input.
+    pub head_len: usize,
+    /// Body framing.
+    pub framing: Framing,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    /// The client allows the connection to stay open after the response.
+    pub keep_alive: bool,
+    /// `HEAD`: the response has no body whatever its headers say.
+    pub is_head: bool,
+    /// The method may be retried automatically (RFC 9110 §9.2.2).
+    pub idempotent: bool,
+    /// The client waits for `100 Continue` before it sends the body.
+    pub expects_continue: bool,
+    /// The backend index the sticky-session cookie names.
+    pub sticky: Option<usize>,
+    /// Method and target, for drain status.
+    pub line: RequestLine,
+}
+
+/// Per-connection inputs of request rewriting.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestContext<'a> {
+    /// The client's address as text, appended to `X-Forwarded-For`.
+    pub client: &'a str,
+    /// Name of the pool's sticky-session cookie.
+    pub sticky_cookie: Option<&'a str>,
+}
+
+/// What the proxy needs from a response once its head is written out.
+#[derive(Debug, Clone, Copy)]
+pub struct Response {
+    /// Bytes of the head in the input.
+    pub head_len: usize,
+    /// Status code.
+    pub status: u16,
+    /// Body framing.
+    pub framing: Framing,
+    /// A 1xx interim response: the final one follows.
+    pub interim: bool,
+    /// The backend connection may carry another request after this response.
+    pub upstream_reusable: bool,
+    /// The client connection stays open after this response (and said so).
+    pub client_keep_alive: bool,
+}
+
+/// Per-request inputs of response rewriting.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseContext<'a> {
+    /// The request was `HEAD`.
+    pub is_head: bool,
+    /// HTTP version of the client's request (0 or 1).
+    pub client_version: u8,
+    /// The client connection may stay open after this response.
+    pub client_keep_alive: bool,
+    /// A `Set-Cookie` value to add (sticky sessions).
+    pub set_cookie: Option<&'a str>,
+}
+
+/// Hop-by-hop headers never forwarded (besides those `Connection` names).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Header facts gathered before anything is written.
+#[derive(Debug, Default)]
+struct Scan<'b> {
+    content_length: Option<u64>,
+    chunked: bool,
+    transfer_encoding: bool,
+    close: bool,
+    keep_alive: bool,
+    hosts: usize,
+    expects_continue: bool,
+    /// Extra names listed in `Connection` (allocates only when there are any).
+    connection_names: Vec<&'b [u8]>,
+}
+
+fn is_named(name: &str, wanted: &str) -> bool {
+    name.eq_ignore_ascii_case(wanted)
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+/// Parses a `Content-Length` value: digits only; a list is accepted when its members agree.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let mut found: Option<u64> = None;
+    for member in value.split(|b| *b == b',') {
+        let member = trim(member);
+        if member.is_empty() || member.len() > 18 || !member.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = member.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if found.is_some_and(|f| f != n) {
+            return None;
+        }
+        found = Some(n);
+    }
+    found
+}
+
+impl<'b> Scan<'b> {
+    /// Gathers framing and connection facts; `Err` names the first problem.
+    fn of(headers: &[httparse::Header<'b>]) -> Result<Self, String> {
+        let mut scan = Scan::default();
+        for header in headers {
+            let name = header.name;
+            if is_named(name, "content-length") {
+                let n = content_length(header.value).ok_or_else(|| {
+                    format!(
+                        "invalid Content-Length {:?}",
+                        String::from_utf8_lossy(header.value)
+                    )
+                })?;
+                if scan.content_length.is_some_and(|c| c != n) {
+                    return Err("conflicting Content-Length headers".into());
+                }
+                scan.content_length = Some(n);
+            } else if is_named(name, "transfer-encoding") {
+                scan.transfer_encoding = true;
+                // The last coding of the last header is the one that frames the body.
+                if let Some(last) = header.value.rsplit(|b| *b == b',').next() {
+                    scan.chunked = trim(last).eq_ignore_ascii_case(b"chunked");
+                }
+            } else if is_named(name, "connection") {
+                for token in header.value.split(|b| *b == b',').map(trim) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        scan.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        scan.keep_alive = true;
+                    } else if !token.is_empty() {
+                        scan.connection_names.push(token);
+                    }
+                }
+            } else if is_named(name, "host") {
+                scan.hosts += 1;
+            } else if is_named(name, "expect") {
+                scan.expects_continue = trim(header.value).eq_ignore_ascii_case(b"100-continue");
+            }
+        }
+        Ok(scan)
+    }
+
+    /// Whether a header is dropped on the way through.
+    fn drops(&self, name: &str) -> bool {
+        HOP_BY_HOP.iter().any(|h| is_named(name, h))
+            || self
+                .connection_names
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
+/// Appends to a buffer, remembering whether anything did not fit.
+struct HeadWriter<'a> {
+    out: &'a mut Buffer,
+    overflow: bool,
+}
+
+impl HeadWriter<'_> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        if self.out.room() < bytes.len() {
+            self.overflow = true;
+        } else {
+            self.out.extend(bytes);
+        }
+    }
+
+    fn header(&mut self, name: &[u8], value: &[u8]) {
+        self.put(name);
+        self.put(b": ");
+        self.put(value);
+        self.put(b"\r\n");
+    }
+}
+
+/// Splits an absolute-form target into authority and path (`/` when empty; a bare query still
+/// needs its `/`).
+fn absolute_form(target: &str) -> Option<(&str, &str)> {
+    let rest = ["http://", "https://"].iter().find_map(|scheme| {
+        (target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme))
+            .then(|| &target[scheme.len()..])
+    })?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    // Userinfo in the authority is not a host (RFC 9110 §4.2.4 forbids it in http URIs).
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    Some((authority, if path.is_empty() { "/" } else { path }))
+}
+
+/// The backend index a sticky cookie names (`<index>-<vm>`).
+fn sticky_index(headers: &[httparse::Header<'_>], cookie: &str) -> Option<usize> {
+    headers
+        .iter()
+        .filter(|h| is_named(h.name, "cookie"))
+        .flat_map(|h| h.value.split(|b| *b == b';'))
+        .filter_map(|pair| {
+            let pair = trim(pair);
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (pair[..eq] == *cookie.as_bytes()).then(|| &pair[eq + 1..])
+        })
+        .find_map(|value| {
+            let dash = value.iter().position(|b| *b == b'-')?;
+            std::str::from_utf8(&value[..dash]).ok()?.parse().ok()
+        })
+}
+
+/// Parses the request head at the start of `input` and writes its forwarded form to `out`.
+/// `Ok(None)`: the head is not complete yet.
+pub fn parse_request(
+    input: &[u8],
+    context: &RequestContext<'_>,
+    out: &mut Buffer,
+) -> Result<Option<Request>, RequestError> {
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let head_len = match request.parse_with_uninit_headers(input, &mut storage) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(RequestError {
+                status: 431,
+                reason: format!("more than {MAX_HEADERS} header fields"),
+            });
+        }
+        Err(e) => return Err(RequestError::bad(format!("malformed request head: {e}"))),
+    };
+    let (Some(method), Some(target), Some(version)) = (request.method, request.path, request.version) else {
+        return Err(RequestError::bad("malformed request line"));
+    };
+    let headers = &*request.headers;
+    if method == "CONNECT" {
+        return Err(RequestError {
+            status: 405,
+            reason: "CONNECT is not supported by this proxy".into(),
+        });
+    }
+    let scan = Scan::of(headers).map_err(RequestError::bad)?;
+    if scan.hosts > 1 {
+        return Err(RequestError::bad("more than one Host header"));
+    }
+    let framing = if scan.transfer_encoding {
+        if version == 0 {
+            return Err(RequestError::bad("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        if scan.content_length.is_some() {
+            return Err(RequestError::bad("both Transfer-Encoding and Content-Length"));
+        }
+        if !scan.chunked {
+            return Err(RequestError::bad("Transfer-Encoding does not end in chunked"));
+        }
+        Framing::Chunked
+    } else {
+        match scan.content_length {
+            None | Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+        }
+    };
+
+    let absolute = absolute_form(target);
+    let mut w = HeadWriter { out, overflow: false };
+    w.put(method.as_bytes());
+    w.put(b" ");
+    let path = absolute.map_or(target, |(_, path)| path);
+    if path.starts_with('?') {
+        w.put(b"/");
+    }
+    w.put(path.as_bytes());
+    w.put(if version == 0 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
+    let mut forwarded_for: Option<&[u8]> = None;
+    let mut more_forwarded = false;
+    for header in headers {
+        let name = header.name;
+        if scan.drops(name) || (absolute.is_some() && is_named(name, "host")) {
+            continue;
+        }
+        if is_named(name, "x-forwarded-for") {
+            // Folded into one header below, with the client appended.
+            if forwarded_for.is_some() {
+                more_forwarded = true;
+            } else {
+                forwarded_for = Some(header.value);
+            }
+            continue;
+        }
+        w.header(name.as_bytes(), header.value);
+    }
+    if let Some((authority, _)) = absolute {
+        w.header(b"Host", authority.as_bytes());
+    }
+    w.put(b"X-Forwarded-For: ");
+    if more_forwarded {
+        for value in headers
+            .iter()
+            .filter(|h| is_named(h.name, "x-forwarded-for"))
+            .map(|h| trim(h.value))
+            .filter(|v| !v.is_empty())
+        {
+            w.put(value);
+            w.put(b", ");
+        }
+    } else if let Some(value) = forwarded_for.map(trim).filter(|v| !v.is_empty()) {
+        w.put(value);
+        w.put(b", ");
+    }
+    w.put(context.client.as_bytes());
+    w.put(b"\r\n\r\n");
+    if w.overflow {
+        return Err(RequestError {
+            status: 431,
+            reason: "request head too large".into(),
+        });
+    }
+
+    Ok(Some(Request {
+        head_len,
+        framing,
+        version,
+        keep_alive: if version == 0 {
+            scan.keep_alive && !scan.close
+        } else {
+            !scan.close
+        },
+        is_head: method == "HEAD",
+        idempotent: matches!(method, "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"),
+        expects_continue: scan.expects_continue && framing != Framing::Empty,
+        sticky: context
+            .sticky_cookie
+            .and_then(|cookie| sticky_index(headers, cookie)),
+        line: RequestLine::new(method, target),
+    }))
+}
+
+/// Parses the response head at the start of `input` and writes its forwarded form to `out`.
+/// `Ok(None)`: the head is not complete yet.
+pub fn parse_response(
+    input: &[u8],
+    context: &ResponseContext<'_>,
+    out: &mut Buffer,
+) -> Result<Option<Response>, ResponseError> {
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        input,
+        &mut storage,
+    ) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(ResponseError(e.to_string())),
+    };
+    let (Some(version), Some(status)) = (response.version, response.code) else {
+        return Err(ResponseError("malformed status line".into()));
+    };
+    let headers = &*response.headers;
+    if status == 101 {
+        return Err(ResponseError(
+            "101 Switching Protocols to a request without Upgrade".into(),
+        ));
+    }
+    let interim = (100..200).contains(&status);
+    let scan = Scan::of(headers).map_err(ResponseError)?;
+    let framing = if interim || status == 204 || status == 304 || context.is_head {
+        Framing::Empty
+    } else if scan.transfer_encoding {
+        if scan.chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else {
+        match scan.content_length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    let persistent = if version == 0 {
+        scan.keep_alive && !scan.close
+    } else {
+        !scan.close
+    };
+    let client_keep_alive = context.client_keep_alive && framing != Framing::UntilClose;
+
+    let mut w = HeadWriter { out, overflow: false };
+    w.put(b"HTTP/1.1 ");
+    let code = [
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ];
+    w.put(&code);
+    w.put(b" ");
+    w.put(response.reason.unwrap_or("").as_bytes());
+    w.put(b"\r\n");
+    for header in headers {
+        let name = header.name;
+        if scan.drops(name) || (scan.transfer_encoding && is_named(name, "content-length")) {
+            continue;
+        }
+        w.header(name.as_bytes(), header.value);
+    }
+    if !interim {
+        if let Some(cookie) = context.set_cookie {
+            w.header(b"Set-Cookie", cookie.as_bytes());
+        }
+        if !client_keep_alive {
+            w.put(b"Connection: close\r\n");
+        } else if context.client_version == 0 {
+            w.put(b"Connection: keep-alive\r\n");
+        }
+    }
+    w.put(b"\r\n");
+    if w.overflow {
+        return Err(ResponseError("response head too large".into()));
+    }
+    Ok(Some(Response {
+        head_len,
+        status,
+        framing,
+        interim,
+        upstream_reusable: persistent && framing != Framing::UntilClose,
+        client_keep_alive,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIENT: RequestContext<'static> = RequestContext {
+        client: "127.0.0.1",
+        sticky_cookie: Some("hv"),
+    };
+
+    fn request(text: &str) -> Result<Option<(Request, String)>, RequestError> {
+        let mut out = Buffer::take();
+        Ok(parse_request(text.as_bytes(), &CLIENT, &mut out)?
+            .map(|r| (r, String::from_utf8(out.filled().to_vec()).unwrap())))
+    }
+
+    fn status_of(text: &str) -> u16 {
+        request(text).unwrap_err().status
+    }
+
+    fn response(
+        text: &str,
+        context: ResponseContext<'_>,
+    ) -> Result<Option<(Response, String)>, ResponseError> {
+        let mut out = Buffer::take();
+        Ok(parse_response(text.as_bytes(), &context, &mut out)?
+            .map(|r| (r, String::from_utf8(out.filled().to_vec()).unwrap())))
+    }
+
+    const PLAIN: ResponseContext<'static> = ResponseContext {
+        is_head: false,
+        client_version: 1,
+        client_keep_alive: true,
+        set_cookie: None,
+    };
+
+    #[test]
+    fn a_partial_head_asks_for_more() {
+        assert!(request("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
+        assert!(response("HTTP/1.1 200 OK\r\n", PLAIN).unwrap().is_none());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_the_client_is_appended() {
+        let text = "GET /a?b HTTP/1.1\r\nHost: example\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\
+             Keep-Alive: timeout=5\r\nUpgrade: websocket\r\nTE: trailers\r\nX-Forwarded-For: 10.0.0.1\r\n\
+             X-Forwarded-For: 10.0.0.2\r\nAccept: */*\r\n\r\nBODY";
+        let (req, out) = request(text).unwrap().unwrap();
+        assert_eq!(
+            out,
+            "GET /a?b HTTP/1.1\r\nHost: example\r\nAccept: */*\r\nX-Forwarded-For: 10.0.0.1, 10.0.0.2, 127.0.0.1\r\n\r\n"
+        );
+        assert!(req.keep_alive);
+        assert_eq!(req.framing, Framing::Empty);
+        assert_eq!(req.line.text(), "GET /a?b");
+        assert_eq!(req.head_len, text.len() - "BODY".len());
+    }
+
+    #[test]
+    fn the_head_length_excludes_the_body() {
+        let text = "POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nBODY";
+        let (req, _) = request(text).unwrap().unwrap();
+        assert_eq!(req.head_len, text.len() - 4);
+        assert_eq!(req.framing, Framing::Length(4));
+        assert!(!req.idempotent);
+    }
+
+    #[test]
+    fn absolute_form_becomes_origin_form_with_its_host() {
+        let (_, out) = request("GET http://api.example:8080?q=1 HTTP/1.1\r\nHost: other\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            out,
+            "GET /?q=1 HTTP/1.1\r\nHost: api.example:8080\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn framing_that_two_parsers_could_read_differently_is_refused() {
+        assert_eq!(
+            status_of("POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status_of("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"),
+            400
+        );
+        assert_eq!(status_of("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n"), 400);
+        assert_eq!(status_of("POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n"), 400);
+        assert_eq!(
+            status_of("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status_of("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            400
+        );
+        assert_eq!(status_of("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
+        assert_eq!(status_of("GET / HTTP/1.1\r\nBad Header: x\r\n\r\n"), 400);
+        assert_eq!(status_of("GET / HTTP/1.1\r\nX: 1\r\n folded\r\n\r\n"), 400);
+        assert_eq!(status_of("CONNECT a:443 HTTP/1.1\r\n\r\n"), 405);
+        let (req, _) = request("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            req.framing,
+            Framing::Length(5),
+            "a list of equal lengths is one length"
+        );
+        let (req, out) = request("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(req.framing, Framing::Chunked);
+        assert!(
+            out.contains("Transfer-Encoding: gzip, Chunked\r\n"),
+            "chunked bodies pass through"
+        );
+    }
+
+    #[test]
+    fn too_many_headers_or_too_large_a_head_is_431() {
+        let mut text = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..=MAX_HEADERS {
+            text.push_str(&format!("X-{i}: 1\r\n"));
+        }
+        text.push_str("\r\n");
+        assert_eq!(status_of(&text), 431);
+        let big = format!(
+            "GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(crate::buffer::CAPACITY)
+        );
+        assert_eq!(status_of(&big), 431);
+    }
+
+    #[test]
+    fn persistence_follows_the_version_and_connection() {
+        let keep = |text: &str| request(text).unwrap().unwrap().0.keep_alive;
+        assert!(keep("GET / HTTP/1.1\r\n\r\n"));
+        assert!(!keep("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(!keep("GET / HTTP/1.0\r\n\r\n"));
+        assert!(keep("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn the_sticky_cookie_names_a_backend() {
+        let (req, _) = request("GET / HTTP/1.1\r\nCookie: a=b; hv=2-vm-c; z=1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(req.sticky, Some(2));
+        let (req, _) = request("GET / HTTP/1.1\r\nCookie: hvx=1-vm\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(req.sticky, None);
+    }
+
+    #[test]
+    fn expect_continue_matters_only_with_a_body() {
+        let expects = |text: &str| request(text).unwrap().unwrap().0.expects_continue;
+        assert!(expects(
+            "PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n"
+        ));
+        assert!(!expects("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"));
+    }
+
+    #[test]
+    fn response_framing() {
+        let framing = |text: &str, context| response(text, context).unwrap().unwrap().0.framing;
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", PLAIN),
+            Framing::Length(12)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", PLAIN),
+            Framing::Chunked
+        );
+        assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n", PLAIN), Framing::UntilClose);
+        assert_eq!(framing("HTTP/1.1 204 No Content\r\n\r\n", PLAIN), Framing::Empty);
+        assert_eq!(
+            framing("HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", PLAIN),
+            Framing::Empty
+        );
+        let head = ResponseContext {
+            is_head: true,
+            ..PLAIN
+        };
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", head),
+            Framing::Empty
+        );
+        assert!(response("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", PLAIN).is_err());
+        assert!(response("HTTP/1.1 101 Switching Protocols\r\n\r\n", PLAIN).is_err());
+    }
+
+    #[test]
+    fn chunked_wins_over_a_length_and_the_length_is_dropped() {
+        let (resp, out) = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n",
+            PLAIN,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(resp.framing, Framing::Chunked);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+    }
+
+    #[test]
+    fn the_client_is_told_when_its_connection_closes() {
+        let closing = ResponseContext {
+            client_keep_alive: false,
+            set_cookie: Some("hv=1-vm-b; Path=/; HttpOnly"),
+            ..PLAIN
+        };
+        let (resp, out) = response(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
+            closing,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(resp.upstream_reusable);
+        assert!(!resp.client_keep_alive);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nSet-Cookie: hv=1-vm-b; Path=/; HttpOnly\r\nConnection: close\r\n\r\n"
+        );
+        // A body that ends at close cannot leave the client connection open.
+        let (resp, out) = response("HTTP/1.0 200 OK\r\n\r\n", PLAIN).unwrap().unwrap();
+        assert!(!resp.upstream_reusable && !resp.client_keep_alive);
+        assert!(out.ends_with("Connection: close\r\n\r\n"));
+        // An HTTP/1.0 client that asked to keep its connection is told it is kept.
+        let old = ResponseContext {
+            client_version: 0,
+            ..PLAIN
+        };
+        let (_, out) = response("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", old)
+            .unwrap()
+            .unwrap();
+        assert!(out.ends_with("Connection: keep-alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn interim_responses_pass_without_proxy_headers() {
+        let closing = ResponseContext {
+            client_keep_alive: false,
+            ..PLAIN
+        };
+        let (resp, out) = response("HTTP/1.1 100 Continue\r\n\r\n", closing)
+            .unwrap()
+            .unwrap();
+        assert!(resp.interim);
+        assert_eq!(out, "HTTP/1.1 100 Continue\r\n\r\n");
+    }
+
+    #[test]
+    fn a_backend_that_closes_is_not_reused() {
+        let reusable = |text: &str| response(text, PLAIN).unwrap().unwrap().0.upstream_reusable;
+        assert!(reusable("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!reusable(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!reusable("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(reusable(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        ));
+    }
+}

@@ -1,0 +1,257 @@
+//! The L7 listener: HTTP/1.1 with keep-alive on both sides. Every request picks its backend from
+//! the pool's current snapshot, so when a VM drains, the next request of an open client connection
+//! already goes elsewhere while requests in flight to the VM finish. Bodies stream both ways,
+//! chunked ones unchanged; upstream connections are kept per worker and backend for reuse.
+//!
+//! The hot path is built to cost as little as the work itself: one task per client connection
+//! that also drives the upstream connection of its request (no channel, no second task), heads
+//! parsed in place and rewritten straight into a recycled buffer, a small response written with
+//! its head in one system call, no timer touched for most requests ([`timer`]), no lock but the
+//! backend's short one that lists what is in flight.
+//!
+//! Errors a client can see: 400/405/431 for a request that cannot be forwarded, 503 when no
+//! backend can take new work, 502 when no backend could be reached or one answered with garbage,
+//! 504 when a backend did not answer in time.
+//!
+//! - [`head`]: request and response heads, their framing rules and header rewriting.
+//! - [`chunked`] + [`body`]: where a body ends.
+//! - [`exchange`]: forwarding one request and its response.
+//! - [`upstream`]: backend connections and the per-worker idle lists.
+//! - [`local`]: responses the proxy writes itself.
+//! - [`timer`]: the per-connection deadline.
+
+mod body;
+pub mod chunked;
+mod exchange;
+pub mod head;
+mod local;
+mod timer;
+pub mod upstream;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::accept::accept_loop;
+use crate::buffer::Buffer;
+use crate::pools::Pool;
+use crate::shutdown::{Shutdown, ShutdownListener};
+use head::{Request, RequestContext, RequestError};
+use timer::LazyTimer;
+
+/// Settings of one L7 listener.
+#[derive(Debug, Clone)]
+pub struct HttpRoute {
+    /// Listener name (logs).
+    pub listener: String,
+    /// The pool it routes to.
+    pub pool: Arc<Pool>,
+    /// How long to wait for a backend's response headers.
+    pub response_timeout: Duration,
+}
+
+/// How long a client connection may take to send a whole request head, counted from the end of
+/// the previous response (or from the connect): idle keep-alive connections close after this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a connection closed with part of a request unread keeps reading (and dropping) what
+/// the client still sends, so the response is not destroyed by a reset.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Accepts connections until cancelled. `shutdown` is the worker's: once triggered, idle client
+/// connections close and busy ones close after the response in progress.
+pub async fn serve(
+    listener: TcpListener,
+    route: Arc<HttpRoute>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    shutdown: Arc<Shutdown>,
+) {
+    let name = route.listener.clone();
+    accept_loop(listener, &name, false, cancel, tasks, move |stream, peer| {
+        serve_connection(stream, peer, route.clone(), shutdown.listen())
+    })
+    .await;
+}
+
+/// Serves one client connection. Until the client sends its first bytes the connection costs only
+/// this small task (no buffer, no HTTP state): idle connections stay cheap.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    route: Arc<HttpRoute>,
+    mut shutdown: ShutdownListener,
+) {
+    tokio::select! {
+        biased;
+        _ = &mut shutdown => return,
+        ready = tokio::time::timeout(REQUEST_TIMEOUT, stream.readable()) => {
+            if !matches!(ready, Ok(Ok(()))) {
+                return;
+            }
+        }
+    }
+    Box::pin(Connection::new(stream, peer, route, shutdown).serve()).await;
+}
+
+/// What waiting for the next request gave.
+enum Next {
+    /// A request head, parsed and rewritten into the output buffer.
+    Request(Request),
+    /// The client closed, was idle too long, or the worker shuts down.
+    Closed,
+    /// The head cannot be forwarded: answer this and close.
+    Refused(RequestError),
+}
+
+/// One client connection and what it carries between requests.
+pub(crate) struct Connection {
+    /// The client socket.
+    stream: TcpStream,
+    /// The client's address.
+    peer: SocketAddr,
+    /// The client's address as `X-Forwarded-For` shows it.
+    peer_text: String,
+    /// Listener settings and pool.
+    route: Arc<HttpRoute>,
+    /// Bytes from the client not consumed yet; none while the connection is idle.
+    input: Option<Buffer>,
+    /// The worker is shutting down.
+    shutdown: ShutdownListener,
+    /// Request and response deadlines.
+    timer: LazyTimer,
+    /// Writes so far (`TCP_NODELAY` is set before the second: a connection that carries one
+    /// response written at once never needs it).
+    writes: u32,
+    /// Part of the last request may still be unread: close with [`Connection::linger`].
+    unread: bool,
+}
+
+impl Connection {
+    fn new(stream: TcpStream, peer: SocketAddr, route: Arc<HttpRoute>, shutdown: ShutdownListener) -> Self {
+        Self {
+            stream,
+            peer,
+            peer_text: peer.ip().to_string(),
+            route,
+            input: None,
+            shutdown,
+            timer: LazyTimer::new(),
+            writes: 0,
+            unread: false,
+        }
+    }
+
+    /// Requests one after another until either side closes.
+    async fn serve(mut self) {
+        loop {
+            let mut out = Buffer::take();
+            let request = match self.next_request(&mut out).await {
+                Next::Request(request) => request,
+                Next::Closed => return,
+                Next::Refused(error) => {
+                    tracing::debug!(client = %self.peer, status = error.status, reason = %error.reason, "request refused");
+                    local::write(&mut out, error.status, &error.reason, false);
+                    if self.send(out.filled()).await.is_ok() {
+                        self.linger().await;
+                    }
+                    return;
+                }
+            };
+            if !exchange::forward(&mut self, request, out).await {
+                if self.unread {
+                    self.linger().await;
+                }
+                return;
+            }
+            if self.input.as_ref().is_some_and(Buffer::is_empty) {
+                self.input = None;
+            }
+        }
+    }
+
+    /// Reads until a whole request head is buffered, then parses it and writes its forwarded form
+    /// to `out`.
+    async fn next_request(&mut self, out: &mut Buffer) -> Next {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            if let Some(input) = self.input.as_mut().filter(|input| !input.is_empty()) {
+                let context = RequestContext {
+                    client: &self.peer_text,
+                    sticky_cookie: self.route.pool.config.sticky.as_ref().map(|s| s.cookie.as_str()),
+                };
+                match head::parse_request(input.filled(), &context, out) {
+                    Ok(Some(request)) => {
+                        input.consume(request.head_len);
+                        return Next::Request(request);
+                    }
+                    Ok(None) if input.is_full() => {
+                        return Next::Refused(RequestError {
+                            status: 431,
+                            reason: "request head too large".into(),
+                        });
+                    }
+                    Ok(None) => {}
+                    Err(error) => return Next::Refused(error),
+                }
+            } else {
+                // Nothing buffered: wait without holding a buffer.
+                tokio::select! {
+                    biased;
+                    _ = &mut self.shutdown => return Next::Closed,
+                    ready = self.stream.readable() => {
+                        if ready.is_err() {
+                            return Next::Closed;
+                        }
+                    }
+                    _ = self.timer.until(deadline) => return Next::Closed,
+                }
+            }
+            let input = self.input.get_or_insert_with(Buffer::take);
+            let read = tokio::select! {
+                biased;
+                read = input.read_from(&mut self.stream) => read,
+                _ = self.timer.until(deadline) => return Next::Closed,
+            };
+            match read {
+                Ok(0) | Err(_) => return Next::Closed,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Closes a connection whose client may still be sending: the write side first, then what
+    /// arrives is read and dropped for up to [`LINGER`], so the client's kernel does not answer
+    /// our close with a reset that destroys the response before it is read (nginx's lingering
+    /// close).
+    async fn linger(&mut self) {
+        let _ = self.stream.shutdown().await;
+        let mut scratch = self.input.take().unwrap_or_else(Buffer::take);
+        let _ = tokio::time::timeout(LINGER, async {
+            loop {
+                scratch.clear();
+                match scratch.read_from(&mut self.stream).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Writes to the client.
+    async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.writes == 1 {
+            let _ = self.stream.set_nodelay(true);
+        }
+        self.writes = self.writes.saturating_add(1);
+        self.stream.write_all(bytes).await
+    }
+}

@@ -7,6 +7,9 @@
 //! front; consumed space is reclaimed by moving the rest down when room is needed.
 
 use std::cell::RefCell;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -116,6 +119,18 @@ impl Buffer {
         debug_assert!(room > 0, "read into a full buffer");
         let mut window = bytes::BufMut::limit(&mut self.data, room);
         reader.read_buf(&mut window).await
+    }
+
+    /// Reads what `reader` has now, without waiting: `None` when nothing is there. Unlike a
+    /// `try_read`, a read that does not fill the space still tells tokio the socket is drained.
+    /// (A socket fresh from `accept` is assumed readable by tokio: this is how to find out
+    /// without keeping a buffer while waiting.)
+    pub fn read_now<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Option<std::io::Result<usize>> {
+        let mut context = Context::from_waker(Waker::noop());
+        match pin!(self.read_from(reader)).poll(&mut context) {
+            Poll::Ready(result) => Some(result),
+            Poll::Pending => None,
+        }
     }
 
     /// Reads what a socket has now, without waiting: `WouldBlock` when nothing (which also clears

@@ -119,8 +119,9 @@ impl DataPlane {
     }
 }
 
-/// One worker: its accept loops and its idle-connection sweep; on cancel, its HTTP connections are
-/// told to finish; then idle until stopped (its connections finish meanwhile).
+/// One worker: its accept loops and its sweep (client connections past their deadline, idle
+/// upstream connections no longer usable); on cancel, its HTTP connections are told to finish;
+/// then idle until stopped (its connections finish meanwhile).
 async fn serve(
     sockets: WorkerSockets,
     backends: Arc<Vec<Option<Arc<BackendRuntime>>>>,
@@ -153,11 +154,13 @@ async fn serve(
         }
     }
     let sweep = async {
-        let mut ticks = tokio::time::interval(http::upstream::SWEEP_INTERVAL);
+        let mut ticks = tokio::time::interval(crate::shutdown::SWEEP);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            http::upstream::sweep(Instant::now(), |uid| {
+            let now = Instant::now();
+            shutdown.expire(now);
+            http::upstream::sweep(now, |uid| {
                 backends
                     .get(uid)
                     .and_then(Option::as_ref)

@@ -24,9 +24,6 @@ const MAX_IDLE_PER_BACKEND: usize = 256;
 /// An idle connection older than this is not reused (backends close idle keep-alive connections).
 pub const MAX_IDLE_AGE: Duration = Duration::from_secs(30);
 
-/// How often each worker closes idle connections that can no longer be used.
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
-
 /// Why a connection to a backend could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
@@ -39,8 +40,15 @@ SCENARIOS = {
     "l7-close-c32": ("http", 32, ["-H", "Connection: close"], "L7 Connection: close, 32 connections"),
     "l4-keepalive-c32": ("tcp", 32, [], "L4 keep-alive, 32 connections"),
     "l4-close-c32": ("tcp", 32, ["-H", "Connection: close"], "L4 new connection per request, 32 connections"),
+    "l7-drain-c32": ("http", 32, [], "L7 keep-alive, 32 connections, one of the three backends draining"),
     "idle-10k": ("http", 10000, None, "10,000 idle client connections (memory per connection)"),
 }
+
+# Scenarios that put one backend (vm-0 / s0 / the first server) in drain before the load.
+DRAINING = {"l7-drain-c32"}
+
+# Idle client connections held open by the memory scenario.
+IDLE = "idle-10k"
 
 
 def log(message):
@@ -140,8 +148,11 @@ http {{
 """
 
 
-def nginx_conf(work, workers):
-    upstream = " ".join(f"server 127.0.0.1:{p};" for p in BACKENDS)
+def nginx_conf(work, workers, draining=False):
+    # nginx has no runtime API in its free version: a draining server is marked `down`.
+    upstream = " ".join(
+        f"server 127.0.0.1:{p}{' down' if draining and i == 0 else ''};" for i, p in enumerate(BACKENDS)
+    )
     return f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 worker_processes {workers}; daemon off; pid {work}/nginx.pid; worker_rlimit_nofile 20000;
 error_log {work}/nginx.err;
@@ -160,16 +171,22 @@ stream {{
 """
 
 
-def haproxy_conf(workers):
+def haproxy_conf(workers, work):
     servers = "\n".join(f"    server s{i} 127.0.0.1:{p}" for i, p in enumerate(BACKENDS))
+    # 10,100 connections need 20,214 descriptors by HAProxy's count (two per connection) but idle
+    # client connections use one each: this machine's hard limit of 20,000 is enough once HAProxy
+    # is told not to refuse to start ("no strict-limits").
     return f"""global
     nbthread {workers}
-    maxconn 20000
+    maxconn 10100
+    ulimit-n 20000
+    no strict-limits
+    stats socket {work}/haproxy.sock mode 600 level admin
 defaults
     timeout connect 5s
     timeout client 60s
     timeout server 30s
-    maxconn 20000
+    maxconn 10100
 frontend fe_http
     mode http
     bind 127.0.0.1:{HTTP_PORT}
@@ -219,8 +236,8 @@ algorithm = "round_robin"
 {backends}"""
 
 
-def start_proxy(target, workers, work):
-    """Starts a proxy; returns the Popen."""
+def start_proxy(target, workers, work, draining=False):
+    """Starts a proxy (with its first backend draining if asked); returns the Popen."""
     if target == "handover":
         path = os.path.join(work, "handover.toml")
         with open(path, "w") as f:
@@ -230,13 +247,13 @@ def start_proxy(target, workers, work):
     elif target == "haproxy":
         path = os.path.join(work, "haproxy.cfg")
         with open(path, "w") as f:
-            f.write(haproxy_conf(workers))
+            f.write(haproxy_conf(workers, work))
         command = ["haproxy", "-db", "-f", path]
         env = None
     else:
         path = os.path.join(work, "nginx.conf")
         with open(path, "w") as f:
-            f.write(nginx_conf(work, workers))
+            f.write(nginx_conf(work, workers, draining))
         command = ["nginx", "-c", path, "-e", os.path.join(work, "nginx.err")]
         env = None
     proc = subprocess.Popen(
@@ -250,7 +267,31 @@ def start_proxy(target, workers, work):
         stop(proc)
         raise RuntimeError(f"{target} did not listen (see {work}/{target}.log)")
     time.sleep(0.3)
+    if draining:
+        drain_first_backend(target, work)
     return proc
+
+
+def drain_first_backend(target, work):
+    """Puts the first backend in drain: handover through its control API (a migration prepare),
+    HAProxy through its runtime API. (nginx was started with it marked down.)"""
+    if target == "handover":
+        request = urllib.request.Request(
+            "http://127.0.0.1:18099/v1/vms/vm-0/migration",
+            data=json.dumps({"phase": "prepare"}).encode(),
+            headers={"content-type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            if reply.status != 200:
+                raise RuntimeError(f"handover refused the prepare: {reply.status}")
+    elif target == "haproxy":
+        with socket.socket(socket.AF_UNIX) as control:
+            control.connect(os.path.join(work, "haproxy.sock"))
+            control.sendall(b"set server be/s0 state drain\n")
+            answer = control.recv(4096).decode().strip()
+            if answer:
+                raise RuntimeError(f"HAProxy refused the drain: {answer}")
 
 
 def stop(proc):
@@ -327,7 +368,7 @@ def run_wrk(scenario, seconds, pids):
 BACKEND_PIDS = []
 
 
-def run_idle(pids, count=10000):
+def run_idle(pids, count):
     """Opens `count` idle connections to the HTTP listener; returns KiB of proxy memory per connection."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -384,6 +425,12 @@ def main():
         name, _, workers = t.partition("-")
         if name not in ("handover", "haproxy", "nginx") or workers not in ("1", "2"):
             sys.exit(f"--targets: {t!r} is not handover|haproxy|nginx-1|2")
+    # Every process started here may open as many files as this machine allows.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    busy = [p for p in BACKENDS + [HTTP_PORT, TCP_PORT] if wait_port(p, 0.1)]
+    if busy:
+        sys.exit(f"ports {busy} are already in use on 127.0.0.1; stop what listens there first")
     work = os.path.join(args.out, "work")
     os.makedirs(work, exist_ok=True)
 
@@ -421,11 +468,11 @@ def main():
                     best = None
                     for attempt in range(2):
                         wait_quiet()
-                        proc = start_proxy(name, int(workers), work)
+                        proc = start_proxy(name, int(workers), work, scenario in DRAINING)
                         try:
                             pids = children_of(proc.pid)
-                            if scenario == "idle-10k":
-                                result = run_idle(pids)
+                            if scenario == IDLE:
+                                result = run_idle(pids, SCENARIOS[scenario][1])
                                 result["foreign_cores"] = 0.0
                             else:
                                 result = run_wrk(scenario, args.seconds, pids)
@@ -439,7 +486,7 @@ def main():
                         log(f"  noisy run ({result['foreign_cores']:.2f} foreign cores); once more")
                     best.update({"scenario": scenario, "target": target, "rep": rep})
                     runs.append(best)
-                    if scenario == "idle-10k":
+                    if scenario == IDLE:
                         log(f"[{done}/{total}] {scenario} {target}: {best['kib_per_connection']:.2f} KiB per connection "
                             f"({best['alive']} of {best['connections']} open)")
                     else:
@@ -469,7 +516,7 @@ def summarise(runs, scenarios, targets):
             median = lambda key: statistics.median(r[key] for r in rs)
             spread = lambda key: (min(r[key] for r in rs), max(r[key] for r in rs))
             row = {"scenario": scenario, "target": target, "runs": len(rs), "peak_rss_kib": median("peak_rss_kib")}
-            if scenario == "idle-10k":
+            if scenario == IDLE:
                 row.update(kib_per_connection=median("kib_per_connection"),
                            kib_per_connection_range=spread("kib_per_connection"),
                            alive=min(r["alive"] for r in rs))
@@ -494,7 +541,7 @@ def markdown(report):
     by = {(r["scenario"], r["target"]): r for r in report["summary"]}
     for r in report["summary"]:
         name, _, workers = r["target"].partition("-")
-        if r["scenario"] == "idle-10k":
+        if r["scenario"] == IDLE:
             key = "kib_per_connection"
             value = f"{r[key]:.2f} KiB/conn"
         else:
@@ -508,12 +555,22 @@ def markdown(report):
                 return "–"
             return f"{r[key] / o[key]:.2f}×"
 
-        if r["scenario"] == "idle-10k":
+        if r["scenario"] == IDLE:
             lines.append(f"| {r['scenario']} | {name} | {workers} | – | – | – | {value} | {r['peak_rss_kib'] / 1024:.1f} | "
-                         f"{ratio('haproxy')} | {ratio('nginx')} | {10000 - r['alive']} closed |")
+                         f"{ratio('haproxy')} | {ratio('nginx')} | {SCENARIOS[r['scenario']][1] - r['alive']} closed |")
         else:
             lines.append(f"| {r['scenario']} | {name} | {workers} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                          f"{value} | {r['peak_rss_kib'] / 1024:.1f} | {ratio('haproxy')} | {ratio('nginx')} | {r['errors']} |")
+    drain_lines = []
+    for r in report["summary"]:
+        if r["scenario"] not in DRAINING:
+            continue
+        plain = by.get(("l7-keepalive-c32", r["target"]))
+        if plain:
+            drain_lines.append(f"{r['target']} {r['cpu_us'] / plain['cpu_us']:.2f}×")
+    if drain_lines:
+        lines += ["", "CPU per request with one backend draining ÷ without (l7-drain-c32 ÷ l7-keepalive-c32): "
+                  + ", ".join(drain_lines) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -101,10 +101,7 @@ async fn copy_half(reader: ReadHalf<'_>, mut writer: WriteHalf<'_>, shared: &Sha
         // readable, so a read that finds nothing gives the buffer back and waits again).
         poll_fn(|cx| reader.as_ref().poll_read_ready(cx)).await?;
         let mut buffer = Buffer::take();
-        loop {
-            let Some(read) = buffer.read_now(&mut reader) else {
-                break;
-            };
+        while let Some(read) = buffer.read_now(&mut reader) {
             let n = read?;
             if n == 0 {
                 // Half-close: tell the other side we are done sending, unless the other direction

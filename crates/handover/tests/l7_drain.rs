@@ -229,6 +229,9 @@ async fn a_backend_that_does_not_answer_in_time_gives_504() {
         .replace("pool = \"p\"\n", "pool = \"p\"\nresponse_timeout = \"300ms\"\n");
     let node = Node::start(&text);
     let mut client = HttpClient::connect(node.listener("web")).await;
+    // A request answered in time first: the deadline of the next one is set on a connection
+    // whose timer is already running.
+    assert_eq!(client.get("/").await.status, 200);
     let started = std::time::Instant::now();
     let answer = client.get("/slow?ms=3000").await;
     assert_eq!(answer.status, 504, "{}", answer.body);

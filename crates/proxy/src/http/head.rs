@@ -6,8 +6,9 @@
 //! - hop-by-hop headers go (`Connection`, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`,
 //!   `Proxy-Authorization`, `TE`, `Trailer`, `Upgrade`, and every header `Connection` names);
 //!   `Transfer-Encoding: chunked` stays, since chunked bodies pass through unchanged;
-//! - requests: an absolute-form target becomes origin-form with `Host` taken from it, and the
-//!   client's address is appended to `X-Forwarded-For`;
+//! - requests: an absolute-form target becomes origin-form with `Host` taken from it, the
+//!   client's address is appended to `X-Forwarded-For`, and an HTTP/1.0 request asks the backend
+//!   to keep the connection (`Connection: keep-alive`: it is reused whatever the client does);
 //! - responses: the status line says HTTP/1.1, a sticky-session cookie may be added, and
 //!   `Connection` says what the proxy will do with the client connection.
 //!
@@ -121,21 +122,57 @@ pub struct ResponseContext<'a> {
     pub set_cookie: Option<&'a str>,
 }
 
-/// Hop-by-hop headers never forwarded (besides those `Connection` names).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-];
+/// What a header field is to the proxy, told from its name (by length first: one comparison at
+/// most for most names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// Passed on unchanged.
+    Plain,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Host,
+    Expect,
+    Cookie,
+    ForwardedFor,
+    /// Never forwarded: `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`,
+    /// `Proxy-Authorization`, `TE`, `Trailer`, `Upgrade`.
+    HopByHop,
+}
+
+impl Field {
+    fn of(name: &str) -> Self {
+        let name = name.as_bytes();
+        let Some(first) = name.first() else {
+            return Self::Plain;
+        };
+        let is = |wanted: &str| name.eq_ignore_ascii_case(wanted.as_bytes());
+        // Length and first letter rule out almost every other name before any comparison.
+        match (name.len(), first.to_ascii_lowercase()) {
+            (2, b't') if is("te") => Self::HopByHop,
+            (4, b'h') if is("host") => Self::Host,
+            (6, b'e') if is("expect") => Self::Expect,
+            (6, b'c') if is("cookie") => Self::Cookie,
+            (7, b't') if is("trailer") => Self::HopByHop,
+            (7, b'u') if is("upgrade") => Self::HopByHop,
+            (10, b'c') if is("connection") => Self::Connection,
+            (10, b'k') if is("keep-alive") => Self::HopByHop,
+            (14, b'c') if is("content-length") => Self::ContentLength,
+            (15, b'x') if is("x-forwarded-for") => Self::ForwardedFor,
+            (16, b'p') if is("proxy-connection") => Self::HopByHop,
+            (17, b't') if is("transfer-encoding") => Self::TransferEncoding,
+            (18, b'p') if is("proxy-authenticate") => Self::HopByHop,
+            (19, b'p') if is("proxy-authorization") => Self::HopByHop,
+            _ => Self::Plain,
+        }
+    }
+}
 
 /// Header facts gathered before anything is written.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Scan<'b> {
+    /// What each header is, by index.
+    fields: [Field; MAX_HEADERS],
     content_length: Option<u64>,
     chunked: bool,
     transfer_encoding: bool,
@@ -145,10 +182,6 @@ struct Scan<'b> {
     expects_continue: bool,
     /// Extra names listed in `Connection` (allocates only when there are any).
     connection_names: Vec<&'b [u8]>,
-}
-
-fn is_named(name: &str, wanted: &str) -> bool {
-    name.eq_ignore_ascii_case(wanted)
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
@@ -183,52 +216,73 @@ fn content_length(value: &[u8]) -> Option<u64> {
 impl<'b> Scan<'b> {
     /// Gathers framing and connection facts; `Err` names the first problem.
     fn of(headers: &[httparse::Header<'b>]) -> Result<Self, String> {
-        let mut scan = Scan::default();
-        for header in headers {
-            let name = header.name;
-            if is_named(name, "content-length") {
-                let n = content_length(header.value).ok_or_else(|| {
-                    format!(
-                        "invalid Content-Length {:?}",
-                        String::from_utf8_lossy(header.value)
-                    )
-                })?;
-                if scan.content_length.is_some_and(|c| c != n) {
-                    return Err("conflicting Content-Length headers".into());
+        let mut scan = Scan {
+            fields: [Field::Plain; MAX_HEADERS],
+            content_length: None,
+            chunked: false,
+            transfer_encoding: false,
+            close: false,
+            keep_alive: false,
+            hosts: 0,
+            expects_continue: false,
+            connection_names: Vec::new(),
+        };
+        for (header, field) in headers.iter().zip(scan.fields.iter_mut()) {
+            *field = Field::of(header.name);
+            match *field {
+                Field::ContentLength => {
+                    let n = content_length(header.value).ok_or_else(|| {
+                        format!(
+                            "invalid Content-Length {:?}",
+                            String::from_utf8_lossy(header.value)
+                        )
+                    })?;
+                    if scan.content_length.is_some_and(|c| c != n) {
+                        return Err("conflicting Content-Length headers".into());
+                    }
+                    scan.content_length = Some(n);
                 }
-                scan.content_length = Some(n);
-            } else if is_named(name, "transfer-encoding") {
-                scan.transfer_encoding = true;
-                // The last coding of the last header is the one that frames the body.
-                if let Some(last) = header.value.rsplit(|b| *b == b',').next() {
-                    scan.chunked = trim(last).eq_ignore_ascii_case(b"chunked");
-                }
-            } else if is_named(name, "connection") {
-                for token in header.value.split(|b| *b == b',').map(trim) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        scan.close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        scan.keep_alive = true;
-                    } else if !token.is_empty() {
-                        scan.connection_names.push(token);
+                Field::TransferEncoding => {
+                    scan.transfer_encoding = true;
+                    // The last coding of the last header is the one that frames the body.
+                    if let Some(last) = header.value.rsplit(|b| *b == b',').next() {
+                        scan.chunked = trim(last).eq_ignore_ascii_case(b"chunked");
                     }
                 }
-            } else if is_named(name, "host") {
-                scan.hosts += 1;
-            } else if is_named(name, "expect") {
-                scan.expects_continue = trim(header.value).eq_ignore_ascii_case(b"100-continue");
+                Field::Connection => {
+                    for token in header.value.split(|b| *b == b',').map(trim) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            scan.close = true;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                            scan.keep_alive = true;
+                        } else if !token.is_empty() {
+                            scan.connection_names.push(token);
+                        }
+                    }
+                }
+                Field::Host => scan.hosts += 1,
+                Field::Expect => {
+                    scan.expects_continue = trim(header.value).eq_ignore_ascii_case(b"100-continue");
+                }
+                _ => {}
             }
         }
         Ok(scan)
     }
 
-    /// Whether a header is dropped on the way through.
-    fn drops(&self, name: &str) -> bool {
-        HOP_BY_HOP.iter().any(|h| is_named(name, h))
-            || self
-                .connection_names
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+    /// Whether header `index` is dropped on the way through as hop-by-hop.
+    #[inline]
+    fn hop_by_hop(&self, index: usize, name: &str) -> bool {
+        match self.fields[index] {
+            Field::HopByHop | Field::Connection => true,
+            _ => {
+                !self.connection_names.is_empty()
+                    && self
+                        .connection_names
+                        .iter()
+                        .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+            }
+        }
     }
 }
 
@@ -256,6 +310,60 @@ impl HeadWriter<'_> {
     }
 }
 
+/// Where a header's line lies in `input` (its CRLF included), when it is an ordinary
+/// `name: value CRLF` line there. Such lines are copied verbatim, consecutive ones in one copy;
+/// anything else (an empty value, a bare LF) is written out afresh.
+fn line_span(input: &[u8], header: &httparse::Header<'_>) -> Option<(usize, usize)> {
+    let base = input.as_ptr() as usize;
+    let start = (header.name.as_ptr() as usize).checked_sub(base)?;
+    let value = (header.value.as_ptr() as usize).checked_sub(base)?;
+    if header.value.is_empty() || value <= start || value + header.value.len() > input.len() {
+        return None;
+    }
+    let mut end = value + header.value.len();
+    while matches!(input.get(end), Some(b' ' | b'\t')) {
+        end += 1;
+    }
+    (input.get(end..end + 2)? == b"\r\n").then_some((start, end + 2))
+}
+
+/// Writes the headers `keep` accepts, copying runs of consecutive kept lines from `input` whole.
+fn emit_headers<'b>(
+    w: &mut HeadWriter<'_>,
+    input: &[u8],
+    headers: &[httparse::Header<'b>],
+    mut keep: impl FnMut(usize, &httparse::Header<'b>) -> bool,
+) {
+    let mut run: Option<(usize, usize)> = None;
+    for (index, header) in headers.iter().enumerate() {
+        if !keep(index, header) {
+            if let Some((start, end)) = run.take() {
+                w.put(&input[start..end]);
+            }
+            continue;
+        }
+        match (line_span(input, header), run) {
+            (Some((start, end)), Some((run_start, run_end))) if run_end == start => {
+                run = Some((run_start, end));
+            }
+            (Some(span), _) => {
+                if let Some((start, end)) = run.replace(span) {
+                    w.put(&input[start..end]);
+                }
+            }
+            (None, _) => {
+                if let Some((start, end)) = run.take() {
+                    w.put(&input[start..end]);
+                }
+                w.header(header.name.as_bytes(), header.value);
+            }
+        }
+    }
+    if let Some((start, end)) = run {
+        w.put(&input[start..end]);
+    }
+}
+
 /// Splits an absolute-form target into authority and path (`/` when empty; a bare query still
 /// needs its `/`).
 fn absolute_form(target: &str) -> Option<(&str, &str)> {
@@ -276,7 +384,7 @@ fn absolute_form(target: &str) -> Option<(&str, &str)> {
 fn sticky_index(headers: &[httparse::Header<'_>], cookie: &str) -> Option<usize> {
     headers
         .iter()
-        .filter(|h| is_named(h.name, "cookie"))
+        .filter(|h| Field::of(h.name) == Field::Cookie)
         .flat_map(|h| h.value.split(|b| *b == b';'))
         .filter_map(|pair| {
             let pair = trim(pair);
@@ -357,22 +465,21 @@ pub fn parse_request(
     });
     let mut forwarded_for: Option<&[u8]> = None;
     let mut more_forwarded = false;
-    for header in headers {
-        let name = header.name;
-        if scan.drops(name) || (absolute.is_some() && is_named(name, "host")) {
-            continue;
-        }
-        if is_named(name, "x-forwarded-for") {
+    emit_headers(&mut w, input, headers, |index, header| {
+        match scan.fields[index] {
+            Field::Host if absolute.is_some() => false,
             // Folded into one header below, with the client appended.
-            if forwarded_for.is_some() {
-                more_forwarded = true;
-            } else {
-                forwarded_for = Some(header.value);
+            Field::ForwardedFor => {
+                if forwarded_for.is_some() {
+                    more_forwarded = true;
+                } else {
+                    forwarded_for = Some(header.value);
+                }
+                false
             }
-            continue;
+            _ => !scan.hop_by_hop(index, header.name),
         }
-        w.header(name.as_bytes(), header.value);
-    }
+    });
     if let Some((authority, _)) = absolute {
         w.header(b"Host", authority.as_bytes());
     }
@@ -380,7 +487,9 @@ pub fn parse_request(
     if more_forwarded {
         for value in headers
             .iter()
-            .filter(|h| is_named(h.name, "x-forwarded-for"))
+            .zip(scan.fields)
+            .filter(|(_, field)| *field == Field::ForwardedFor)
+            .map(|(h, _)| h)
             .map(|h| trim(h.value))
             .filter(|v| !v.is_empty())
         {
@@ -392,7 +501,12 @@ pub fn parse_request(
         w.put(b", ");
     }
     w.put(context.client.as_bytes());
-    w.put(b"\r\n\r\n");
+    // HTTP/1.0 closes by default: ask the backend to keep the connection for the next request.
+    w.put(if version == 0 {
+        b"\r\nConnection: keep-alive\r\n\r\n"
+    } else {
+        b"\r\n\r\n"
+    });
     if w.overflow {
         return Err(RequestError {
             status: 431,
@@ -481,13 +595,10 @@ pub fn parse_response(
     w.put(b" ");
     w.put(response.reason.unwrap_or("").as_bytes());
     w.put(b"\r\n");
-    for header in headers {
-        let name = header.name;
-        if scan.drops(name) || (scan.transfer_encoding && is_named(name, "content-length")) {
-            continue;
-        }
-        w.header(name.as_bytes(), header.value);
-    }
+    emit_headers(&mut w, input, headers, |index, header| {
+        !(scan.hop_by_hop(index, header.name)
+            || (scan.transfer_encoding && scan.fields[index] == Field::ContentLength))
+    });
     if !interim {
         if let Some(cookie) = context.set_cookie {
             w.header(b"Set-Cookie", cookie.as_bytes());
@@ -548,6 +659,32 @@ mod tests {
     };
 
     #[test]
+    fn fields_are_told_apart_whatever_their_case() {
+        for (name, field) in [
+            ("Content-Length", Field::ContentLength),
+            ("TRANSFER-ENCODING", Field::TransferEncoding),
+            ("connection", Field::Connection),
+            ("Host", Field::Host),
+            ("Expect", Field::Expect),
+            ("Cookie", Field::Cookie),
+            ("X-Forwarded-For", Field::ForwardedFor),
+            ("TE", Field::HopByHop),
+            ("Trailer", Field::HopByHop),
+            ("Upgrade", Field::HopByHop),
+            ("Keep-Alive", Field::HopByHop),
+            ("Proxy-Connection", Field::HopByHop),
+            ("Proxy-Authenticate", Field::HopByHop),
+            ("Proxy-Authorization", Field::HopByHop),
+            ("Content-Type", Field::Plain),
+            ("Server", Field::Plain),
+            ("Hostx", Field::Plain),
+            ("Content-Lengt", Field::Plain),
+        ] {
+            assert_eq!(Field::of(name), field, "{name}");
+        }
+    }
+
+    #[test]
     fn a_partial_head_asks_for_more() {
         assert!(request("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
         assert!(response("HTTP/1.1 200 OK\r\n", PLAIN).unwrap().is_none());
@@ -567,6 +704,18 @@ mod tests {
         assert_eq!(req.framing, Framing::Empty);
         assert_eq!(req.line.text(), "GET /a?b");
         assert_eq!(req.head_len, text.len() - "BODY".len());
+    }
+
+    #[test]
+    fn kept_lines_are_copied_verbatim_and_odd_ones_rewritten() {
+        let (_, out) = request("GET / HTTP/1.1\r\nA:  x \t\r\nB: y\nC: z\r\nD:\r\nTE: x\r\nE: w\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nA:  x \t\r\nB: y\r\nC: z\r\nD: \r\nE: w\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n",
+            "a bare LF never reaches the backend"
+        );
     }
 
     #[test]
@@ -644,6 +793,16 @@ mod tests {
             "a".repeat(crate::buffer::CAPACITY)
         );
         assert_eq!(status_of(&big), 431);
+    }
+
+    #[test]
+    fn an_http10_request_asks_the_backend_to_keep_the_connection() {
+        let (req, out) = request("GET / HTTP/1.0\r\nHost: a\r\n\r\n").unwrap().unwrap();
+        assert!(!req.keep_alive, "the client's own connection still closes");
+        assert_eq!(
+            out,
+            "GET / HTTP/1.0\r\nHost: a\r\nX-Forwarded-For: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n"
+        );
     }
 
     #[test]

@@ -223,10 +223,11 @@ impl Connection {
                 }
             } else {
                 // Nothing buffered: wait without holding a buffer.
+                let stream = &self.stream;
                 tokio::select! {
                     biased;
                     _ = &mut self.shutdown => return Next::Closed,
-                    ready = self.stream.readable() => {
+                    ready = poll_fn(|cx| stream.poll_read_ready(cx)) => {
                         if ready.is_err() {
                             return Next::Closed;
                         }

@@ -1,7 +1,11 @@
 //! One timer per client connection for all its deadlines (waiting for a request, waiting for a
 //! response head), re-armed lazily: a new deadline later than the armed one leaves the timer as
-//! it is, and when it fires early it is moved to the deadline then in force. Most requests
-//! therefore touch no timer at all; the only per-request cost is reading the clock.
+//! it is, and when it fires early it is moved to the deadline then in force. Nor is it polled
+//! again while it holds the task's waker from an earlier wait: only whether it fired is read.
+//! Most requests therefore touch no timer at all; the only per-request cost is reading the clock.
+//!
+//! A connection's timer is only ever polled by that connection's task, so the waker it holds is
+//! always the right one.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -15,6 +19,8 @@ pub struct LazyTimer {
     /// Armed at `sleep.deadline()` unless `armed` is false.
     sleep: Pin<Box<Sleep>>,
     armed: bool,
+    /// The sleep holds the task's waker: polled since it was last reset or fired.
+    registered: bool,
 }
 
 impl LazyTimer {
@@ -23,6 +29,7 @@ impl LazyTimer {
         Self {
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
             armed: false,
+            registered: false,
         }
     }
 
@@ -32,18 +39,25 @@ impl LazyTimer {
         if !self.armed || self.sleep.deadline() > deadline {
             self.sleep.as_mut().reset(deadline);
             self.armed = true;
+            self.registered = false;
         }
         poll_fn(|cx| {
             loop {
+                if self.registered && !self.sleep.is_elapsed() {
+                    return Poll::Pending;
+                }
                 if self.sleep.as_mut().poll(cx).is_pending() {
+                    self.registered = true;
                     return Poll::Pending;
                 }
                 if Instant::now() >= deadline {
                     self.armed = false;
+                    self.registered = false;
                     return Poll::Ready(());
                 }
                 // Fired for an earlier deadline: move on to this one.
                 self.sleep.as_mut().reset(deadline);
+                self.registered = false;
             }
         })
         .await

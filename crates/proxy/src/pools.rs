@@ -52,6 +52,18 @@ struct PoolState {
     addresses: Vec<SocketAddr>,
     /// Health of each backend.
     health: Vec<HealthState>,
+    /// What the current snapshot was built from (a tick that finds the same rebuilds nothing).
+    basis: Vec<EntryBasis>,
+}
+
+/// What one backend's snapshot entry is built from: its weight input (phase share, health, slow
+/// start) and what it shows. Equal bases build equal snapshots.
+#[derive(Debug, Clone, PartialEq)]
+struct EntryBasis {
+    input: WeightInput,
+    phase: Phase,
+    health: &'static str,
+    available: bool,
 }
 
 /// A pool's saved state, for the state file.
@@ -90,14 +102,16 @@ impl Pool {
             .enumerate()
             .map(|(i, b)| Arc::new(BackendRuntime::new(&config.name, i, b.vm.clone(), b.weight)))
             .collect();
-        let state = PoolState {
+        let mut state = PoolState {
             vms: HashMap::new(),
             readdress: HashMap::new(),
             addresses: config.backends.iter().map(|b| b.address).collect(),
             health: vec![HealthState::default(); config.backends.len()],
+            basis: Vec::new(),
         };
         let epoch = Instant::now();
-        let snapshot = assemble(config, &backends, &state, epoch, 0);
+        state.basis = basis(config, &backends, &state, epoch);
+        let snapshot = assemble(config, &backends, &state, 0);
         Arc::new(Self {
             config: config.clone(),
             backends,
@@ -142,7 +156,7 @@ impl Pool {
                 );
             }
         }
-        self.rebuild(&state);
+        self.rebuild(&mut state);
         drop(state);
         if matches!(command, PhaseCommand::Drain { .. }) && self.config.drain.keep == Keep::InFlight {
             for backend in self.backends.iter().filter(|b| &b.vm == vm) {
@@ -167,7 +181,7 @@ impl Pool {
             }
         }
         state.readdress.insert(vm.clone(), change.clone());
-        self.rebuild(&state);
+        self.rebuild(&mut state);
         true
     }
 
@@ -273,20 +287,29 @@ impl Pool {
                 .is_some_and(|e| effective(&self.config, Some(e), now).moving)
                 || recovery_factor(&self.config, &state.health[i], now_ms).1
         });
-        if changed || moving {
-            self.rebuild(&state);
+        if changed {
+            self.rebuild(&mut state);
+        } else if moving {
+            // A drain is "moving" until its deadline even when its share is constant: rebuild
+            // only when what the snapshot shows would change.
+            let basis = basis(&self.config, &self.backends, &state, self.epoch);
+            if basis != state.basis {
+                state.basis = basis;
+                self.publish(&state);
+            }
         }
     }
 
-    fn rebuild(&self, state: &PoolState) {
+    /// Builds and publishes a new snapshot from the current state.
+    fn rebuild(&self, state: &mut PoolState) {
+        state.basis = basis(&self.config, &self.backends, state, self.epoch);
+        self.publish(state);
+    }
+
+    fn publish(&self, state: &PoolState) {
         let cursor = self.snapshot.load().selector.cursor();
-        self.snapshot.store(Arc::new(assemble(
-            &self.config,
-            &self.backends,
-            state,
-            self.epoch,
-            cursor,
-        )));
+        self.snapshot
+            .store(Arc::new(assemble(&self.config, &self.backends, state, cursor)));
     }
 
     fn status(&self) -> PoolStatus {
@@ -384,7 +407,7 @@ impl Pool {
         for &(i, left) in saved.ejected.iter().filter(|(i, _)| *i < count) {
             state.health[i].ejected_until = Some(now_ms + left.saturating_sub(age_ms));
         }
-        self.rebuild(&state);
+        self.rebuild(&mut state);
     }
 }
 
@@ -559,36 +582,53 @@ fn recovery_factor(pool: &PoolConfig, health: &HealthState, now_ms: Millis) -> (
     }
 }
 
-fn assemble(
+/// Each backend's basis as of now.
+fn basis(
     config: &PoolConfig,
     backends: &[Arc<BackendRuntime>],
     state: &PoolState,
     epoch: Instant,
-    cursor: u64,
-) -> PoolSnapshot {
+) -> Vec<EntryBasis> {
     let now = Instant::now();
     let now_ms = millis(now.saturating_duration_since(epoch));
-    let mut effectives = Vec::with_capacity(backends.len());
-    let mut inputs = Vec::with_capacity(backends.len());
-    for (i, backend) in backends.iter().enumerate() {
-        let e = effective(config, state.vms.get(&backend.vm), now);
-        let health = &state.health[i];
-        let weight_state = if !health.available(now_ms) {
-            WeightState::Excluded
-        } else {
-            match e.state {
-                WeightState::Scaled(f) => {
-                    WeightState::Scaled(f.min(recovery_factor(config, health, now_ms).0))
+    backends
+        .iter()
+        .enumerate()
+        .map(|(i, backend)| {
+            let e = effective(config, state.vms.get(&backend.vm), now);
+            let health = &state.health[i];
+            let available = health.available(now_ms);
+            let weight_state = if !available {
+                WeightState::Excluded
+            } else {
+                match e.state {
+                    WeightState::Scaled(f) => {
+                        WeightState::Scaled(f.min(recovery_factor(config, health, now_ms).0))
+                    }
+                    other => other,
                 }
-                other => other,
+            };
+            EntryBasis {
+                input: WeightInput {
+                    weight: backend.weight,
+                    state: weight_state,
+                },
+                phase: e.phase,
+                health: health.label(now_ms),
+                available,
             }
-        };
-        inputs.push(WeightInput {
-            weight: backend.weight,
-            state: weight_state,
-        });
-        effectives.push((e, health.label(now_ms), health.available(now_ms)));
-    }
+        })
+        .collect()
+}
+
+/// The snapshot of `state.basis`.
+fn assemble(
+    config: &PoolConfig,
+    backends: &[Arc<BackendRuntime>],
+    state: &PoolState,
+    cursor: u64,
+) -> PoolSnapshot {
+    let inputs: Vec<WeightInput> = state.basis.iter().map(|b| b.input).collect();
     let solved = weights::solve(&inputs);
     let entries = backends
         .iter()
@@ -596,10 +636,10 @@ fn assemble(
         .map(|(i, backend)| BackendEntry {
             backend: backend.clone(),
             address: state.addresses[i],
-            phase: effectives[i].0.phase,
+            phase: state.basis[i].phase,
             effective_weight: solved.weights[i],
-            health: effectives[i].1,
-            available: effectives[i].2,
+            health: state.basis[i].health,
+            available: state.basis[i].available,
         })
         .collect();
     PoolSnapshot {

@@ -1,0 +1,211 @@
+"""The loads a run puts on a proxy, and what is measured meanwhile:
+
+- closed loop (wrk, one thread): throughput, latency at that throughput, proxy CPU per request;
+- open loop (handover-loadgen): latency at a fixed rate, the same for every proxy;
+- idle connections: memory per connection;
+- callgrind: user-space instructions per request, deterministic whatever else the machine does.
+
+Every measured run also records the CPU the rest of the machine used ("foreign": neither the proxy,
+the backends nor the load generator) and the CPU time the hypervisor stole: both are noise."""
+
+import glob
+import json
+import os
+import re
+import resource
+import socket
+import subprocess
+import time
+
+from . import targets
+from .system import cpu_seconds, machine_seconds, memory_kib
+
+
+def parse_wrk(text):
+    def duration_ms(value):
+        match = re.match(r"([\d.]+)(us|ms|s)", value)
+        number, unit = float(match.group(1)), match.group(2)
+        return number / 1000 if unit == "us" else number * 1000 if unit == "s" else number
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    requests = int(re.search(r"(\d+) requests in", text).group(1))
+    p50 = duration_ms(re.search(r"\s50%\s+(\S+)", text).group(1))
+    p99 = duration_ms(re.search(r"\s99%\s+(\S+)", text).group(1))
+    errors = 0
+    match = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if match:
+        errors += sum(int(x) for x in match.groups())
+    match = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if match:
+        errors += int(match.group(1))
+    return rps, requests, p50, p99, errors
+
+
+def measured(command, pids, backend_pids):
+    """Runs the load command; returns (its stdout, proxy CPU s, elapsed s, foreign cores, steal cores)."""
+    cpu_before = cpu_seconds(pids)
+    busy_before, steal_before = machine_seconds()
+    backend_before = cpu_seconds(backend_pids)
+    ru_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time()
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
+    elapsed = time.time() - started
+    ru_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = cpu_seconds(pids) - cpu_before
+    load_cpu = (ru_after.ru_utime - ru_before.ru_utime) + (ru_after.ru_stime - ru_before.ru_stime)
+    busy_after, steal_after = machine_seconds()
+    backend = cpu_seconds(backend_pids) - backend_before
+    foreign = max(0.0, (busy_after - busy_before) - cpu - load_cpu - backend) / elapsed
+    steal = (steal_after - steal_before) / elapsed
+    return out.stdout, cpu, elapsed, foreign, steal
+
+
+def run_wrk(port, connections, extra, seconds, pids, backend_pids):
+    """Closed loop: `wrk -t1 -c<connections>` for `seconds`, after a second of warm-up."""
+    url = f"http://127.0.0.1:{port}/"
+    subprocess.run(["wrk", "-t1", f"-c{connections}", "-d1s", *extra, url], capture_output=True, check=False)
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url]
+    text, cpu, elapsed, foreign, steal = measured(command, pids, backend_pids)
+    rps, requests, p50, p99, errors = parse_wrk(text)
+    return {
+        "rps": rps,
+        "requests": requests,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "errors": errors,
+        "proxy_cpu_cores": cpu / elapsed,
+        "cpu_us_per_request": cpu / max(requests, 1) * 1e6,
+        "foreign_cores": foreign,
+        "steal_cores": steal,
+    }
+
+
+def run_open(loadgen, rate, connections, seconds, pids, backend_pids):
+    """Open loop: `rate` requests/s over `connections` keep-alive connections (a second of warm-up
+    is part of the command and not counted in its latencies)."""
+    command = [
+        loadgen,
+        "--target", f"127.0.0.1:{targets.HTTP_PORT}",
+        "--rate", str(rate),
+        "--connections", str(connections),
+        "--seconds", str(seconds),
+        "--warmup", "1",
+    ]
+    text, cpu, elapsed, foreign, steal = measured(command, pids, backend_pids)
+    report = json.loads(text)
+    # CPU over the whole command (warm-up included) divided by every request it sent.
+    sent = rate * (seconds + 1)
+    return {
+        "rps": report["achieved_rate"],
+        "requests": report["requests"],
+        "p50_ms": report["p50_ms"],
+        "p99_ms": report["p99_ms"],
+        "p999_ms": report["p999_ms"],
+        "errors": report["errors"],
+        "proxy_cpu_cores": cpu / elapsed,
+        "cpu_us_per_request": cpu / sent * 1e6,
+        "foreign_cores": foreign,
+        "steal_cores": steal,
+    }
+
+
+def run_idle(pids, count):
+    """Opens `count` idle connections to the HTTP listener; returns KiB of proxy memory per connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    time.sleep(0.5)
+    before = memory_kib(pids, "VmRSS")
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.connect(("127.0.0.1", targets.HTTP_PORT))
+            sockets.append(s)
+        time.sleep(2)
+        # Every connection must still be open (a proxy that dropped them saved no memory).
+        alive = 0
+        for s in sockets:
+            s.setblocking(False)
+            try:
+                alive += 0 if s.recv(1) == b"" else 1
+            except BlockingIOError:
+                alive += 1
+            except OSError:
+                pass
+        after = memory_kib(pids, "VmRSS")
+    finally:
+        for s in sockets:
+            s.close()
+    return {
+        "connections": count,
+        "alive": alive,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "kib_per_connection": (after - before) / count,
+        "foreign_cores": 0.0,
+        "steal_cores": 0.0,
+    }
+
+
+# Functions of handover that exist for migration awareness on the per-request path: counting the
+# request in flight (drain status), picking from the weighted snapshot, passive health with
+# migration tolerance. Their inclusive cost is reported beside the total.
+MIGRATION_AWARE = [
+    "handover_proxy::backend::BackendRuntime::track",
+    "<handover_proxy::backend::ActiveGuard as core::ops::drop::Drop>::drop",
+    "handover_proxy::snapshot::PoolSnapshot::pick",
+    "handover_proxy::pools::Pool::record_traffic",
+]
+
+
+def callgrind_totals(path):
+    """Total instructions in a callgrind dump, and inclusive instructions per function name."""
+    total = 0
+    with open(path) as f:
+        for line in f:
+            if line.startswith("summary:") or line.startswith("totals:"):
+                total = int(line.split()[1])
+    annotated = subprocess.run(
+        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", "--auto=no", path],
+        capture_output=True, text=True, check=False,
+    ).stdout
+    inclusive = {}
+    for line in annotated.splitlines():
+        match = re.match(r"\s*([\d,]+)\s+\([^)]*\)\s+\S*?:(.*)$", line)
+        if match:
+            name = re.sub(r"\s*\[[^\]]*\]\s*$", "", match.group(2)).strip()
+            inclusive[name] = inclusive.get(name, 0) + int(match.group(1).replace(",", ""))
+    return total, inclusive
+
+
+def run_instructions(kind, binary, work, draining, seconds):
+    """User-space instructions per request under callgrind (`wrk -t1 -c8`); the counters are
+    zeroed after a warm-up and dumped after the measured run."""
+    for old in glob.glob(os.path.join(work, "callgrind.*")):
+        os.remove(old)
+    out = os.path.join(work, "callgrind.%p")
+    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    proc = targets.start(kind, binary, 1, work, draining=draining, valgrind=valgrind)
+    try:
+        url = f"http://127.0.0.1:{targets.HTTP_PORT}/"
+        subprocess.run(["wrk", "-t1", "-c8", "-d3s", url], capture_output=True, check=False)
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=False)
+        text = subprocess.run(["wrk", "-t1", "-c8", f"-d{seconds}s", "--latency", url],
+                              capture_output=True, text=True).stdout
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=False)
+        time.sleep(1)
+    finally:
+        targets.stop(proc)
+    _, requests, _, _, errors = parse_wrk(text)
+    dumps = sorted(glob.glob(os.path.join(work, f"callgrind.{proc.pid}.*")))
+    if not dumps:
+        raise RuntimeError(f"callgrind wrote no dump for {kind} (see {work}/{kind}.log)")
+    total, inclusive = callgrind_totals(dumps[-1])
+    aware = {name: inclusive.get(name, 0) for name in MIGRATION_AWARE} if kind == "handover" else {}
+    return {
+        "requests": requests,
+        "errors": errors,
+        "instructions_per_request": total / max(requests, 1),
+        "migration_aware_per_request": {k: v / max(requests, 1) for k, v in aware.items()},
+    }

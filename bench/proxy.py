@@ -171,7 +171,7 @@ def main():
             for i, (scenario, name, draining) in enumerate(plan, 1):
                 wait_quiet()
                 result = load.run_instructions(kind_of(name, binaries), binaries.get(name), work, draining,
-                                               min(args.seconds, 10))
+                                               os.path.join(RELEASE, "handover-loadgen"))
                 result.update({"scenario": scenario, "target": f"{name}-1", "rep": 0})
                 runs.append(result)
                 log(f"[callgrind {i}/{len(plan)}] {scenario} {name}: {result['instructions_per_request']:.0f} "

@@ -3,7 +3,8 @@
 - closed loop (wrk, one thread): throughput, latency at that throughput, proxy CPU per request;
 - open loop (handover-loadgen): latency at a fixed rate, the same for every proxy;
 - idle connections: memory per connection;
-- callgrind: user-space instructions per request, deterministic whatever else the machine does.
+- callgrind: user-space instructions per request at a fixed rate, nearly deterministic whatever
+  else the machine does.
 
 Every measured run also records the CPU the rest of the machine used ("foreign": neither the proxy,
 the backends nor the load generator) and the CPU time the hypervisor stole: both are noise."""
@@ -179,25 +180,28 @@ def callgrind_totals(path):
     return total, inclusive
 
 
-def run_instructions(kind, binary, work, draining, seconds):
-    """User-space instructions per request under callgrind (`wrk -t1 -c8`); the counters are
-    zeroed after a warm-up and dumped after the measured run."""
+def run_instructions(kind, binary, work, draining, loadgen, rate=2000, seconds=5):
+    """User-space instructions per request under callgrind, at the same fixed rate for every proxy
+    (open loop, 8 keep-alive connections): the count of requests and the wall time are then the
+    same for all, so per-request work and the proxies' timed housekeeping weigh alike. The counters
+    are zeroed after a warm-up and dumped after the measured run."""
     for old in glob.glob(os.path.join(work, "callgrind.*")):
         os.remove(old)
     out = os.path.join(work, "callgrind.%p")
     valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
     proc = targets.start(kind, binary, 1, work, draining=draining, valgrind=valgrind)
+    command = [loadgen, "--target", f"127.0.0.1:{targets.HTTP_PORT}", "--rate", str(rate),
+               "--connections", "8", "--warmup", "0"]
     try:
-        url = f"http://127.0.0.1:{targets.HTTP_PORT}/"
-        subprocess.run(["wrk", "-t1", "-c8", "-d3s", url], capture_output=True, check=False)
+        subprocess.run(command + ["--seconds", "2"], capture_output=True, check=False)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=False)
-        text = subprocess.run(["wrk", "-t1", "-c8", f"-d{seconds}s", "--latency", url],
-                              capture_output=True, text=True).stdout
+        text = subprocess.run(command + ["--seconds", str(seconds)], capture_output=True, text=True).stdout
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=False)
         time.sleep(1)
     finally:
         targets.stop(proc)
-    _, requests, _, _, errors = parse_wrk(text)
+    answered = json.loads(text)
+    requests = answered["requests"] + answered["errors"]
     dumps = sorted(glob.glob(os.path.join(work, f"callgrind.{proc.pid}.*")))
     if not dumps:
         raise RuntimeError(f"callgrind wrote no dump for {kind} (see {work}/{kind}.log)")
@@ -205,7 +209,8 @@ def run_instructions(kind, binary, work, draining, seconds):
     aware = {name: inclusive.get(name, 0) for name in MIGRATION_AWARE} if kind == "handover" else {}
     return {
         "requests": requests,
-        "errors": errors,
+        "errors": answered["errors"],
+        "rate": rate,
         "instructions_per_request": total / max(requests, 1),
         "migration_aware_per_request": {k: v / max(requests, 1) for k, v in aware.items()},
     }

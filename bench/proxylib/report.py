@@ -96,8 +96,10 @@ def markdown(report):
 
     instructions = [r for r in report["summary"] if "instructions" in r]
     if instructions:
-        lines += ["", "User-space instructions per request under callgrind (`wrk -t1 -c8`, L7 keep-alive; "
-                  "deterministic for a binary and its input, whatever the machine does):", "",
+        rate = instructions[0].get("rate", 0)
+        lines += ["", f"User-space instructions per request under callgrind (L7 keep-alive, open loop at {rate} "
+                  "requests/s over 8 connections, the same for every proxy; counts barely move between runs, "
+                  "whatever else the machine does):", "",
                   "| proxy | instructions/request | of which migration-aware bookkeeping | vs HAProxy | vs nginx |",
                   "|---|---|---|---|---|"]
         base = {split(r["target"])[0]: r["instructions"] for r in instructions if r["scenario"] == "instructions"}

@@ -66,7 +66,8 @@ pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Bu
     let head_len = out.len();
     let attempts = pool.config.retries as usize + 1;
     let mut tried: Vec<usize> = Vec::new();
-    let mut last_error = String::from("no backend was tried");
+    // Allocated only when a connect fails (the hot path allocates nothing).
+    let mut last_error: Option<String> = None;
     let mut stale_retries = 0;
     let mut fresh_only = false;
     let (entry, guard, answered) = loop {
@@ -77,8 +78,9 @@ pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Bu
                 out,
                 502,
                 &format!(
-                    "no backend of pool {} could be reached: {last_error}",
-                    pool.config.name
+                    "no backend of pool {} could be reached: {}",
+                    pool.config.name,
+                    last_error.as_deref().unwrap_or("no backend was tried")
                 ),
             )
             .await;
@@ -101,8 +103,9 @@ pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Bu
             }
             Err(_) => {
                 let message = format!(
-                    "no backend of pool {} could be reached: {last_error}",
-                    pool.config.name
+                    "no backend of pool {} could be reached: {}",
+                    pool.config.name,
+                    last_error.as_deref().unwrap_or("no backend was tried")
                 );
                 return refuse(conn, &request, out, 502, &message).await;
             }
@@ -124,7 +127,7 @@ pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Bu
                     entry.backend.record_failure();
                     pool.record_traffic(entry.backend.index, false);
                     warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
-                    last_error = e.to_string();
+                    last_error = Some(e.to_string());
                     tried.push(entry.backend.index);
                     continue;
                 }

@@ -19,7 +19,7 @@ import subprocess
 import time
 
 from . import targets
-from .system import cpu_seconds, machine_seconds, memory_kib
+from .system import cpu_seconds, cpu_split, machine_seconds, memory_kib
 
 
 def parse_wrk(text):
@@ -43,8 +43,10 @@ def parse_wrk(text):
 
 
 def measured(command, pids, backend_pids):
-    """Runs the load command; returns (its stdout, proxy CPU s, elapsed s, foreign cores, steal cores)."""
-    cpu_before = cpu_seconds(pids)
+    """Runs the load command; returns (its stdout, proxy CPU s, elapsed s, foreign cores, steal
+    cores, proxy user-space share of its CPU)."""
+    user_before, system_before = cpu_split(pids)
+    cpu_before = user_before + system_before
     busy_before, steal_before = machine_seconds()
     backend_before = cpu_seconds(backend_pids)
     ru_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -52,13 +54,15 @@ def measured(command, pids, backend_pids):
     out = subprocess.run(command, capture_output=True, text=True, check=False)
     elapsed = time.time() - started
     ru_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = cpu_seconds(pids) - cpu_before
+    user_after, system_after = cpu_split(pids)
+    cpu = user_after + system_after - cpu_before
+    user_share = (user_after - user_before) / cpu if cpu > 0 else 0.0
     load_cpu = (ru_after.ru_utime - ru_before.ru_utime) + (ru_after.ru_stime - ru_before.ru_stime)
     busy_after, steal_after = machine_seconds()
     backend = cpu_seconds(backend_pids) - backend_before
     foreign = max(0.0, (busy_after - busy_before) - cpu - load_cpu - backend) / elapsed
     steal = (steal_after - steal_before) / elapsed
-    return out.stdout, cpu, elapsed, foreign, steal
+    return out.stdout, cpu, elapsed, foreign, steal, user_share
 
 
 def run_wrk(port, connections, extra, seconds, pids, backend_pids):
@@ -66,9 +70,10 @@ def run_wrk(port, connections, extra, seconds, pids, backend_pids):
     url = f"http://127.0.0.1:{port}/"
     subprocess.run(["wrk", "-t1", f"-c{connections}", "-d1s", *extra, url], capture_output=True, check=False)
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url]
-    text, cpu, elapsed, foreign, steal = measured(command, pids, backend_pids)
+    text, cpu, elapsed, foreign, steal, user_share = measured(command, pids, backend_pids)
     rps, requests, p50, p99, errors = parse_wrk(text)
     return {
+        "user_share": user_share,
         "rps": rps,
         "requests": requests,
         "p50_ms": p50,
@@ -92,11 +97,12 @@ def run_open(loadgen, rate, connections, seconds, pids, backend_pids):
         "--seconds", str(seconds),
         "--warmup", "1",
     ]
-    text, cpu, elapsed, foreign, steal = measured(command, pids, backend_pids)
+    text, cpu, elapsed, foreign, steal, user_share = measured(command, pids, backend_pids)
     report = json.loads(text)
     # CPU over the whole command (warm-up included) divided by every request it sent.
     sent = rate * (seconds + 1)
     return {
+        "user_share": user_share,
         "rps": report["achieved_rate"],
         "requests": report["requests"],
         "p50_ms": report["p50_ms"],

@@ -42,6 +42,7 @@ def summarise(runs):
             row.update(rps=median("rps"), p50_ms=median("p50_ms"), p99_ms=median("p99_ms"),
                        p99_range=spread("p99_ms"),
                        cpu_us=median("cpu_us_per_request"), cpu_us_range=spread("cpu_us_per_request"),
+                       user_us=median("cpu_us_per_request") * median("user_share"),
                        errors=sum(r["errors"] for r in rs), peak_rss_kib=median("peak_rss_kib"),
                        foreign=max(r["foreign_cores"] for r in rs), steal=max(r["steal_cores"] for r in rs))
         summary.append(row)
@@ -70,11 +71,12 @@ def markdown(report):
     lines = [
         f"{m['date']}, {m['cores']} cores ({m['cpu']}), kernel {m['kernel']}; {v['handover']}, {v['haproxy']}, "
         f"{v['nginx']}, {v['wrk']}. Medians of {report['reps']} interleaved runs of {report['seconds']} s "
-        "(ranges in brackets); CPU µs/req = the proxy's user+system CPU ÷ requests; ratios against the "
-        "same worker count; `l7-rate` is open loop at the same fixed rate for every proxy.",
+        "(ranges in brackets); CPU µs/req = the proxy's user+system CPU ÷ requests, \"of which user\" its "
+        "user-space part (the rest is the kernel's: TCP on loopback, wake-ups); ratios against the same "
+        "worker count; `l7-rate` is open loop at the same fixed rate for every proxy.",
         "",
-        "| scenario | proxy | workers | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | vs HAProxy | vs nginx | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | proxy | workers | req/s | p50 ms | p99 ms | CPU µs/req | of which user | peak RSS MiB | vs HAProxy | vs nginx | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["summary"]:
         name, workers = split(r["target"])
@@ -82,7 +84,7 @@ def markdown(report):
             low, high = r["kib_per_connection_range"]
             lines.append(
                 f"| {r['scenario']} | {name} | {workers} | – | – | – | {r['kib_per_connection']:.2f} KiB/conn "
-                f"({low:.2f}–{high:.2f}) | {r['peak_rss_kib'] / 1024:.1f} | "
+                f"({low:.2f}–{high:.2f}) | – | {r['peak_rss_kib'] / 1024:.1f} | "
                 f"{shown(ratio(r, 'kib_per_connection', 'haproxy'))} | {shown(ratio(r, 'kib_per_connection', 'nginx'))} | "
                 f"{r['connections'] - r['alive']} closed |")
         elif "cpu_us" in r:
@@ -90,7 +92,7 @@ def markdown(report):
             p99_low, p99_high = r["p99_range"]
             lines.append(
                 f"| {r['scenario']} | {name} | {workers} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
-                f"({p99_low:.2f}–{p99_high:.2f}) | {r['cpu_us']:.1f} ({low:.1f}–{high:.1f}) | "
+                f"({p99_low:.2f}–{p99_high:.2f}) | {r['cpu_us']:.1f} ({low:.1f}–{high:.1f}) | {r['user_us']:.1f} | "
                 f"{r['peak_rss_kib'] / 1024:.1f} | {shown(ratio(r, 'cpu_us', 'haproxy'))} | "
                 f"{shown(ratio(r, 'cpu_us', 'nginx'))} | {r['errors']} |")
 

@@ -30,17 +30,23 @@ def children_of(pid):
     return found
 
 
-def cpu_seconds(pids):
-    """User + system CPU of these processes (all their threads), in seconds."""
-    total = 0
+def cpu_split(pids):
+    """(user, system) CPU of these processes (all their threads), in seconds."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            user += int(fields[11])
+            system += int(fields[12])
         except OSError:
             pass
-    return total / CLK_TCK
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pids):
+    """User + system CPU of these processes (all their threads), in seconds."""
+    return sum(cpu_split(pids))
 
 
 def memory_kib(pids, field):

@@ -37,7 +37,7 @@ def summarise(runs):
         elif "instructions_per_request" in rs[0]:
             row.update(instructions=median("instructions_per_request"),
                        migration_aware=rs[0]["migration_aware_per_request"],
-                       requests=rs[0]["requests"], errors=sum(r["errors"] for r in rs))
+                       requests=rs[0]["requests"], rate=rs[0]["rate"], errors=sum(r["errors"] for r in rs))
         else:
             row.update(rps=median("rps"), p50_ms=median("p50_ms"), p99_ms=median("p99_ms"),
                        p99_range=spread("p99_ms"),
@@ -132,7 +132,7 @@ def markdown(report):
             value = ratio(row, key, other)
             if value is None:
                 continue
-            verdict = "met" if value <= limit else f"not met, by {(value / limit - 1) * 100:.0f} %"
+            verdict = "met" if value <= limit else f"not met, by {(value / limit - 1) * 100:.1f} %"
             goal_lines.append(f"- {what} ({workers} worker{'s' if workers == '2' else ''}): {value:.2f}× — {verdict}")
     if goal_lines:
         lines += ["", "Goals, from this run:", ""] + goal_lines

@@ -21,6 +21,8 @@ pub struct Pace {
     pub measure_from: Instant,
     /// No request is due at or after this.
     pub end: Instant,
+    /// Longest wait for one answer; past it the request is an error.
+    pub timeout: Duration,
 }
 
 /// What a connection measured.
@@ -48,12 +50,23 @@ pub async fn run(target: SocketAddr, request: Vec<u8>, pace: Pace) -> anyhow::Re
     let mut due = pace.first;
     let mut free_since = Instant::now();
     while due < pace.end {
+        if Instant::now() >= pace.end + pace.timeout {
+            // Stuck past the end (a backend that stopped answering): what is still due was never
+            // served. Count it and stop, so that a run always ends.
+            while due < pace.end {
+                outcome.errors += u64::from(due >= pace.measure_from);
+                due += pace.interval;
+            }
+            break;
+        }
         tokio::time::sleep_until(due).await;
         let sent = Instant::now();
         // Busy past the due time: the wait counts (the balancer kept the connection). Idle: the
         // request left as soon as the timer let it.
         let from = if free_since > due { due } else { sent };
-        let result = exchange(&mut stream, target, &request, &mut buffer).await;
+        let result = tokio::time::timeout(pace.timeout, exchange(&mut stream, target, &request, &mut buffer))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", pace.timeout)));
         let done = Instant::now();
         free_since = done;
         if due >= pace.measure_from {

@@ -43,6 +43,10 @@ struct Args {
     /// Request path.
     #[arg(long, default_value = "/")]
     path: String,
+    /// A request not answered within this many seconds counts as an error (its connection is
+    /// closed and opened again).
+    #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
+    timeout: f64,
 }
 
 fn positive_rate(text: &str) -> Result<f64, String> {
@@ -103,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
             interval,
             measure_from,
             end,
+            timeout: Duration::from_secs_f64(args.timeout),
         };
         let request = request.clone();
         let target = args.target;

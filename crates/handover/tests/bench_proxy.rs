@@ -1,0 +1,131 @@
+//! `bench/proxy` end to end, shortened: handover, real HAProxy and real nginx behind the same
+//! backends, driven by wrk and handover-loadgen, one short run each. Checks that every scenario
+//! measures every proxy (requests served, CPU counted, idle connections kept open) and that the
+//! table and the goals are written; the figures of so short a run on a busy machine mean little,
+//! so none is compared. Skipped, with the reason, where a part is missing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::lb::{haproxy_available, nginx_available};
+use common::skip::skip;
+use serde_json::Value;
+
+const SCENARIOS: [&str; 5] = [
+    "l7-keepalive-c32",
+    "l4-keepalive-c32",
+    "l7-drain-c32",
+    "l7-rate",
+    "idle-10k",
+];
+const TARGETS: [&str; 3] = ["handover-1", "haproxy-1", "nginx-1"];
+
+fn checkout() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn missing_part(bin_dir: &Path) -> Option<String> {
+    if let Err(reason) = haproxy_available().and_then(|()| nginx_available()) {
+        return Some(reason);
+    }
+    for (program, arg) in [("wrk", "-v"), ("python3", "--version")] {
+        if Command::new(program).arg(arg).output().is_err() {
+            return Some(format!(
+                "{program} is not installed; scripts/test installs it as root"
+            ));
+        }
+    }
+    if !bin_dir.join("handover-loadgen").exists() {
+        return Some(format!(
+            "handover-loadgen is not built in {} (cargo build -p handover-loadgen; scripts/test builds it)",
+            bin_dir.display()
+        ));
+    }
+    None
+}
+
+#[test]
+fn bench_proxy_measures_every_proxy_in_every_scenario_and_writes_the_table() {
+    let bin_dir = Path::new(common::binary())
+        .parent()
+        .expect("binary directory")
+        .to_path_buf();
+    if let Some(reason) = missing_part(&bin_dir) {
+        return skip(
+            "bench_proxy_measures_every_proxy_in_every_scenario_and_writes_the_table",
+            &reason,
+        );
+    }
+    let out = tempfile::tempdir().expect("temporary directory");
+    let output = Command::new("python3")
+        .arg(checkout().join("bench/proxy.py"))
+        .args(["--any-load", "--reps", "1", "--seconds", "1", "--rate", "2000"])
+        .args([
+            "--scenarios",
+            &SCENARIOS.join(","),
+            "--targets",
+            &TARGETS.join(","),
+        ])
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("run bench/proxy.py");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench/proxy.py failed: {stderr}");
+
+    let results: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("results.json")).expect("results.json"))
+            .expect("results.json is JSON");
+    let summary = results["summary"].as_array().expect("a summary");
+    for scenario in SCENARIOS {
+        for target in TARGETS {
+            let row = summary
+                .iter()
+                .find(|r| r["scenario"] == scenario && r["target"] == target)
+                .unwrap_or_else(|| panic!("no row for {scenario} {target}: {stderr}"));
+            if scenario == "idle-10k" {
+                assert_eq!(
+                    row["alive"], 10_000,
+                    "{target} kept every idle connection open: {row}"
+                );
+                let kib = row["kib_per_connection"].as_f64().expect("KiB per connection");
+                assert!(kib > 0.0 && kib < 64.0, "{target}: {kib} KiB per idle connection");
+            } else {
+                assert_eq!(row["errors"], 0, "{scenario} {target}: no failed request: {row}");
+                assert!(
+                    row["rps"].as_f64().unwrap_or(0.0) > 100.0,
+                    "{scenario} {target} served: {row}"
+                );
+                assert!(
+                    row["cpu_us"].as_f64().unwrap_or(0.0) > 0.0,
+                    "{scenario} {target}: CPU counted: {row}"
+                );
+                assert!(
+                    row["peak_rss_kib"].as_f64().unwrap_or(0.0) > 0.0,
+                    "{scenario} {target}: {row}"
+                );
+            }
+        }
+    }
+
+    let table = std::fs::read_to_string(out.path().join("table.md")).expect("table.md");
+    for scenario in SCENARIOS {
+        assert!(
+            table.contains(&format!("| {scenario} | handover | 1 |")),
+            "{scenario} in the table:\n{table}"
+        );
+    }
+    assert!(
+        table.contains("Goals, from this run:"),
+        "the goals are computed:\n{table}"
+    );
+    assert!(
+        table.contains("L4 keep-alive: CPU per request ≤ 0.9 × nginx stream's (1 worker)"),
+        "{table}"
+    );
+    assert!(table.contains("one backend draining ÷ without"), "{table}");
+}

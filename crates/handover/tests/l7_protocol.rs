@@ -306,3 +306,60 @@ async fn shutdown_closes_idle_connections_and_finishes_the_request_in_flight() {
     assert!(busy.closed_within(SECOND).await);
     assert!(node.exited_within(5 * SECOND));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_silent_inside_the_body_ends_the_response_after_response_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The backend sends its head and 10 of 100 body bytes, then nothing (it would hold the
+    // connection for 10 s, until its reader gives up).
+    let backend = RawBackend::start(|seen| {
+        if seen.head.starts_with("GET /stall") {
+            Plan::answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst part".to_vec())
+        } else {
+            Plan::answer(ok("fine"))
+        }
+    })
+    .await;
+    let node = Node::start(
+        &config(&[backend.address], "")
+            .replace("pool = \"p\"\n", "pool = \"p\"\nresponse_timeout = \"1s\"\n"),
+    );
+    let mut stream = tokio::net::TcpStream::connect(node.listener("web"))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /stall HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !received.ends_with(b"first part") {
+        let n = tokio::time::timeout(5 * SECOND, stream.read(&mut chunk))
+            .await
+            .expect("the head and the first part arrive")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the first part: {}",
+            String::from_utf8_lossy(&received)
+        );
+        received.extend_from_slice(&chunk[..n]);
+    }
+    let silent_from = std::time::Instant::now();
+    let n = tokio::time::timeout(5 * SECOND, stream.read(&mut chunk))
+        .await
+        .expect("the proxy ends the response well before the backend's 10 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "nothing more, and the connection closes");
+    let waited = silent_from.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < 4 * SECOND,
+        "closed after about response_timeout (1 s): {waited:?}"
+    );
+
+    // The node keeps serving.
+    let mut client = RawClient::connect(node.listener("web")).await;
+    client.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let answer = client.response().await.expect("an answer");
+    assert_eq!((answer.status, answer.body.as_slice()), (200, &b"fine"[..]));
+}

@@ -23,11 +23,11 @@ use tracing::{debug, warn};
 
 use handover_core::model::Keep;
 
-use super::Connection;
 use super::body::BodyCounter;
 use super::head::{self, Framing, Request, Response, ResponseContext};
 use super::local;
 use super::upstream::{self, Upstream};
+use super::{Connection, STALL_TIMEOUT};
 use crate::backend::Traffic;
 use crate::buffer::Buffer;
 use crate::random;
@@ -323,10 +323,13 @@ async fn pump_body(
 ) -> Result<(), Failure> {
     let input = conn.input.get_or_insert_with(Buffer::take);
     let (backend_read, mut backend_write) = upstream.stream.split();
+    let timer = &mut conn.timer;
     loop {
         if body.is_done() {
             return Ok(());
         }
+        // Each step that moves bytes starts the stall limit again.
+        let stalled = Instant::now() + STALL_TIMEOUT;
         if !input.is_empty() {
             let n = body
                 .take(input.filled())
@@ -343,6 +346,8 @@ async fn pump_body(
                     written.map_err(|e| Failure::Backend(e.to_string()))?;
                     input.consume(n);
                 }
+                // The backend takes no more of the body and does not answer either.
+                _ = timer.until(stalled) => return Err(Failure::Timeout),
             }
             continue;
         }
@@ -358,6 +363,11 @@ async fn pump_body(
                 Ok(0) | Err(_) => return Err(Failure::Client),
                 Ok(_) => {}
             },
+            // The client stopped sending its body midway.
+            _ = timer.until(stalled) => {
+                debug!(client = %conn.peer, "request body stalled");
+                return Err(Failure::Client);
+            }
         }
     }
 }
@@ -419,7 +429,15 @@ async fn relay_response(
         if body.is_done() {
             break;
         }
-        match from_backend.read_from(&mut upstream.stream).await {
+        // A backend silent for `response_timeout` inside the body ends the response (and the
+        // client connection, which cannot be told otherwise once the head is out).
+        let silent = Instant::now() + conn.route.response_timeout;
+        let read = tokio::select! {
+            biased;
+            read = from_backend.read_from(&mut upstream.stream) => read,
+            _ = conn.timer.until(silent) => return failed("the backend went silent inside the body"),
+        };
+        match read {
             Ok(0) if matches!(body, BodyCounter::UntilClose) => break,
             Ok(0) => return failed("connection closed inside the body"),
             Ok(_) => {}

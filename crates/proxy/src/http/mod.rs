@@ -62,6 +62,10 @@ pub struct HttpRoute {
 /// the previous response (or from the connect): idle keep-alive connections close after this.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a client may leave a response unread, or stop sending a request body midway, before
+/// its connection is closed.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long a connection closed with part of a request unread keeps reading (and dropping) what
 /// the client still sends, so the response is not destroyed by a reset.
 const LINGER: Duration = Duration::from_secs(2);
@@ -273,7 +277,28 @@ impl Connection {
             let _ = self.stream.set_nodelay(true);
         }
         self.writes = self.writes.saturating_add(1);
-        self.stream.write_all(bytes).await
+        let mut rest = bytes;
+        // Set when the client's window is full; moved on by every write that makes progress.
+        let mut deadline = None;
+        while !rest.is_empty() {
+            match self.stream.try_write(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    rest = &rest[n..];
+                    deadline = None;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let until = *deadline.get_or_insert_with(|| Instant::now() + STALL_TIMEOUT);
+                    tokio::select! {
+                        biased;
+                        ready = self.stream.writable() => ready?,
+                        _ = self.timer.until(until) => return Err(io::ErrorKind::TimedOut.into()),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -302,5 +327,35 @@ mod tests {
         let idle = serve_connection(stream, address, route, Shutdown::new().listen());
         let size = std::mem::size_of_val(&idle);
         assert!(size <= 320, "an idle connection's future is {size} bytes");
+    }
+
+    /// A client that stops reading its response is cut off after `STALL_TIMEOUT` of no
+    /// progress, not held forever. (Time is paused: tokio moves it on whenever all waits.)
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_cut_off_after_the_stall_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(address).await.unwrap(); // never reads
+        let (accepted, peer) = listener.accept().await.unwrap();
+        let config = handover_core::config::parse(
+            "[control]\nbind = \"127.0.0.1:0\"\n[pools.p]\n[[pools.p.backends]]\naddress = \"127.0.0.1:1\"\nvm = \"v\"\n",
+        )
+        .unwrap();
+        let pools = crate::pools::Pools::new(&config);
+        let route = Arc::new(HttpRoute {
+            listener: "web".into(),
+            pool: pools.pool("p").unwrap(),
+            response_timeout: Duration::from_secs(1),
+        });
+        let mut conn = Connection::new(accepted, peer, route, Shutdown::new().listen(), None);
+        let started = Instant::now();
+        let error = conn.send(&vec![b'x'; 64 << 20]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            started.elapsed() >= STALL_TIMEOUT,
+            "not before the limit: {:?}",
+            started.elapsed()
+        );
+        assert!(started.elapsed() < STALL_TIMEOUT * 2, "{:?}", started.elapsed());
     }
 }

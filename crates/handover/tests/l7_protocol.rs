@@ -363,3 +363,48 @@ async fn a_backend_silent_inside_the_body_ends_the_response_after_response_timeo
     let answer = client.response().await.expect("an answer");
     assert_eq!((answer.status, answer.body.as_slice()), (200, &b"fine"[..]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_in_its_head_or_body_is_closed_after_client_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let backend = RawBackend::start(|_| Plan::answer(ok("fine"))).await;
+    let node = Node::start(
+        &config(&[backend.address], "").replace("pool = \"p\"\n", "pool = \"p\"\nclient_timeout = \"1s\"\n"),
+    );
+    // Half a head, then nothing.
+    let mut slow_head = tokio::net::TcpStream::connect(node.listener("web"))
+        .await
+        .unwrap();
+    slow_head
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    // A whole head announcing 100 body bytes, 10 of them, then nothing.
+    let mut slow_body = RawClient::connect(node.listener("web")).await;
+    slow_body
+        .send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nfirst part")
+        .await;
+    let started = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    let head_closed = tokio::time::timeout(
+        5 * SECOND,
+        tokio::io::AsyncReadExt::read(&mut slow_head, &mut byte),
+    )
+    .await
+    .expect("closed well before the backend's own limits");
+    assert!(matches!(head_closed, Ok(0) | Err(_)), "closed without an answer");
+    assert!(
+        slow_body.closed_within(5 * SECOND).await,
+        "the stalled upload is closed too"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < 4 * SECOND,
+        "after about client_timeout (1 s): {waited:?}"
+    );
+    // A client that keeps its pace is served.
+    let mut client = RawClient::connect(node.listener("web")).await;
+    client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let answer = client.response().await.expect("an answer");
+    assert_eq!((answer.status, answer.body.as_slice()), (200, &b"fine"[..]));
+}

@@ -74,6 +74,7 @@ impl DataPlane {
                     listener: config.name.clone(),
                     pool,
                     response_timeout: config.response_timeout,
+                    client_timeout: config.client_timeout,
                 })),
             };
             for (worker, socket) in listener.sockets.into_iter().enumerate() {

@@ -221,6 +221,10 @@ pub struct ListenerConfig {
     /// L7: how long to wait for a backend's response headers before answering 504.
     #[serde(with = "serde_duration")]
     pub response_timeout: Duration,
+    /// L7: how long a client may take to send a request head, or stay without progress while it
+    /// sends a request body or reads a response, before its connection is closed.
+    #[serde(with = "serde_duration")]
+    pub client_timeout: Duration,
 }
 
 /// The capacity guard of a pool.
@@ -500,6 +504,9 @@ fn read_listener(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<Listene
     let response_timeout = or_default(t.get("response_timeout"), Duration::from_secs(60), |f| {
         positive(doc, f)
     });
+    let client_timeout = or_default(t.get("client_timeout"), Duration::from_secs(60), |f| {
+        positive(doc, f)
+    });
     t.finish(doc);
     Some(ListenerConfig {
         name: name?,
@@ -508,6 +515,7 @@ fn read_listener(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<Listene
         pool: pool?,
         idle_timeout: idle_timeout?,
         response_timeout: response_timeout?,
+        client_timeout: client_timeout?,
     })
 }
 

@@ -304,3 +304,28 @@ servers = [ { address = "127.0.0.1:9001", vm = "vm-a" }, { address = "127.0.0.1:
     assert_eq!(errors[0].path, "haproxy[0].name");
     assert!(errors[0].message.contains("already used"));
 }
+
+#[test]
+fn listener_timeouts_default_to_a_minute_and_must_be_positive() {
+    let config = parse(EXAMPLE).unwrap();
+    assert_eq!(config.listeners[0].response_timeout, Duration::from_secs(60));
+    assert_eq!(config.listeners[0].client_timeout, Duration::from_secs(60));
+    let set =
+        parse(&EXAMPLE.replace("pool = \"web\"\n", "pool = \"web\"\nclient_timeout = \"5s\"\n")).unwrap();
+    assert_eq!(set.listeners[0].client_timeout, Duration::from_secs(5));
+    let errors = errors_of(&EXAMPLE.replace(
+        "pool = \"web\"\n",
+        "pool = \"web\"\nclient_timeout = \"0s\"\nresponse_timeout = \"soon\"\n",
+    ));
+    let named: Vec<(String, Option<usize>)> = errors.into_iter().map(|e| (e.path, e.line)).collect();
+    assert!(
+        named.contains(&("listeners[0].client_timeout".to_string(), Some(10))),
+        "{named:?}"
+    );
+    assert!(
+        named
+            .iter()
+            .any(|(path, _)| path == "listeners[0].response_timeout"),
+        "{named:?}"
+    );
+}

@@ -23,11 +23,11 @@ use tracing::{debug, warn};
 
 use handover_core::model::Keep;
 
+use super::Connection;
 use super::body::BodyCounter;
 use super::head::{self, Framing, Request, Response, ResponseContext};
 use super::local;
 use super::upstream::{self, Upstream};
-use super::{Connection, STALL_TIMEOUT};
 use crate::backend::Traffic;
 use crate::buffer::Buffer;
 use crate::random;
@@ -321,6 +321,7 @@ async fn pump_body(
     body: &mut BodyCounter,
     from_backend: &mut Buffer,
 ) -> Result<(), Failure> {
+    let client_timeout = conn.route.client_timeout;
     let input = conn.input.get_or_insert_with(Buffer::take);
     let (backend_read, mut backend_write) = upstream.stream.split();
     let timer = &mut conn.timer;
@@ -329,7 +330,7 @@ async fn pump_body(
             return Ok(());
         }
         // Each step that moves bytes starts the stall limit again.
-        let stalled = Instant::now() + STALL_TIMEOUT;
+        let stalled = Instant::now() + client_timeout;
         if !input.is_empty() {
             let n = body
                 .take(input.filled())

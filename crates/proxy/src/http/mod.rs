@@ -56,15 +56,11 @@ pub struct HttpRoute {
     pub pool: Arc<Pool>,
     /// How long to wait for a backend's response headers.
     pub response_timeout: Duration,
+    /// How long a client may take to send a request head (from the connect or the end of the
+    /// previous response: idle keep-alive connections close after it), or stay without progress
+    /// while it sends a request body or reads a response.
+    pub client_timeout: Duration,
 }
-
-/// How long a client connection may take to send a whole request head, counted from the end of
-/// the previous response (or from the connect): idle keep-alive connections close after this.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long a client may leave a response unread, or stop sending a request body midway, before
-/// its connection is closed.
-pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a connection closed with part of a request unread keeps reading (and dropping) what
 /// the client still sends, so the response is not destroyed by a reset.
@@ -104,7 +100,7 @@ async fn serve_connection(
         }
         None => drop(first),
     }
-    shutdown.set_deadline(Some(Instant::now() + REQUEST_TIMEOUT));
+    shutdown.set_deadline(Some(Instant::now() + route.client_timeout));
     tokio::select! {
         biased;
         _ = &mut shutdown => return,
@@ -203,7 +199,7 @@ impl Connection {
     /// Reads until a whole request head is buffered, then parses it and writes its forwarded form
     /// to a buffer.
     async fn next_request(&mut self) -> Next {
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let deadline = Instant::now() + self.route.client_timeout;
         loop {
             if let Some(input) = self.input.as_mut().filter(|input| !input.is_empty()) {
                 let context = RequestContext {
@@ -288,7 +284,7 @@ impl Connection {
                     deadline = None;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let until = *deadline.get_or_insert_with(|| Instant::now() + STALL_TIMEOUT);
+                    let until = *deadline.get_or_insert_with(|| Instant::now() + self.route.client_timeout);
                     tokio::select! {
                         biased;
                         ready = self.stream.writable() => ready?,
@@ -323,13 +319,14 @@ mod tests {
             listener: "web".into(),
             pool: pools.pool("p").unwrap(),
             response_timeout: Duration::from_secs(1),
+            client_timeout: Duration::from_secs(60),
         });
         let idle = serve_connection(stream, address, route, Shutdown::new().listen());
         let size = std::mem::size_of_val(&idle);
         assert!(size <= 320, "an idle connection's future is {size} bytes");
     }
 
-    /// A client that stops reading its response is cut off after `STALL_TIMEOUT` of no
+    /// A client that stops reading its response is cut off after `client_timeout` of no
     /// progress, not held forever. (Time is paused: tokio moves it on whenever all waits.)
     #[tokio::test(start_paused = true)]
     async fn a_client_that_stops_reading_is_cut_off_after_the_stall_timeout() {
@@ -346,16 +343,18 @@ mod tests {
             listener: "web".into(),
             pool: pools.pool("p").unwrap(),
             response_timeout: Duration::from_secs(1),
+            client_timeout: Duration::from_secs(60),
         });
         let mut conn = Connection::new(accepted, peer, route, Shutdown::new().listen(), None);
         let started = Instant::now();
         let error = conn.send(&vec![b'x'; 64 << 20]).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        let limit = Duration::from_secs(60);
         assert!(
-            started.elapsed() >= STALL_TIMEOUT,
+            started.elapsed() >= limit,
             "not before the limit: {:?}",
             started.elapsed()
         );
-        assert!(started.elapsed() < STALL_TIMEOUT * 2, "{:?}", started.elapsed());
+        assert!(started.elapsed() < limit * 2, "{:?}", started.elapsed());
     }
 }

@@ -94,8 +94,12 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     command: &str,
 ) -> std::io::Result<String> {
-    stream.write_all(command.as_bytes()).await?;
-    stream.write_all(b"\n").await?;
+    // One write: a peer that answers on the first bytes and closes must not turn the newline
+    // into a broken pipe.
+    let mut line = String::with_capacity(command.len() + 1);
+    line.push_str(command);
+    line.push('\n');
+    stream.write_all(line.as_bytes()).await?;
     let mut answer = Vec::new();
     (&mut stream)
         .take(MAX_ANSWER as u64)

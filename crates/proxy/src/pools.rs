@@ -287,11 +287,10 @@ impl Pool {
                 .is_some_and(|e| effective(&self.config, Some(e), now).moving)
                 || recovery_factor(&self.config, &state.health[i], now_ms).1
         });
-        if changed {
-            self.rebuild(&mut state);
-        } else if moving {
-            // A drain is "moving" until its deadline even when its share is constant: rebuild
-            // only when what the snapshot shows would change.
+        if changed || moving {
+            // A drain is "moving" until its deadline even when its share is constant, and a
+            // settled VM leaves the same weights behind: publish only when what the snapshot
+            // shows would change (a tick never moves addresses).
             let basis = basis(&self.config, &self.backends, &state, self.epoch);
             if basis != state.basis {
                 state.basis = basis;

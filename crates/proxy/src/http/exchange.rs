@@ -77,11 +77,7 @@ pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Bu
                 &request,
                 out,
                 502,
-                &format!(
-                    "no backend of pool {} could be reached: {}",
-                    pool.config.name,
-                    last_error.as_deref().unwrap_or("no backend was tried")
-                ),
+                &unreachable(&pool.config.name, last_error.as_deref()),
             )
             .await;
         }
@@ -102,11 +98,7 @@ pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Bu
                 return refuse(conn, &request, out, 503, &message).await;
             }
             Err(_) => {
-                let message = format!(
-                    "no backend of pool {} could be reached: {}",
-                    pool.config.name,
-                    last_error.as_deref().unwrap_or("no backend was tried")
-                );
+                let message = unreachable(&pool.config.name, last_error.as_deref());
                 return refuse(conn, &request, out, 502, &message).await;
             }
         };
@@ -191,6 +183,15 @@ pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Bu
     let keep = relay_response(conn, &entry, answered, out).await;
     drop(guard);
     keep
+}
+
+/// The 502 text when no backend of `pool` could be connected to; `last_error` is the last
+/// connect failure.
+fn unreachable(pool: &str, last_error: Option<&str>) -> String {
+    format!(
+        "no backend of pool {pool} could be reached: {}",
+        last_error.unwrap_or("no backend was tried")
+    )
 }
 
 /// Sends the request on `upstream` and reads until a final response head; interim responses go

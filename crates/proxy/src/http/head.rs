@@ -380,12 +380,13 @@ fn absolute_form(target: &str) -> Option<(&str, &str)> {
     Some((authority, if path.is_empty() { "/" } else { path }))
 }
 
-/// The backend index a sticky cookie names (`<index>-<vm>`).
-fn sticky_index(headers: &[httparse::Header<'_>], cookie: &str) -> Option<usize> {
+/// The backend index a sticky cookie names (`<index>-<vm>`); `fields` classifies `headers`.
+fn sticky_index(headers: &[httparse::Header<'_>], fields: &[Field], cookie: &str) -> Option<usize> {
     headers
         .iter()
-        .filter(|h| Field::of(h.name) == Field::Cookie)
-        .flat_map(|h| h.value.split(|b| *b == b';'))
+        .zip(fields)
+        .filter(|(_, field)| **field == Field::Cookie)
+        .flat_map(|(h, _)| h.value.split(|b| *b == b';'))
         .filter_map(|pair| {
             let pair = trim(pair);
             let eq = pair.iter().position(|b| *b == b'=')?;
@@ -528,7 +529,7 @@ pub fn parse_request(
         expects_continue: scan.expects_continue && framing != Framing::Empty,
         sticky: context
             .sticky_cookie
-            .and_then(|cookie| sticky_index(headers, cookie)),
+            .and_then(|cookie| sticky_index(headers, &scan.fields, cookie)),
         line: RequestLine::new(method, target),
     }))
 }

@@ -18,6 +18,21 @@ fn config(addresses: &[SocketAddr], pool_extra: &str) -> String {
     )
 }
 
+/// The same with a setting of the listener (`response_timeout = "1s"`, say).
+fn config_with_listener(addresses: &[SocketAddr], setting: &str) -> String {
+    config(addresses, "").replace("pool = \"p\"\n", &format!("pool = \"p\"\n{setting}\n"))
+}
+
+/// The node answers a plain request on its `web` listener (its backend answers `fine`).
+async fn still_serves(node: &Node, path: &str) {
+    let mut client = RawClient::connect(node.listener("web")).await;
+    client
+        .send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await;
+    let answer = client.response().await.expect("an answer");
+    assert_eq!((answer.status, answer.body.as_slice()), (200, &b"fine"[..]));
+}
+
 /// A node in front of one scripted backend.
 async fn node_with(
     script: impl Fn(&common::raw::Seen) -> Plan + Send + Sync + 'static,
@@ -320,10 +335,10 @@ async fn a_backend_silent_inside_the_body_ends_the_response_after_response_timeo
         }
     })
     .await;
-    let node = Node::start(
-        &config(&[backend.address], "")
-            .replace("pool = \"p\"\n", "pool = \"p\"\nresponse_timeout = \"1s\"\n"),
-    );
+    let node = Node::start(&config_with_listener(
+        &[backend.address],
+        "response_timeout = \"1s\"",
+    ));
     let mut stream = tokio::net::TcpStream::connect(node.listener("web"))
         .await
         .unwrap();
@@ -358,19 +373,17 @@ async fn a_backend_silent_inside_the_body_ends_the_response_after_response_timeo
     );
 
     // The node keeps serving.
-    let mut client = RawClient::connect(node.listener("web")).await;
-    client.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n").await;
-    let answer = client.response().await.expect("an answer");
-    assert_eq!((answer.status, answer.body.as_slice()), (200, &b"fine"[..]));
+    still_serves(&node, "/ok").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stalls_in_its_head_or_body_is_closed_after_client_timeout() {
     use tokio::io::AsyncWriteExt;
     let backend = RawBackend::start(|_| Plan::answer(ok("fine"))).await;
-    let node = Node::start(
-        &config(&[backend.address], "").replace("pool = \"p\"\n", "pool = \"p\"\nclient_timeout = \"1s\"\n"),
-    );
+    let node = Node::start(&config_with_listener(
+        &[backend.address],
+        "client_timeout = \"1s\"",
+    ));
     // Half a head, then nothing.
     let mut slow_head = tokio::net::TcpStream::connect(node.listener("web"))
         .await
@@ -403,8 +416,5 @@ async fn a_client_that_stalls_in_its_head_or_body_is_closed_after_client_timeout
         "after about client_timeout (1 s): {waited:?}"
     );
     // A client that keeps its pace is served.
-    let mut client = RawClient::connect(node.listener("web")).await;
-    client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
-    let answer = client.response().await.expect("an answer");
-    assert_eq!((answer.status, answer.body.as_slice()), (200, &b"fine"[..]));
+    still_serves(&node, "/").await;
 }

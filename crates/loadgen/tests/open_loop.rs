@@ -71,10 +71,35 @@ fn serve(mut stream: TcpStream, behaviour: Behaviour, started: Instant) {
     }
 }
 
+/// One run of the load generator.
+struct Load<'a> {
+    target: &'a str,
+    rate: u32,
+    connections: u32,
+    seconds: f64,
+    warmup: f64,
+    timeout: Option<f64>,
+}
+
 /// Runs the load generator; returns its JSON report.
-fn run(args: &[&str]) -> Value {
+fn run(load: &Load<'_>) -> Value {
+    let mut args = vec![
+        "--target".to_string(),
+        load.target.to_string(),
+        "--rate".into(),
+        load.rate.to_string(),
+        "--connections".into(),
+        load.connections.to_string(),
+        "--seconds".into(),
+        load.seconds.to_string(),
+        "--warmup".into(),
+        load.warmup.to_string(),
+    ];
+    if let Some(timeout) = load.timeout {
+        args.extend(["--timeout".into(), timeout.to_string()]);
+    }
     let output = Command::new(BINARY)
-        .args(args)
+        .args(&args)
         .output()
         .expect("run handover-loadgen");
     assert!(
@@ -94,18 +119,14 @@ fn number(report: &Value, field: &str) -> f64 {
 #[test]
 fn it_keeps_the_rate_and_every_answer_counts() {
     let target = server(Behaviour::Answer);
-    let report = run(&[
-        "--target",
-        &target,
-        "--rate",
-        "800",
-        "--connections",
-        "4",
-        "--seconds",
-        "2",
-        "--warmup",
-        "0.5",
-    ]);
+    let report = run(&Load {
+        target: &target,
+        rate: 800,
+        connections: 4,
+        seconds: 2.0,
+        warmup: 0.5,
+        timeout: None,
+    });
     let requests = number(&report, "requests");
     assert!(
         (1520.0..=1610.0).contains(&requests),
@@ -126,18 +147,14 @@ fn a_stall_counts_for_every_request_due_during_it() {
         from: Duration::from_millis(1500),
         length: Duration::from_millis(300),
     });
-    let report = run(&[
-        "--target",
-        &target,
-        "--rate",
-        "1000",
-        "--connections",
-        "4",
-        "--seconds",
-        "2",
-        "--warmup",
-        "0.5",
-    ]);
+    let report = run(&Load {
+        target: &target,
+        rate: 1000,
+        connections: 4,
+        seconds: 2.0,
+        warmup: 0.5,
+        timeout: None,
+    });
     assert_eq!(number(&report, "errors"), 0.0, "{report}");
     assert!(
         number(&report, "p99_ms") >= 150.0,
@@ -157,18 +174,14 @@ fn a_closed_port_gives_errors_and_no_answers() {
         .local_addr()
         .expect("address");
     // The listener is dropped: nothing listens there any more.
-    let report = run(&[
-        "--target",
-        &port.to_string(),
-        "--rate",
-        "200",
-        "--connections",
-        "2",
-        "--seconds",
-        "1",
-        "--warmup",
-        "0",
-    ]);
+    let report = run(&Load {
+        target: &port.to_string(),
+        rate: 200,
+        connections: 2,
+        seconds: 1.0,
+        warmup: 0.0,
+        timeout: None,
+    });
     assert_eq!(number(&report, "requests"), 0.0, "{report}");
     assert!(
         number(&report, "errors") >= 150.0,
@@ -180,20 +193,14 @@ fn a_closed_port_gives_errors_and_no_answers() {
 fn a_silent_server_times_out_and_the_run_still_ends() {
     let target = server(Behaviour::Silent);
     let started = Instant::now();
-    let report = run(&[
-        "--target",
-        &target,
-        "--rate",
-        "100",
-        "--connections",
-        "2",
-        "--seconds",
-        "1",
-        "--warmup",
-        "0",
-        "--timeout",
-        "0.3",
-    ]);
+    let report = run(&Load {
+        target: &target,
+        rate: 100,
+        connections: 2,
+        seconds: 1.0,
+        warmup: 0.0,
+        timeout: Some(0.3),
+    });
     assert!(started.elapsed() < Duration::from_secs(10), "bounded in time");
     assert_eq!(number(&report, "requests"), 0.0, "{report}");
     assert!(

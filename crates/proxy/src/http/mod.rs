@@ -302,6 +302,20 @@ impl Connection {
 mod tests {
     use super::*;
 
+    /// A route to a one-backend pool: responses within 1 s, clients within 60 s.
+    fn route() -> Arc<HttpRoute> {
+        let config = handover_core::config::parse(
+            "[control]\nbind = \"127.0.0.1:0\"\n[pools.p]\n[[pools.p.backends]]\naddress = \"127.0.0.1:1\"\nvm = \"v\"\n",
+        )
+        .unwrap();
+        Arc::new(HttpRoute {
+            listener: "web".into(),
+            pool: crate::pools::Pools::new(&config).pool("p").unwrap(),
+            response_timeout: Duration::from_secs(1),
+            client_timeout: Duration::from_secs(60),
+        })
+    }
+
     /// Memory per idle connection is a goal (at most HAProxy's): the state of a connection that
     /// sent nothing yet must stay small. Tokio adds about 110 bytes of task header, rounded up to
     /// 128-byte lines, and the socket's registration.
@@ -310,17 +324,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let stream = TcpStream::connect(address).await.unwrap();
-        let config = handover_core::config::parse(
-            "[control]\nbind = \"127.0.0.1:0\"\n[pools.p]\n[[pools.p.backends]]\naddress = \"127.0.0.1:1\"\nvm = \"v\"\n",
-        )
-        .unwrap();
-        let pools = crate::pools::Pools::new(&config);
-        let route = Arc::new(HttpRoute {
-            listener: "web".into(),
-            pool: pools.pool("p").unwrap(),
-            response_timeout: Duration::from_secs(1),
-            client_timeout: Duration::from_secs(60),
-        });
+        let route = route();
         let idle = serve_connection(stream, address, route, Shutdown::new().listen());
         let size = std::mem::size_of_val(&idle);
         assert!(size <= 320, "an idle connection's future is {size} bytes");
@@ -334,17 +338,7 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let _client = TcpStream::connect(address).await.unwrap(); // never reads
         let (accepted, peer) = listener.accept().await.unwrap();
-        let config = handover_core::config::parse(
-            "[control]\nbind = \"127.0.0.1:0\"\n[pools.p]\n[[pools.p.backends]]\naddress = \"127.0.0.1:1\"\nvm = \"v\"\n",
-        )
-        .unwrap();
-        let pools = crate::pools::Pools::new(&config);
-        let route = Arc::new(HttpRoute {
-            listener: "web".into(),
-            pool: pools.pool("p").unwrap(),
-            response_timeout: Duration::from_secs(1),
-            client_timeout: Duration::from_secs(60),
-        });
+        let route = route();
         let mut conn = Connection::new(accepted, peer, route, Shutdown::new().listen(), None);
         let started = Instant::now();
         let error = conn.send(&vec![b'x'; 64 << 20]).await.unwrap_err();

@@ -43,8 +43,8 @@ def parse_wrk(text):
 
 
 def measured(command, pids, backend_pids):
-    """Runs the load command; returns (its stdout, proxy CPU s, elapsed s, foreign cores, steal
-    cores, proxy user-space share of its CPU)."""
+    """Runs the load command; returns (its stdout, what the proxy and the machine did meanwhile:
+    a function of the request count giving a run's CPU and noise fields)."""
     user_before, system_before = cpu_split(pids)
     cpu_before = user_before + system_before
     busy_before, steal_before = machine_seconds()
@@ -62,7 +62,23 @@ def measured(command, pids, backend_pids):
     backend = cpu_seconds(backend_pids) - backend_before
     foreign = max(0.0, (busy_after - busy_before) - cpu - load_cpu - backend) / elapsed
     steal = (steal_after - steal_before) / elapsed
-    return out.stdout, cpu, elapsed, foreign, steal, user_share
+
+    def cpu_fields(requests):
+        return {
+            "user_share": user_share,
+            "proxy_cpu_cores": cpu / elapsed,
+            "cpu_us_per_request": cpu / max(requests, 1) * 1e6,
+            "foreign_cores": foreign,
+            "steal_cores": steal,
+        }
+
+    return out.stdout, cpu_fields
+
+
+def loadgen_command(loadgen, rate, connections, seconds, warmup):
+    """handover-loadgen at `rate` requests/s over `connections` to the HTTP listener."""
+    return [loadgen, "--target", f"127.0.0.1:{targets.HTTP_PORT}", "--rate", str(rate),
+            "--connections", str(connections), "--seconds", str(seconds), "--warmup", str(warmup)]
 
 
 def run_wrk(port, connections, extra, seconds, pids, backend_pids):
@@ -70,50 +86,23 @@ def run_wrk(port, connections, extra, seconds, pids, backend_pids):
     url = f"http://127.0.0.1:{port}/"
     subprocess.run(["wrk", "-t1", f"-c{connections}", "-d1s", *extra, url], capture_output=True, check=False)
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url]
-    text, cpu, elapsed, foreign, steal, user_share = measured(command, pids, backend_pids)
+    text, cpu_fields = measured(command, pids, backend_pids)
     rps, requests, p50, p99, errors = parse_wrk(text)
-    return {
-        "user_share": user_share,
-        "rps": rps,
-        "requests": requests,
-        "p50_ms": p50,
-        "p99_ms": p99,
-        "errors": errors,
-        "proxy_cpu_cores": cpu / elapsed,
-        "cpu_us_per_request": cpu / max(requests, 1) * 1e6,
-        "foreign_cores": foreign,
-        "steal_cores": steal,
-    }
+    return {"rps": rps, "requests": requests, "p50_ms": p50, "p99_ms": p99, "errors": errors,
+            **cpu_fields(requests)}
 
 
 def run_open(loadgen, rate, connections, seconds, pids, backend_pids):
     """Open loop: `rate` requests/s over `connections` keep-alive connections (a second of warm-up
     is part of the command and not counted in its latencies)."""
-    command = [
-        loadgen,
-        "--target", f"127.0.0.1:{targets.HTTP_PORT}",
-        "--rate", str(rate),
-        "--connections", str(connections),
-        "--seconds", str(seconds),
-        "--warmup", "1",
-    ]
-    text, cpu, elapsed, foreign, steal, user_share = measured(command, pids, backend_pids)
+    command = loadgen_command(loadgen, rate, connections, seconds, 1)
+    text, cpu_fields = measured(command, pids, backend_pids)
     report = json.loads(text)
     # CPU over the whole command (warm-up included) divided by every request it sent.
     sent = rate * (seconds + 1)
-    return {
-        "user_share": user_share,
-        "rps": report["achieved_rate"],
-        "requests": report["requests"],
-        "p50_ms": report["p50_ms"],
-        "p99_ms": report["p99_ms"],
-        "p999_ms": report["p999_ms"],
-        "errors": report["errors"],
-        "proxy_cpu_cores": cpu / elapsed,
-        "cpu_us_per_request": cpu / sent * 1e6,
-        "foreign_cores": foreign,
-        "steal_cores": steal,
-    }
+    return {"rps": report["achieved_rate"], "requests": report["requests"], "p50_ms": report["p50_ms"],
+            "p99_ms": report["p99_ms"], "p999_ms": report["p999_ms"], "errors": report["errors"],
+            **cpu_fields(sent)}
 
 
 def run_idle(pids, count):
@@ -196,12 +185,11 @@ def run_instructions(kind, binary, work, draining, loadgen, rate=2000, seconds=5
     out = os.path.join(work, "callgrind.%p")
     valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
     proc = targets.start(kind, binary, 1, work, draining=draining, valgrind=valgrind)
-    command = [loadgen, "--target", f"127.0.0.1:{targets.HTTP_PORT}", "--rate", str(rate),
-               "--connections", "8", "--warmup", "0"]
     try:
-        subprocess.run(command + ["--seconds", "2"], capture_output=True, check=False)
+        subprocess.run(loadgen_command(loadgen, rate, 8, 2, 0), capture_output=True, check=False)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=False)
-        text = subprocess.run(command + ["--seconds", str(seconds)], capture_output=True, text=True).stdout
+        text = subprocess.run(loadgen_command(loadgen, rate, 8, seconds, 0), capture_output=True,
+                              text=True).stdout
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=False)
         time.sleep(1)
     finally:

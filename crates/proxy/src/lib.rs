@@ -15,6 +15,7 @@
 //! - [`listeners`]: binds every listener before any starts, a socket per worker.
 //! - [`workers`]: the data plane's threads, a single-threaded runtime each.
 //! - [`embedded`]: the proxy as a balancer.
+//! - [`log_limit`]: a budget for log lines a flood could repeat.
 
 mod accept;
 pub mod backend;
@@ -23,6 +24,7 @@ pub mod embedded;
 pub mod health;
 pub mod http;
 pub mod listeners;
+pub mod log_limit;
 pub mod pools;
 mod random;
 pub mod relay;

@@ -24,12 +24,13 @@ use tracing::{debug, warn};
 use handover_core::model::Keep;
 
 use super::Connection;
+use super::answers;
 use super::body::BodyCounter;
 use super::head::{self, Framing, Request, Response, ResponseContext};
-use super::local;
 use super::upstream::{self, Upstream};
 use crate::backend::Traffic;
 use crate::buffer::Buffer;
+use crate::log_limit::LogLimit;
 use crate::random;
 use crate::snapshot::{BackendEntry, PoolSnapshot};
 
@@ -43,6 +44,8 @@ enum Failure {
     Timeout,
     /// The client's body is malformed; it gets 400.
     BadRequest(String),
+    /// The client stopped sending its body for `client_timeout`; it gets 408.
+    ClientTimeout,
     /// The client went away.
     Client,
 }
@@ -77,7 +80,7 @@ pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Bu
                 &request,
                 out,
                 502,
-                &unreachable(&pool.config.name, last_error.as_deref()),
+                &unreachable(&route.listener, &pool.config.name, last_error.as_deref()),
             )
             .await;
         }
@@ -98,7 +101,7 @@ pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Bu
                 return refuse(conn, &request, out, 503, &message).await;
             }
             Err(_) => {
-                let message = unreachable(&pool.config.name, last_error.as_deref());
+                let message = unreachable(&route.listener, &pool.config.name, last_error.as_deref());
                 return refuse(conn, &request, out, 502, &message).await;
             }
         };
@@ -157,18 +160,20 @@ pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Bu
             Err(Failure::Timeout) => {
                 entry.backend.record_failure();
                 pool.record_traffic(entry.backend.index, false);
-                let message = format!(
-                    "backend {} did not answer within {:?}",
-                    entry.address, route.response_timeout
-                );
+                if let Some(left_out) = BACKEND_FAILED.admit() {
+                    warn!(listener = %route.listener, backend = %entry.address, timeout = ?route.response_timeout, left_out, "backend did not answer in time");
+                }
+                let message = format!("the backend did not answer within {:?}", route.response_timeout);
                 return refuse(conn, &request, out, 504, &message).await;
             }
             Err(Failure::BadRequest(reason)) => {
                 debug!(client = %conn.peer, %reason, "request body refused");
-                local::write(&mut out, 400, &reason, false);
-                conn.unread = true;
-                let _ = conn.send(out.filled()).await;
-                return false;
+                return close_with(conn, out, 400, &reason).await;
+            }
+            Err(Failure::ClientTimeout) => {
+                debug!(client = %conn.peer, "request body stalled");
+                let message = format!("the request body stalled for {:?}", route.client_timeout);
+                return close_with(conn, out, 408, &message).await;
             }
             Err(Failure::Client) => return false,
         }
@@ -185,13 +190,32 @@ pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Bu
     keep
 }
 
-/// The 502 text when no backend of `pool` could be connected to; `last_error` is the last
-/// connect failure.
-fn unreachable(pool: &str, last_error: Option<&str>) -> String {
-    format!(
-        "no backend of pool {pool} could be reached: {}",
-        last_error.unwrap_or("no backend was tried")
-    )
+/// One line per second at most for backend failures a flood could repeat per request.
+static BACKEND_FAILED: LogLimit = LogLimit::new(Duration::from_secs(1));
+
+/// The 502 text when no backend of `pool` could be connected to (the client is not told which
+/// addresses were tried or why they failed: the log says, with `last_error`, the last connect
+/// failure).
+fn unreachable(listener: &str, pool: &str, last_error: Option<&str>) -> String {
+    if let Some(left_out) = BACKEND_FAILED.admit() {
+        warn!(
+            listener,
+            pool,
+            error = last_error.unwrap_or("no backend was tried"),
+            left_out,
+            "no backend could be reached"
+        );
+    }
+    format!("no backend of pool {pool} could be reached")
+}
+
+/// Answers with a local error and closes the client connection (reading what it still sends
+/// for a while, so the answer is not lost to a reset).
+async fn close_with(conn: &mut Connection, mut out: Buffer, status: u16, message: &str) -> bool {
+    answers::write(&mut out, status, message, false);
+    conn.unread = true;
+    let _ = conn.send(out.filled()).await;
+    false
 }
 
 /// Sends the request on `upstream` and reads until a final response head; interim responses go
@@ -288,7 +312,10 @@ async fn attempt(
         };
         if response.interim {
             from_backend.consume(response.head_len);
-            conn.send(out.filled()).await.map_err(|_| Failure::Client)?;
+            // An HTTP/1.0 client cannot be sent a 1xx (RFC 9110 §15.2): it waits for the final one.
+            if request.version == 1 {
+                conn.send(out.filled()).await.map_err(|_| Failure::Client)?;
+            }
             continue;
         }
         if replayable && let Some(input) = conn.input.as_mut() {
@@ -366,10 +393,7 @@ async fn pump_body(
                 Ok(_) => {}
             },
             // The client stopped sending its body midway.
-            _ = timer.until(stalled) => {
-                debug!(client = %conn.peer, "request body stalled");
-                return Err(Failure::Client);
-            }
+            _ = timer.until(stalled) => return Err(Failure::ClientTimeout),
         }
     }
 }
@@ -470,7 +494,7 @@ async fn refuse(
 ) -> bool {
     let keep = request.keep_alive && request.framing == Framing::Empty && !conn.shutdown.is_triggered();
     conn.unread = request.framing != Framing::Empty;
-    local::write(&mut out, status, message, keep);
+    answers::write(&mut out, status, message, keep);
     conn.send(out.filled()).await.is_ok() && keep
 }
 
@@ -484,9 +508,10 @@ async fn backend_failed(
 ) -> bool {
     entry.backend.record_failure();
     conn.route.pool.record_traffic(entry.backend.index, false);
-    debug!(listener = %conn.route.listener, backend = %entry.address, %error, "upstream request failed");
-    let message = format!("backend {} failed: {error}", entry.address);
-    refuse(conn, request, out, 502, &message).await
+    if let Some(left_out) = BACKEND_FAILED.admit() {
+        warn!(listener = %conn.route.listener, backend = %entry.address, %error, left_out, "upstream request failed");
+    }
+    refuse(conn, request, out, 502, "the backend failed to answer").await
 }
 
 /// The sticky backend if the session may still go there, else the selector's pick.

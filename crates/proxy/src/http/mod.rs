@@ -9,22 +9,31 @@
 //! its head in one system call, no timer touched for most requests ([`timer`]), no lock but the
 //! backend's short one that lists what is in flight.
 //!
-//! Errors a client can see: 400/405/431 for a request that cannot be forwarded, 503 when no
-//! backend can take new work, 502 when no backend could be reached or one answered with garbage,
-//! 504 when a backend did not answer in time.
+//! Errors a client can see: 400/405/431/501 for a request that cannot be forwarded, 408 for a
+//! request head or body that stalled, 503 when no backend can take new work, 502 when no backend
+//! could be reached or one answered with garbage, 504 when a backend did not answer in time. Their
+//! texts never name a backend address; the log does.
 //!
-//! - [`head`]: request and response heads, their framing rules and header rewriting.
+//! - [`head`]: request and response heads: parsed, checked, rewritten for the next hop.
+//! - [`fields`]: what each header field is, and the framing and `Connection` rules.
+//! - [`target`]: request targets and `Host` values.
+//! - [`rewrite`]: writing a head out.
 //! - [`chunked`] + [`body`]: where a body ends.
 //! - [`exchange`]: forwarding one request and its response.
 //! - [`upstream`]: backend connections and the per-worker idle lists.
-//! - [`local`]: responses the proxy writes itself.
+//! - [`answers`]: responses the proxy writes itself.
 //! - [`timer`]: the per-connection deadline.
+//!
+//! `LIFECYCLE.md` beside this file tells the life of a connection and a request, state by state.
 
-mod body;
+mod answers;
+pub mod body;
 pub mod chunked;
 mod exchange;
+mod fields;
 pub mod head;
-mod local;
+mod rewrite;
+mod target;
 mod timer;
 pub mod upstream;
 
@@ -177,7 +186,7 @@ impl Connection {
                 Next::Refused(error) => {
                     let mut out = Buffer::take();
                     tracing::debug!(client = %self.peer, status = error.status, reason = %error.reason, "request refused");
-                    local::write(&mut out, error.status, &error.reason, false);
+                    answers::write(&mut out, error.status, &error.reason, false);
                     if self.send(out.filled()).await.is_ok() {
                         self.linger().await;
                     }
@@ -239,7 +248,17 @@ impl Connection {
             let read = tokio::select! {
                 biased;
                 read = input.read_from(&mut self.stream) => read,
-                _ = self.timer.until(deadline) => return Next::Closed,
+                // Part of a head and no more in time: the client is told (408); a connection
+                // that sent nothing is closed quietly.
+                _ = self.timer.until(deadline) => {
+                    if input.is_empty() {
+                        return Next::Closed;
+                    }
+                    return Next::Refused(RequestError {
+                        status: 408,
+                        reason: format!("the request head was not complete within {:?}", self.route.client_timeout),
+                    });
+                }
             };
             match read {
                 Ok(0) | Err(_) => return Next::Closed,

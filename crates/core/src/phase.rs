@@ -14,6 +14,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::adaptive::Level;
 use crate::time::Millis;
 
 /// A notice about a VM's migration, from the API, the CLI or an event source.
@@ -156,6 +157,11 @@ pub enum PhaseCommand {
         migrating: bool,
         /// Restore by yourself if no further command arrives within this many milliseconds.
         deadline_in_ms: u64,
+        /// The adaptive controller's level: the fraction of each pool's drain target the VM keeps
+        /// (pools whose drain is adaptive or quiesces apply it; others ignore it). Absent: the
+        /// target itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        level: Option<Level>,
     },
     /// Bring the VM back per each pool's ramp (or at once where `restore = "immediate"` and the
     /// migration did not complete).
@@ -227,6 +233,9 @@ pub struct VmState {
     pub ramp_started_at: Option<Millis>,
     /// When the ramp ends (ramping only).
     pub ramp_until: Option<Millis>,
+    /// The adaptive controller's level (draining and migrating, when a pool of the VM adapts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<Level>,
     /// Why the last migration ended (ramping only).
     pub end_reason: Option<EndReason>,
     /// Id of the current or last migration.
@@ -248,6 +257,7 @@ impl VmState {
             deadline_at: None,
             ramp_started_at: None,
             ramp_until: None,
+            level: None,
             end_reason: None,
             migration: None,
             queued_since: None,
@@ -262,6 +272,7 @@ impl VmState {
                 elapsed_ms: now.saturating_sub(self.drain_started_at.unwrap_or(self.since)),
                 migrating: self.phase == Phase::Migrating,
                 deadline_in_ms: self.deadline_at.map_or(0, |d| d.saturating_sub(now)),
+                level: self.level,
             },
             Phase::Ramping => PhaseCommand::Ramp {
                 elapsed_ms: now.saturating_sub(self.ramp_started_at.unwrap_or(self.since)),
@@ -312,6 +323,7 @@ mod tests {
             elapsed_ms: 5,
             migrating: true,
             deadline_in_ms: 100,
+            level: None,
         };
         let json = serde_json::to_string(&command).unwrap();
         assert_eq!(
@@ -319,6 +331,27 @@ mod tests {
             r#"{"action":"drain","elapsed_ms":5,"migrating":true,"deadline_in_ms":100}"#
         );
         assert_eq!(serde_json::from_str::<PhaseCommand>(&json).unwrap(), command);
+        let adaptive = PhaseCommand::Drain {
+            elapsed_ms: 5,
+            migrating: true,
+            deadline_in_ms: 100,
+            level: Some(Level::new(0.25)),
+        };
+        let json = serde_json::to_string(&adaptive).unwrap();
+        assert_eq!(
+            json,
+            r#"{"action":"drain","elapsed_ms":5,"migrating":true,"deadline_in_ms":100,"level":0.25}"#
+        );
+        assert_eq!(serde_json::from_str::<PhaseCommand>(&json).unwrap(), adaptive);
+    }
+
+    #[test]
+    fn a_drain_command_with_a_level_out_of_range_is_refused() {
+        let json = r#"{"action":"drain","elapsed_ms":5,"migrating":true,"deadline_in_ms":100,"level":1.5}"#;
+        let error = serde_json::from_str::<PhaseCommand>(json)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("out of range"), "{error}");
     }
 
     #[test]
@@ -333,7 +366,8 @@ mod tests {
             PhaseCommand::Drain {
                 elapsed_ms: 500,
                 migrating: false,
-                deadline_in_ms: 3500
+                deadline_in_ms: 3500,
+                level: None,
             }
         );
     }

@@ -40,6 +40,7 @@ impl Policy {
             shape: spec.shape,
             window: spec.drain_window.0,
             keep: spec.keep,
+            adaptive: handover_core::adaptive::AdaptiveDrain::default(),
         };
         let ramp = RampPolicy {
             window: spec.ramp_window.0,
@@ -78,6 +79,7 @@ impl Policy {
                     elapsed_ms: 0,
                     migrating: t >= timeline.started_at,
                     deadline_in_ms: u64::MAX / 4,
+                    level: None,
                 };
                 effect(policies, command, ms(t - timeline.notice_at))
             }

@@ -3,6 +3,7 @@
 //!
 //! This module only parses text; reading the file is the binary's job.
 
+mod adaptive;
 mod error;
 mod reader;
 pub mod serde_duration;
@@ -669,12 +670,14 @@ fn read_drain(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<DrainPolic
             ],
         )
     });
+    let adaptive = adaptive::read_adaptive(doc, &mut t, &field.path);
     t.finish(doc);
     let policy = DrainPolicy {
         target: target?,
         shape: shape?,
         window: window?,
         keep: keep?,
+        adaptive: adaptive?,
     };
     if policy.shape == DrainShape::Linear && policy.window.is_zero() {
         doc.error(
@@ -1206,6 +1209,7 @@ fn cross_check(doc: &mut Doc<'_, '_>, config: &Config) {
             }
         }
     }
+    adaptive::check_one_controller_per_vm(doc, config);
     let mut watched = HashSet::new();
     for (i, qmp) in config.qmp.iter().enumerate() {
         if !watched.insert(&qmp.vm) {

@@ -6,10 +6,14 @@
 //! a socket, so any sequence of notices can be replayed in a test. Call `tick(now)` before `apply`
 //! so that expired deadlines are seen first.
 
+mod adaptive;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use adaptive::{AdaptiveEntry, AdaptiveStatus};
 
 use crate::config::{Config, GuardAction, GuardConfig};
 use crate::model::{RestoreMode, VmId};
@@ -31,6 +35,8 @@ pub struct PoolTopology {
     pub ramp_window: Duration,
     /// Restore mode after a failure, cancel or deadline.
     pub restore: RestoreMode,
+    /// Adaptive drain and quiescence of its VMs.
+    pub adaptive: crate::adaptive::AdaptiveDrain,
 }
 
 /// The local pools, as the registry sees them.
@@ -54,6 +60,7 @@ impl Topology {
                     deadline: p.deadline,
                     ramp_window: p.ramp.window,
                     restore: p.restore,
+                    adaptive: p.drain.adaptive,
                 })
                 .collect(),
         }
@@ -109,6 +116,8 @@ pub enum Cause {
     RampDone,
     /// A queued prepare was admitted by the capacity guard.
     Dequeued,
+    /// The adaptive controller changed the VM's level (the phase stays).
+    Adaptive,
 }
 
 /// A change of a VM's phase, with the command every balancer must now apply.
@@ -203,6 +212,21 @@ pub struct MigrationProgress {
     pub downtime_ms: Option<u64>,
     /// Setup time in milliseconds.
     pub setup_time_ms: Option<u64>,
+    /// Bytes per page (`ram.page-size`; dirty rates are in pages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_size: Option<u64>,
+    /// QEMU's copy bandwidth cap (`max-bandwidth`), bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth: Option<u64>,
+    /// QEMU's `downtime-limit`, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_limit_ms: Option<u64>,
+    /// The latest dirty-rate probe (`calc-dirty-rate`), when the source runs them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_probe: Option<crate::adaptive::Probe>,
+    /// `handover migrate` holds QEMU's switchover until the VM is quiesced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover_held: Option<bool>,
 }
 
 /// One migration of one VM, with the timestamp of every phase.
@@ -232,6 +256,22 @@ pub struct MigrationRecord {
     pub stable_at: Option<Millis>,
     /// Latest progress from the hypervisor.
     pub progress: Option<MigrationProgress>,
+    /// The adaptive controller's decisions over time (level, λ, what remains, why).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adaptive: Vec<AdaptiveEntry>,
+    /// When quiescence began (no new work until the end of the migration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesce_started_at: Option<Millis>,
+    /// When, quiescing, the balancers first reported nothing in flight to the VM (at most the
+    /// drained threshold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesced_at: Option<Millis>,
+    /// When `handover migrate` began holding QEMU's switchover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_started_at: Option<Millis>,
+    /// When it let the switchover go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_ended_at: Option<Millis>,
 }
 
 impl MigrationRecord {
@@ -249,6 +289,11 @@ impl MigrationRecord {
             end: None,
             stable_at: None,
             progress: None,
+            adaptive: Vec::new(),
+            quiesce_started_at: None,
+            quiesced_at: None,
+            hold_started_at: None,
+            hold_ended_at: None,
         }
     }
 
@@ -297,6 +342,8 @@ pub struct Registry {
     queue: VecDeque<QueuedPrepare>,
     history: VecDeque<MigrationRecord>,
     next_id: u64,
+    /// Adaptive controllers of VMs draining or migrating, with the migration each belongs to.
+    controllers: BTreeMap<VmId, (u64, crate::adaptive::Controller)>,
 }
 
 impl Registry {
@@ -309,6 +356,7 @@ impl Registry {
             queue: VecDeque::new(),
             history: VecDeque::new(),
             next_id: 1,
+            controllers: BTreeMap::new(),
         }
     }
 
@@ -616,6 +664,7 @@ impl Registry {
             deadline_at: Some(now.saturating_add(deadline)),
             ramp_started_at: None,
             ramp_until: None,
+            level: None,
             end_reason: None,
             migration: Some(id),
             queued_since: None,

@@ -14,6 +14,7 @@ fn pool(name: &str, vms: &[&str], guard: GuardConfig) -> PoolTopology {
         deadline: Duration::from_secs(60),
         ramp_window: Duration::from_secs(10),
         restore: RestoreMode::Ramp,
+        adaptive: crate::adaptive::AdaptiveDrain::default(),
     }
 }
 
@@ -49,7 +50,8 @@ fn a_full_migration_walks_every_phase_with_timestamps() {
         PhaseCommand::Drain {
             elapsed_ms: 0,
             migrating: false,
-            deadline_in_ms: 60_000
+            deadline_in_ms: 60_000,
+            level: None,
         }
     );
     let t = applied(reg.apply(&a, Notice::Started, 2_000, NONE));
@@ -219,7 +221,8 @@ fn vms_only_peers_serve_use_the_default_deadline() {
         PhaseCommand::Drain {
             elapsed_ms: 0,
             migrating: false,
-            deadline_in_ms: 600_000
+            deadline_in_ms: 600_000,
+            level: None,
         }
     );
     let end = applied(reg.apply(&vm("elsewhere"), Notice::Completed, 10, NONE));

@@ -26,6 +26,8 @@ const MIN_LEVEL: f64 = 0.05;
 const STALL_SHARE: f64 = 0.95;
 /// A rise smaller than this is not worth a command to every balancer.
 const MIN_RISE: f64 = 0.05;
+/// Nor is a drop smaller than this (unless to a full drain).
+const MIN_DROP: f64 = 0.02;
 /// From a full drain, the level tried to learn again how much the load dirties.
 const EXPLORE_LEVEL: f64 = 0.1;
 /// Weight of a new measurement in the running estimates.
@@ -155,6 +157,9 @@ pub struct Controller {
     stalls: u32,
     last_rise_at: Option<Millis>,
     last_drop_at: Option<Millis>,
+    /// The earliest the copy could have ended with a full drain, as forecast at any step of the
+    /// copy (ms on the caller's clock, fractional): what `max_slowdown` is measured against.
+    drained_finish: Option<f64>,
     /// No try from a full drain before this time.
     explore_at: Millis,
     /// Wait before the next try (doubles after each).
@@ -184,6 +189,7 @@ impl Controller {
             stalls: 0,
             last_rise_at: None,
             last_drop_at: None,
+            drained_finish: None,
             explore_at: 0,
             explore_backoff_ms: 2 * millis(policy.give_back_interval).max(1),
             relearn: false,
@@ -326,8 +332,8 @@ impl Controller {
         let (Some(model), Some(copy)) = (self.model(), copy) else {
             return (current, Reason::Waiting);
         };
-        let allowed = allowed_level(&model, copy, self.policy.max_slowdown);
-        if Level::new(allowed) < self.level {
+        let allowed = allowed_level(&model, copy, self.budget(now, &model, copy));
+        if allowed <= current - MIN_DROP || (allowed < MIN_DROP && Level::new(allowed) < self.level) {
             return (allowed, Reason::Reduce);
         }
         if allowed >= current + MIN_RISE && self.may_rise(now) {
@@ -346,6 +352,27 @@ impl Controller {
             return (level, Reason::GiveBack);
         }
         (current, Reason::Keep)
+    }
+
+    /// Seconds the rest of the copy may take: the copy as a whole may take `1 + max_slowdown` times
+    /// as long as the earliest full-drain finish forecast so far. Anchoring on that earliest finish
+    /// keeps a slowdown spent from being allowed again at every step.
+    fn budget(&mut self, now: Millis, model: &DirtyModel, copy: &CopyState) -> f64 {
+        let slowdown = self.policy.max_slowdown.max(0.0);
+        let Some(drained) = switchover_in(copy, model.rate(0.0)) else {
+            return 0.0;
+        };
+        let Some(start) = self.copy_started_at else {
+            // Before the copy: only an estimate of the bandwidth; measure against it alone.
+            return drained * (1.0 + slowdown);
+        };
+        let now_ms = now as f64;
+        let finish = now_ms + drained * 1000.0;
+        let earliest = self.drained_finish.map_or(finish, |f| f.min(finish));
+        self.drained_finish = Some(earliest);
+        let start = start as f64;
+        let deadline = start + (1.0 + slowdown) * (earliest - start).max(0.0);
+        (deadline - now_ms) / 1000.0
     }
 
     /// A rise needs the give-back interval since the last rise, and a measurement whose window

@@ -62,37 +62,38 @@ pub fn switchover_in(copy: &CopyState, rate: f64) -> Option<f64> {
     None
 }
 
-/// The highest level (in `[0, 1]`) at which the copy still converges with room to spare: either
-/// the current pass is the last one anyway (what is dirtied until its end fits in the threshold),
-/// or the whole copy takes at most `1 + slowdown` times as long as with a full drain.
+/// The highest level (in `[0, 1]`) at which the switchover still comes within `budget` seconds —
+/// or no later than with a full drain, whatever the budget: a level that delays nothing costs
+/// nothing.
 ///
-/// The second rule is the continuous form of the model: a copy that must send `X` bytes while the
-/// guest dirties `D` of them per second progresses at `B − D`, so it takes `(B − b)/(B − D(level))`
-/// times a full drain's time; at most `1 + slowdown` means
-/// `D(level) − b ≤ slowdown/(1 + slowdown) · (B − b)`. A guest whose background alone reaches the
-/// bandwidth cannot converge whatever the balancer does: the answer is then 0 (a full drain, the
-/// least the balancer can add).
-pub fn allowed_level(model: &DirtyModel, copy: &CopyState, slowdown: f64) -> f64 {
-    let bandwidth = copy.bandwidth;
-    if bandwidth.is_nan() || bandwidth <= 0.0 || model.background >= bandwidth {
+/// The forecast is the discrete one of [`switchover_in`], so a level at which the current pass is
+/// the last anyway costs nothing, and one that makes the guest dirty just more than the threshold
+/// costs a whole extra pass. A guest whose background alone reaches the bandwidth cannot converge
+/// whatever the balancer does: the answer is then 0 (a full drain, the least the balancer can add).
+pub fn allowed_level(model: &DirtyModel, copy: &CopyState, budget: f64) -> f64 {
+    let Some(drained) = switchover_in(copy, model.rate(0.0)) else {
         return 0.0;
-    }
+    };
     if model.per_level.is_nan() || model.per_level <= 0.0 {
         // Dirtying does not follow the share: keeping it costs nothing.
         return 1.0;
     }
-    let slowdown = slowdown.max(0.0);
-    let by_slowdown = slowdown / (1.0 + slowdown) * (bandwidth - model.background) / model.per_level;
-    let by_last_pass = if copy.remaining > 0.0 {
-        let seconds_left = copy.remaining / bandwidth;
-        ((copy.threshold - copy.dirtied) / seconds_left - model.background) / model.per_level
-    } else if copy.dirtied <= copy.threshold {
-        // The pass is over and what it left fits: the switchover comes whatever the level.
-        1.0
-    } else {
-        f64::NEG_INFINITY
-    };
-    by_slowdown.max(by_last_pass).clamp(0.0, 1.0)
+    let budget = budget.max(drained) + 1e-9;
+    let fits = |level: f64| switchover_in(copy, model.rate(level)).is_some_and(|t| t <= budget);
+    if fits(1.0) {
+        return 1.0;
+    }
+    // The forecast grows with the level: bisect for the highest level that fits.
+    let (mut low, mut high) = (0.0, 1.0);
+    for _ in 0..40 {
+        let mid = (low + high) / 2.0;
+        if fits(mid) {
+            low = mid;
+        } else {
+            high = mid;
+        }
+    }
+    low
 }
 
 #[cfg(test)]
@@ -132,12 +133,19 @@ mod tests {
             per_level: 6.0 * MIB,
         };
         let c = copy(12.0, 90.0);
-        let level = allowed_level(&model, &c, 0.1);
-        // D(level) ≤ 0.1/1.1 × 12 MiB/s.
-        assert!(
-            (model.rate(level) - 12.0 * MIB * 0.1 / 1.1).abs() < 1.0,
-            "{level}"
-        );
+        let drained = switchover_in(&c, 0.0).unwrap();
+        for slowdown in [0.0, 0.05, 0.1, 0.5] {
+            let level = allowed_level(&model, &c, drained * (1.0 + slowdown));
+            let at = switchover_in(&c, model.rate(level)).unwrap();
+            assert!(at <= drained * (1.0 + slowdown) + 1e-6, "{slowdown}: {at} s");
+            let above = switchover_in(&c, model.rate((level + 0.01).min(1.0)));
+            assert!(level == 1.0 || above.is_none_or(|t| t > drained * (1.0 + slowdown)));
+        }
+        // No slowdown at all still allows what ends with this pass: 90 MiB in 7.5 s, 3.6 MiB of room.
+        let level = allowed_level(&model, &c, 0.0);
+        assert!((model.rate(level) * 7.5 - 3.6 * MIB).abs() < 1024.0, "{level}");
+        // A budget shorter than a full drain's is no reason to drain more than fully.
+        assert_eq!(allowed_level(&model, &c, -5.0), level);
     }
 
     #[test]
@@ -156,6 +164,6 @@ mod tests {
             background: 20.0 * MIB,
             per_level: 1.0 * MIB,
         };
-        assert_eq!(allowed_level(&model, &copy(12.0, 90.0), 0.1), 0.0);
+        assert_eq!(allowed_level(&model, &copy(12.0, 90.0), 1e9), 0.0);
     }
 }

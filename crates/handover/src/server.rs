@@ -112,10 +112,10 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
     tasks.spawn(coordinator.clone().run(cancel.clone()));
     crate::sources::start_qmp_watchers(config, &coordinator, &cancel, &tasks);
 
-    let app = router(Arc::new(ApiState {
-        coordinator: coordinator.clone(),
-        token: config.control.token.clone(),
-    }));
+    let app = router(Arc::new(ApiState::new(
+        coordinator.clone(),
+        config.control.token.clone(),
+    )));
     let api_cancel = cancel.clone();
     tasks.spawn(async move {
         let server = axum::serve(control_listener, app)

@@ -6,6 +6,8 @@
 //! Load-balancing module (what peers call): `PUT /v1/balancer/vms/{vm}`, `PUT .../addresses`,
 //! `GET /v1/balancer/vms/{vm}/drain`, `GET /v1/balancer/status`.
 //!
+//! Dashboard (see [`crate::dashboard`]): `GET /`, `GET /dashboard`, `GET /v1/events`.
+//!
 //! When a token is configured, every mutating call needs `Authorization: Bearer <token>`.
 
 mod auth;
@@ -21,6 +23,7 @@ use axum::Router;
 use axum::routing::{get, post, put};
 
 pub use error::ApiError;
+pub(crate) use views::collect_vms;
 
 use crate::coordinator::Coordinator;
 
@@ -31,6 +34,19 @@ pub struct ApiState {
     pub coordinator: Arc<Coordinator>,
     /// Bearer token for mutating calls.
     pub token: Option<String>,
+    /// The dashboard's share history.
+    pub shares: Arc<crate::dashboard::ShareHistory>,
+}
+
+impl ApiState {
+    /// The state of an API over `coordinator`, with an optional bearer token.
+    pub fn new(coordinator: Arc<Coordinator>, token: Option<String>) -> Self {
+        Self {
+            coordinator,
+            token,
+            shares: Arc::default(),
+        }
+    }
 }
 
 /// The whole router.
@@ -48,6 +64,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/balancer/vms/{vm}/addresses", put(peer::addresses))
         .route("/v1/balancer/vms/{vm}/drain", get(peer::drain))
         .route("/v1/balancer/status", get(peer::status))
+        .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::not_found("no such endpoint; see the README's API section") })
         .with_state(state)
 }

@@ -15,7 +15,7 @@ use super::{ApiError, ApiState, vm_from_path};
 use crate::metrics::{self, MetricsInput};
 
 /// Every VM known to the registry or to a local pool.
-async fn collect_vms(state: &ApiState) -> Vec<VmView> {
+pub(crate) async fn collect_vms(state: &ApiState) -> Vec<VmView> {
     let local = state.coordinator.local_status().await;
     let history = state.coordinator.history();
     let mut views: BTreeMap<VmId, VmView> = BTreeMap::new();

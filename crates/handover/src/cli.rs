@@ -285,6 +285,17 @@ pub enum Command {
         #[command(flatten)]
         control: ControlArgs,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print a man page (roff) to stdout: handover(1), or handover-COMMAND(1) for one command
+    /// (`handover man > /usr/local/share/man/man1/handover.1`).
+    Man {
+        /// A command (`run`, `notify`, ...): its own page.
+        command: Option<String>,
+    },
     /// Start three demo backends, the proxy and a load generator, and walk a VM through a
     /// migration (prepare → drained → started → completed → ramp) in about 30 seconds.
     Demo,

@@ -16,7 +16,7 @@ mod testbed;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
@@ -31,6 +31,24 @@ pub const EXIT_NOT_DRAINED: u8 = 3;
 pub const EXIT_QUEUED: u8 = 4;
 /// Exit status: `migrate` was interrupted (Ctrl-C) and the migration cancelled.
 pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// `handover man [COMMAND]`.
+fn man(command: Option<&str>) -> anyhow::Result<u8> {
+    let cli = Cli::command();
+    let page = match command {
+        None => cli,
+        Some(name) => {
+            let Some(sub) = cli.find_subcommand(name) else {
+                let names: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
+                anyhow::bail!("no command {name:?}; the commands are {}", names.join(", "));
+            };
+            sub.clone()
+                .name(Box::leak(format!("handover-{name}").into_boxed_str()) as &str)
+        }
+    };
+    clap_mangen::Man::new(page).render(&mut std::io::stdout())?;
+    Ok(EXIT_OK)
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -75,6 +93,11 @@ fn main() -> ExitCode {
             Command::LibvirtHook(args) => libvirt_hook::hook(args).await,
             Command::Status { json, control } => status::status(&control, json).await,
             Command::Demo => demo::run().await,
+            Command::Completions { shell } => {
+                clap_complete::generate(shell, &mut Cli::command(), "handover", &mut std::io::stdout());
+                Ok(EXIT_OK)
+            }
+            Command::Man { command } => man(command.as_deref()),
         }
     });
     match result {

@@ -14,6 +14,25 @@ pub struct Cli {
     /// The command.
     #[command(subcommand)]
     pub command: Command,
+    /// How handover's own log lines (on stderr) are written: `text` (colours only on a terminal)
+    /// or `json` (one object per line). The level comes from `RUST_LOG`.
+    #[arg(
+        long,
+        global = true,
+        env = "HANDOVER_LOG_FORMAT",
+        default_value = "text",
+        value_enum
+    )]
+    pub log_format: LogFormat,
+}
+
+/// Format of handover's own log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Default control API URL of the CLI commands.

@@ -141,3 +141,26 @@ fn the_example_systemd_unit_verifies() {
         .collect();
     assert!(ours.is_empty(), "systemd-analyze verify: {stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_logs_have_no_colour_off_a_terminal_and_are_json_on_request() {
+    let config = "[control]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nname = \"web\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\n[pools.p]\n[[pools.p.backends]]\naddress = \"127.0.0.1:9\"\nvm = \"vm-a\"\n";
+    let text = common::Node::start(config);
+    assert!(common::log_contains(&text, "listening", std::time::Duration::from_secs(5)).await);
+    assert!(
+        !text.log().contains('\u{1b}'),
+        "colour codes in a log file: {:?}",
+        text.log()
+    );
+
+    let json = common::Node::start_with(config, &["--log-format", "json"]);
+    assert!(common::log_contains(&json, "listening", std::time::Duration::from_secs(5)).await);
+    for line in json.log().lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            value["level"].is_string() && value["message"].is_string(),
+            "{line}"
+        );
+    }
+}

@@ -36,6 +36,19 @@ pub struct ApiState {
     pub token: Option<String>,
     /// The dashboard's share history.
     pub shares: Arc<crate::dashboard::ShareHistory>,
+    /// More lines for `GET /metrics`, from parts the control plane does not own.
+    pub extra_metrics: Vec<MetricSource>,
+}
+
+/// Writes Prometheus lines of a part of the node the control plane does not own (the data plane's
+/// access logs, say), appended to `GET /metrics`.
+#[derive(Clone)]
+pub struct MetricSource(pub Arc<dyn Fn(&mut String) + Send + Sync>);
+
+impl std::fmt::Debug for MetricSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricSource")
+    }
 }
 
 impl ApiState {
@@ -45,7 +58,14 @@ impl ApiState {
             coordinator,
             token,
             shares: Arc::default(),
+            extra_metrics: Vec::new(),
         }
+    }
+
+    /// Adds a source of metric lines.
+    pub fn with_metrics(mut self, source: impl Fn(&mut String) + Send + Sync + 'static) -> Self {
+        self.extra_metrics.push(MetricSource(Arc::new(source)));
+        self
     }
 }
 

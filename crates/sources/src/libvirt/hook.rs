@@ -7,7 +7,7 @@
 //! - `migrate begin` runs only on the destination, before anything is copied: the one point where
 //!   the hook can hold the migration until the balancers drained the VM.
 //! - `started begin` on the destination comes as the destination QEMU is ready to receive: the
-//!   copy begins right after it (30-110 ms later in the runs of `docs/libvirt.md`). It is
+//!   copy begins right after it (28-41 ms later in the runs of `docs/libvirt.md`). It is
 //!   `started`, not the end.
 //! - `release end EXTRA`: the domain's resources on this host are released. From libvirt 10.5
 //!   EXTRA is the reason: `migrated` on the source after a successful switchover, `failed` on the

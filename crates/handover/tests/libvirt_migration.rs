@@ -87,6 +87,11 @@ async fn migrations(node: &Node) -> Vec<serde_json::Value> {
     value.as_array().unwrap().clone()
 }
 
+/// Waits until a node's log has `text`.
+async fn log_eventually(node: &Node, text: &str) -> bool {
+    eventually(Duration::from_secs(10), || async { node.log().contains(text) }).await
+}
+
 /// Runs `virsh migrate` in a thread; returns its output when it ends.
 fn migrate(
     from: &common::libvirt::Host,
@@ -278,7 +283,18 @@ async fn libvirt_migrations_are_drained_before_the_copy_completed_after_the_swit
                 > 0
         );
     }
-    // The source's node owned no migration: its end notices changed nothing there.
+    // The end came from b's event watcher; the source's node owned no migration, and its end
+    // notices (its watcher's Stopped Migrated) changed nothing there.
+    assert!(
+        node_b.log().contains("libvirt: Resumed Migrated"),
+        "{}",
+        node_b.log()
+    );
+    assert!(
+        log_eventually(&node_a, "libvirt: Stopped Migrated").await,
+        "{}",
+        node_a.log()
+    );
     assert!(migrations(&node_a).await.is_empty());
 
     // ---- 2. b → a, aborted with domjobabort while memory is copied.
@@ -327,6 +343,12 @@ async fn libvirt_migrations_are_drained_before_the_copy_completed_after_the_swit
         })
         .await,
         "vm-a restored on both nodes"
+    );
+    // On libvirt 9.0 only a's event watcher can say so (the hook's `release end -` cannot).
+    assert!(
+        log_eventually(&node_a, "libvirt: Stopped Failed").await,
+        "{}",
+        node_a.log()
     );
     assert_eq!(
         host_b.domstate(DOMAIN).as_deref(),

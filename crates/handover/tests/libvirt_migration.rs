@@ -31,8 +31,8 @@ use common::{Node, eventually, now_ms};
 const TEST: &str = "libvirt_migration";
 const DOMAIN: &str = "web1";
 
-/// A port for a node's control API, known before the node starts (each node's hook and its peer
-/// need it): an ephemeral port the kernel hands out, released just before the node binds it.
+/// A port for node a's control API, known before node a starts (node b needs it as its peer): an
+/// ephemeral port the kernel hands out, released just before node b starts and node a binds it.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -43,16 +43,16 @@ fn free_port() -> u16 {
 
 /// The hook libvirt runs on one host: handover's, in the test's network namespace (where the
 /// nodes listen), with `--veto`.
-fn hook_script(control_port: u16) -> String {
+fn hook_script(control: &str) -> String {
     format!(
         "#!/bin/sh\nexec nsenter --net=/proc/{pid}/ns/net {handover} libvirt-hook \
-         --control http://127.0.0.1:{control_port} --drain-timeout 20s --veto -- \"$@\"\n",
+         --control {control} --drain-timeout 20s --veto -- \"$@\"\n",
         pid = std::process::id(),
         handover = common::binary(),
     )
 }
 
-fn node_config(control_port: u16, peer_port: u16, backends: &[(&str, SocketAddr)], uri: &str) -> String {
+fn node_config(control_port: u16, peer: &str, backends: &[(&str, SocketAddr)], uri: &str) -> String {
     let mut text = format!(
         "[control]\nbind = \"127.0.0.1:{control_port}\"\n\n\
          [[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n\n\
@@ -64,7 +64,7 @@ fn node_config(control_port: u16, peer_port: u16, backends: &[(&str, SocketAddr)
         ));
     }
     text.push_str(&format!(
-        "\n[[peers]]\nname = \"peer\"\nurl = \"http://127.0.0.1:{peer_port}\"\ntimeout = \"2s\"\n\
+        "\n[[peers]]\nname = \"peer\"\nurl = \"{peer}\"\ntimeout = \"2s\"\n\
          \n[[libvirt]]\nuri = \"{uri}\"\n"
     ));
     text
@@ -132,10 +132,8 @@ async fn libvirt_migrations_are_drained_before_the_copy_completed_after_the_swit
     let started = std::time::Instant::now();
     eprintln!("{}", common::libvirt::version());
 
-    let (port_a, port_b) = (free_port(), free_port());
     let tag = format!("{}", std::process::id());
-    let rig = Rig::start(&tag, [&hook_script(port_a), &hook_script(port_b)])
-        .unwrap_or_else(|e| panic!("the two libvirt daemons: {e}"));
+    let rig = Rig::start(&tag).unwrap_or_else(|e| panic!("the two libvirt daemons: {e}"));
     let [host_a, host_b] = &rig.hosts;
     let events_a = EventLog::follow(host_a);
     let events_b = EventLog::follow(host_b);
@@ -154,8 +152,17 @@ async fn libvirt_migrations_are_drained_before_the_copy_completed_after_the_swit
     let vm_a = TcpBackend::start("vm-a").await;
     let vm_b = TcpBackend::start("vm-b").await;
     let backends = [("vm-a", vm_a.address), ("vm-b", vm_b.address)];
-    let node_a = Node::start(&node_config(port_a, port_b, &backends, &host_a.uri));
-    let node_b = Node::start(&node_config(port_b, port_a, &backends, &host_b.uri));
+    let port_a = free_port();
+    let node_b = Node::start(&node_config(
+        0,
+        &format!("http://127.0.0.1:{port_a}"),
+        &backends,
+        &host_b.uri,
+    ));
+    let node_a = Node::start(&node_config(port_a, &node_b.control, &backends, &host_a.uri));
+    for (i, node) in [&node_a, &node_b].into_iter().enumerate() {
+        rig.set_hook(i, &hook_script(&node.control)).unwrap();
+    }
 
     let serial = host_a.log_file(&format!("{DOMAIN}.serial"));
     assert!(

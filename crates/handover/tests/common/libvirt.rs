@@ -3,7 +3,8 @@
 //! `/var/{lib,cache,log}/libvirt` and `/etc/hosts`), and the two network namespaces are joined by a
 //! veth pair, so that libvirt live-migrates a guest from one to the other over TCP exactly as
 //! between two machines. The test reaches each daemon through its socket
-//! (`qemu:///system?socket=...`); each daemon's hook script is the test's to write.
+//! (`qemu:///system?socket=...`); each daemon's hook script is the test's to write
+//! ([`Rig::set_hook`]).
 //!
 //! Everything is named after the test's process id (namespaces) or lives in a temporary directory,
 //! and [`Rig`]'s `Drop` destroys the domains, stops the daemons and QEMU, and deletes the
@@ -178,9 +179,9 @@ fn run(command: &mut Command) -> Result<(), String> {
 }
 
 impl Rig {
-    /// Builds both hosts; `hooks[i]` is host i's `/etc/libvirt/hooks/qemu` script. Returns once
-    /// both daemons answer.
-    pub fn start(tag: &str, hooks: [&str; 2]) -> Result<Rig, String> {
+    /// Builds both hosts, each with a hook script that does nothing (see [`Rig::set_hook`]).
+    /// Returns once both daemons answer.
+    pub fn start(tag: &str) -> Result<Rig, String> {
         let dir = tempfile::Builder::new()
             .prefix("handover-libvirt-")
             .tempdir()
@@ -208,8 +209,8 @@ impl Rig {
             _dir: dir,
         };
         rig.network()?;
-        for (i, hook) in hooks.iter().enumerate() {
-            rig.configure(i, hook)?;
+        for i in 0..2 {
+            rig.configure(i)?;
         }
         for i in 0..2 {
             rig.launch(i)?;
@@ -260,7 +261,19 @@ impl Rig {
         Ok(())
     }
 
-    fn configure(&self, i: usize, hook: &str) -> Result<(), String> {
+    /// Replaces host `i`'s `/etc/libvirt/hooks/qemu`. libvirt looks for the hook when it starts
+    /// and runs the file as it is at each call, so the script can be written once the handover
+    /// nodes it talks to are listening.
+    pub fn set_hook(&self, i: usize, script: &str) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let hooks = self.hosts[i].root.join("etc/libvirt/hooks");
+        let next = hooks.join("qemu.next");
+        std::fs::write(&next, script).map_err(|e| format!("{}: {e}", next.display()))?;
+        std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+        std::fs::rename(&next, hooks.join("qemu")).map_err(|e| e.to_string())
+    }
+
+    fn configure(&self, i: usize) -> Result<(), String> {
         let host = &self.hosts[i];
         let root = &host.root;
         for dir in [
@@ -300,14 +313,7 @@ impl Rig {
             .map(|h| format!("{} {}\n", h.address, h.hostname))
             .collect();
         write("hosts", &format!("127.0.0.1 localhost\n{hosts}"))?;
-        write("etc/libvirt/hooks/qemu", hook)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(
-            root.join("etc/libvirt/hooks/qemu"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(())
+        self.set_hook(i, "#!/bin/sh\nexit 0\n")
     }
 
     fn launch(&mut self, i: usize) -> Result<(), String> {

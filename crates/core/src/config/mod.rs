@@ -3,6 +3,7 @@
 //!
 //! This module only parses text; reading the file is the binary's job.
 
+pub mod access_log;
 mod adaptive;
 mod error;
 mod reader;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::de::DeTable;
 
+pub use access_log::AccessLogConfig;
 pub use error::{ConfigError, ConfigErrors};
 use reader::{Doc, Field, Fields};
 
@@ -38,6 +40,8 @@ pub struct Config {
     pub migration: MigrationConfig,
     /// QEMU QMP monitors to watch for migrations.
     pub qmp: Vec<QmpConfig>,
+    /// libvirt daemons whose domain events are watched for migrations.
+    pub libvirt: Vec<LibvirtConfig>,
     /// Where runtime state (phases, ramps, health, addresses) is kept across restarts.
     pub state_file: Option<PathBuf>,
     /// HAProxy instances handover drives through their runtime API.
@@ -195,6 +199,16 @@ pub struct QmpConfig {
     pub poll_interval: Duration,
 }
 
+/// A libvirt daemon whose domain events handover watches (`virsh event`), to learn how migrations
+/// to and from this host end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LibvirtConfig {
+    /// Connection URI (`qemu:///system`).
+    pub uri: String,
+    /// The `virsh` program (from libvirt-clients).
+    pub virsh: PathBuf,
+}
+
 /// Where the control API listens and how it is protected.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ControlConfig {
@@ -226,6 +240,8 @@ pub struct ListenerConfig {
     /// sends a request body or reads a response, before its connection is closed.
     #[serde(with = "serde_duration")]
     pub client_timeout: Duration,
+    /// Where its access log goes, and in what form (none: off).
+    pub access_log: Option<AccessLogConfig>,
 }
 
 /// The capacity guard of a pool.
@@ -400,6 +416,10 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
         Some(field) => read_array(&mut doc, &field, read_qmp),
         None => Some(Vec::new()),
     };
+    let libvirt = match root.get("libvirt") {
+        Some(field) => read_array(&mut doc, &field, read_libvirt),
+        None => Some(Vec::new()),
+    };
     let state_file = match root.get("state") {
         Some(field) => read_state(&mut doc, &field).map(Some),
         None => Some(None),
@@ -426,6 +446,7 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
             peers: peers?,
             migration: migration?,
             qmp: qmp?,
+            libvirt: libvirt?,
             state_file: state_file?,
             haproxy: haproxy?,
             nginx: nginx?,
@@ -508,6 +529,10 @@ fn read_listener(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<Listene
     let client_timeout = or_default(t.get("client_timeout"), Duration::from_secs(60), |f| {
         positive(doc, f)
     });
+    let access_log = match t.get("access_log") {
+        Some(f) => access_log::read_access_log(doc, &f),
+        None => Some(None),
+    };
     t.finish(doc);
     Some(ListenerConfig {
         name: name?,
@@ -517,6 +542,7 @@ fn read_listener(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<Listene
         idle_timeout: idle_timeout?,
         response_timeout: response_timeout?,
         client_timeout: client_timeout?,
+        access_log: access_log?,
     })
 }
 
@@ -1164,6 +1190,26 @@ fn read_qmp(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<QmpConfig> {
     })
 }
 
+fn read_libvirt(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<LibvirtConfig> {
+    let mut t = Fields::of(doc, field)?;
+    let uri = t.require(doc, "uri").and_then(|f| {
+        let text = f.non_empty_string(doc)?;
+        if text.contains(char::is_whitespace) {
+            doc.error(&f.path, f.span(), "a libvirt URI has no spaces (qemu:///system)");
+            return None;
+        }
+        Some(text)
+    });
+    let virsh = or_default(t.get("virsh"), PathBuf::from("virsh"), |f| {
+        f.non_empty_string(doc).map(PathBuf::from)
+    });
+    t.finish(doc);
+    Some(LibvirtConfig {
+        uri: uri?,
+        virsh: virsh?,
+    })
+}
+
 /// Checks that need the whole file: duplicates.
 fn cross_check(doc: &mut Doc<'_, '_>, config: &Config) {
     let mut listener_names = HashSet::new();
@@ -1217,6 +1263,16 @@ fn cross_check(doc: &mut Doc<'_, '_>, config: &Config) {
                 &format!("qmp[{i}].vm"),
                 None,
                 format!("{} already has a QMP monitor", qmp.vm),
+            );
+        }
+    }
+    let mut uris = HashSet::new();
+    for (i, libvirt) in config.libvirt.iter().enumerate() {
+        if !uris.insert(&libvirt.uri) {
+            doc.error(
+                &format!("libvirt[{i}].uri"),
+                None,
+                format!("{} is already watched", libvirt.uri),
             );
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod backends;
 pub mod lb;
+pub mod libvirt;
 pub mod qemu;
 pub mod raw;
 pub mod recorder;
@@ -157,8 +158,13 @@ impl Node {
 
     /// Asks the node to stop gracefully (SIGTERM), without waiting.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the node a signal (`TERM`, `USR1`, `STOP`, ...), without waiting.
+    pub fn signal(&self, name: &str) {
         let _ = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(self.child.id().to_string())
             .status();
     }

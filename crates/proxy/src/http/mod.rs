@@ -23,6 +23,7 @@
 //! - [`upstream`]: backend connections and the per-worker idle lists.
 //! - [`answers`]: responses the proxy writes itself.
 //! - [`timer`]: the per-connection deadline.
+//! - [`logging`]: what a request's access log line says, gathered while it is served.
 //!
 //! `LIFECYCLE.md` beside this file tells the life of a connection and a request, state by state.
 
@@ -32,6 +33,7 @@ pub mod chunked;
 mod exchange;
 mod fields;
 pub mod head;
+mod logging;
 mod rewrite;
 mod target;
 mod timer;
@@ -50,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::accept::accept_loop;
+use crate::access_log::AccessLog;
 use crate::buffer::Buffer;
 use crate::pools::Pool;
 use crate::shutdown::{Shutdown, ShutdownListener};
@@ -69,6 +72,8 @@ pub struct HttpRoute {
     /// previous response: idle keep-alive connections close after it), or stay without progress
     /// while it sends a request body or reads a response.
     pub client_timeout: Duration,
+    /// One line per request, if configured.
+    pub access_log: Option<AccessLog>,
 }
 
 /// How long a connection closed with part of a request unread keeps reading (and dropping) what
@@ -154,6 +159,8 @@ pub(crate) struct Connection {
     writes: u32,
     /// Part of the last request may still be unread: close with [`Connection::linger`].
     unread: bool,
+    /// The access log line of the request in progress (only when the listener logs).
+    record: Option<Box<logging::RequestRecord>>,
 }
 
 impl Connection {
@@ -174,6 +181,7 @@ impl Connection {
             timer: LazyTimer::new(),
             writes: 0,
             unread: false,
+            record: None,
         }
     }
 
@@ -187,7 +195,15 @@ impl Connection {
                     let mut out = Buffer::take();
                     tracing::debug!(client = %self.peer, status = error.status, reason = %error.reason, "request refused");
                     answers::write(&mut out, error.status, &error.reason, false);
-                    if self.send(out.filled()).await.is_ok() {
+                    if self.route.access_log.is_some() {
+                        let head = self.input.as_ref().map_or(0, |i| i.len() as u64);
+                        let mut record = logging::RequestRecord::new(None, head);
+                        record.answered(error.status, Some(&error.reason));
+                        self.record = Some(record);
+                    }
+                    let sent = self.send(out.filled()).await;
+                    self.finish_record();
+                    if sent.is_ok() {
                         self.linger().await;
                     }
                     return;
@@ -286,8 +302,18 @@ impl Connection {
         .await;
     }
 
+    /// Hands the access log line of the request that ended to the log.
+    fn finish_record(&mut self) {
+        if let (Some(record), Some(log)) = (self.record.take(), &self.route.access_log) {
+            (*record).finish(log, self.peer);
+        }
+    }
+
     /// Writes to the client.
     async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Some(record) = self.record.as_mut() {
+            record.sent(bytes.len());
+        }
         if self.writes == 1 {
             let _ = self.stream.set_nodelay(true);
         }
@@ -332,6 +358,7 @@ mod tests {
             pool: crate::pools::Pools::new(&config).pool("p").unwrap(),
             response_timeout: Duration::from_secs(1),
             client_timeout: Duration::from_secs(60),
+            access_log: None,
         })
     }
 

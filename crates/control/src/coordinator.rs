@@ -17,8 +17,8 @@ use handover_core::api::{
 };
 use handover_core::config::Config;
 use handover_core::migration::{
-    MigrationProgress, MigrationRecord, NoticeError, NoticeOptions, Outcome, Registry, RegistryDefaults,
-    RegistrySnapshot, Topology, Transition,
+    AdaptiveStatus, MigrationProgress, MigrationRecord, NoticeError, NoticeOptions, Outcome, Registry,
+    RegistryDefaults, RegistrySnapshot, Topology, Transition,
 };
 use handover_core::model::VmId;
 use handover_core::phase::{Notice, Phase, PhaseCommand, Readdress, VmState};
@@ -90,6 +90,8 @@ pub struct Coordinator {
     slots: Vec<BalancerSlot>,
     drain_timeout: Duration,
     thresholds: HashMap<VmId, u64>,
+    /// The threshold a prepare asked for, which quiescence uses too.
+    prepare_thresholds: Mutex<HashMap<VmId, u64>>,
     retries: Mutex<HashMap<(usize, VmId), RetryState>>,
     wake: Notify,
     stats: Mutex<Stats>,
@@ -126,6 +128,7 @@ impl Coordinator {
             slots,
             drain_timeout: config.migration.drain_timeout,
             thresholds,
+            prepare_thresholds: Mutex::new(HashMap::new()),
             retries: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             stats: Mutex::new(Stats::default()),
@@ -161,9 +164,58 @@ impl Coordinator {
         self.registry.lock().history().cloned().collect()
     }
 
-    /// Records hypervisor progress on a VM's current migration.
-    pub fn record_progress(&self, vm: &VmId, progress: MigrationProgress) -> bool {
-        self.registry.lock().record_progress(vm, progress)
+    /// Records hypervisor progress on a VM's current migration, and steps its adaptive drain: a new
+    /// level is told to every balancer (peers included) as a drain command carrying it, in order
+    /// with notices; while the VM quiesces, every balancer is asked how much still reaches it, and
+    /// the first time that is at most the drained threshold, the VM is quiesced. False when the VM
+    /// has no migration.
+    pub async fn record_progress(&self, vm: &VmId, progress: MigrationProgress) -> bool {
+        if !self.registry.lock().record_progress(vm, progress) {
+            return false;
+        }
+        let serial = self.serial.lock().await;
+        let now = self.clock.now_ms();
+        let transition = self.registry.lock().adapt(vm, now);
+        if let Some(transition) = transition {
+            let results = self.fan_out(vm, transition.command, None).await;
+            self.note_results(vm, &results);
+            let status = self.registry.lock().adaptive_status(vm);
+            if let Some(status) = status {
+                info!(%vm, level = %status.latest.level, decision = %status.latest.decision, lambda = ?status.latest.lambda, "adaptive drain changed the level");
+            }
+        }
+        drop(serial);
+        let quiesced = self
+            .registry
+            .lock()
+            .adaptive_status(vm)
+            .is_some_and(|s| s.quiesced_at.is_some());
+        if self.registry.lock().quiescing(vm) && !quiesced {
+            let threshold = self
+                .prepare_thresholds
+                .lock()
+                .get(vm)
+                .or_else(|| self.thresholds.get(vm))
+                .copied()
+                .unwrap_or(0);
+            let active: u64 = fanout::drain_all(&self.slots, vm)
+                .await
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|s| s.serves)
+                .map(|s| s.active)
+                .sum();
+            let now = self.clock.now_ms();
+            if self.registry.lock().record_in_flight(vm, now, active, threshold) {
+                info!(%vm, active, threshold, "quiesced: nothing left in flight to the VM");
+            }
+        }
+        true
+    }
+
+    /// Where a VM's adaptive drain stands (its current or last migration).
+    pub fn adaptive_status(&self, vm: &VmId) -> Option<AdaptiveStatus> {
+        self.registry.lock().adaptive_status(vm)
     }
 
     /// Handles a notice: identify, notify, (wait), reply.
@@ -186,6 +238,9 @@ impl Coordinator {
                 field,
                 message: format!("{field}: only a completed notice can move a VM to new addresses"),
             });
+        }
+        if let (Notice::Prepare, Some(threshold)) = (request.phase, request.threshold) {
+            self.prepare_thresholds.lock().insert(vm.clone(), threshold);
         }
         let options = NoticeOptions {
             deadline_ms: request.deadline_ms,

@@ -35,8 +35,10 @@ impl MigrationSink for CoordinatorSink {
         })
     }
 
-    fn progress(&self, vm: &VmId, progress: MigrationProgress) {
-        self.0.record_progress(vm, progress);
+    fn progress<'a>(&'a self, vm: &'a VmId, progress: MigrationProgress) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.0.record_progress(vm, progress).await;
+        })
     }
 }
 

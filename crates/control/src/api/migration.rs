@@ -6,7 +6,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use handover_core::api::{NoticeRequest, NoticeResponse};
+use handover_core::api::{NoticeRequest, NoticeResponse, ProgressReply};
 use handover_core::migration::MigrationProgress;
 
 use super::auth::authorize;
@@ -31,18 +31,26 @@ pub async fn notice(
     Ok((status, Json(response)))
 }
 
-/// Records hypervisor progress on the VM's current migration (what `handover migrate` reports).
+/// Records hypervisor progress on the VM's current migration (what `handover migrate` reports) and
+/// answers where the VM's adaptive drain stands: `{"recorded": true, "adaptive": {...}}`, the
+/// second only for a VM whose pools adapt or quiesce (level, decision, λ, quiescing, quiesced).
 pub async fn progress(
     State(state): State<Arc<ApiState>>,
     Path(vm): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ProgressReply>, ApiError> {
     authorize(&state, &headers)?;
     let vm = vm_from_path(&vm)?;
     let progress: MigrationProgress = json::parse(&body)?;
-    if state.coordinator.record_progress(&vm, progress) {
-        Ok(Json(serde_json::json!({ "recorded": true })))
+    if let Err((field, message)) = progress.validate() {
+        return Err(ApiError::bad_request(message, Some(field)));
+    }
+    if state.coordinator.record_progress(&vm, progress).await {
+        Ok(Json(ProgressReply {
+            recorded: true,
+            adaptive: state.coordinator.adaptive_status(&vm),
+        }))
     } else {
         Err(ApiError::not_found(format!(
             "VM {vm} has no migration to record progress on"

@@ -229,6 +229,33 @@ pub struct MigrationProgress {
     pub switchover_held: Option<bool>,
 }
 
+impl MigrationProgress {
+    /// Checks figures that came from outside (the progress API): rates must be finite and not
+    /// negative. Returns the offending field and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(mbps) = self.mbps
+            && !(mbps.is_finite() && mbps >= 0.0)
+        {
+            return Err((
+                "mbps",
+                format!("mbps: {mbps} is not a rate; expected a number ≥ 0"),
+            ));
+        }
+        if let Some(probe) = &self.dirty_probe
+            && !(probe.bytes_per_s.is_finite() && probe.bytes_per_s >= 0.0)
+        {
+            return Err((
+                "dirty_probe.bytes_per_s",
+                format!(
+                    "dirty_probe.bytes_per_s: {} is not a rate; expected a number ≥ 0",
+                    probe.bytes_per_s
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One migration of one VM, with the timestamp of every phase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MigrationRecord {

@@ -29,8 +29,9 @@ use super::migration::{MigrationStatus, progress_of, status_of};
 pub trait MigrationSink: Send + Sync {
     /// A migration notice for a VM.
     fn notice<'a>(&'a self, vm: &'a VmId, notice: Notice) -> BoxFuture<'a, Result<(), String>>;
-    /// Latest progress of the VM's migration.
-    fn progress(&self, vm: &VmId, progress: MigrationProgress);
+    /// Latest progress of the VM's migration (the coordinator may tell the balancers a new
+    /// adaptive level before this returns).
+    fn progress<'a>(&'a self, vm: &'a VmId, progress: MigrationProgress) -> BoxFuture<'a, ()>;
 }
 
 /// Settings of one watcher.
@@ -134,7 +135,7 @@ impl QmpWatcher {
                         "MIGRATION_PASS" => {
                             if let Some(pass) = event.data.get("pass").and_then(|p| p.as_u64()) {
                                 tracker.progress.passes = Some(pass);
-                                sink.progress(&self.vm, tracker.progress.clone());
+                                sink.progress(&self.vm, tracker.progress.clone()).await;
                             }
                         }
                         _ => {}
@@ -145,7 +146,7 @@ impl QmpWatcher {
                         Ok(reply) => {
                             let status = status_of(&reply);
                             tracker.progress = progress_of(&reply);
-                            sink.progress(&self.vm, tracker.progress.clone());
+                            sink.progress(&self.vm, tracker.progress.clone()).await;
                             // Catches transitions when events are off.
                             self.on_status(status, Some(&reply), client, sink, tracker).await;
                         }
@@ -183,7 +184,7 @@ impl QmpWatcher {
             };
             if let Some(reply) = final_reply {
                 tracker.progress = progress_of(&reply);
-                sink.progress(&self.vm, tracker.progress.clone());
+                sink.progress(&self.vm, tracker.progress.clone()).await;
             }
         }
         // A migration first seen already active (handover started late) still gets its prepare.

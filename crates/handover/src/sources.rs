@@ -51,11 +51,17 @@ pub fn start_qmp_watchers(
 ) {
     let sink: Arc<dyn MigrationSink> = Arc::new(CoordinatorSink(coordinator.clone()));
     for qmp in &config.qmp {
+        // A VM whose drain adapts needs probes and the migration's parameters.
+        let probe = config
+            .pools
+            .iter()
+            .any(|pool| pool.drain.adaptive.is_active() && pool.backends.iter().any(|b| b.vm == qmp.vm));
         let watcher = QmpWatcher {
             address: qmp.socket.clone(),
             vm: qmp.vm.clone(),
             poll_interval: qmp.poll_interval,
             command_timeout: QMP_COMMAND_TIMEOUT,
+            probe,
         };
         tasks.spawn(watcher.run(sink.clone(), cancel.clone()));
     }

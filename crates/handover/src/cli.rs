@@ -109,6 +109,10 @@ pub struct MigrateArgs {
     /// Restore the VM if the migration gives no news for this long (overrides the pools' deadline).
     #[arg(long, value_parser = duration)]
     pub deadline: Option<Duration>,
+    /// Never hold QEMU's switchover for quiescence (by default it is held, at most the pool's
+    /// `quiesce_hold`, while requests to a quiescing VM are still in flight).
+    #[arg(long)]
+    pub no_hold: bool,
     /// The control API.
     #[command(flatten)]
     pub control: ControlArgs,
@@ -232,11 +236,12 @@ pub struct TestbedBenchArgs {
     /// Copy bandwidth caps in MiB/s, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1024.0, 12.0])]
     pub bandwidths: Vec<f64>,
-    /// Policies: unaware, drain, reduce-0.25, drain-ramp, haproxy (comma-separated).
+    /// Policies: unaware, drain, reduce-0.25, drain-ramp, haproxy, adaptive, adaptive-quiesce
+    /// (comma-separated).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "unaware,drain,reduce-0.25,drain-ramp,haproxy"
+        default_value = "unaware,drain,reduce-0.25,drain-ramp,haproxy,adaptive,adaptive-quiesce"
     )]
     pub policies: Vec<String>,
     /// Repetitions per point and policy.

@@ -6,6 +6,7 @@ mod demo;
 mod libvirt_hook;
 mod migrate;
 mod notify;
+mod quiesce;
 mod run;
 mod server;
 mod sim;

@@ -75,6 +75,15 @@ pub struct PointSummary {
     pub in_flight_at_blackout: Spread,
     /// The VM's share of new work during the copy.
     pub vm_share_in_window: Spread,
+    /// The share of its normal new work the balancer gave the VM during the copy.
+    #[serde(default = "no_spread")]
+    pub share_kept: Spread,
+    /// How long before the blackout quiescence began, ms.
+    #[serde(default = "no_spread")]
+    pub quiesce_lead_ms: Spread,
+    /// How long the switchover was held, ms.
+    #[serde(default = "no_spread")]
+    pub hold_ms: Spread,
     /// Back to 90 % of its share, s after the end.
     pub back_to_full_s: Spread,
     /// Broken long-lived connections per run.
@@ -94,6 +103,11 @@ pub struct BenchReport {
     pub errors: Vec<String>,
     /// Per point and policy.
     pub summary: Vec<PointSummary>,
+}
+
+/// A spread of nothing (summaries saved before a measure existed).
+fn no_spread() -> Spread {
+    Spread::of(&[])
 }
 
 /// Summarises the runs of one point and policy.
@@ -126,6 +140,9 @@ pub fn summarise(rate: f64, bandwidth: f64, policy: &str, runs: &[&RunMetrics]) 
         window_max_ms: of(&|r| r.window_max_ms),
         in_flight_at_blackout: converged(&|r| r.in_flight_at_blackout as f64),
         vm_share_in_window: of(&|r| r.vm_share_in_window),
+        share_kept: of(&|r| r.share_kept),
+        quiesce_lead_ms: converged(&|r| r.quiesce_lead_ms),
+        hold_ms: of(&|r| r.hold_ms),
         back_to_full_s: converged(&|r| r.back_to_full_s),
         broken_connections: of(&|r| r.broken_connections as f64),
     }

@@ -187,7 +187,7 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<u8> {
                         let answer = quiesce::report(&control, &vm, &progress).await;
                         if let Some(adaptive) = adaptive.as_mut()
                             && status.is_running()
-                            && adaptive.after_report(&qmp, answer).await
+                            && adaptive.after_report(&qmp, &progress, answer).await
                         {
                             // While the switchover is held, look again soon.
                             poll.reset_after(HELD_POLL);

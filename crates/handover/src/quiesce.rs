@@ -171,10 +171,16 @@ impl Adaptive {
         }
     }
 
-    /// During the copy, after a report: holds the switchover when quiescence began with requests
-    /// still in flight, releases it once they are done or the bound passed. Returns whether the
+    /// During the copy, after a report of `progress`: holds the switchover when quiescence began
+    /// with requests still in flight (tightening the hold once the copy is where it would have
+    /// switched over), releases it once they are done or the bound passed. Returns whether the
     /// switchover is held (poll faster then).
-    pub async fn after_report(&mut self, qmp: &QmpClient, reply: Option<ProgressReply>) -> bool {
+    pub async fn after_report(
+        &mut self,
+        qmp: &QmpClient,
+        progress: &MigrationProgress,
+        reply: Option<ProgressReply>,
+    ) -> bool {
         if let Some(status) = reply.and_then(|r| r.adaptive) {
             self.status = Some(status);
         }
@@ -182,6 +188,24 @@ impl Adaptive {
             return false;
         };
         let quiesced = status.quiesced_at.is_some();
+        let forecast = status.latest.switchover_in_ms;
+        if let Some((hold, _)) = self.hold.as_mut() {
+            let bandwidth = progress.mbps.map(|m| m * 1e6 / 8.0);
+            match hold
+                .tighten(
+                    qmp,
+                    progress.remaining_bytes,
+                    bandwidth,
+                    progress.passes,
+                    forecast,
+                )
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {}
+                Err(e) => step(&format!("warning: cannot tighten the hold ({e})")),
+            }
+        }
         if let Some((_, since)) = &self.hold {
             let bound = since.elapsed() >= self.settings.quiesce_hold;
             if quiesced || bound {

@@ -170,6 +170,40 @@ pub enum TestbedCommand {
     /// Measures the guest's dirty rate (QEMU calc-dirty-rate) against request rate and idle
     /// migrations, fits the simulator to them and sets its predictions beside a benchmark's results.
     Calibrate(TestbedCalibrateArgs),
+    /// Measures ways of holding QEMU's switchover (for quiescence): vm-a migrated under load with
+    /// each mechanism applied from the end of its first pass for a fixed time; whether the
+    /// switchover waited, and what the hold cost against no hold.
+    Hold(TestbedHoldArgs),
+}
+
+/// Arguments of `handover testbed hold`.
+#[derive(Debug, clap::Args)]
+pub struct TestbedHoldArgs {
+    /// Where and how big.
+    #[command(flatten)]
+    pub place: TestbedPlace,
+    /// Mechanisms: none, downtime-0, threshold, threshold-crawl, handover (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "none,downtime-0,threshold,threshold-crawl,handover"
+    )]
+    pub mechanisms: Vec<String>,
+    /// Repetitions of each.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repetitions: u32,
+    /// Requests per second straight to vm-a.
+    #[arg(long, default_value_t = 5.0)]
+    pub rate: f64,
+    /// KiB of guest memory each request rewrites.
+    #[arg(long, default_value_t = 1024)]
+    pub kib: u32,
+    /// Copy bandwidth cap, MiB/s.
+    #[arg(long, default_value_t = 12.0)]
+    pub bandwidth: f64,
+    /// How long to hold, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    pub hold: f64,
 }
 
 /// Arguments of `handover testbed calibrate`.

@@ -84,6 +84,9 @@ pub struct PointSummary {
     /// How long the switchover was held, ms.
     #[serde(default = "no_spread")]
     pub hold_ms: Spread,
+    /// The host's 1-minute load average when the runs began.
+    #[serde(default = "no_spread")]
+    pub host_load: Spread,
     /// Back to 90 % of its share, s after the end.
     pub back_to_full_s: Spread,
     /// Broken long-lived connections per run.
@@ -143,6 +146,7 @@ pub fn summarise(rate: f64, bandwidth: f64, policy: &str, runs: &[&RunMetrics]) 
         share_kept: of(&|r| r.share_kept),
         quiesce_lead_ms: converged(&|r| r.quiesce_lead_ms),
         hold_ms: of(&|r| r.hold_ms),
+        host_load: of(&|r| r.host_load),
         back_to_full_s: converged(&|r| r.back_to_full_s),
         broken_connections: of(&|r| r.broken_connections as f64),
     }
@@ -194,12 +198,13 @@ pub async fn run(
                     Ok(record) => {
                         let m = measure(&record);
                         progress(&format!(
-                            "[{done}/{total}] {name}: {} in {:.2} s, {} passes, {} failed, {} in flight at the blackout",
+                            "[{done}/{total}] {name}: {} in {:.2} s, {} passes, {} failed, {} in flight at the blackout, host load {:.1}",
                             m.status,
                             m.total_time_ms / 1000.0,
                             m.passes,
                             m.failed,
-                            m.in_flight_at_blackout
+                            m.in_flight_at_blackout,
+                            m.host_load
                         ));
                         let path = runs_dir.join(format!("{name}.json"));
                         let body = serde_json::json!({ "metrics": &m, "record": &record });

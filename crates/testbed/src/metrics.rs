@@ -59,6 +59,8 @@ pub struct RunMetrics {
     pub quiesce_lead_ms: f64,
     /// How long `handover migrate` held the switchover, ms (0 when it did not).
     pub hold_ms: f64,
+    /// The host's 1-minute load average when the run began.
+    pub host_load: f64,
     /// Seconds from the end of the migration until the VM has 90 % of its normal share again.
     pub back_to_full_s: f64,
     /// Long-lived connections.
@@ -148,6 +150,7 @@ pub fn measure(run: &RunRecord) -> RunMetrics {
             to_vm as f64 / answered.len() as f64
         },
         share_kept: share_kept(run),
+        host_load: run.host_load.unwrap_or(f64::NAN),
         quiesce_lead_ms: match (
             m.stop_ms,
             run.handover.as_ref().and_then(|v| v.record.quiesce_started_at),

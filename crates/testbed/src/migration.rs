@@ -39,6 +39,11 @@ impl Observer {
         Ok(Self { client, events: seen })
     }
 
+    /// The QMP client itself.
+    pub fn client(&self) -> &QmpClient {
+        &self.client
+    }
+
     /// Runs a QMP command.
     pub async fn execute(&self, command: &str, arguments: Option<Value>) -> Result<Value, TestbedError> {
         self.client

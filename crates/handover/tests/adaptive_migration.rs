@@ -2,8 +2,9 @@
 //! live migrations (TCG): the QMP watcher's progress and probes drive the controller of a guest
 //! that dirties faster than it is copied down to a full drain, an idle guest keeps its target share,
 //! and `handover migrate` holds QEMU's switchover until nothing is in flight to the quiescing VM (or
-//! its bound passes), then lets it go and restores QEMU's parameters. Skipped, with the reason,
-//! where QEMU cannot run.
+//! its bound passes), then lets it go and restores QEMU's parameters. The guests are either
+//! disk-less (random RAM, nothing running) or run a tiny multiboot loop that dirties a range of
+//! pages. Skipped, with the reason, where QEMU cannot run.
 
 mod common;
 
@@ -28,7 +29,10 @@ struct Setup {
 enum Guest {
     /// 64 MiB of random bytes, no code running: nothing is dirtied.
     Idle,
-    /// A loop that dirties every page of 2–10 MiB, over and over.
+    /// 64 MiB of random bytes and a loop that dirties 256 KiB over and over: a guest at work
+    /// (serving the requests still in flight) that converges at once, but never leaves a pass clean.
+    Working,
+    /// Zeroed RAM and a loop that dirties 8 MiB over and over.
     Dirtying,
 }
 
@@ -45,11 +49,19 @@ impl Setup {
                     Qemu::start(&path, "dst", &ram, Some(&incoming)),
                 )
             }
-            Guest::Dirtying => {
-                let kernel = dirtying_kernel(&path, 2, 10);
+            Guest::Working => {
+                let ram = ram_image(&path);
+                let kernel = dirtying_kernel(&path, 2048, 2048 + 256);
                 (
-                    Qemu::start_kernel(&path, "src", &kernel, None),
-                    Qemu::start_kernel(&path, "dst", &kernel, Some(&incoming)),
+                    Qemu::start_kernel(&path, "src", &kernel, Some(&ram), None),
+                    Qemu::start_kernel(&path, "dst", &kernel, Some(&ram), Some(&incoming)),
+                )
+            }
+            Guest::Dirtying => {
+                let kernel = dirtying_kernel(&path, 2048, 10 * 1024);
+                (
+                    Qemu::start_kernel(&path, "src", &kernel, None, None),
+                    Qemu::start_kernel(&path, "dst", &kernel, None, Some(&incoming)),
                 )
             }
         };
@@ -262,7 +274,7 @@ async fn handover_migrate_holds_the_switchover_until_nothing_is_in_flight() {
         );
     }
     let setup = Setup::new(
-        Guest::Idle,
+        Guest::Working,
         "drain = { target = 0.5, adaptive = true, quiesce = true, quiesce_lead = \"2s\", quiesce_hold = \"20s\" }",
         false,
     )

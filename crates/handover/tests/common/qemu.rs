@@ -39,13 +39,14 @@ pub fn ram_image(dir: &Path) -> PathBuf {
     path
 }
 
-/// Writes a multiboot image whose code adds one to a byte of every 4 KiB page from `from_mib` to
-/// `to_mib` MiB of guest memory, over and over, as fast as the vCPU runs: a guest that dirties that
-/// whole range between any two syncs of the dirty log, so that a copy slower than the range per
-/// downtime-limit never converges. QEMU loads it with `-kernel` (multiboot's a.out kludge: a flat
-/// binary at 1 MiB, entered in 32-bit protected mode with interrupts off).
-pub fn dirtying_kernel(dir: &Path, from_mib: u32, to_mib: u32) -> PathBuf {
-    let (from, to) = (from_mib << 20, to_mib << 20);
+/// Writes a multiboot image whose code adds one to a byte of every 4 KiB page from `from_kib` to
+/// `to_kib` KiB of guest memory, over and over, as fast as the vCPU runs: a guest that dirties that
+/// whole range between any two syncs of the dirty log (so that a copy slower than the range per
+/// downtime-limit never converges, and no pass is ever clean). QEMU loads it with `-kernel`
+/// (multiboot's a.out kludge: a flat binary at 1 MiB, entered in 32-bit protected mode with
+/// interrupts off).
+pub fn dirtying_kernel(dir: &Path, from_kib: u32, to_kib: u32) -> PathBuf {
+    let (from, to) = (from_kib << 10, to_kib << 10);
     let mut image = Vec::new();
     // The multiboot header: magic, flags (bit 16: addresses below), checksum, header/load
     // address 1 MiB, load the whole file, no bss, entry right after the header.
@@ -102,16 +103,28 @@ impl Qemu {
     }
 
     /// Starts a guest that runs `kernel` (a multiboot image such as [`dirtying_kernel`]) in
-    /// `RAM_MIB` of zeroed RAM.
-    pub fn start_kernel(dir: &Path, name: &str, kernel: &Path, incoming: Option<&str>) -> Qemu {
-        let guest = [
-            "-m".to_string(),
-            RAM_MIB.to_string(),
-            "-machine".to_string(),
-            "pc".to_string(),
-            "-kernel".to_string(),
-            kernel.display().to_string(),
-        ];
+    /// `RAM_MIB` of RAM: zeroed, or the random bytes of `ram` (see [`ram_image`]).
+    pub fn start_kernel(
+        dir: &Path,
+        name: &str,
+        kernel: &Path,
+        ram: Option<&Path>,
+        incoming: Option<&str>,
+    ) -> Qemu {
+        let mut guest = vec!["-m".to_string(), RAM_MIB.to_string()];
+        match ram {
+            Some(ram) => guest.extend([
+                "-object".to_string(),
+                format!(
+                    "memory-backend-file,id=ram0,size={RAM_MIB}M,mem-path={},share=off",
+                    ram.display()
+                ),
+                "-machine".to_string(),
+                "pc,memory-backend=ram0".to_string(),
+            ]),
+            None => guest.extend(["-machine".to_string(), "pc".to_string()]),
+        }
+        guest.extend(["-kernel".to_string(), kernel.display().to_string()]);
         Self::spawn(dir, name, &guest, incoming)
     }
 

@@ -4,6 +4,7 @@
 //! This module only parses text; reading the file is the binary's job.
 
 mod error;
+mod fleet;
 mod reader;
 pub mod serde_duration;
 
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use toml::de::DeTable;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use fleet::{DEFAULT_PREFIX, FleetConfig, valid_node_name};
 use reader::{Doc, Field, Fields};
 
 use crate::drain::DrainPolicy;
@@ -43,6 +45,8 @@ pub struct Config {
     pub haproxy: Vec<HaproxyConfig>,
     /// nginx instances handover drives through a generated upstream file.
     pub nginx: Vec<NginxConfig>,
+    /// A fleet of nodes sharing an etcd cluster (instead of `peers`).
+    pub fleet: Option<FleetConfig>,
 }
 
 /// Policies a driven balancer applies (the same meaning as a pool's).
@@ -411,6 +415,10 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
         Some(field) => read_array(&mut doc, &field, read_nginx),
         None => Some(Vec::new()),
     };
+    let fleet = match root.get("fleet") {
+        Some(field) => fleet::read_fleet(&mut doc, &field).map(Some),
+        None => Some(None),
+    };
     root.finish(&mut doc);
     if let Some(listeners) = &listeners {
         check_listener_pools(&mut doc, listeners, &pool_names);
@@ -428,6 +436,7 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
             state_file: state_file?,
             haproxy: haproxy?,
             nginx: nginx?,
+            fleet: fleet?,
         })
     })();
     if let Some(config) = whole {
@@ -1163,6 +1172,7 @@ fn read_qmp(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<QmpConfig> {
 
 /// Checks that need the whole file: duplicates.
 fn cross_check(doc: &mut Doc<'_, '_>, config: &Config) {
+    fleet::cross_check(doc, config);
     let mut listener_names = HashSet::new();
     let mut binds: BTreeMap<SocketAddr, &str> = BTreeMap::new();
     for (i, listener) in config.listeners.iter().enumerate() {

@@ -40,8 +40,12 @@ pub use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest a connection to a member may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// HTTP/2 pings that notice a member that stopped answering (a watch would otherwise hang).
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// HTTP/2 pings that notice a member that stopped answering (a watch would otherwise hang). etcd
+/// closes connections that ping more often than `--grpc-keepalive-min-time` (5 s by default) or
+/// while no stream is open, so: every 10 s, only with streams open.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why etcd could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -345,8 +349,8 @@ impl Etcd {
                 .connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-                .keep_alive_timeout(KEEPALIVE_INTERVAL)
-                .keep_alive_while_idle(true);
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(false);
             if let Some(tls) = &tls {
                 endpoint = endpoint
                     .tls_config(tls.clone())
@@ -587,21 +591,33 @@ impl Etcd {
         .await
     }
 
-    /// Opens a keep-alive stream for a lease.
-    pub async fn keep_alive(&self, id: i64) -> Result<KeepAlive, EtcdError> {
+    /// Opens a keep-alive stream for a lease and renews it once; returns the stream and the TTL
+    /// left (0: etcd no longer knows the lease). etcd answers a stream's headers with its first
+    /// message, so the first renewal is sent before the stream is opened.
+    pub async fn keep_alive(&self, id: i64) -> Result<(KeepAlive, i64), EtcdError> {
         self.with_failover(|channel, token| {
             let (tx, rx) = mpsc::channel(4);
             let request = with_token(ReceiverStream::new(rx), token);
             async move {
-                let responses = LeaseClient::new(channel)
+                tx.send(LeaseKeepAliveRequest { id })
+                    .await
+                    .map_err(|_| Status::cancelled("keep-alive request stream closed"))?;
+                let mut responses = LeaseClient::new(channel)
                     .lease_keep_alive(request)
                     .await?
                     .into_inner();
-                Ok(KeepAlive {
-                    requests: tx,
-                    responses,
-                    id,
-                })
+                let ttl = match responses.message().await? {
+                    Some(first) => first.ttl,
+                    None => return Err(Status::unavailable("keep-alive stream closed at once")),
+                };
+                Ok((
+                    KeepAlive {
+                        requests: tx,
+                        responses,
+                        id,
+                    },
+                    ttl,
+                ))
             }
         })
         .await

@@ -318,31 +318,32 @@ impl FleetNode {
                     }
                 }
                 Some(id) => {
-                    if stream.is_none() {
-                        stream = self.etcd.keep_alive(id).await.ok();
-                    }
-                    match stream.as_mut() {
-                        Some(s) => match s.renew().await {
-                            Ok(ttl) if ttl > 0 => true,
-                            Ok(_) => {
-                                warn!(
-                                    lease = format!("{id:x}"),
-                                    "the fleet lease expired; registering again"
-                                );
-                                *self.lease.lock() = None;
-                                self.stats.lock().registered = false;
-                                stream = None;
-                                continue;
+                    let renewed = match stream.as_mut() {
+                        Some(s) => s.renew().await,
+                        None => match self.etcd.keep_alive(id).await {
+                            Ok((s, ttl)) => {
+                                stream = Some(s);
+                                Ok(ttl)
                             }
-                            Err(e) => {
-                                self.stats.lock().etcd_error("keepalive");
-                                warn!(error = %e, "cannot keep the fleet lease alive; will retry");
-                                stream = None;
-                                false
-                            }
+                            Err(e) => Err(e),
                         },
-                        None => {
+                    };
+                    match renewed {
+                        Ok(ttl) if ttl > 0 => true,
+                        Ok(_) => {
+                            warn!(
+                                lease = format!("{id:x}"),
+                                "the fleet lease expired; registering again"
+                            );
+                            *self.lease.lock() = None;
+                            self.stats.lock().registered = false;
+                            stream = None;
+                            continue;
+                        }
+                        Err(e) => {
                             self.stats.lock().etcd_error("keepalive");
+                            warn!(error = %e, "cannot keep the fleet lease alive; will retry");
+                            stream = None;
                             false
                         }
                     }

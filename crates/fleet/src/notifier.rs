@@ -72,6 +72,8 @@ struct Committed {
     generation: i64,
     created: i64,
     serving: Vec<ServesRecord>,
+    /// When etcd committed it (acknowledgements are waited for from here).
+    at: Instant,
 }
 
 /// Acknowledgements seen while waiting.
@@ -240,6 +242,7 @@ impl FleetNode {
                     generation: mod_revision,
                     created: create_revision,
                     serving,
+                    at: Instant::now(),
                 });
             };
             let phase = state.phase;
@@ -271,6 +274,7 @@ impl FleetNode {
                         create_revision
                     },
                     serving: serving_of(&range_kvs(&write, 1)),
+                    at: Instant::now(),
                 });
             }
             // Another node changed the notice (or the last serving node left): decide again.
@@ -289,10 +293,9 @@ impl FleetNode {
         drain: Option<(Duration, u64)>,
     ) -> Heard {
         let expected: BTreeSet<String> = committed.serving.iter().map(|s| s.node.clone()).collect();
-        let ack_deadline = started + self.ack_timeout;
-        let deadline = drain.map_or(ack_deadline, |(timeout, _)| {
-            started + timeout.max(self.ack_timeout)
-        });
+        // ack_timeout counts from the commit: a commit slowed by an election does not eat it.
+        let ack_deadline = committed.at + self.ack_timeout;
+        let deadline = drain.map_or(ack_deadline, |(timeout, _)| (started + timeout).max(ack_deadline));
         let mut heard = Heard::default();
         let generation = committed.generation;
         let elapsed = || millis(started.elapsed());

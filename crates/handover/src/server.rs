@@ -164,6 +164,7 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
     tasks.spawn(pools.clone().run_ticker(TICK, cancel.clone()));
     tasks.spawn(coordinator.clone().run(cancel.clone()));
     crate::sources::start_qmp_watchers(config, &coordinator, &cancel, &tasks);
+    crate::sources::start_libvirt_watchers(config, &coordinator, &cancel, &tasks);
 
     let access_logs = data_plane.access_logs();
     tasks.spawn(reopen_access_logs_on_sigusr1(access_logs.clone(), cancel.clone()));

@@ -24,11 +24,16 @@ use common::skip::skip;
 use common::{Node, eventually, notice};
 use etcd::Etcd;
 
-/// A node named `name` in front of the given backends, in the fleet on `etcd`.
+/// A node named `name` in front of the given backends, in the fleet on `etcd`; ack_timeout is
+/// generous (a busy machine) except where a test measures it.
 fn config(etcd: &Etcd, name: &str, backends: &[(&str, SocketAddr)]) -> String {
+    config_with(etcd, name, backends, "5s")
+}
+
+fn config_with(etcd: &Etcd, name: &str, backends: &[(&str, SocketAddr)], ack_timeout: &str) -> String {
     let mut text = format!(
         "[control]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\n\
-         [fleet]\netcd = {}\nnode = \"{name}\"\nlease = \"4s\"\nack_timeout = \"1s\"\n\n\
+         [fleet]\netcd = {}\nnode = \"{name}\"\nlease = \"4s\"\nack_timeout = \"{ack_timeout}\"\n\n\
          [pools.p]\ndrain = {{ target = 0.0 }}\nramp = {{ window = \"2s\" }}\n",
         etcd.toml_endpoints()
     );
@@ -214,9 +219,9 @@ async fn a_node_killed_during_a_migration_is_reported_within_ack_timeout_and_con
     }
     let etcd = Etcd::single();
     let backends = backends().await;
-    let a = Node::start(&config(&etcd, "lb-1", &pairs(&backends)));
-    let b = Node::start(&config(&etcd, "lb-2", &pairs(&backends)));
-    let c = Node::start(&config(&etcd, "lb-3", &pairs(&backends)));
+    let a = Node::start(&config_with(&etcd, "lb-1", &pairs(&backends), "1s"));
+    let b = Node::start(&config_with(&etcd, "lb-2", &pairs(&backends), "1s"));
+    let c = Node::start(&config_with(&etcd, "lb-3", &pairs(&backends), "1s"));
     let (status, reply) = a.notice("vm-a", notice("prepare")).await;
     assert_eq!(status, 200, "{reply}");
     c.signal("KILL");
@@ -245,7 +250,7 @@ async fn a_node_killed_during_a_migration_is_reported_within_ack_timeout_and_con
     // Restarted, it has the current phase before its listener serves (join precedes the data
     // plane), and its ready file is written only after that.
     let started = Instant::now();
-    let c = Node::start(&config(&etcd, "lb-3", &pairs(&backends)));
+    let c = Node::start(&config_with(&etcd, "lb-3", &pairs(&backends), "1s"));
     assert_eq!(pool_phase(&c, "vm-a").await, "migrating", "{}", c.log());
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -420,7 +425,7 @@ async fn a_node_paused_across_a_compaction_resyncs_when_resumed() {
     );
     // Its lease expired while it was paused: it registered again and acknowledges.
     assert!(
-        eventually(Duration::from_secs(10), || async {
+        eventually(Duration::from_secs(30), || async {
             let (_, r) = a.notice("vm-a", notice("started")).await;
             r["balancers"]
                 .as_array()

@@ -317,6 +317,10 @@ impl FleetNode {
             }
         };
         let prefix = self.keys.vm(vm);
+        // Watch first, from etcd's current revision, then list: a watch from a past revision starts
+        // "unsynced" in etcd and gets its first events up to 100 ms late (etcd syncs such
+        // watchers every 100 ms); one from now is live at once. The list covers what came before.
+        let mut opened = self.etcd.watch(&prefix, 0).await.ok();
         let mut revision = match self.etcd.list(&prefix).await {
             Ok((kvs, revision)) => {
                 for kv in &kvs {
@@ -334,10 +338,10 @@ impl FleetNode {
             Err(_) => 0,
         };
         while !done(&heard, Instant::now()) {
-            let watch = if revision > 0 {
-                self.etcd.watch(&prefix, revision + 1).await.ok()
-            } else {
-                None
+            let watch = match opened.take() {
+                Some(watch) => Some(watch),
+                None if revision > 0 => self.etcd.watch(&prefix, revision + 1).await.ok(),
+                None => None,
             };
             let Some(mut watch) = watch else {
                 // No watch: look again shortly (etcd is struggling; this is the slow path).

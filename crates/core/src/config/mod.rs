@@ -5,6 +5,7 @@
 
 pub mod access_log;
 mod error;
+mod fleet;
 mod reader;
 pub mod serde_duration;
 
@@ -18,6 +19,7 @@ use toml::de::DeTable;
 
 pub use access_log::AccessLogConfig;
 pub use error::{ConfigError, ConfigErrors};
+pub use fleet::{DEFAULT_PREFIX, FleetConfig, valid_node_name};
 use reader::{Doc, Field, Fields};
 
 use crate::drain::DrainPolicy;
@@ -47,6 +49,8 @@ pub struct Config {
     pub haproxy: Vec<HaproxyConfig>,
     /// nginx instances handover drives through a generated upstream file.
     pub nginx: Vec<NginxConfig>,
+    /// A fleet of nodes sharing an etcd cluster (instead of `peers`).
+    pub fleet: Option<FleetConfig>,
 }
 
 /// Policies a driven balancer applies (the same meaning as a pool's).
@@ -431,6 +435,10 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
         Some(field) => read_array(&mut doc, &field, read_nginx),
         None => Some(Vec::new()),
     };
+    let fleet = match root.get("fleet") {
+        Some(field) => fleet::read_fleet(&mut doc, &field).map(Some),
+        None => Some(None),
+    };
     root.finish(&mut doc);
     if let Some(listeners) = &listeners {
         check_listener_pools(&mut doc, listeners, &pool_names);
@@ -449,6 +457,7 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
             state_file: state_file?,
             haproxy: haproxy?,
             nginx: nginx?,
+            fleet: fleet?,
         })
     })();
     if let Some(config) = whole {
@@ -1209,6 +1218,7 @@ fn read_libvirt(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<LibvirtC
 
 /// Checks that need the whole file: duplicates.
 fn cross_check(doc: &mut Doc<'_, '_>, config: &Config) {
+    fleet::cross_check(doc, config);
     let mut listener_names = HashSet::new();
     let mut binds: BTreeMap<SocketAddr, &str> = BTreeMap::new();
     for (i, listener) in config.listeners.iter().enumerate() {

@@ -15,7 +15,7 @@ pub(super) struct HeadWriter<'a> {
 
 impl HeadWriter<'_> {
     /// Appends `bytes`, or notes that they did not fit.
-    #[inline]
+    #[inline(always)]
     pub fn put(&mut self, bytes: &[u8]) {
         if self.out.room() < bytes.len() {
             self.overflow = true;

@@ -1,6 +1,7 @@
 //! The L4 listener: one backend per client connection, chosen from the pool's snapshot; a failed
 //! connect is retried on another backend. A migration notice never touches an established
-//! connection: it only changes where the *next* connection goes.
+//! connection: it only changes where the *next* connection goes — unless the pool opts in to
+//! `drain.long_lived`, which closes the VM's connections that long after its drain began.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,8 +67,18 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, route: &TcpRoute) {
             Ok(Ok(mut upstream)) => {
                 pool.record_traffic(entry.backend.index, true);
                 let _ = upstream.set_nodelay(true);
-                if let Err(e) = relay(&mut client, &mut upstream, route.idle_timeout).await {
-                    debug!(listener = %route.listener, backend = %entry.address, error = %e, "connection ended with an error");
+                // The pool's long-lived policy may close the connection (a TCP close is all L4
+                // has) once its VM has drained for long enough.
+                let closing = entry.backend.long_lived_closed();
+                tokio::select! {
+                    relayed = relay(&mut client, &mut upstream, route.idle_timeout) => {
+                        if let Err(e) = relayed {
+                            debug!(listener = %route.listener, backend = %entry.address, error = %e, "connection ended with an error");
+                        }
+                    }
+                    _ = closing => {
+                        debug!(listener = %route.listener, backend = %entry.address, client = %peer, "closing a connection: its VM drains and the pool closes long-lived work");
+                    }
                 }
                 drop(guard);
                 return;

@@ -9,6 +9,7 @@ pub mod qemu;
 pub mod raw;
 pub mod recorder;
 pub mod skip;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -304,12 +304,18 @@ async fn http2_streams_avoid_a_draining_vm_while_streams_in_flight_to_it_finish(
             async move { h2_get(&mut sender, "/slow?ms=1500").await },
         ));
     }
-    let vm_a_busy = eventually(Duration::from_secs(5), || async {
-        let (_, reply) = node.notice("vm-a", serde_json::json!({"phase": "prepare"})).await;
-        reply["balancers"][0]["backends"][0]["active"] == 2
+    let all_sent = eventually(Duration::from_secs(10), || async {
+        common::active_by_vm(&node).await.values().sum::<u64>() == 6
     })
     .await;
-    assert!(vm_a_busy, "two streams in flight to vm-a");
+    assert!(
+        all_sent,
+        "six streams in flight: {:?}",
+        common::active_by_vm(&node).await
+    );
+    let (status, reply) = node.notice("vm-a", notice("prepare")).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["balancers"][0]["backends"][0]["active"], 2, "{reply}");
     let mut served = Vec::new();
     for handle in slow {
         let (status, body) = handle.await.unwrap();

@@ -10,6 +10,7 @@ pub mod raw;
 pub mod recorder;
 pub mod skip;
 pub mod tls;
+pub mod ws;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,0 +1,149 @@
+//! Real WebSocket peers for the tests: Python `websockets` servers that echo as their VM, and a
+//! Python client driven line by line (`ws.py`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+fn script() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/ws.py"))
+}
+
+/// Whether python3 with `websockets` is here; `Err` says what is missing.
+pub fn available() -> Result<(), String> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import websockets"])
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err("the Python package websockets is not installed (pip install websockets)".into())
+    }
+}
+
+/// A WebSocket server that answers every message with `NAME:message`.
+pub struct WsServer {
+    /// Where it listens.
+    pub address: SocketAddr,
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl WsServer {
+    /// The close code of every connection that ended, as the server saw it.
+    pub fn close_codes(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("port.closes"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Starts one on an ephemeral port.
+    pub fn start(name: &str) -> WsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port_file = dir.path().join("port");
+        let child = std::process::Command::new("python3")
+            .arg(script())
+            .args(["server", name])
+            .arg(&port_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the WebSocket server");
+        let started = Instant::now();
+        let address: SocketAddr = loop {
+            if let Some(address) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|port| format!("127.0.0.1:{}", port.trim()).parse().ok())
+            {
+                break address;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the WebSocket server did not start within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        WsServer { address, child, dir }
+    }
+}
+
+impl Drop for WsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Python WebSocket client holding several connections to one URL.
+pub struct WsClient {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl WsClient {
+    /// Starts the client for `ws://ADDRESS/path`.
+    pub fn start(url: &str) -> WsClient {
+        let mut child = Command::new("python3")
+            .arg(script())
+            .args(["client", url])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the WebSocket client");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        WsClient { child, stdin, lines }
+    }
+
+    async fn ask(&mut self, command: &str) -> String {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+        self.stdin.flush().await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(30), self.lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            other => panic!("the WebSocket client did not answer {command:?}: {other:?}"),
+        }
+    }
+
+    /// Opens connection `id`; `Err` with the client's reason.
+    pub async fn open(&mut self, id: &str) -> Result<(), String> {
+        let line = self.ask(&format!("open {id}")).await;
+        if line == format!("opened {id}") {
+            Ok(())
+        } else {
+            Err(line)
+        }
+    }
+
+    /// Sends `text` on `id` and returns the reply.
+    pub async fn send(&mut self, id: &str, text: &str) -> Result<String, String> {
+        let line = self.ask(&format!("send {id} {text}")).await;
+        match line.strip_prefix(&format!("reply {id} ")) {
+            Some(reply) => Ok(reply.to_string()),
+            None => Err(line),
+        }
+    }
+
+    /// The close code if `id` was closed within `seconds`, `None` if it is still open.
+    pub async fn closed_within(&mut self, id: &str, seconds: f64) -> Option<String> {
+        let line = self.ask(&format!("state {id} {seconds}")).await;
+        line.strip_prefix(&format!("closed {id} ")).map(str::to_string)
+    }
+}
+
+impl Drop for WsClient {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}

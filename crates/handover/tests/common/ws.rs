@@ -1,5 +1,6 @@
-//! Real WebSocket peers for the tests: Python `websockets` servers that echo as their VM, and a
-//! Python client driven line by line (`ws.py`).
+//! Real peers written in Python for the tests: servers that announce their port in a file and
+//! echo as their VM, and clients driven line by line on stdin — WebSocket (`ws.py`, the
+//! `websockets` package) and gRPC (`grpc_peer.py`, `grpcio`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,24 +10,36 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-fn script() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/ws.py"))
+/// The WebSocket peer script.
+pub const WS: &str = "ws.py";
+/// The gRPC peer script.
+pub const GRPC: &str = "grpc_peer.py";
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common")).join(name)
 }
 
-/// Whether python3 with `websockets` is here; `Err` says what is missing.
-pub fn available() -> Result<(), String> {
+/// Whether python3 can import `module`; `Err` says what is missing.
+pub fn python_has(module: &str, package: &str) -> Result<(), String> {
     let out = std::process::Command::new("python3")
-        .args(["-c", "import websockets"])
+        .args(["-c", &format!("import {module}")])
         .output()
         .map_err(|e| format!("python3: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err("the Python package websockets is not installed (pip install websockets)".into())
+        Err(format!(
+            "the Python package {package} is not installed (pip install {package})"
+        ))
     }
 }
 
-/// A WebSocket server that answers every message with `NAME:message`.
+/// Whether python3 with `websockets` is here; `Err` says what is missing.
+pub fn available() -> Result<(), String> {
+    python_has("websockets", "websockets")
+}
+
+/// A server that answers every message with `NAME:message`.
 pub struct WsServer {
     /// Where it listens.
     pub address: SocketAddr,
@@ -44,12 +57,17 @@ impl WsServer {
             .collect()
     }
 
-    /// Starts one on an ephemeral port.
+    /// Starts a WebSocket server on an ephemeral port.
     pub fn start(name: &str) -> WsServer {
+        Self::start_script(WS, name)
+    }
+
+    /// Starts `script`'s server named `name` on an ephemeral port.
+    pub fn start_script(script_name: &str, name: &str) -> WsServer {
         let dir = tempfile::tempdir().unwrap();
         let port_file = dir.path().join("port");
         let child = std::process::Command::new("python3")
-            .arg(script())
+            .arg(script(script_name))
             .args(["server", name])
             .arg(&port_file)
             .stdout(Stdio::null())
@@ -81,7 +99,7 @@ impl Drop for WsServer {
     }
 }
 
-/// A Python WebSocket client holding several connections to one URL.
+/// A Python client holding several connections (or calls) to one target.
 pub struct WsClient {
     child: Child,
     stdin: ChildStdin,
@@ -89,11 +107,16 @@ pub struct WsClient {
 }
 
 impl WsClient {
-    /// Starts the client for `ws://ADDRESS/path`.
+    /// Starts the WebSocket client for `ws://ADDRESS/path`.
     pub fn start(url: &str) -> WsClient {
+        Self::start_script(WS, url)
+    }
+
+    /// Starts `script`'s client for `target`.
+    pub fn start_script(script_name: &str, target: &str) -> WsClient {
         let mut child = Command::new("python3")
-            .arg(script())
-            .args(["client", url])
+            .arg(script(script_name))
+            .args(["client", target])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -104,7 +127,8 @@ impl WsClient {
         WsClient { child, stdin, lines }
     }
 
-    async fn ask(&mut self, command: &str) -> String {
+    /// Sends one command line and returns the answer line.
+    pub async fn ask(&mut self, command: &str) -> String {
         self.stdin
             .write_all(format!("{command}\n").as_bytes())
             .await

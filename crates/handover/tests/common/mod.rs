@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod h2raw;
 pub mod lb;
 pub mod qemu;
 pub mod raw;

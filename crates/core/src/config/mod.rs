@@ -3,6 +3,7 @@
 //!
 //! This module only parses text; reading the file is the binary's job.
 
+pub mod access_log;
 mod error;
 mod reader;
 pub mod serde_duration;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::de::DeTable;
 
+pub use access_log::AccessLogConfig;
 pub use error::{ConfigError, ConfigErrors};
 use reader::{Doc, Field, Fields};
 
@@ -225,6 +227,8 @@ pub struct ListenerConfig {
     /// sends a request body or reads a response, before its connection is closed.
     #[serde(with = "serde_duration")]
     pub client_timeout: Duration,
+    /// Where its access log goes, and in what form (none: off).
+    pub access_log: Option<AccessLogConfig>,
     /// L7: TLS termination (none: the listener speaks cleartext HTTP).
     pub tls: Option<ListenerTls>,
     /// L7: HTTP/2 from clients: offered by ALPN on a TLS listener, taken with prior knowledge on
@@ -589,6 +593,10 @@ fn read_listener(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<Listene
         Some(f) => boolean(doc, f),
         None => Some(true),
     };
+    let access_log = match t.get("access_log") {
+        Some(f) => access_log::read_access_log(doc, &f),
+        None => Some(None),
+    };
     t.finish(doc);
     let kind = kind?;
     if kind == ListenerKind::Tcp {
@@ -613,6 +621,7 @@ fn read_listener(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<Listene
         http2: http2?.unwrap_or(tls.is_some()),
         tls,
         websocket: websocket?,
+        access_log: access_log?,
     })
 }
 

@@ -160,8 +160,13 @@ impl Node {
 
     /// Asks the node to stop gracefully (SIGTERM), without waiting.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the node a signal (`TERM`, `USR1`, `STOP`, ...), without waiting.
+    pub fn signal(&self, name: &str) {
         let _ = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(self.child.id().to_string())
             .status();
     }

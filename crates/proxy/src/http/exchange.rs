@@ -27,6 +27,7 @@ use super::Connection;
 use super::answers;
 use super::body::BodyCounter;
 use super::head::{self, Framing, Request, Response, ResponseContext};
+use super::logging::RequestRecord;
 use super::stream::ClientStream;
 use super::upstream::{self, Upstream};
 use crate::backend::Traffic;
@@ -62,12 +63,26 @@ struct Answered {
 }
 
 /// Forwards one request; returns whether the client connection stays open. `out` holds the
-/// request head as it is forwarded.
+/// request head as it is forwarded. Where the listener has an access log, the request's line is
+/// gathered on the way and handed to it at the end.
 pub(super) async fn forward<S: ClientStream>(
     conn: &mut Connection<S>,
     request: Request,
-    mut out: Buffer,
+    out: Buffer,
 ) -> bool {
+    if conn.route.access_log.is_none() {
+        return forward_inner(conn, request, out).await;
+    }
+    conn.record = Some(RequestRecord::new(
+        Some(request.line.text()),
+        request.head_len as u64,
+    ));
+    let keep = forward_inner(conn, request, out).await;
+    conn.finish_record();
+    keep
+}
+
+async fn forward_inner<S: ClientStream>(conn: &mut Connection<S>, request: Request, mut out: Buffer) -> bool {
     let route = conn.route.clone();
     let pool = &route.pool;
     let started = Instant::now();
@@ -113,6 +128,9 @@ pub(super) async fn forward<S: ClientStream>(
         let guard = entry
             .backend
             .track(conn.peer, entry.address, Traffic::Http(request.line), started);
+        if let Some(record) = conn.record.as_mut() {
+            record.backend = Some(entry.clone());
+        }
         let idle = if fresh_only {
             None
         } else {
@@ -180,7 +198,12 @@ pub(super) async fn forward<S: ClientStream>(
                 let message = format!("the request body stalled for {:?}", route.client_timeout);
                 return close_with(conn, out, 408, &message).await;
             }
-            Err(Failure::Client) => return false,
+            Err(Failure::Client) => {
+                if let Some(record) = conn.record.as_mut() {
+                    record.failed("the client went away before its request was whole");
+                }
+                return false;
+            }
         }
         drop(guard);
     };
@@ -191,8 +214,12 @@ pub(super) async fn forward<S: ClientStream>(
         .record_latency(now.saturating_duration_since(started).as_nanos() as u64);
     pool.record_traffic(entry.backend.index, answered.response.status < 500);
     if answered.response.switching {
-        // The request is over; the tunnel is counted as a connection of its own.
+        // The request is over; the tunnel is counted as a connection of its own (and its access
+        // log line, status 101, is written when it closes).
         drop(guard);
+        if let Some(record) = conn.record.as_mut() {
+            record.answered(101, None);
+        }
         let Answered {
             upstream,
             input: mut from_backend,
@@ -235,6 +262,9 @@ async fn close_with<S: ClientStream>(
     status: u16,
     message: &str,
 ) -> bool {
+    if let Some(record) = conn.record.as_mut() {
+        record.answered(status, Some(message));
+    }
     answers::write(&mut out, status, message, false);
     conn.unread = true;
     let _ = conn.send(out.filled()).await;
@@ -259,6 +289,9 @@ async fn attempt<S: ClientStream>(
     let here = body
         .take(input.filled())
         .map_err(|e| Failure::BadRequest(format!("request body: {e}")))?;
+    if let Some(record) = conn.record.as_mut() {
+        record.body_in += here as u64;
+    }
     let fits = here.min(out.room());
     out.extend(&input.filled()[..fits]);
     let mut written = upstream.stream.write_all(out.filled()).await;
@@ -377,6 +410,7 @@ async fn pump_body<S: ClientStream>(
     let input = conn.input.get_or_insert_with(Buffer::take);
     let (backend_read, mut backend_write) = upstream.stream.split();
     let timer = &mut conn.timer;
+    let record = &mut conn.record;
     loop {
         if body.is_done() {
             return Ok(());
@@ -398,6 +432,9 @@ async fn pump_body<S: ClientStream>(
                 written = backend_write.write_all(&input.filled()[..n]) => {
                     written.map_err(|e| Failure::Backend(e.to_string()))?;
                     input.consume(n);
+                    if let Some(record) = record.as_mut() {
+                        record.body_in += n as u64;
+                    }
                 }
                 // The backend takes no more of the body and does not answer either.
                 _ = timer.until(stalled) => return Err(Failure::Timeout),
@@ -451,13 +488,19 @@ async fn relay_response<S: ClientStream>(
     } = answered;
     from_backend.consume(response.head_len);
     let mut body = BodyCounter::new(response.framing);
-    let failed = |reason: &str| {
+    if let Some(record) = conn.record.as_mut() {
+        record.answered(response.status, None);
+    }
+    let failed = |conn: &mut Connection<S>, reason: &str| {
         entry.backend.record_failure();
         debug!(backend = %entry.address, reason, "response ended early");
+        if let Some(record) = conn.record.as_mut() {
+            record.failed(reason);
+        }
         false
     };
     let Ok(here) = body.take(from_backend.filled()) else {
-        return failed("malformed chunked body");
+        return failed(conn, "malformed chunked body");
     };
     // The head and as much of the body as fits go in one write.
     let fits = here.min(out.room());
@@ -465,14 +508,14 @@ async fn relay_response<S: ClientStream>(
     from_backend.consume(fits);
     let mut pending = here - fits;
     if conn.send(out.filled()).await.is_err() {
-        return false;
+        return client_gone(conn);
     }
     drop(out);
     let mut upstream = upstream;
     loop {
         if pending > 0 {
             if conn.send(&from_backend.filled()[..pending]).await.is_err() {
-                return false;
+                return client_gone(conn);
             }
             from_backend.consume(pending);
         }
@@ -485,17 +528,17 @@ async fn relay_response<S: ClientStream>(
         let read = tokio::select! {
             biased;
             read = from_backend.read_from(&mut upstream.stream) => read,
-            _ = conn.timer.until(silent) => return failed("the backend went silent inside the body"),
+            _ = conn.timer.until(silent) => return failed(conn, "the backend went silent inside the body"),
         };
         match read {
             Ok(0) if matches!(body, BodyCounter::UntilClose) => break,
-            Ok(0) => return failed("connection closed inside the body"),
+            Ok(0) => return failed(conn, "connection closed inside the body"),
             Ok(_) => {}
-            Err(_) => return failed("read error inside the body"),
+            Err(_) => return failed(conn, "read error inside the body"),
         }
         match body.take(from_backend.filled()) {
             Ok(n) => pending = n,
-            Err(_) => return failed("malformed chunked body"),
+            Err(_) => return failed(conn, "malformed chunked body"),
         }
     }
     // Bytes after the body are a protocol error: such a connection is not reused.
@@ -505,6 +548,14 @@ async fn relay_response<S: ClientStream>(
     }
     conn.unread = !request_complete;
     response.client_keep_alive && request_complete
+}
+
+/// The client stopped taking the response: noted for the access log; the connection closes.
+fn client_gone<S>(conn: &mut Connection<S>) -> bool {
+    if let Some(record) = conn.record.as_mut() {
+        record.failed("the client stopped reading the response");
+    }
+    false
 }
 
 /// Answers with a local error; the connection stays open only for a bodiless request that asked
@@ -518,6 +569,9 @@ async fn refuse<S: ClientStream>(
 ) -> bool {
     let keep = request.keep_alive && request.framing == Framing::Empty && !conn.shutdown.is_triggered();
     conn.unread = request.framing != Framing::Empty;
+    if let Some(record) = conn.record.as_mut() {
+        record.answered(status, Some(message));
+    }
     answers::write(&mut out, status, message, keep);
     conn.send(out.filled()).await.is_ok() && keep
 }

@@ -23,6 +23,7 @@
 //! - [`upstream`]: backend connections and the per-worker idle lists.
 //! - [`answers`]: responses the proxy writes itself.
 //! - [`timer`]: the per-connection deadline.
+//! - [`logging`]: what a request's access log line says, gathered while it is served.
 //! - [`stream`]: the client connection, plain TCP or TLS.
 //! - [`upgrade`]: WebSocket upgrades and the tunnel after a 101.
 //!
@@ -38,6 +39,7 @@ pub mod chunked;
 mod exchange;
 mod fields;
 pub mod head;
+mod logging;
 mod rewrite;
 pub mod stream;
 mod target;
@@ -62,6 +64,7 @@ use tokio_util::task::TaskTracker;
 pub(crate) use exchange::{choose as choose_backend, unreachable as unreachable_text};
 
 use crate::accept::accept_loop;
+use crate::access_log::AccessLog;
 use crate::buffer::Buffer;
 use crate::pools::Pool;
 use crate::shutdown::{Shutdown, ShutdownListener};
@@ -84,6 +87,8 @@ pub struct HttpRoute {
     /// previous response: idle keep-alive connections close after it), or stay without progress
     /// while it sends a request body or reads a response.
     pub client_timeout: Duration,
+    /// One line per request, if configured.
+    pub access_log: Option<AccessLog>,
     /// TLS termination, if the listener has it.
     pub tls: Option<TlsServer>,
     /// HTTP/2 from clients: by ALPN with TLS, by prior knowledge without.
@@ -107,6 +112,7 @@ impl HttpRoute {
             pool,
             response_timeout,
             client_timeout,
+            access_log: None,
             tls: None,
             http2: false,
             websocket: false,
@@ -226,6 +232,8 @@ pub(crate) struct Connection<S> {
     writes: u32,
     /// Part of the last request may still be unread: close with [`Connection::linger`].
     unread: bool,
+    /// The access log line of the request in progress (only when the listener logs).
+    record: Option<Box<logging::RequestRecord>>,
 }
 
 impl<S: ClientStream> Connection<S> {
@@ -246,6 +254,7 @@ impl<S: ClientStream> Connection<S> {
             timer: LazyTimer::new(),
             writes: 0,
             unread: false,
+            record: None,
         }
     }
 
@@ -259,7 +268,15 @@ impl<S: ClientStream> Connection<S> {
                     let mut out = Buffer::take();
                     tracing::debug!(client = %self.peer, status = error.status, reason = %error.reason, "request refused");
                     answers::write(&mut out, error.status, &error.reason, false);
-                    if self.send(out.filled()).await.is_ok() {
+                    if self.route.access_log.is_some() {
+                        let head = self.input.as_ref().map_or(0, |i| i.len() as u64);
+                        let mut record = logging::RequestRecord::new(None, head);
+                        record.answered(error.status, Some(&error.reason));
+                        self.record = Some(record);
+                    }
+                    let sent = self.send(out.filled()).await;
+                    self.finish_record();
+                    if sent.is_ok() {
                         self.linger().await;
                     }
                     return;
@@ -359,8 +376,18 @@ impl<S: ClientStream> Connection<S> {
         .await;
     }
 
+    /// Hands the access log line of the request that ended to the log.
+    fn finish_record(&mut self) {
+        if let (Some(record), Some(log)) = (self.record.take(), &self.route.access_log) {
+            (*record).finish(log, self.peer);
+        }
+    }
+
     /// Writes to the client.
     async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Some(record) = self.record.as_mut() {
+            record.sent(bytes.len());
+        }
         if self.writes == 1 {
             self.stream.nodelay();
         }

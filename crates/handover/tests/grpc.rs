@@ -1,7 +1,8 @@
 //! gRPC through handover with real peers (Python `grpcio`, client and servers): the listener takes
 //! HTTP/2 by prior knowledge, the pool speaks HTTP/2 to its backends. Unary calls are balanced
 //! one by one, a bidirectional stream carries messages both ways and ends with its status
-//! (trailers), new calls avoid a draining VM, and a stream in flight to it finishes.
+//! (trailers), new calls avoid a draining VM, and a stream in flight to it finishes; a pool that
+//! speaks TLS to its backends verifies them against its CA file (or, `insecure`, not at all).
 
 mod common;
 
@@ -140,4 +141,59 @@ async fn new_calls_avoid_a_draining_vm_and_a_stream_in_flight_to_it_finishes() {
     assert_eq!(reply["drain"]["drained"], true, "{reply}");
     let (status, _) = node.notice("vm-a", notice("completed")).await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_grpc_backends_is_verified_against_the_pools_ca() {
+    let test = "tls_to_grpc_backends_is_verified_against_the_pools_ca";
+    if !present(test) {
+        return;
+    }
+    if let Err(reason) = common::tls::tool("openssl", "openssl") {
+        return skip(test, &reason);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = common::tls::ca_and_leaf(dir.path(), "backend.test", "backend").unwrap();
+    let (other, _, _) = common::tls::ca_and_leaf(dir.path(), "backend.test", "other").unwrap();
+    let servers: Vec<WsServer> = ["vm-a", "vm-b", "vm-c"]
+        .iter()
+        .map(|vm| WsServer::start_script_with(GRPC, vm, &[cert.as_path(), key.as_path()]))
+        .collect();
+    let addresses: Vec<_> = servers.iter().map(|s| s.address).collect();
+    let node_with = |tls: String| {
+        Node::start(&format!(
+            "[control]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nname = \"grpc\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nhttp2 = true\n\n{}",
+            pool_toml(
+                "p",
+                &format!("protocol = \"h2\"\ntls = {tls}\nretries = 0"),
+                &addresses
+            )
+        ))
+    };
+    // Verified against the right CA, under the name the pool gives.
+    let verified = node_with(format!(
+        "{{ ca = \"{}\", server_name = \"backend.test\" }}",
+        ca.display()
+    ));
+    let mut client = WsClient::start_script(GRPC, &verified.listener("grpc").to_string());
+    let by_vm = unary_calls(&mut client, 6).await;
+    assert_eq!(by_vm.len(), 3, "{by_vm:?}");
+    // Against another CA the backends are not trusted: no call gets through.
+    let wrong = node_with(format!(
+        "{{ ca = \"{}\", server_name = \"backend.test\" }}",
+        other.display()
+    ));
+    let mut client = WsClient::start_script(GRPC, &wrong.listener("grpc").to_string());
+    let line = client.ask("unary ping").await;
+    assert!(line.starts_with("failed "), "{line}");
+    assert!(
+        common::log_contains(&wrong, "TLS handshake with", std::time::Duration::from_secs(5)).await,
+        "{}",
+        wrong.log()
+    );
+    // Insecure: encrypted, not verified, and said so.
+    let insecure = node_with("{ insecure = true }".to_string());
+    let mut client = WsClient::start_script(GRPC, &insecure.listener("grpc").to_string());
+    assert_eq!(unary_calls(&mut client, 3).await.values().sum::<usize>(), 3);
+    assert!(insecure.log().contains("not verified"), "{}", insecure.log());
 }

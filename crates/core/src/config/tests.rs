@@ -411,7 +411,7 @@ fn a_pool_may_speak_h2_and_tls_to_its_backends() {
         parse(&l7("", "")).unwrap().pools[0].protocol,
         UpstreamProtocol::Http1
     );
-    let insecure = parse(&l7("", "tls = { insecure = true }")).unwrap();
+    let insecure = parse(&l7("", "protocol = \"h2\"\ntls = { insecure = true }")).unwrap();
     assert!(insecure.pools[0].tls.as_ref().unwrap().insecure);
     for (line, path) in [
         ("tls = {}", "pools.web.tls"),
@@ -420,6 +420,7 @@ fn a_pool_may_speak_h2_and_tls_to_its_backends() {
             "pools.web.tls.insecure",
         ),
         ("protocol = \"h3\"", "pools.web.protocol"),
+        ("tls = { ca = \"ca.pem\" }", "pools.web.tls"),
     ] {
         let errors = errors_of(&l7("", line));
         assert!(errors.iter().any(|e| e.path == path), "{line}: {errors:?}");

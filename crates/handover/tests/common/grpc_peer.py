@@ -1,10 +1,10 @@
 """gRPC peers for the tests, on grpcio (raw-bytes methods: no generated code needed).
 
-    python3 grpc_peer.py server NAME PORT_FILE
+    python3 grpc_peer.py server NAME PORT_FILE [CERT KEY]
     python3 grpc_peer.py client TARGET        # driven line by line on stdin
 
-The server (insecure, HTTP/2 cleartext) listens on an ephemeral loopback port, writes it to
-PORT_FILE, and serves:
+The server (HTTP/2 cleartext, or TLS with CERT and KEY) listens on an ephemeral loopback port,
+writes it to PORT_FILE, and serves:
     /test.Echo/Unary  -> "NAME:<request>"
     /test.Echo/Chat   -> bidirectional: "NAME:<message>" for every message, until the client ends
 
@@ -25,7 +25,7 @@ from concurrent import futures
 import grpc
 
 
-def run_server(name, port_file):
+def run_server(name, port_file, tls=None):
     def unary(request, context):
         return name.encode() + b":" + request
 
@@ -42,7 +42,11 @@ def run_server(name, port_file):
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
+    if tls:
+        cert, key = (open(path, "rb").read() for path in tls)
+        port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     with open(port_file + ".tmp", "w") as f:
         f.write(str(port))
@@ -106,6 +110,6 @@ def run_client(target):
 
 if __name__ == "__main__":
     if sys.argv[1] == "server":
-        run_server(sys.argv[2], sys.argv[3])
+        run_server(sys.argv[2], sys.argv[3], sys.argv[4:6] if len(sys.argv) > 5 else None)
     else:
         run_client(sys.argv[2])

@@ -74,3 +74,88 @@ pub fn curl_get(args: &[&str]) -> (String, u16, String) {
     let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     (version, status, body.to_string())
 }
+
+/// A CA and a leaf certificate for `name` signed by it (P-256; the leaf is not a CA, as webpki
+/// wants): `(ca_cert, leaf_cert, leaf_key)` in `dir`, files named after `file`.
+pub fn ca_and_leaf(dir: &Path, name: &str, file: &str) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    let path = |suffix: &str| dir.join(format!("{file}{suffix}"));
+    let (ca, ca_key, leaf, key, csr, ext) = (
+        path("-ca.pem"),
+        path("-ca.key"),
+        path(".pem"),
+        path(".key"),
+        path(".csr"),
+        path(".ext"),
+    );
+    std::fs::write(
+        &ext,
+        format!("subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    let run = |args: Vec<String>| -> Result<(), String> {
+        let out = Command::new("openssl")
+            .args(&args)
+            .output()
+            .map_err(|e| format!("openssl: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    let p = |p: &PathBuf| p.display().to_string();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"].map(String::from);
+    let mut args: Vec<String> = vec!["req".into(), "-x509".into()];
+    args.extend(ec.clone());
+    args.extend(
+        [
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={file} test CA"),
+            "-keyout",
+            &p(&ca_key),
+            "-out",
+            &p(&ca),
+        ]
+        .map(String::from),
+    );
+    run(args)?;
+    let mut args: Vec<String> = vec!["req".into()];
+    args.extend(ec);
+    args.extend(
+        [
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &p(&key),
+            "-out",
+            &p(&csr),
+        ]
+        .map(String::from),
+    );
+    run(args)?;
+    run([
+        "x509",
+        "-req",
+        "-in",
+        &p(&csr),
+        "-CA",
+        &p(&ca),
+        "-CAkey",
+        &p(&ca_key),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p(&ext),
+        "-out",
+        &p(&leaf),
+    ]
+    .map(String::from)
+    .to_vec())?;
+    Ok((ca, leaf, key))
+}

@@ -64,12 +64,18 @@ impl WsServer {
 
     /// Starts `script`'s server named `name` on an ephemeral port.
     pub fn start_script(script_name: &str, name: &str) -> WsServer {
+        Self::start_script_with(script_name, name, &[])
+    }
+
+    /// The same with more arguments after the port file.
+    pub fn start_script_with(script_name: &str, name: &str, more: &[&std::path::Path]) -> WsServer {
         let dir = tempfile::tempdir().unwrap();
         let port_file = dir.path().join("port");
         let child = std::process::Command::new("python3")
             .arg(script(script_name))
             .args(["server", name])
             .arg(&port_file)
+            .args(more)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

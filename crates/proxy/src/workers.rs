@@ -91,6 +91,7 @@ impl DataPlane {
                     if pool.config.tls.as_ref().is_some_and(|t| t.insecure) {
                         warn!(listener = %config.name, pool = %pool.config.name, "TLS to the backends is not verified (insecure = true): anyone on the path can pose as a backend");
                     }
+                    let upstream_h2 = pool.config.protocol == handover_core::config::UpstreamProtocol::H2;
                     Route::Http(Arc::new(HttpRoute {
                         listener: config.name.clone(),
                         pool,
@@ -101,6 +102,7 @@ impl DataPlane {
                         http2: config.http2,
                         websocket: config.websocket,
                         upstream_tls,
+                        upstream_h2,
                     }))
                 }
             };

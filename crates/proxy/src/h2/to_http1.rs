@@ -331,8 +331,9 @@ fn response_parts(
     Ok((response.into_parts().0, length))
 }
 
-/// Trailers of a chunked body as an HTTP/2 trailers frame.
-fn trailers_frame(section: &[u8]) -> Option<Frame<Bytes>> {
+/// Trailers of a chunked body as an HTTP/2 trailers frame (forbidden and connection-specific
+/// fields left out).
+pub(crate) fn trailers_frame(section: &[u8]) -> Option<Frame<Bytes>> {
     let mut headers = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
     let mut text = section.to_vec();
     text.extend_from_slice(b"\r\n");

@@ -26,6 +26,7 @@
 //! - [`logging`]: what a request's access log line says, gathered while it is served.
 //! - [`stream`]: the client connection, plain TCP or TLS.
 //! - [`upgrade`]: WebSocket upgrades and the tunnel after a 101.
+//! - `to_h2`: a request to a pool that speaks HTTP/2 to its backends.
 //!
 //! A listener with neither TLS nor HTTP/2 serves every connection with the engine over a plain
 //! TCP socket, as it always did; TLS and HTTP/2 are decided per connection at accept (ALPN, or the
@@ -44,6 +45,7 @@ mod rewrite;
 pub mod stream;
 mod target;
 mod timer;
+mod to_h2;
 pub mod upgrade;
 pub mod upstream;
 
@@ -97,6 +99,8 @@ pub struct HttpRoute {
     pub websocket: bool,
     /// TLS to the pool's backends, if it asks for it.
     pub upstream_tls: Option<UpstreamTls>,
+    /// The pool speaks HTTP/2 to its backends: HTTP/1.1 requests are bridged to it.
+    pub upstream_h2: bool,
 }
 
 impl HttpRoute {
@@ -117,6 +121,7 @@ impl HttpRoute {
             http2: false,
             websocket: false,
             upstream_tls: None,
+            upstream_h2: false,
         }
     }
 }
@@ -282,7 +287,12 @@ impl<S: ClientStream> Connection<S> {
                     return;
                 }
             };
-            if !exchange::forward(&mut self, request, out).await {
+            let keep = if self.route.upstream_h2 {
+                to_h2::forward(&mut self, request, out).await
+            } else {
+                exchange::forward(&mut self, request, out).await
+            };
+            if !keep {
                 if self.unread {
                     self.linger().await;
                 }

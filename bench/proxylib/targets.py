@@ -1,7 +1,10 @@
 """The processes a run needs: the backends (one nginx worker on three ports), and each proxy under
 test with the same configuration it would have in production, minus logging: handover, HAProxy
 (`http-reuse always`, the fair setting for upstream keep-alive) and nginx (upstream keepalive 64).
-Any of them can start with its first backend draining, or under callgrind."""
+Each also terminates TLS on TLS_PORT (the same P-256 certificate for all, made by `openssl` for the
+run; TLS 1.2 and 1.3, ALPN h2 and http/1.1, session resumption as each does by default) in front of
+the same backends over HTTP/1.1 keep-alive. Any of them can start with its first backend draining,
+or under callgrind."""
 
 import json
 import os
@@ -16,6 +19,7 @@ from .system import children_of, wait_port
 BACKENDS = [18001, 18002, 18003]
 HTTP_PORT = 18080
 TCP_PORT = 18090
+TLS_PORT = 18443
 CONTROL_PORT = 18099
 BODY = "x" * 98
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -48,6 +52,20 @@ def start_backends(work):
     return proc, children_of(proc.pid)
 
 
+def tls_files(work):
+    """A self-signed P-256 certificate for 127.0.0.1 (made once per work directory): (cert, key,
+    cert+key for HAProxy)."""
+    cert, key, both = (os.path.join(work, name) for name in ("tls.pem", "tls.key", "tls-both.pem"))
+    if not os.path.exists(both):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-days", "2", "-keyout", key, "-out", cert, "-subj", "/CN=bench.test",
+                        "-addext", "subjectAltName=DNS:bench.test,IP:127.0.0.1"],
+                       check=True, capture_output=True)
+        with open(both, "w") as f:
+            f.write(open(cert).read() + open(key).read())
+    return cert, key, both
+
+
 def nginx_conf(work, workers, draining=False, single_process=False):
     # nginx has no runtime API in its free version: a draining server is marked `down`.
     upstream = " ".join(
@@ -63,6 +81,10 @@ http {{
   keepalive_requests 10000000;
   upstream be {{ {upstream} keepalive 64; keepalive_requests 10000000; }}
   server {{ listen 127.0.0.1:{HTTP_PORT} backlog=4096;
+    location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}
+  server {{ listen 127.0.0.1:{TLS_PORT} ssl http2 backlog=4096;
+    ssl_certificate {tls_files(work)[0]}; ssl_certificate_key {tls_files(work)[1]};
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;
     location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}
 }}
 stream {{
@@ -97,6 +119,10 @@ backend be
     balance roundrobin
     http-reuse always
 {servers}
+frontend fe_tls
+    mode http
+    bind 127.0.0.1:{TLS_PORT} ssl crt {tls_files(work)[2]} alpn h2,http/1.1
+    default_backend be
 frontend fe_tcp
     mode tcp
     bind 127.0.0.1:{TCP_PORT}
@@ -108,7 +134,7 @@ backend be_tcp
 """
 
 
-def handover_conf():
+def handover_conf(work):
     backends = "".join(
         f'\n[[pools.{pool}.backends]]\naddress = "127.0.0.1:{p}"\nvm = "vm-{i}"\n'
         for pool in ("web", "tcp")
@@ -129,6 +155,13 @@ kind = "tcp"
 bind = "127.0.0.1:{TCP_PORT}"
 pool = "tcp"
 
+[[listeners]]
+name = "tls"
+kind = "http"
+bind = "127.0.0.1:{TLS_PORT}"
+pool = "web"
+tls = {{ certificates = [{{ cert = "{tls_files(work)[0]}", key = "{tls_files(work)[1]}" }}] }}
+
 [pools.web]
 algorithm = "round_robin"
 
@@ -142,7 +175,7 @@ def command_for(kind, binary, workers, work, draining, single_process=False):
     if kind == "handover":
         path = os.path.join(work, "handover.toml")
         with open(path, "w") as f:
-            f.write(handover_conf())
+            f.write(handover_conf(work))
         return [binary, "run", "--config", path, "--workers", str(workers)], dict(os.environ, RUST_LOG="warn")
     if kind == "haproxy":
         path = os.path.join(work, "haproxy.cfg")
@@ -169,7 +202,7 @@ def start(kind, binary, workers, work, draining=False, valgrind=None):
         start_new_session=True,
     )
     patience = 60 if valgrind else 10
-    if not (wait_port(HTTP_PORT, patience) and wait_port(TCP_PORT, patience)):
+    if not (wait_port(HTTP_PORT, patience) and wait_port(TCP_PORT, patience) and wait_port(TLS_PORT, patience)):
         stop(proc)
         raise RuntimeError(f"{kind} did not listen (see {work}/{kind}.log)")
     time.sleep(2 if valgrind else 0.3)
@@ -212,5 +245,5 @@ def stop(proc):
         proc.wait()
     # Ports must be free for the next proxy.
     deadline = time.time() + 5
-    while time.time() < deadline and (wait_port(HTTP_PORT, 0.05) or wait_port(TCP_PORT, 0.05)):
+    while time.time() < deadline and any(wait_port(p, 0.05) for p in (HTTP_PORT, TCP_PORT, TLS_PORT)):
         time.sleep(0.1)

@@ -66,7 +66,7 @@ def tls_files(work):
     return cert, key, both
 
 
-def nginx_conf(work, workers, draining=False, single_process=False):
+def nginx_conf(work, workers, draining=False, single_process=False, tls=True):
     # nginx has no runtime API in its free version: a draining server is marked `down`.
     upstream = " ".join(
         f"server 127.0.0.1:{p}{' down' if draining and i == 0 else ''};" for i, p in enumerate(BACKENDS)
@@ -82,10 +82,7 @@ http {{
   upstream be {{ {upstream} keepalive 64; keepalive_requests 10000000; }}
   server {{ listen 127.0.0.1:{HTTP_PORT} backlog=4096;
     location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}
-  server {{ listen 127.0.0.1:{TLS_PORT} ssl http2 backlog=4096;
-    ssl_certificate {tls_files(work)[0]}; ssl_certificate_key {tls_files(work)[1]};
-    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;
-    location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}
+{nginx_tls_server(work) if tls else ""}
 }}
 stream {{
   upstream be_tcp {{ {upstream} }}
@@ -94,7 +91,15 @@ stream {{
 """
 
 
-def haproxy_conf(workers, work):
+def nginx_tls_server(work):
+    cert, key, _ = tls_files(work)
+    return f"""  server {{ listen 127.0.0.1:{TLS_PORT} ssl http2 backlog=4096;
+    ssl_certificate {cert}; ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;
+    location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}"""
+
+
+def haproxy_conf(workers, work, tls=True):
     servers = "\n".join(f"    server s{i} 127.0.0.1:{p}" for i, p in enumerate(BACKENDS))
     # 10,100 connections need 20,214 descriptors by HAProxy's count (two per connection) but idle
     # client connections use one each: this machine's hard limit of 20,000 is enough once HAProxy
@@ -119,11 +124,7 @@ backend be
     balance roundrobin
     http-reuse always
 {servers}
-frontend fe_tls
-    mode http
-    bind 127.0.0.1:{TLS_PORT} ssl crt {tls_files(work)[2]} alpn h2,http/1.1
-    default_backend be
-frontend fe_tcp
+{haproxy_tls_frontend(work) if tls else ""}frontend fe_tcp
     mode tcp
     bind 127.0.0.1:{TCP_PORT}
     default_backend be_tcp
@@ -134,7 +135,40 @@ backend be_tcp
 """
 
 
-def handover_conf(work):
+def tls_listener(work):
+    cert, key, _ = tls_files(work)
+    return f"""[[listeners]]
+name = "tls"
+kind = "http"
+bind = "127.0.0.1:{TLS_PORT}"
+pool = "web"
+tls = {{ certificates = [{{ cert = "{cert}", key = "{key}" }}] }}
+"""
+
+
+_TLS_SUPPORT = {}
+
+
+def supports_tls(binary, work):
+    """Whether this handover binary knows TLS listeners (an A/B against an older build may not):
+    asked once, with `handover check` on a configuration that has one."""
+    if binary not in _TLS_SUPPORT:
+        path = os.path.join(work, "tls-probe.toml")
+        with open(path, "w") as f:
+            f.write(handover_conf(work, tls=True))
+        _TLS_SUPPORT[binary] = subprocess.run([binary, "check", "--config", path], capture_output=True).returncode == 0
+    return _TLS_SUPPORT[binary]
+
+
+def haproxy_tls_frontend(work):
+    return f"""frontend fe_tls
+    mode http
+    bind 127.0.0.1:{TLS_PORT} ssl crt {tls_files(work)[2]} alpn h2,http/1.1
+    default_backend be
+"""
+
+
+def handover_conf(work, tls=True):
     backends = "".join(
         f'\n[[pools.{pool}.backends]]\naddress = "127.0.0.1:{p}"\nvm = "vm-{i}"\n'
         for pool in ("web", "tcp")
@@ -155,13 +189,7 @@ kind = "tcp"
 bind = "127.0.0.1:{TCP_PORT}"
 pool = "tcp"
 
-[[listeners]]
-name = "tls"
-kind = "http"
-bind = "127.0.0.1:{TLS_PORT}"
-pool = "web"
-tls = {{ certificates = [{{ cert = "{tls_files(work)[0]}", key = "{tls_files(work)[1]}" }}] }}
-
+{tls_listener(work) if tls else ""}
 [pools.web]
 algorithm = "round_robin"
 
@@ -170,21 +198,28 @@ algorithm = "round_robin"
 {backends}"""
 
 
+def with_tls(kind, binary, work, single_process):
+    """Whether the proxy gets its TLS listener: not under callgrind (which counts the plain HTTP/1.1
+    path), nor for a handover binary that predates TLS."""
+    return not single_process and (kind != "handover" or supports_tls(binary, work))
+
+
 def command_for(kind, binary, workers, work, draining, single_process=False):
     """(argv, env) that starts a proxy of this kind."""
+    tls = with_tls(kind, binary, work, single_process)
     if kind == "handover":
         path = os.path.join(work, "handover.toml")
         with open(path, "w") as f:
-            f.write(handover_conf(work))
+            f.write(handover_conf(work, tls=tls))
         return [binary, "run", "--config", path, "--workers", str(workers)], dict(os.environ, RUST_LOG="warn")
     if kind == "haproxy":
         path = os.path.join(work, "haproxy.cfg")
         with open(path, "w") as f:
-            f.write(haproxy_conf(workers, work))
+            f.write(haproxy_conf(workers, work, tls=tls))
         return ["haproxy", "-db", "-f", path], None
     path = os.path.join(work, "nginx.conf")
     with open(path, "w") as f:
-        f.write(nginx_conf(work, workers, draining, single_process))
+        f.write(nginx_conf(work, workers, draining, single_process, tls=tls))
     return ["nginx", "-c", path, "-e", os.path.join(work, "nginx.err")], None
 
 
@@ -202,7 +237,8 @@ def start(kind, binary, workers, work, draining=False, valgrind=None):
         start_new_session=True,
     )
     patience = 60 if valgrind else 10
-    if not (wait_port(HTTP_PORT, patience) and wait_port(TCP_PORT, patience) and wait_port(TLS_PORT, patience)):
+    tls = with_tls(kind, binary, work, valgrind is not None)
+    if not (wait_port(HTTP_PORT, patience) and wait_port(TCP_PORT, patience) and (not tls or wait_port(TLS_PORT, patience))):
         stop(proc)
         raise RuntimeError(f"{kind} did not listen (see {work}/{kind}.log)")
     time.sleep(2 if valgrind else 0.3)

@@ -40,7 +40,7 @@ use crate::buffer::Buffer;
 use crate::http::HttpRoute;
 use crate::shutdown::ShutdownListener;
 use crate::tls::ALPN_H2;
-use body::{ResponseBody, answer};
+use body::ResponseBody;
 
 /// The client connection preface of HTTP/2, up to where it differs from any HTTP/1.1 request.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
@@ -214,9 +214,4 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
     }
-}
-
-/// The proxy's own answer to a stream, as an HTTP/1.1 request would get it.
-pub fn refuse(status: u16, message: &str) -> hyper::Response<ResponseBody> {
-    answer(status, message)
 }

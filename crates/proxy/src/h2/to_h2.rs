@@ -137,11 +137,6 @@ pub fn sweep(generation_of: impl Fn(usize) -> Option<u64>) {
     });
 }
 
-/// Whether this worker holds a connection to the backend (tests).
-pub fn is_pooled(backend: &BackendRuntime) -> bool {
-    CONNECTIONS.with(|c| c.borrow().get(backend.uid).is_some_and(Option::is_some))
-}
-
 /// Forwards one request (from an HTTP/2 client) to an HTTP/2 backend.
 pub async fn forward(
     request: hyper::Request<Incoming>,

@@ -181,7 +181,8 @@ impl CertificateStore {
                         continue;
                     }
                     // A pair is often written as two files one after the other: wait for the
-                    // writes to settle before reading (the next check retries a half-written pair).
+                    // writes to settle before reading. A set that fails is tried again at the next
+                    // change of its files (the second file of a pair written late is one).
                     std::thread::sleep(Duration::from_millis(100));
                     match store.reload(&provider) {
                         Ok(()) => {

@@ -6,6 +6,7 @@
 pub mod backends;
 pub mod h2raw;
 pub mod lb;
+pub mod libvirt;
 pub mod qemu;
 pub mod raw;
 pub mod recorder;

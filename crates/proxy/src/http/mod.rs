@@ -287,11 +287,18 @@ impl<S: ClientStream> Connection<S> {
                     return;
                 }
             };
+            if self.route.access_log.is_some() {
+                self.record = Some(logging::RequestRecord::new(
+                    Some(request.line.text()),
+                    request.head_len as u64,
+                ));
+            }
             let keep = if self.route.upstream_h2 {
                 to_h2::forward(&mut self, request, out).await
             } else {
                 exchange::forward(&mut self, request, out).await
             };
+            self.finish_record();
             if !keep {
                 if self.unread {
                     self.linger().await;

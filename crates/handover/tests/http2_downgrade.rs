@@ -575,6 +575,22 @@ async fn run(node: &Node, backend: &Recorder, case: &Case, canary_number: &mut u
             record.method, record.target
         ));
     }
+    // A backend may record a request cut short only when its connection closes, after the canary
+    // was answered on another one: for those cases, wait until its records stop changing.
+    let records = if matches!(case.expect, Expect::AtMost { .. }) {
+        let mut last = records.len();
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = backend.records().len();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        backend.records()
+    } else {
+        records
+    };
     let arrived: Vec<(String, String, Vec<u8>)> = records[before..]
         .iter()
         .map(|r| (r.method.clone(), r.target.clone(), r.body.clone()))
@@ -591,16 +607,14 @@ async fn run(node: &Node, backend: &Recorder, case: &Case, canary_number: &mut u
                 })
                 .flatten()
                 .collect();
-            match arrived.as_slice() {
-                [only] => *only == canary_record,
-                [first, second] => {
-                    first.0 == *method
-                        && first.1 == *target
-                        && sent.starts_with(&first.2)
-                        && *second == canary_record
+            // The canary once, and at most the announced request cut short, in either order.
+            let (canaries, others): (Vec<_>, Vec<_>) = arrived.iter().partition(|r| **r == canary_record);
+            canaries.len() == 1
+                && match others.as_slice() {
+                    [] => true,
+                    [cut] => cut.0 == *method && cut.1 == *target && sent.starts_with(&cut.2),
+                    _ => false,
                 }
-                _ => false,
-            }
         }
         _ => {
             expected.push(canary_record);

@@ -402,14 +402,11 @@ pub fn parse_response(
     let client_keep_alive = context.client_keep_alive && framing != Framing::UntilClose;
 
     let mut w = HeadWriter { out, overflow: false };
-    w.put(b"HTTP/1.1 ");
-    let code = [
-        b'0' + (status / 100) as u8,
-        b'0' + (status / 10 % 10) as u8,
-        b'0' + (status % 10) as u8,
-    ];
-    w.put(&code);
-    w.put(b" ");
+    let mut line = *b"HTTP/1.1 000 ";
+    line[9] = b'0' + (status / 100) as u8;
+    line[10] = b'0' + (status / 10 % 10) as u8;
+    line[11] = b'0' + (status % 10) as u8;
+    w.put(&line);
     w.put(response.reason.unwrap_or("").as_bytes());
     w.put(b"\r\n");
     let mut length_written = false;

@@ -96,23 +96,16 @@ static REG_NAME: [bool; 256] = {
 /// IPv4 address (unreserved characters, percent-encodings, sub-delimiters), or an IP literal in
 /// brackets, then an optional port of digits. Not empty, no userinfo (RFC 9110 §4.2.1, §4.2.4).
 pub(super) fn is_authority(value: &[u8]) -> bool {
-    // The common case in one pass: a registered name or IPv4 address, maybe a port.
+    // The common case: a registered name or IPv4 address, maybe a port.
     if value.first() != Some(&b'[') {
-        let mut colon = None;
-        for (i, b) in value.iter().enumerate() {
-            if *b == b':' {
-                if colon.is_some() {
-                    return false;
-                }
-                colon = Some(i);
-            } else if !REG_NAME[*b as usize] || (colon.is_some() && !b.is_ascii_digit()) {
-                return false;
-            }
-        }
-        return match colon {
-            Some(at) => at > 0 && value.len() - at - 1 <= 5,
-            None => !value.is_empty(),
+        let (host, port) = match value.iter().rposition(|b| *b == b':') {
+            Some(at) => (&value[..at], &value[at + 1..]),
+            None => (value, &[][..]),
         };
+        return !host.is_empty()
+            && port.len() <= 5
+            && host.iter().all(|b| REG_NAME[*b as usize])
+            && port.iter().all(u8::is_ascii_digit);
     }
     // An IP literal: `[hex:digits.and:colons]`, then maybe a port.
     let Some(close) = value.iter().position(|b| *b == b']') else {

@@ -81,6 +81,8 @@ pub fn default_workers() -> usize {
 /// the data plane on `workers` threads of its own, the control plane on the caller's runtime.
 pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
     let pools = Pools::new(config);
+    // Certificates, keys and CA files first: a bad one stops the start before anything listens.
+    handover_proxy::tls::check(config)?;
     let listeners = Listeners::bind(config, workers)?;
     let control_listener = handover_proxy::listeners::bind_tcp(config.control.bind)
         .and_then(tokio::net::TcpListener::from_std)

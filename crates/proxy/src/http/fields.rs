@@ -27,11 +27,13 @@ pub(super) enum Field {
     Expect,
     Cookie,
     ForwardedFor,
+    /// `Upgrade`: hop-by-hop, except on a WebSocket upgrade the listener allows.
+    Upgrade,
     /// `Content_Length` or `Transfer_Encoding`: a name some servers read as the framing field
     /// (CGI-style variables turn `-` into `_`). Refused.
     Lookalike,
     /// Never forwarded: `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`,
-    /// `Proxy-Authorization`, `TE`, `Trailer`, `Upgrade`.
+    /// `Proxy-Authorization`, `TE`, `Trailer`.
     HopByHop,
 }
 
@@ -50,7 +52,7 @@ impl Field {
             (6, b'e') if is("expect") => Self::Expect,
             (6, b'c') if is("cookie") => Self::Cookie,
             (7, b't') if is("trailer") => Self::HopByHop,
-            (7, b'u') if is("upgrade") => Self::HopByHop,
+            (7, b'u') if is("upgrade") => Self::Upgrade,
             (10, b'c') if is("connection") => Self::Connection,
             (10, b'k') if is("keep-alive") => Self::HopByHop,
             (14, b'c') if is("content-length") => Self::ContentLength,
@@ -119,6 +121,10 @@ pub(super) struct Scan<'b> {
     pub host: Option<&'b [u8]>,
     /// `Expect: 100-continue`.
     pub expects_continue: bool,
+    /// `Connection` lists `upgrade`.
+    pub connection_upgrade: bool,
+    /// `Upgrade` says exactly `websocket` (one field, one protocol).
+    pub upgrade_websocket: bool,
     /// Extra names listed in `Connection` (allocates only when there are any).
     connection_names: Vec<&'b [u8]>,
 }
@@ -171,8 +177,11 @@ impl<'b> Scan<'b> {
             hosts: 0,
             host: None,
             expects_continue: false,
+            connection_upgrade: false,
+            upgrade_websocket: false,
             connection_names: Vec::new(),
         };
+        let mut upgrades = 0;
         for (header, field) in headers.iter().zip(scan.fields.iter_mut()) {
             *field = Field::of(header.name.as_bytes());
             if *field == Field::Plain && matches!(header.name.len(), 14 | 17) {
@@ -210,6 +219,9 @@ impl<'b> Scan<'b> {
                             scan.close = true;
                         } else if token.eq_ignore_ascii_case(b"keep-alive") {
                             scan.keep_alive = true;
+                        } else if token.eq_ignore_ascii_case(b"upgrade") {
+                            // `Upgrade` is hop-by-hop already: a flag, not a name to look up.
+                            scan.connection_upgrade = true;
                         } else if Field::of(token).is_protected() {
                             return Err(format!(
                                 "Connection names {}, a field every hop needs",
@@ -230,8 +242,16 @@ impl<'b> Scan<'b> {
                 Field::Expect => {
                     scan.expects_continue = trim(header.value).eq_ignore_ascii_case(b"100-continue");
                 }
+                Field::Upgrade => {
+                    upgrades += 1;
+                    scan.upgrade_websocket =
+                        upgrades == 1 && trim(header.value).eq_ignore_ascii_case(b"websocket");
+                }
                 _ => {}
             }
+        }
+        if upgrades > 1 {
+            scan.upgrade_websocket = false;
         }
         Ok(scan)
     }
@@ -240,7 +260,7 @@ impl<'b> Scan<'b> {
     #[inline]
     pub(super) fn hop_by_hop(&self, index: usize, name: &str) -> bool {
         match self.fields[index] {
-            Field::HopByHop | Field::Connection => true,
+            Field::HopByHop | Field::Connection | Field::Upgrade => true,
             _ => {
                 !self.connection_names.is_empty()
                     && self
@@ -286,7 +306,7 @@ mod tests {
             ("X-Forwarded-For", Field::ForwardedFor),
             ("TE", Field::HopByHop),
             ("Trailer", Field::HopByHop),
-            ("Upgrade", Field::HopByHop),
+            ("Upgrade", Field::Upgrade),
             ("Keep-Alive", Field::HopByHop),
             ("Proxy-Connection", Field::HopByHop),
             ("Proxy-Authenticate", Field::HopByHop),

@@ -155,6 +155,7 @@ mod tests {
             window: Duration::from_secs(10),
             keep: Keep::Connections,
             adaptive: AdaptiveDrain::default(),
+            long_lived_close_after: None,
         };
         let ramp = RampPolicy::default();
         let p = policies(&drain, &ramp, RestoreMode::Ramp);

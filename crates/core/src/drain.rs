@@ -30,6 +30,12 @@ pub struct DrainPolicy {
     /// Adaptive drain and switchover quiescence (off by default).
     #[serde(default)]
     pub adaptive: AdaptiveDrain,
+    /// Opt-in: this long after the drain began, long-lived work still open to the VM (WebSocket
+    /// tunnels, L4 connections, idle HTTP/1.1 and HTTP/2 upstream connections) is closed in the
+    /// least harmful way its protocol has, so that clients reconnect elsewhere before the
+    /// blackout. `None` (the default) never closes anything.
+    #[serde(default, with = "crate::config::serde_duration::option")]
+    pub long_lived_close_after: Option<Duration>,
 }
 
 impl Default for DrainPolicy {
@@ -40,6 +46,7 @@ impl Default for DrainPolicy {
             window: Duration::ZERO,
             keep: Keep::Connections,
             adaptive: AdaptiveDrain::default(),
+            long_lived_close_after: None,
         }
     }
 }
@@ -92,6 +99,7 @@ mod tests {
             window: Duration::from_millis(window_ms),
             keep: Keep::Connections,
             adaptive: AdaptiveDrain::default(),
+            long_lived_close_after: None,
         }
     }
 

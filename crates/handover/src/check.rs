@@ -19,10 +19,15 @@ pub fn load(path: &Path) -> anyhow::Result<Result<handover_core::config::Config,
     }))
 }
 
-/// Prints `ok` with a summary, or every error; exit status 1 on errors.
+/// Prints `ok` with a summary, or every error; exit status 1 on errors. TLS files (certificates,
+/// keys, CA files) are read too.
 pub fn check(path: &Path) -> anyhow::Result<u8> {
     match load(path)? {
         Ok(config) => {
+            if let Err(e) = handover_proxy::tls::check(&config) {
+                eprintln!("{}: {e}", path.display());
+                return Ok(EXIT_ERROR);
+            }
             let backends: usize = config.pools.iter().map(|p| p.backends.len()).sum();
             let mut summary = format!(
                 "{} listener{}, {} pool{}, {} backend{}, {} peer{}",

@@ -74,6 +74,7 @@ impl Policy {
             window: spec.drain_window.0,
             keep: spec.keep,
             adaptive: spec.adaptive_drain(),
+            long_lived_close_after: None,
         };
         let ramp = RampPolicy {
             window: spec.ramp_window.0,

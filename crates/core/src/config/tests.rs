@@ -448,3 +448,128 @@ fn a_vm_whose_pools_adapt_differently_is_rejected() {
     let same = src.replace("max_slowdown = 0.3, ", "");
     assert!(parse(&same).is_ok());
 }
+
+/// An http listener and one pool, with `listener` and `pool` lines added.
+fn l7(listener: &str, pool: &str) -> String {
+    format!(
+        "[[listeners]]\nname = \"web\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n{listener}\n\n\
+         [pools.web]\n{pool}\n[[pools.web.backends]]\naddress = \"127.0.0.1:9001\"\nvm = \"vm-a\"\n"
+    )
+}
+
+#[test]
+fn tls_http2_and_websocket_settings_of_an_http_listener() {
+    let config = parse(&l7(
+        "tls = { certificates = [{ cert = \"a.pem\", key = \"a.key\" }, { cert = \"b.pem\", key = \"b.key\" }], min_version = \"1.3\", reload = \"2s\" }",
+        "",
+    ))
+    .unwrap();
+    let listener = &config.listeners[0];
+    let tls = listener.tls.as_ref().unwrap();
+    assert_eq!(tls.certificates.len(), 2);
+    assert_eq!(tls.certificates[1].key, PathBuf::from("b.key"));
+    assert_eq!(tls.min_version, TlsVersion::Tls13);
+    assert_eq!(tls.reload, Duration::from_secs(2));
+    assert!(listener.http2, "HTTP/2 is offered by ALPN by default with TLS");
+    assert!(listener.websocket);
+    let plain = parse(&l7("", "")).unwrap();
+    assert!(!plain.listeners[0].http2, "no cleartext HTTP/2 unless asked");
+    assert!(plain.listeners[0].tls.is_none());
+    let h2c = parse(&l7("http2 = true\nwebsocket = false", "")).unwrap();
+    assert!(h2c.listeners[0].http2 && !h2c.listeners[0].websocket);
+}
+
+#[test]
+fn bad_tls_settings_name_their_field() {
+    let cases = [
+        ("tls = { certificates = [] }", "listeners[0].tls.certificates"),
+        (
+            "tls = { certificates = [{ cert = \"a.pem\" }] }",
+            "listeners[0].tls.certificates[0].key",
+        ),
+        (
+            "tls = { certificates = [{ cert = \"a\", key = \"b\" }], min_version = \"1.1\" }",
+            "listeners[0].tls.min_version",
+        ),
+        (
+            "tls = { certificates = [{ cert = \"a\", key = \"b\" }], reload = \"0s\" }",
+            "listeners[0].tls.reload",
+        ),
+        (
+            "tls = { certificates = [{ cert = \"a\", key = \"b\" }], sni = true }",
+            "listeners[0].tls.sni",
+        ),
+        ("http2 = \"yes\"", "listeners[0].http2"),
+    ];
+    for (line, path) in cases {
+        let errors = errors_of(&l7(line, ""));
+        assert!(errors.iter().any(|e| e.path == path), "{line}: {errors:?}");
+    }
+    let tcp = "[[listeners]]\nname = \"t\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n\
+               tls = { certificates = [{ cert = \"a\", key = \"b\" }] }\n\n[pools.web]\n\
+               [[pools.web.backends]]\naddress = \"127.0.0.1:9001\"\nvm = \"vm-a\"\n";
+    let errors = errors_of(tcp);
+    assert_eq!(errors[0].path, "listeners[0].tls");
+    assert!(errors[0].message.contains("only http listeners"), "{errors:?}");
+}
+
+#[test]
+fn a_pool_may_speak_h2_and_tls_to_its_backends() {
+    let config = parse(&l7(
+        "",
+        "protocol = \"h2\"\ntls = { ca = \"ca.pem\", server_name = \"backend.test\" }",
+    ))
+    .unwrap();
+    let pool = config.pool("web").unwrap();
+    assert_eq!(pool.protocol, UpstreamProtocol::H2);
+    let tls = pool.tls.as_ref().unwrap();
+    assert_eq!(tls.ca, Some(PathBuf::from("ca.pem")));
+    assert_eq!(tls.server_name.as_deref(), Some("backend.test"));
+    assert!(!tls.insecure);
+    assert_eq!(
+        parse(&l7("", "")).unwrap().pools[0].protocol,
+        UpstreamProtocol::Http1
+    );
+    let insecure = parse(&l7("", "protocol = \"h2\"\ntls = { insecure = true }")).unwrap();
+    assert!(insecure.pools[0].tls.as_ref().unwrap().insecure);
+    for (line, path) in [
+        ("tls = {}", "pools.web.tls"),
+        (
+            "tls = { ca = \"ca.pem\", insecure = true }",
+            "pools.web.tls.insecure",
+        ),
+        ("protocol = \"h3\"", "pools.web.protocol"),
+        ("tls = { ca = \"ca.pem\" }", "pools.web.tls"),
+    ] {
+        let errors = errors_of(&l7("", line));
+        assert!(errors.iter().any(|e| e.path == path), "{line}: {errors:?}");
+    }
+}
+
+#[test]
+fn long_lived_work_is_closed_only_when_asked_and_only_by_pools() {
+    assert_eq!(
+        parse(&l7("", "")).unwrap().pools[0].drain.long_lived_close_after,
+        None
+    );
+    let config = parse(&l7(
+        "",
+        "drain = { target = 0.0, long_lived = { close_after = \"30s\" } }",
+    ))
+    .unwrap();
+    assert_eq!(
+        config.pools[0].drain.long_lived_close_after,
+        Some(Duration::from_secs(30))
+    );
+    let errors = errors_of(&l7("", "drain = { long_lived = { after = \"30s\" } }"));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.path == "pools.web.drain.long_lived.close_after"),
+        "{errors:?}"
+    );
+    let driven = "[[haproxy]]\nname = \"h\"\nsocket = \"/run/h.sock\"\nserver_name_is_vm = true\n\
+                  drain = { long_lived = { close_after = \"1s\" } }\n";
+    let errors = errors_of(driven);
+    assert_eq!(errors[0].path, "haproxy[0].drain.long_lived", "{errors:?}");
+}

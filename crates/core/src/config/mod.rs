@@ -365,8 +365,23 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
     let (tree, syntax_errors) = DeTable::parse_recoverable(src);
     let mut doc = Doc::new(src, syntax_errors.is_empty().then_some(&tree));
     if !syntax_errors.is_empty() {
-        for e in syntax_errors {
-            doc.error("", e.span(), format!("TOML syntax: {}", e.message()));
+        for (i, e) in syntax_errors.iter().enumerate() {
+            let message = format!("TOML syntax: {}", e.message());
+            match e.span() {
+                Some(span) => doc.error("", Some(span), message),
+                None => {
+                    let nth = syntax_errors[..=i]
+                        .iter()
+                        .filter(|o| o.span().is_none() && o.message() == e.message())
+                        .count();
+                    doc.errors.push(ConfigError {
+                        path: String::new(),
+                        line: Some(line_of_unplaced(src, e.message(), nth)),
+                        column: None,
+                        message,
+                    });
+                }
+            }
         }
         return Err(ConfigErrors(doc.errors));
     }
@@ -439,6 +454,26 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
     doc.errors
         .sort_by_key(|e| (e.line.unwrap_or(0), e.column.unwrap_or(0)));
     Err(ConfigErrors(doc.errors))
+}
+
+/// The line of a syntax error that toml reports without a position (a dotted key of too many
+/// parts): the first line whose text, up to and including it, already has `nth` errors with this
+/// message. toml reads from the start, so a longer prefix of the text has the same errors and more.
+fn line_of_unplaced(src: &str, message: &str, nth: usize) -> usize {
+    let ends: Vec<usize> = src
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .chain([src.len()])
+        .collect();
+    let found = |end: usize| {
+        DeTable::parse_recoverable(&src[..end])
+            .1
+            .iter()
+            .filter(|e| e.span().is_none() && e.message() == message)
+            .count()
+    };
+    let before = ends.partition_point(|end| found(*end) < nth);
+    before.min(ends.len() - 1) + 1
 }
 
 /// Reads every element of an array of tables with `read`; `None` if any element failed.

@@ -329,3 +329,25 @@ fn listener_timeouts_default_to_a_minute_and_must_be_positive() {
         "{named:?}"
     );
 }
+
+/// Found by the `config_reader` fuzz target: toml reports a dotted key of 80 or more parts as
+/// "recursion limit" without a position, and the error named neither a line nor a field.
+#[test]
+fn a_key_of_too_many_parts_is_reported_with_its_line() {
+    let errors = errors_of(&".".repeat(80));
+    let limit: Vec<&ConfigError> = errors
+        .iter()
+        .filter(|e| e.message.contains("recursion limit"))
+        .collect();
+    assert_eq!(limit.len(), 1, "{errors:?}");
+    assert_eq!(limit[0].line, Some(1));
+
+    let deep = vec!["k"; 90].join(".");
+    let src = format!("[control]\nbind = \"127.0.0.1:9090\"\n\n{deep} = 1\nname = \"x\"\n");
+    let lines: Vec<Option<usize>> = errors_of(&src)
+        .iter()
+        .filter(|e| e.message.contains("recursion limit"))
+        .map(|e| e.line)
+        .collect();
+    assert_eq!(lines, vec![Some(4)]);
+}

@@ -77,6 +77,7 @@ fn push_key(field: &mut String, key: &str) {
 mod tests {
     use handover_core::api::NoticeRequest;
     use handover_core::migration::MigrationProgress;
+    use handover_core::phase::PhaseCommand;
 
     use super::*;
 
@@ -111,6 +112,29 @@ mod tests {
         let (field, error) = field_of_error::<NoticeRequest>("{}");
         assert_eq!(field.as_deref(), Some("phase"));
         assert!(error.starts_with("phase: missing field `phase`"), "{error}");
+    }
+
+    /// Found by the `control_api_bodies` fuzz target: a peer's phase command without `action`, or
+    /// with a field of the wrong type, was refused without a field.
+    #[test]
+    fn every_field_of_a_phase_command_is_named() {
+        for (body, expected) in [
+            (r#"{"elapsed_ms":1}"#, "action"),
+            (r#"{"action":"teleport"}"#, "action"),
+            (
+                r#"{"action":"drain","elapsed_ms":"x","migrating":false,"deadline_in_ms":1}"#,
+                "elapsed_ms",
+            ),
+            (
+                r#"{"action":"drain","elapsed_ms":1,"deadline_in_ms":1}"#,
+                "migrating",
+            ),
+            (r#"{"action":"ramp","elapsed_ms":1,"reason":"bored"}"#, "reason"),
+            (r#"{"action":"ramp","elapsed_ms":1}"#, "reason"),
+        ] {
+            let (field, error) = field_of_error::<PhaseCommand>(body);
+            assert_eq!(field.as_deref(), Some(expected), "{body}: {error}");
+        }
     }
 
     #[test]

@@ -31,8 +31,8 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-/// The field an error is about: where it happened, and the field it says is missing (serde
-/// reports a missing field at the object that lacks it). `None` for the body as a whole.
+/// The field an error is about: where it happened, and the field it says is missing or repeated
+/// (serde reports those at the object that holds them). `None` for the body as a whole.
 fn field_of(path: &Path, message: &str) -> Option<String> {
     let mut field = String::new();
     for segment in path {
@@ -45,12 +45,13 @@ fn field_of(path: &Path, message: &str) -> Option<String> {
             Segment::Unknown => break,
         }
     }
-    if let Some(missing) = message
-        .strip_prefix("missing field `")
+    if let Some(name) = ["missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
         .and_then(|rest| rest.split_once('`'))
         .map(|(name, _)| name)
     {
-        push_key(&mut field, missing);
+        push_key(&mut field, name);
     }
     (!field.is_empty()).then_some(field)
 }
@@ -112,6 +113,15 @@ mod tests {
         let (field, error) = field_of_error::<NoticeRequest>("{}");
         assert_eq!(field.as_deref(), Some("phase"));
         assert!(error.starts_with("phase: missing field `phase`"), "{error}");
+    }
+
+    /// Found by the `control_api_bodies` fuzz target: a field given twice was refused without a
+    /// field.
+    #[test]
+    fn a_repeated_field_is_named() {
+        let (field, error) = field_of_error::<NoticeRequest>(r#"{"phase":"prepare","phase":"f"}"#);
+        assert_eq!(field.as_deref(), Some("phase"));
+        assert!(error.starts_with("phase: duplicate field `phase`"), "{error}");
     }
 
     /// Found by the `control_api_bodies` fuzz target: a peer's phase command without `action`, or

@@ -7,6 +7,8 @@
 
 #![no_main]
 
+use std::sync::OnceLock;
+
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use toml::{Table, Value};
@@ -317,9 +319,20 @@ fn apply(doc: &mut Value, edit: &Edit) {
     }
 }
 
+/// The bases as TOML documents, parsed once.
+fn bases() -> &'static [Table] {
+    static PARSED: OnceLock<Vec<Table>> = OnceLock::new();
+    PARSED.get_or_init(|| {
+        BASES
+            .iter()
+            .map(|text| text.parse::<Table>().expect("the bases are valid TOML"))
+            .collect()
+    })
+}
+
 fuzz_target!(|input: Input| {
-    let base = BASES[usize::from(input.base) % BASES.len()];
-    let mut doc = Value::Table(base.parse::<Table>().expect("the bases are valid TOML"));
+    let bases = bases();
+    let mut doc = Value::Table(bases[usize::from(input.base) % bases.len()].clone());
     for edit in input.edits.iter().take(8) {
         apply(&mut doc, edit);
     }

@@ -15,7 +15,7 @@ use handover_fuzz::http::{
     Header, connection_tokens, is_fixed_hop_by_hop, is_framing_or_routing, split_absolute_form,
 };
 use handover_proxy::buffer::{Buffer, CAPACITY};
-use handover_proxy::http::head::{MAX_HEADERS, RequestContext, parse_request};
+use handover_proxy::http::head::{Framing, MAX_HEADERS, RequestContext, parse_request};
 use libfuzzer_sys::fuzz_target;
 
 const CLIENT: &str = "192.0.2.7";
@@ -155,9 +155,23 @@ fuzz_target!(|data: &[u8]| {
         ),
     }
 
-    // Framing: at most one Content-Length line, and the same framing when parsed again.
-    let lengths = output.headers.iter().filter(|h| h.is("content-length")).count();
-    assert!(lengths <= 1, "{lengths} Content-Length headers forwarded");
+    // Framing: at most one Content-Length line, saying the body's length (RFC 9110 §8.6: a list
+    // is not forwarded as it came), and the same framing when parsed again (below).
+    let lengths: Vec<&Header> = output.headers.iter().filter(|h| h.is("content-length")).collect();
+    assert!(
+        lengths.len() <= 1,
+        "{} Content-Length headers forwarded",
+        lengths.len()
+    );
+    if let (Framing::Length(n), [length]) = (request.framing, lengths.as_slice()) {
+        assert_eq!(
+            length.value,
+            n.to_string().as_bytes(),
+            "Content-Length does not say the body's length"
+        );
+    }
+
+    // The client is appended to X-Forwarded-For.
     let forwarded: Vec<&Header> = output
         .headers
         .iter()

@@ -6,12 +6,14 @@
 //!   timeouts, waits for drained, drives deadlines, ramps and retries (over `core`'s registry).
 //! - [`fanout`]: parallel calls to balancers, each bounded by its own timeout.
 //! - [`api`]: the HTTP control API (axum), including the peer-facing balancer endpoints.
+//! - [`dashboard`]: the live page for operators and its event stream.
 //! - [`metrics`] + [`stats`]: Prometheus exposition.
 //! - [`clock`]: wall-clock milliseconds on top of tokio's (pausable) clock.
 
 pub mod api;
 pub mod clock;
 pub mod coordinator;
+pub mod dashboard;
 pub mod fanout;
 pub mod metrics;
 pub mod stats;

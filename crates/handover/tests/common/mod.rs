@@ -7,6 +7,7 @@ pub mod backends;
 pub mod lb;
 pub mod qemu;
 pub mod raw;
+pub mod recorder;
 pub mod skip;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,11 @@ struct Ready {
 impl Node {
     /// Starts `handover run` on this configuration and waits until it listens.
     pub fn start(config: &str) -> Node {
+        Self::start_with(config, &[])
+    }
+
+    /// The same with more arguments to `handover run` (`--workers 1`, say).
+    pub fn start_with(config: &str, args: &[&str]) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("handover.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -53,6 +59,7 @@ impl Node {
             .arg("--ready-file")
             .arg(&ready)
             .args(["--shutdown-grace", "1s"])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -150,8 +157,13 @@ impl Node {
 
     /// Asks the node to stop gracefully (SIGTERM), without waiting.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the node a signal (`TERM`, `USR1`, `STOP`, ...), without waiting.
+    pub fn signal(&self, name: &str) {
         let _ = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(self.child.id().to_string())
             .status();
     }

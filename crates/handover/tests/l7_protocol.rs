@@ -403,7 +403,10 @@ async fn a_client_that_stalls_in_its_head_or_body_gets_408_after_client_timeout(
             .expect("answered well before the backend's own limits")
             .expect("an answer");
         assert_eq!(answer.status, 408, "stalled {what}: {}", answer.text());
-        assert!(client.closed_within(5 * SECOND).await, "closed after the 408 ({what})");
+        assert!(
+            client.closed_within(5 * SECOND).await,
+            "closed after the 408 ({what})"
+        );
     }
     let waited = started.elapsed();
     assert!(

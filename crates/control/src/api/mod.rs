@@ -119,10 +119,10 @@ mod tests {
     #[tokio::test]
     async fn a_vm_segment_that_is_not_utf8_is_a_json_400_naming_vm() {
         let config = handover_core::config::parse("").unwrap();
-        let app = router(Arc::new(ApiState {
-            coordinator: Coordinator::new(&config, Vec::new(), Clock::new()),
-            token: None,
-        }));
+        let app = router(Arc::new(ApiState::new(
+            Coordinator::new(&config, Vec::new(), Clock::new()),
+            None,
+        )));
         for (method, uri) in [
             ("POST", "/v1/vms/%FFa/migration"),
             ("PUT", "/v1/vms/%FF/migration/progress"),

@@ -83,3 +83,11 @@ pub fn split_absolute_form(target: &str) -> Option<(&str, &str)> {
     }
     Some((authority, path))
 }
+
+/// A field value that is a plain decimal number (RFC 9110 §8.6's `1*DIGIT`), as a number.
+pub fn decimal(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}

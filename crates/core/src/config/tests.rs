@@ -350,4 +350,14 @@ fn a_key_of_too_many_parts_is_reported_with_its_line() {
         .map(|e| e.line)
         .collect();
     assert_eq!(lines, vec![Some(4)]);
+
+    // Between other syntax errors, which bound where it is looked for.
+    let src = format!("a = = 1\nb = \"\"\"\n{deep} = 0\n\"\"\"\nc = = 2\n{deep} = 1\nd = = 3\n");
+    let errors = errors_of(&src);
+    let limit: Vec<Option<usize>> = errors
+        .iter()
+        .filter(|e| e.message.contains("recursion limit"))
+        .map(|e| e.line)
+        .collect();
+    assert_eq!(limit, vec![Some(6)], "{errors:?}");
 }

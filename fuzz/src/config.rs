@@ -20,7 +20,6 @@ pub fn check(src: &str) {
         Err(errors) => {
             let lines = src.bytes().filter(|b| *b == b'\n').count() + 1;
             assert!(!errors.errors().is_empty(), "an error result without errors");
-            let text = errors.to_string();
             for error in errors.errors() {
                 assert!(!error.message.is_empty(), "an error without a message: {error:?}");
                 assert!(
@@ -31,7 +30,6 @@ pub fn check(src: &str) {
                     assert!((1..=lines).contains(&line), "line {line} of {lines}: {error:?}");
                 }
                 assert!(error.column.is_none_or(|c| c >= 1), "column 0: {error:?}");
-                assert!(text.contains(&error.message), "the report leaves out {error:?}");
             }
         }
     }

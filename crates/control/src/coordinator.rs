@@ -56,6 +56,9 @@ pub enum CoordinatorError {
         /// What is wrong.
         message: String,
     },
+    /// The fleet's store (etcd) cannot be reached: nothing was applied.
+    #[error("{0}")]
+    Unavailable(String),
     /// No balancer serves the VM.
     #[error("no balancer serves VM {vm}{}", unreachable_note(.results))]
     UnknownVm {
@@ -93,6 +96,8 @@ pub struct Coordinator {
     retries: Mutex<HashMap<(usize, VmId), RetryState>>,
     wake: Notify,
     stats: Mutex<Stats>,
+    /// In fleet mode: takes notices instead of the fan-out (see [`crate::fleet`]).
+    fleet: std::sync::OnceLock<Arc<dyn crate::fleet::FleetHook>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -129,6 +134,7 @@ impl Coordinator {
             retries: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             stats: Mutex::new(Stats::default()),
+            fleet: std::sync::OnceLock::new(),
         })
     }
 
@@ -166,12 +172,60 @@ impl Coordinator {
         self.registry.lock().record_progress(vm, progress)
     }
 
+    /// Puts this node in fleet mode: notices go to the fleet (set once, before serving).
+    pub fn set_fleet(&self, fleet: Arc<dyn crate::fleet::FleetHook>) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    /// The fleet, in fleet mode.
+    pub fn fleet(&self) -> Option<&Arc<dyn crate::fleet::FleetHook>> {
+        self.fleet.get()
+    }
+
+    /// Fleet mode: makes the fleet's state of a VM (`None`: stable) this node's, and applies it to
+    /// this node's own balancers. The registry keeps the fleet's deadline, so the VM is restored
+    /// here at its deadline even when etcd cannot be reached.
+    pub async fn adopt(&self, vm: &VmId, state: Option<VmState>) -> Vec<BalancerResult> {
+        let _serial = self.serial.lock().await;
+        let now = self.clock.now_ms();
+        let (before, transition, known) = {
+            let mut registry = self.registry.lock();
+            let before = registry.vm(vm).cloned();
+            let known = before.is_some() || state.is_some();
+            (before, registry.adopt(vm, state, now), known)
+        };
+        if !known {
+            return Vec::new();
+        }
+        if let Some(transition) = &transition {
+            self.observe_transition(transition, before.as_ref(), now);
+            info!(%vm, from = %transition.from, to = %transition.to, "migration phase changed (fleet)");
+        }
+        let (command, readdress) = self.desired(vm, now);
+        let results = self.fan_out(vm, command, readdress.as_ref()).await;
+        self.note_results(vm, &results);
+        drop(_serial);
+        self.wake.notify_one();
+        results
+    }
+
     /// Handles a notice: identify, notify, (wait), reply.
     pub async fn notice(
         &self,
         vm: &VmId,
         request: &NoticeRequest,
     ) -> Result<NoticeResponse, CoordinatorError> {
+        if let Some(fleet) = self.fleet.get() {
+            let result = fleet.notice(vm, request).await;
+            let outcome = match &result {
+                Ok(response) => response.outcome.clone(),
+                Err(CoordinatorError::UnknownVm { .. }) => "unknown_vm".into(),
+                Err(CoordinatorError::Unavailable(_)) => "unavailable".into(),
+                Err(_) => "rejected".into(),
+            };
+            self.count_notice(request.phase, &outcome);
+            return result;
+        }
         let readdress = Readdress {
             new_ip: request.new_ip,
             addresses: request.addresses.clone(),

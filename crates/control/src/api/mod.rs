@@ -2,7 +2,7 @@
 //!
 //! Migration module: `POST /v1/vms/{vm}/migration`, `PUT /v1/vms/{vm}/migration/progress`,
 //! `GET /v1/vms`, `GET /v1/vms/{vm}`,
-//! `GET /v1/pools`, `GET /v1/migrations`, `GET /metrics`, `GET /healthz`.
+//! `GET /v1/pools`, `GET /v1/migrations`, `GET /v1/fleet`, `GET /metrics`, `GET /healthz`.
 //! Load-balancing module (what peers call): `PUT /v1/balancer/vms/{vm}`, `PUT .../addresses`,
 //! `GET /v1/balancer/vms/{vm}/drain`, `GET /v1/balancer/status`.
 //!
@@ -12,6 +12,7 @@
 
 mod auth;
 mod error;
+mod fleet;
 mod json;
 mod migration;
 mod peer;
@@ -82,6 +83,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/vms/{vm}/migration/progress", put(migration::progress))
         .route("/v1/pools", get(views::pools))
         .route("/v1/migrations", get(views::migrations))
+        .route("/v1/fleet", get(fleet::fleet))
         .route("/v1/balancer/vms/{vm}", put(peer::apply))
         .route("/v1/balancer/vms/{vm}/addresses", put(peer::addresses))
         .route("/v1/balancer/vms/{vm}/drain", get(peer::drain))

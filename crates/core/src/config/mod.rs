@@ -5,6 +5,7 @@
 
 pub mod access_log;
 mod error;
+mod fleet;
 mod reader;
 pub mod serde_duration;
 
@@ -19,6 +20,7 @@ use toml::de::DeTable;
 
 pub use access_log::AccessLogConfig;
 pub use error::{ConfigError, ConfigErrors};
+pub use fleet::{DEFAULT_PREFIX, FleetConfig, valid_node_name};
 use reader::{Doc, Field, Fields};
 
 use crate::drain::DrainPolicy;
@@ -40,12 +42,16 @@ pub struct Config {
     pub migration: MigrationConfig,
     /// QEMU QMP monitors to watch for migrations.
     pub qmp: Vec<QmpConfig>,
+    /// libvirt daemons whose domain events are watched for migrations.
+    pub libvirt: Vec<LibvirtConfig>,
     /// Where runtime state (phases, ramps, health, addresses) is kept across restarts.
     pub state_file: Option<PathBuf>,
     /// HAProxy instances handover drives through their runtime API.
     pub haproxy: Vec<HaproxyConfig>,
     /// nginx instances handover drives through a generated upstream file.
     pub nginx: Vec<NginxConfig>,
+    /// A fleet of nodes sharing an etcd cluster (instead of `peers`).
+    pub fleet: Option<FleetConfig>,
 }
 
 /// Policies a driven balancer applies (the same meaning as a pool's).
@@ -195,6 +201,16 @@ pub struct QmpConfig {
     /// How often `query-migrate` is polled while a migration runs.
     #[serde(with = "serde_duration")]
     pub poll_interval: Duration,
+}
+
+/// A libvirt daemon whose domain events handover watches (`virsh event`), to learn how migrations
+/// to and from this host end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LibvirtConfig {
+    /// Connection URI (`qemu:///system`).
+    pub uri: String,
+    /// The `virsh` program (from libvirt-clients).
+    pub virsh: PathBuf,
 }
 
 /// Where the control API listens and how it is protected.
@@ -424,6 +440,10 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
         Some(field) => read_array(&mut doc, &field, read_qmp),
         None => Some(Vec::new()),
     };
+    let libvirt = match root.get("libvirt") {
+        Some(field) => read_array(&mut doc, &field, read_libvirt),
+        None => Some(Vec::new()),
+    };
     let state_file = match root.get("state") {
         Some(field) => read_state(&mut doc, &field).map(Some),
         None => Some(None),
@@ -435,6 +455,10 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
     let nginx = match root.get("nginx") {
         Some(field) => read_array(&mut doc, &field, read_nginx),
         None => Some(Vec::new()),
+    };
+    let fleet = match root.get("fleet") {
+        Some(field) => fleet::read_fleet(&mut doc, &field).map(Some),
+        None => Some(None),
     };
     root.finish(&mut doc);
     if let Some(listeners) = &listeners {
@@ -450,9 +474,11 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
             peers: peers?,
             migration: migration?,
             qmp: qmp?,
+            libvirt: libvirt?,
             state_file: state_file?,
             haproxy: haproxy?,
             nginx: nginx?,
+            fleet: fleet?,
         })
     })();
     if let Some(config) = whole {
@@ -1235,8 +1261,29 @@ fn read_qmp(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<QmpConfig> {
     })
 }
 
+fn read_libvirt(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<LibvirtConfig> {
+    let mut t = Fields::of(doc, field)?;
+    let uri = t.require(doc, "uri").and_then(|f| {
+        let text = f.non_empty_string(doc)?;
+        if text.contains(char::is_whitespace) {
+            doc.error(&f.path, f.span(), "a libvirt URI has no spaces (qemu:///system)");
+            return None;
+        }
+        Some(text)
+    });
+    let virsh = or_default(t.get("virsh"), PathBuf::from("virsh"), |f| {
+        f.non_empty_string(doc).map(PathBuf::from)
+    });
+    t.finish(doc);
+    Some(LibvirtConfig {
+        uri: uri?,
+        virsh: virsh?,
+    })
+}
+
 /// Checks that need the whole file: duplicates.
 fn cross_check(doc: &mut Doc<'_, '_>, config: &Config) {
+    fleet::cross_check(doc, config);
     let mut listener_names = HashSet::new();
     let mut binds: BTreeMap<SocketAddr, &str> = BTreeMap::new();
     for (i, listener) in config.listeners.iter().enumerate() {
@@ -1287,6 +1334,16 @@ fn cross_check(doc: &mut Doc<'_, '_>, config: &Config) {
                 &format!("qmp[{i}].vm"),
                 None,
                 format!("{} already has a QMP monitor", qmp.vm),
+            );
+        }
+    }
+    let mut uris = HashSet::new();
+    for (i, libvirt) in config.libvirt.iter().enumerate() {
+        if !uris.insert(&libvirt.uri) {
+            doc.error(
+                &format!("libvirt[{i}].uri"),
+                None,
+                format!("{} is already watched", libvirt.uri),
             );
         }
     }

@@ -208,6 +208,27 @@ fn qmp_monitors_are_validated() {
 }
 
 #[test]
+fn libvirt_watchers_are_validated() {
+    let ok = parse("[[libvirt]]\nuri = \"qemu:///system\"\n\n[[libvirt]]\nuri = \"qemu+tcp://hv2/system\"\nvirsh = \"/usr/local/bin/virsh\"\n").unwrap();
+    assert_eq!(ok.libvirt.len(), 2);
+    assert_eq!(ok.libvirt[0].virsh, std::path::PathBuf::from("virsh"));
+    assert_eq!(ok.libvirt[1].uri, "qemu+tcp://hv2/system");
+    let errors = errors_of(
+        "[[libvirt]]\nuri = \"\"\n[[libvirt]]\nuri = \"qemu:///system x\"\n[[libvirt]]\nvirsh = \"v\"\n",
+    );
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["libvirt[0].uri", "libvirt[1].uri", "libvirt[2].uri"],
+        "{errors:?}"
+    );
+    assert_eq!(errors[1].line, Some(4));
+    let errors = errors_of("[[libvirt]]\nuri = \"qemu:///system\"\n[[libvirt]]\nuri = \"qemu:///system\"\n");
+    assert_eq!(errors[0].path, "libvirt[1].uri");
+    assert!(errors[0].message.contains("already watched"), "{errors:?}");
+}
+
+#[test]
 fn health_checks_parse_with_defaults_and_are_validated() {
     let src = EXAMPLE.replace(
         "deadline = \"10m\"",

@@ -16,6 +16,8 @@ use crate::model::{RestoreMode, VmId};
 use crate::phase::{EndReason, Notice, Phase, PhaseCommand, Readdress, VmState};
 use crate::time::{Millis, millis};
 
+mod adopt;
+
 /// What the registry needs to know of one local pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolTopology {

@@ -5,6 +5,7 @@
 
 pub mod backends;
 pub mod lb;
+pub mod libvirt;
 pub mod qemu;
 pub mod raw;
 pub mod recorder;

@@ -27,7 +27,6 @@ use super::Connection;
 use super::answers;
 use super::body::BodyCounter;
 use super::head::{self, Framing, Request, Response, ResponseContext};
-use super::logging::RequestRecord;
 use super::upstream::{self, Upstream};
 use crate::backend::Traffic;
 use crate::buffer::Buffer;
@@ -62,22 +61,9 @@ struct Answered {
 }
 
 /// Forwards one request; returns whether the client connection stays open. `out` holds the
-/// request head as it is forwarded. Where the listener has an access log, the request's line is
-/// gathered on the way and handed to it at the end.
-pub(super) async fn forward(conn: &mut Connection, request: Request, out: Buffer) -> bool {
-    if conn.route.access_log.is_none() {
-        return forward_inner(conn, request, out).await;
-    }
-    conn.record = Some(RequestRecord::new(
-        Some(request.line.text()),
-        request.head_len as u64,
-    ));
-    let keep = forward_inner(conn, request, out).await;
-    conn.finish_record();
-    keep
-}
-
-async fn forward_inner(conn: &mut Connection, request: Request, mut out: Buffer) -> bool {
+/// request head as it is forwarded. What the access log needs is noted in `conn.record` on the
+/// way, where the listener has one.
+pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Buffer) -> bool {
     let route = conn.route.clone();
     let pool = &route.pool;
     let started = Instant::now();

@@ -209,7 +209,15 @@ impl Connection {
                     return;
                 }
             };
-            if !exchange::forward(&mut self, request, out).await {
+            if self.route.access_log.is_some() {
+                self.record = Some(logging::RequestRecord::new(
+                    Some(request.line.text()),
+                    request.head_len as u64,
+                ));
+            }
+            let keep = exchange::forward(&mut self, request, out).await;
+            self.finish_record();
+            if !keep {
                 if self.unread {
                     self.linger().await;
                 }

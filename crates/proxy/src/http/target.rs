@@ -61,58 +61,74 @@ impl<'a> Target<'a> {
     }
 }
 
+/// Bytes of a registered name or IPv4 address: unreserved, `%` (percent-encodings) and
+/// sub-delimiters (RFC 3986 §3.2.2).
+static REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    table
+};
+
 /// Whether `value` is `host[:port]` as an `http` URI's authority allows it: a registered name or
 /// IPv4 address (unreserved characters, percent-encodings, sub-delimiters), or an IP literal in
 /// brackets, then an optional port of digits. Not empty, no userinfo (RFC 9110 §4.2.1, §4.2.4).
 pub(super) fn is_authority(value: &[u8]) -> bool {
-    let (host, port) = if value.first() == Some(&b'[') {
-        let Some(close) = value.iter().position(|b| *b == b']') else {
-            return false;
+    // The common case in one pass: a registered name or IPv4 address, maybe a port.
+    if value.first() != Some(&b'[') {
+        let mut colon = None;
+        for (i, b) in value.iter().enumerate() {
+            if *b == b':' {
+                if colon.is_some() {
+                    return false;
+                }
+                colon = Some(i);
+            } else if !REG_NAME[*b as usize] || (colon.is_some() && !b.is_ascii_digit()) {
+                return false;
+            }
+        }
+        return match colon {
+            Some(at) => at > 0 && value.len() - at - 1 <= 5,
+            None => !value.is_empty(),
         };
-        let literal = &value[1..close];
-        if literal.is_empty()
-            || !literal
-                .iter()
-                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
-        {
-            return false;
-        }
-        match &value[close + 1..] {
-            [] => (&value[..=close], None),
-            [b':', port @ ..] => (&value[..=close], Some(port)),
-            _ => return false,
-        }
-    } else {
-        match value.iter().rposition(|b| *b == b':') {
-            Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
-            None => (value, None),
-        }
+    }
+    // An IP literal: `[hex:digits.and:colons]`, then maybe a port.
+    let Some(close) = value.iter().position(|b| *b == b']') else {
+        return false;
     };
-    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
-    let host_ok = !host.is_empty()
-        && (host[0] == b'['
-            || host.iter().all(|b| {
-                b.is_ascii_alphanumeric()
-                    || matches!(
-                        b,
-                        b'-' | b'.'
-                            | b'_'
-                            | b'~'
-                            | b'%'
-                            | b'!'
-                            | b'$'
-                            | b'&'
-                            | b'\''
-                            | b'('
-                            | b')'
-                            | b'*'
-                            | b'+'
-                            | b','
-                            | b';'
-                            | b'='
-                    )
-            }));
-    host_ok && port_ok
+    let literal = &value[1..close];
+    let port_ok = match &value[close + 1..] {
+        [] => true,
+        [b':', port @ ..] => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    port_ok
+        && !literal.is_empty()
+        && literal
+            .iter()
+            .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! `config_edits`: the structure-aware variant of `config_reader`. The input is a list of edits
-//! (decoded with `arbitrary`) applied to a valid configuration (the two in `examples/` and one with
-//! every section): set a value anywhere to another of any type (field names, policy words,
-//! durations, addresses and VM ids are likely), remove one, add a key to a table, repeat an array
-//! element. The edited document is written out as TOML and checked like `config_reader` checks
-//! text, so the fuzzer spends its time in validation and start-up rather than in TOML syntax.
+//! (decoded with `arbitrary`) applied to a valid configuration (`examples/handover.toml`,
+//! `examples/haproxy-fleet.toml`, `examples/fleet.toml`, or one with every other section): set a
+//! value anywhere to another of any type (field names, policy words, durations, addresses and VM
+//! ids are likely), remove one, add a key to a table, repeat an array element. The edited document
+//! is written out as TOML and checked like `config_reader` checks text, so the fuzzer spends its
+//! time in validation and start-up rather than in TOML syntax.
 
 #![no_main]
 
@@ -13,10 +14,11 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use toml::{Table, Value};
 
-const BASES: [&str; 3] = [
+const BASES: [&str; 4] = [
     include_str!("../../examples/handover.toml"),
     include_str!("../../examples/haproxy-fleet.toml"),
     include_str!("../corpus/config_reader/every-section.toml"),
+    include_str!("../../examples/fleet.toml"),
 ];
 
 /// Every field name the configuration knows, and a few it does not.
@@ -85,6 +87,24 @@ const KEYS: &[&str] = &[
     "reload",
     "extra",
     "servers",
+    "access_log",
+    "to",
+    "format",
+    "template",
+    "libvirt",
+    "uri",
+    "virsh",
+    "fleet",
+    "etcd",
+    "node",
+    "prefix",
+    "lease",
+    "ack_timeout",
+    "user",
+    "password",
+    "cacert",
+    "cert",
+    "key",
     "web",
     "db",
     "web/s1",
@@ -143,6 +163,21 @@ const WORDS: &[&str] = &[
     " ",
     "vm a",
     "nginx",
+    "json",
+    "text",
+    "stdout",
+    "off",
+    "/var/log/x.log",
+    "{client} {status}",
+    "{nope}",
+    "{{",
+    "}",
+    "{total_ms}{ttfb_ms}",
+    "qemu:///system",
+    "http://127.0.0.1:2379",
+    "https://127.0.0.1:2379",
+    "lb-1",
+    "/handover",
 ];
 
 /// A value to put into the document.

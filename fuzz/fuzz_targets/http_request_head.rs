@@ -23,6 +23,7 @@ const CLIENT: &str = "192.0.2.7";
 const CONTEXT: RequestContext<'static> = RequestContext {
     client: CLIENT,
     sticky_cookie: Some("hv"),
+    websocket: false,
 };
 
 /// A request head as `httparse` reads it, owned.

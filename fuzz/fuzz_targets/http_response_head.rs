@@ -50,6 +50,7 @@ fuzz_target!(|data: &[u8]| {
         client_version: (flags >> 1) & 1,
         client_keep_alive: flags & 4 != 0,
         set_cookie: (flags & 8 != 0).then_some(COOKIE),
+        upgrade: flags & 16 != 0,
     };
     let mut out = Buffer::take();
     let response = match parse_response(bytes, &context, &mut out) {
@@ -84,6 +85,29 @@ fuzz_target!(|data: &[u8]| {
     );
     assert_eq!(output.version, 1, "the status line does not say HTTP/1.1");
     assert_eq!(output.status, input.status, "status changed");
+
+    // A 101 joins the connections: only to an upgrade the proxy passed on, and it keeps
+    // `Upgrade` and says `Connection: Upgrade`; nothing else hop-by-hop goes through.
+    if response.switching {
+        assert!(context.upgrade, "a 101 accepted for a request without Upgrade");
+        assert_eq!(response.status, 101);
+        assert!(!response.upstream_reusable && !response.client_keep_alive);
+        for header in &output.headers {
+            assert!(
+                header.is("upgrade") || !is_fixed_hop_by_hop(&header.name),
+                "hop-by-hop header {} forwarded with a 101",
+                header.name
+            );
+        }
+        let connection: Vec<&[u8]> = output
+            .headers
+            .iter()
+            .filter(|h| h.is("connection"))
+            .map(|h| h.value.as_slice())
+            .collect();
+        assert_eq!(connection, vec![&b"Upgrade"[..]], "a 101 without Connection: Upgrade");
+        return;
+    }
 
     // Hop-by-hop headers go; the proxy's own Connection says what it will do.
     let named = connection_tokens(&input.headers);

@@ -12,11 +12,17 @@
 //!    the guest still runs on b.
 //! 3. b → a with a's node down: the hook vetoes, libvirt refuses, the guest still runs on b.
 //!
+//! A second test runs the same hosts with the two nodes in an etcd fleet instead of peers
+//! (`in_a_fleet_both_hosts_nodes_follow_one_libvirt_migration`): the success and the abort.
+//!
 //! Notices of one migration arrive at the destination's node (its hook and its watcher); those
 //! the source's hook and watcher send to the source's node find no migration there and change
 //! nothing (logged), so that the second migration, coordinated by the other node, starts clean.
 
 mod common;
+
+#[path = "../../fleet/tests/common/etcd.rs"]
+mod etcd;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -24,89 +30,23 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::backends::{TcpBackend, TcpClient, vm_counts};
-use common::libvirt::{EventLog, Rig, guest_xml};
+use common::libvirt::{
+    DOMAIN, EventLog, Rig, data_plane_phase, free_port, guest_xml, hook_script, libvirt_node_config,
+    log_eventually, migrate, migrations,
+};
 use common::skip::skip;
 use common::{Node, eventually, now_ms};
 
 const TEST: &str = "libvirt_migration";
-const DOMAIN: &str = "web1";
 
-/// A port for node a's control API, known before node a starts (node b needs it as its peer): an
-/// ephemeral port the kernel hands out, released just before node b starts and node a binds it.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The hook libvirt runs on one host: handover's, in the test's network namespace (where the
-/// nodes listen), with `--veto`.
-fn hook_script(control: &str) -> String {
-    format!(
-        "#!/bin/sh\nexec nsenter --net=/proc/{pid}/ns/net {handover} libvirt-hook \
-         --control {control} --drain-timeout 20s --veto -- \"$@\"\n",
-        pid = std::process::id(),
-        handover = common::binary(),
-    )
-}
-
+/// Node a's or b's configuration, told of the other as its peer.
 fn node_config(control_port: u16, peer: &str, backends: &[(&str, SocketAddr)], uri: &str) -> String {
-    let mut text = format!(
-        "[control]\nbind = \"127.0.0.1:{control_port}\"\n\n\
-         [[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n\n\
-         [pools.web]\ndrain = {{ target = 0.0 }}\nramp = {{ window = \"1s\" }}\n"
-    );
-    for (vm, address) in backends {
-        text.push_str(&format!(
-            "\n[[pools.web.backends]]\naddress = \"{address}\"\nvm = \"{vm}\"\n"
-        ));
-    }
-    text.push_str(&format!(
-        "\n[[peers]]\nname = \"peer\"\nurl = \"{peer}\"\ntimeout = \"2s\"\n\
-         \n[[libvirt]]\nuri = \"{uri}\"\n"
-    ));
-    text
-}
-
-/// The phase a node's own data plane applies to a VM's backend.
-async fn data_plane_phase(node: &Node, vm: &str) -> String {
-    let status: serde_json::Value = node.client(None).get("/v1/balancer/status").await.unwrap();
-    status["pools"][0]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["vm"] == vm)
-        .map(|b| b["phase"].as_str().unwrap().to_string())
-        .unwrap_or_default()
-}
-
-async fn migrations(node: &Node) -> Vec<serde_json::Value> {
-    let value: serde_json::Value = node.client(None).get("/v1/migrations").await.unwrap();
-    value.as_array().unwrap().clone()
-}
-
-/// Waits until a node's log has `text`.
-async fn log_eventually(node: &Node, text: &str) -> bool {
-    eventually(Duration::from_secs(10), || async { node.log().contains(text) }).await
-}
-
-/// Runs `virsh migrate` in a thread; returns its output when it ends.
-fn migrate(
-    from: &common::libvirt::Host,
-    to_uri: &str,
-    bandwidth_mib: u32,
-) -> tokio::task::JoinHandle<std::process::Output> {
-    let uri = from.uri.clone();
-    let to = to_uri.to_string();
-    tokio::task::spawn_blocking(move || {
-        Command::new("virsh")
-            .args(["-q", "-c", &uri, "migrate", "--live", DOMAIN, &to])
-            .args(["--bandwidth", &bandwidth_mib.to_string()])
-            .output()
-            .unwrap()
-    })
+    libvirt_node_config(
+        control_port,
+        backends,
+        uri,
+        &format!("[[peers]]\nname = \"peer\"\nurl = \"{peer}\"\ntimeout = \"2s\"\n"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,4 +335,191 @@ async fn libvirt_migrations_are_drained_before_the_copy_completed_after_the_swit
         "the namespaces are removed: {listed}"
     );
     eprintln!("took {:?}", started.elapsed());
+}
+
+/// The same two hosts with the nodes in an etcd fleet instead of peers: the destination's hook
+/// and watcher and the source's watcher all tell their own node, and the fleet agrees on one
+/// migration — drained on both nodes before the copy, completed after the switchover, ramped back
+/// on both; an aborted migration is failed and restored on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_fleet_both_hosts_nodes_follow_one_libvirt_migration() {
+    const TEST: &str = "in_a_fleet_both_hosts_nodes_follow_one_libvirt_migration";
+    if let Some(why) = common::libvirt::missing_part() {
+        return skip(TEST, &why);
+    }
+    if let Err(why) = etcd::available() {
+        return skip(TEST, &why);
+    }
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let build = Command::new(checkout.join("testbed/build-guest"))
+        .output()
+        .unwrap();
+    if !build.status.success() {
+        return skip(
+            TEST,
+            &format!(
+                "cannot build the guest: {}",
+                String::from_utf8_lossy(&build.stderr).trim()
+            ),
+        );
+    }
+    let guest_dir = checkout.join("target/testbed/guest");
+    let etcd = etcd::Etcd::single();
+    let rig = Rig::start(&format!("{}f", std::process::id()))
+        .unwrap_or_else(|e| panic!("the two libvirt daemons: {e}"));
+    let [host_a, host_b] = &rig.hosts;
+    let events_a = EventLog::follow(host_a);
+    let xml_path = host_a.root.join("web1.xml");
+    std::fs::write(&xml_path, guest_xml(DOMAIN, "vm-a", &guest_dir, 48)).unwrap();
+    let created = host_a.virsh(&["create", xml_path.to_str().unwrap()]);
+    assert!(
+        created.status.success(),
+        "virsh create: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+
+    let vm_a = TcpBackend::start("vm-a").await;
+    let vm_b = TcpBackend::start("vm-b").await;
+    let backends = [("vm-a", vm_a.address), ("vm-b", vm_b.address)];
+    let fleet = |name: &str| {
+        format!(
+            "[fleet]\netcd = {}\nnode = \"{name}\"\nlease = \"4s\"\nack_timeout = \"5s\"\n",
+            etcd.toml_endpoints()
+        )
+    };
+    let node_a = Node::start(&libvirt_node_config(0, &backends, &host_a.uri, &fleet("host-a")));
+    let node_b = Node::start(&libvirt_node_config(0, &backends, &host_b.uri, &fleet("host-b")));
+    for (i, node) in [&node_a, &node_b].into_iter().enumerate() {
+        rig.set_hook(i, &hook_script(&node.control)).unwrap();
+    }
+    let serial = host_a.log_file(&format!("{DOMAIN}.serial"));
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            std::fs::read_to_string(&serial).is_ok_and(|s| s.contains("GUEST READY"))
+        })
+        .await,
+        "the guest booted on host a"
+    );
+    let both = |phase: &'static str| {
+        let (a, b) = (&node_a, &node_b);
+        async move {
+            eventually(Duration::from_secs(30), || async {
+                data_plane_phase(a, "vm-a").await == phase && data_plane_phase(b, "vm-a").await == phase
+            })
+            .await
+        }
+    };
+
+    // ---- a → b succeeds.
+    let mut held = TcpClient::connect(node_a.listener("tcp")).await;
+    while held.vm != "vm-a" {
+        held = TcpClient::connect(node_a.listener("tcp")).await;
+    }
+    events_a.clear();
+    let migration = migrate(host_a, &host_b.uri, 32);
+    assert!(
+        both("draining").await,
+        "b's hook drained vm-a on both nodes\n{}",
+        node_b.log()
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        events_a.find("iteration: '1'").is_none(),
+        "nothing copied before the drain: {:?}",
+        events_a.all()
+    );
+    let closed_at = now_ms();
+    drop(held);
+    let output = migration.await.unwrap();
+    assert!(
+        output.status.success(),
+        "virsh migrate a → b: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        both("stable").await,
+        "vm-a ramped back on both nodes\n{}\n{}",
+        node_a.log(),
+        node_b.log()
+    );
+    let switchover = events_a
+        .find("Suspended Migrated")
+        .expect("the source paused for the switchover")
+        .at_ms;
+    for node in [&node_a, &node_b] {
+        let record = migrations(node)
+            .await
+            .into_iter()
+            .next()
+            .expect("a migration record");
+        assert_eq!(record["end"], "completed", "{record}");
+        let at = |field: &str| {
+            record[field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{field}: {record}"))
+        };
+        assert!(
+            at("ended_at") >= switchover,
+            "completed only after the switchover: {record}"
+        );
+    }
+    // The hook held libvirt until the held connection closed: the copy began after it.
+    let copy_began = events_a
+        .find("iteration: '1'")
+        .expect("the source's first pass")
+        .at_ms;
+    assert!(
+        copy_began >= closed_at,
+        "drained before the copy ({copy_began} < {closed_at})"
+    );
+    assert_eq!(host_b.domstate(DOMAIN).as_deref(), Some("running"));
+
+    // ---- b → a, aborted.
+    let events_b = EventLog::follow(host_b);
+    let migration = migrate(host_b, &host_a.uri, 4);
+    assert!(
+        both("migrating").await,
+        "a's hook drained vm-a on both nodes\n{}",
+        node_a.log()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            events_b.find("iteration: '1'").is_some()
+        })
+        .await
+    );
+    let aborted = host_b.virsh(&["domjobabort", DOMAIN]);
+    assert!(
+        aborted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&aborted.stderr)
+    );
+    assert!(
+        !migration.await.unwrap().status.success(),
+        "the aborted migration fails"
+    );
+    assert!(both("stable").await, "vm-a restored on both nodes");
+    for node in [&node_a, &node_b] {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                migrations(node)
+                    .await
+                    .first()
+                    .is_some_and(|m| m["end"] == "failed")
+            })
+            .await,
+            "recorded failed\n{}",
+            node.log()
+        );
+    }
+    assert!(
+        log_eventually(&node_a, "libvirt: Stopped Failed").await,
+        "{}",
+        node_a.log()
+    );
+    assert_eq!(
+        host_b.domstate(DOMAIN).as_deref(),
+        Some("running"),
+        "the guest stayed on b"
+    );
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use handover_core::api::{NoticeRequest, NoticeResponse, ProgressReply};
@@ -15,12 +16,12 @@ use super::{ApiError, ApiState, json, vm_from_path};
 /// Applies a notice; 200 when applied or unchanged, 202 when queued by the capacity guard.
 pub async fn notice(
     State(state): State<Arc<ApiState>>,
-    Path(vm): Path<String>,
+    vm: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<NoticeResponse>), ApiError> {
     authorize(&state, &headers)?;
-    let vm = vm_from_path(&vm)?;
+    let vm = vm_from_path(vm)?;
     let request: NoticeRequest = json::parse(&body)?;
     let response = state.coordinator.notice(&vm, &request).await?;
     let status = if response.outcome == "queued" {
@@ -36,12 +37,12 @@ pub async fn notice(
 /// second only for a VM whose pools adapt or quiesce (level, decision, λ, quiescing, quiesced).
 pub async fn progress(
     State(state): State<Arc<ApiState>>,
-    Path(vm): Path<String>,
+    vm: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<ProgressReply>, ApiError> {
     authorize(&state, &headers)?;
-    let vm = vm_from_path(&vm)?;
+    let vm = vm_from_path(vm)?;
     let progress: MigrationProgress = json::parse(&body)?;
     if let Err((field, message)) = progress.validate() {
         return Err(ApiError::bad_request(message, Some(field)));

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use handover_core::api::{Applied, BalancerStatus, DrainStatus};
@@ -16,12 +17,12 @@ use super::{ApiError, ApiState, json, vm_from_path};
 /// `PUT /v1/balancer/vms/{vm}`: applies a phase command locally.
 pub async fn apply(
     State(state): State<Arc<ApiState>>,
-    Path(vm): Path<String>,
+    vm: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Applied>, ApiError> {
     authorize(&state, &headers)?;
-    let vm = vm_from_path(&vm)?;
+    let vm = vm_from_path(vm)?;
     let command: PhaseCommand = json::parse(&body)?;
     Ok(Json(state.coordinator.apply_local(&vm, command).await))
 }
@@ -29,12 +30,12 @@ pub async fn apply(
 /// `PUT /v1/balancer/vms/{vm}/addresses`: moves a VM's backends locally.
 pub async fn addresses(
     State(state): State<Arc<ApiState>>,
-    Path(vm): Path<String>,
+    vm: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Applied>, ApiError> {
     authorize(&state, &headers)?;
-    let vm = vm_from_path(&vm)?;
+    let vm = vm_from_path(vm)?;
     let change: Readdress = json::parse(&body)?;
     Ok(Json(state.coordinator.readdress_local(&vm, &change).await))
 }
@@ -42,9 +43,9 @@ pub async fn addresses(
 /// `GET /v1/balancer/vms/{vm}/drain`: local drain status.
 pub async fn drain(
     State(state): State<Arc<ApiState>>,
-    Path(vm): Path<String>,
+    vm: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DrainStatus>, ApiError> {
-    let vm = vm_from_path(&vm)?;
+    let vm = vm_from_path(vm)?;
     Ok(Json(state.coordinator.drain_local(&vm).await))
 }
 

@@ -12,6 +12,7 @@ pub mod serde_duration;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -453,8 +454,28 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
     let (tree, syntax_errors) = DeTable::parse_recoverable(src);
     let mut doc = Doc::new(src, syntax_errors.is_empty().then_some(&tree));
     if !syntax_errors.is_empty() {
-        for e in syntax_errors {
-            doc.error("", e.span(), format!("TOML syntax: {}", e.message()));
+        for (i, e) in syntax_errors.iter().enumerate() {
+            let message = format!("TOML syntax: {}", e.message());
+            match e.span() {
+                Some(span) => doc.error("", Some(span), message),
+                None => {
+                    let nth = syntax_errors[..=i]
+                        .iter()
+                        .filter(|o| o.span().is_none() && o.message() == e.message())
+                        .count();
+                    // toml reports errors in reading order: the placed ones around it bound it.
+                    let near = (
+                        syntax_errors[..i].iter().rev().find_map(|o| o.span()),
+                        syntax_errors[i + 1..].iter().find_map(|o| o.span()),
+                    );
+                    doc.errors.push(ConfigError {
+                        path: String::new(),
+                        line: Some(line_of_unplaced(src, e.message(), nth, near)),
+                        column: None,
+                        message,
+                    });
+                }
+            }
         }
         return Err(ConfigErrors(doc.errors));
     }
@@ -537,6 +558,50 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
     doc.errors
         .sort_by_key(|e| (e.line.unwrap_or(0), e.column.unwrap_or(0)));
     Err(ConfigErrors(doc.errors))
+}
+
+/// The line of a syntax error that toml reports without a position (a dotted key of too many
+/// parts): the first line whose text, up to and including it, already has `nth` errors with this
+/// message. toml reads from the start, so a longer prefix of the text has the same errors and more.
+/// The lines of the placed errors reported just before and after it (`near`) are searched first,
+/// each prefix costing a parse; the whole text when the answer is not between them.
+fn line_of_unplaced(
+    src: &str,
+    message: &str,
+    nth: usize,
+    near: (Option<Range<usize>>, Option<Range<usize>>),
+) -> usize {
+    let ends: Vec<usize> = src
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .chain([src.len()])
+        .collect();
+    let fewer = |line: usize| {
+        DeTable::parse_recoverable(&src[..ends[line]])
+            .1
+            .iter()
+            .filter(|e| e.span().is_none() && e.message() == message)
+            .count()
+            < nth
+    };
+    let last = ends.len() - 1;
+    let line_at = |offset: usize| ends.partition_point(|end| *end <= offset).min(last);
+    let low = near.0.map_or(0, |span| line_at(span.start));
+    let high = near.1.map_or(last, |span| line_at(span.start)).max(low);
+    let line = low
+        + (low..=high)
+            .collect::<Vec<_>>()
+            .partition_point(|line| fewer(*line));
+    // Inside the bounds the search relies on the line before `low` having fewer: checked when the
+    // answer is `low`.
+    if line <= high && (line > low || line == 0 || fewer(line - 1)) {
+        return line + 1;
+    }
+    (0..=last)
+        .collect::<Vec<_>>()
+        .partition_point(|line| fewer(*line))
+        .min(last)
+        + 1
 }
 
 /// Reads every element of an array of tables with `read`; `None` if any element failed.

@@ -573,3 +573,35 @@ fn long_lived_work_is_closed_only_when_asked_and_only_by_pools() {
     let errors = errors_of(driven);
     assert_eq!(errors[0].path, "haproxy[0].drain.long_lived", "{errors:?}");
 }
+
+/// Found by the `config_reader` fuzz target: toml reports a dotted key of 80 or more parts as
+/// "recursion limit" without a position, and the error named neither a line nor a field.
+#[test]
+fn a_key_of_too_many_parts_is_reported_with_its_line() {
+    let errors = errors_of(&".".repeat(80));
+    let limit: Vec<&ConfigError> = errors
+        .iter()
+        .filter(|e| e.message.contains("recursion limit"))
+        .collect();
+    assert_eq!(limit.len(), 1, "{errors:?}");
+    assert_eq!(limit[0].line, Some(1));
+
+    let deep = vec!["k"; 90].join(".");
+    let src = format!("[control]\nbind = \"127.0.0.1:9090\"\n\n{deep} = 1\nname = \"x\"\n");
+    let lines: Vec<Option<usize>> = errors_of(&src)
+        .iter()
+        .filter(|e| e.message.contains("recursion limit"))
+        .map(|e| e.line)
+        .collect();
+    assert_eq!(lines, vec![Some(4)]);
+
+    // Between other syntax errors, which bound where it is looked for.
+    let src = format!("a = = 1\nb = \"\"\"\n{deep} = 0\n\"\"\"\nc = = 2\n{deep} = 1\nd = = 3\n");
+    let errors = errors_of(&src);
+    let limit: Vec<Option<usize>> = errors
+        .iter()
+        .filter(|e| e.message.contains("recursion limit"))
+        .map(|e| e.line)
+        .collect();
+    assert_eq!(limit, vec![Some(6)], "{errors:?}");
+}

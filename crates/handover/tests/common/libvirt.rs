@@ -11,12 +11,15 @@
 //! namespaces, whether the test passed or not.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+use super::{Node, eventually};
 
 /// What a test needs before it can build the rig; `Err` says what is missing.
 pub fn missing_part() -> Option<String> {
@@ -480,4 +483,89 @@ pub fn parse_virsh_time(text: &str) -> Option<u64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     u64::try_from(((days * 24 + h) * 60 + min) * 60 * 1000 + s * 1000 + millis).ok()
+}
+
+/// The domain every test migrates.
+pub const DOMAIN: &str = "web1";
+
+/// A port for node a's control API, known before node a starts (node b needs it as its peer): an
+/// ephemeral port the kernel hands out, released just before node b starts and node a binds it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The hook libvirt runs on one host: handover's, in the test's network namespace (where the
+/// nodes listen), with `--veto`.
+pub fn hook_script(control: &str) -> String {
+    format!(
+        "#!/bin/sh\nexec nsenter --net=/proc/{pid}/ns/net {handover} libvirt-hook \
+         --control {control} --drain-timeout 20s --veto -- \"$@\"\n",
+        pid = std::process::id(),
+        handover = super::binary(),
+    )
+}
+
+/// A node's configuration: a TCP listener in front of `backends` (pool `web`), libvirt's events
+/// from `uri`, and `coordination` (its `[[peers]]` or `[fleet]` section).
+pub fn libvirt_node_config(
+    control_port: u16,
+    backends: &[(&str, SocketAddr)],
+    uri: &str,
+    coordination: &str,
+) -> String {
+    let mut text = format!(
+        "[control]\nbind = \"127.0.0.1:{control_port}\"\n\n\
+         [[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n\n\
+         [pools.web]\ndrain = {{ target = 0.0 }}\nramp = {{ window = \"1s\" }}\n"
+    );
+    for (vm, address) in backends {
+        text.push_str(&format!(
+            "\n[[pools.web.backends]]\naddress = \"{address}\"\nvm = \"{vm}\"\n"
+        ));
+    }
+    text.push_str(&format!("\n{coordination}\n[[libvirt]]\nuri = \"{uri}\"\n"));
+    text
+}
+
+/// The phase a node's own data plane applies to a VM's backend.
+pub async fn data_plane_phase(node: &Node, vm: &str) -> String {
+    let status: serde_json::Value = node.client(None).get("/v1/balancer/status").await.unwrap();
+    status["pools"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["vm"] == vm)
+        .map(|b| b["phase"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+pub async fn migrations(node: &Node) -> Vec<serde_json::Value> {
+    let value: serde_json::Value = node.client(None).get("/v1/migrations").await.unwrap();
+    value.as_array().unwrap().clone()
+}
+
+/// Waits until a node's log has `text`.
+pub async fn log_eventually(node: &Node, text: &str) -> bool {
+    eventually(Duration::from_secs(10), || async { node.log().contains(text) }).await
+}
+
+/// Runs `virsh migrate` in a thread; returns its output when it ends.
+pub fn migrate(
+    from: &Host,
+    to_uri: &str,
+    bandwidth_mib: u32,
+) -> tokio::task::JoinHandle<std::process::Output> {
+    let uri = from.uri.clone();
+    let to = to_uri.to_string();
+    tokio::task::spawn_blocking(move || {
+        Command::new("virsh")
+            .args(["-q", "-c", &uri, "migrate", "--live", DOMAIN, &to])
+            .args(["--bandwidth", &bandwidth_mib.to_string()])
+            .output()
+            .unwrap()
+    })
 }

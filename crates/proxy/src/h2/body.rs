@@ -35,6 +35,9 @@ pub fn answer(status: u16, message: &str) -> hyper::Response<ResponseBody> {
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+        .extensions_mut()
+        .insert(super::logging::Answered(message.to_string()));
+    response
 }
 
 /// Frames sent by a task over a bounded channel (the bound is the back-pressure: the task reads

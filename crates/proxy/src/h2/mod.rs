@@ -17,8 +17,10 @@
 //! - [`to_http1`]: a stream forwarded to an HTTP/1.1 backend (the upstream pool of the engine).
 //! - [`to_h2`]: a request forwarded to an HTTP/2 backend over the worker's connection to it.
 //! - [`body`]: response bodies (streamed from a backend, or the proxy's own answers).
+//! - [`logging`]: a stream's access log line, handed over when its response body ends.
 
 pub mod body;
+mod logging;
 pub mod request;
 pub mod to_h2;
 pub mod to_http1;
@@ -147,14 +149,27 @@ where
     }
 }
 
-/// One stream: to the backend in the protocol its pool speaks.
+/// One stream: to the backend in the protocol its pool speaks; with its access log line where the
+/// listener has one.
 async fn forward(
     request: hyper::Request<Incoming>,
     context: Arc<ClientContext>,
 ) -> hyper::Response<ResponseBody> {
+    let Some(log) = context.route.access_log.clone() else {
+        return dispatch(request, &context).await;
+    };
+    let pending = logging::StreamRecord::start(&request, context.peer);
+    let response = dispatch(request, &context).await;
+    pending.attach(response, log)
+}
+
+async fn dispatch(
+    request: hyper::Request<Incoming>,
+    context: &ClientContext,
+) -> hyper::Response<ResponseBody> {
     match context.route.pool.config.protocol {
-        UpstreamProtocol::Http1 => to_http1::forward(request, &context).await,
-        UpstreamProtocol::H2 => to_h2::forward(request, &context).await,
+        UpstreamProtocol::Http1 => to_http1::forward(request, context).await,
+        UpstreamProtocol::H2 => to_h2::forward(request, context).await,
     }
 }
 

@@ -272,6 +272,7 @@ pub async fn send(
         body: body.map_err(Into::into),
         guard: Some(guard),
     };
+    parts.extensions.insert(super::logging::Chosen(entry.clone()));
     hyper::Response::from_parts(parts, body.boxed_unsync())
 }
 

@@ -156,11 +156,12 @@ pub async fn forward(
             pool: pool.clone(),
         }));
         match head_rx.await {
-            Ok(Ok((parts, length))) => {
+            Ok(Ok((mut parts, length))) => {
                 let body = ChannelBody {
                     frames: frames_rx,
                     length,
                 };
+                parts.extensions.insert(super::logging::Chosen(entry.clone()));
                 return hyper::Response::from_parts(parts, body.boxed_unsync());
             }
             Ok(Err((status, _))) if status == STALE && reused && !has_body && !fresh_only => {

@@ -21,6 +21,10 @@ pub(super) enum Target<'a> {
 impl<'a> Target<'a> {
     /// Classifies a request target; `Err` says why it cannot be forwarded.
     pub(super) fn parse(method: &str, target: &'a str) -> Result<Self, &'static str> {
+        // Raw non-ASCII has to be percent-encoded (RFC 3986); servers disagree on what else it is.
+        if !target.is_ascii() {
+            return Err("a request target is ASCII (the rest percent-encoded)");
+        }
         if target.contains('#') {
             return Err("a request target may not carry a fragment");
         }
@@ -35,7 +39,10 @@ impl<'a> Target<'a> {
             };
         }
         let Some(rest) = ["http://", "https://"].iter().find_map(|scheme| {
-            (target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme))
+            target
+                .as_bytes()
+                .get(..scheme.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(scheme.as_bytes()))
                 .then(|| &target[scheme.len()..])
         }) else {
             return Err("the request target is not a path or an http URI");
@@ -156,6 +163,9 @@ mod tests {
             ("GET", "http:///path"),
             ("GET", "ftp://host/"),
             ("GET", "http://ho st/"),
+            ("GET", "/caf\u{e9}"),
+            ("GET", "http:/\u{e9}x"),
+            ("GET", "https:/\u{e9}"),
         ] {
             assert!(Target::parse(method, target).is_err(), "{method} {target}");
         }

@@ -186,6 +186,7 @@ struct PhaseCommandFields {
     elapsed_ms: Option<u64>,
     migrating: Option<bool>,
     deadline_in_ms: Option<u64>,
+    level: Option<Level>,
     reason: Option<EndReason>,
 }
 
@@ -209,6 +210,7 @@ impl<'de> Deserialize<'de> for PhaseCommand {
                 elapsed_ms: required(fields.elapsed_ms, "elapsed_ms")?,
                 migrating: required(fields.migrating, "migrating")?,
                 deadline_in_ms: required(fields.deadline_in_ms, "deadline_in_ms")?,
+                level: fields.level,
             },
             Action::Ramp => PhaseCommand::Ramp {
                 elapsed_ms: required(fields.elapsed_ms, "elapsed_ms")?,
@@ -338,6 +340,13 @@ mod tests {
                 elapsed_ms: 1500,
                 migrating: true,
                 deadline_in_ms: 600_000,
+                level: None,
+            },
+            PhaseCommand::Drain {
+                elapsed_ms: 0,
+                migrating: false,
+                deadline_in_ms: 1,
+                level: Some(Level::new(0.4)),
             },
             PhaseCommand::Ramp {
                 elapsed_ms: 20,
@@ -360,6 +369,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.starts_with("missing field `reason`"), "{error}");
+        let error = serde_json::from_str::<PhaseCommand>(
+            r#"{"action":"drain","elapsed_ms":1,"migrating":true,"deadline_in_ms":9,"level":1.5}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("level 1.5 is out of range"), "{error}");
     }
 
     #[test]

@@ -153,7 +153,8 @@ pub struct Controller {
     copy_started_at: Option<Millis>,
     pass: Option<u64>,
     pass_started_at: Millis,
-    last_pass_size: Option<f64>,
+    /// What the last sync of the dirty log left to copy, and when it was seen.
+    last_pass: Option<(f64, Millis)>,
     stalls: u32,
     last_rise_at: Option<Millis>,
     last_drop_at: Option<Millis>,
@@ -185,7 +186,7 @@ impl Controller {
             copy_started_at: None,
             pass: None,
             pass_started_at: now,
-            last_pass_size: None,
+            last_pass: None,
             stalls: 0,
             last_rise_at: None,
             last_drop_at: None,
@@ -241,7 +242,6 @@ impl Controller {
             self.pass_started_at = now;
         }
         self.learn(sample);
-        self.follow_passes(sample);
 
         let before = self.level;
         let bandwidth = sample
@@ -249,6 +249,7 @@ impl Controller {
             .filter(|b| *b > 0.0)
             .or(sample.bandwidth_cap.filter(|b| *b > 0.0));
         let limit_s = sample.downtime_limit_ms.unwrap_or(DEFAULT_DOWNTIME_LIMIT_MS) as f64 / 1000.0;
+        self.follow_passes(sample, bandwidth, limit_s);
         let copy = match (bandwidth, sample.remaining) {
             (Some(bandwidth), Some(remaining)) => Some(CopyState {
                 bandwidth,
@@ -434,8 +435,13 @@ impl Controller {
         self.latest = Some((rate, level, from));
     }
 
-    /// Pass sizes: a pass that leaves as much to copy as the one before counts as a stall.
-    fn follow_passes(&mut self, sample: &Sample) {
+    /// Pass sizes: a pass that leaves as much to copy as the one before counts as a stall. Near
+    /// the end of a copy QEMU syncs the dirty log again and again (whenever its estimate of what
+    /// remains falls under its threshold), each sync leaving about what the last left: a sync
+    /// that leaves at most the switchover threshold (`bandwidth × limit_s`), or that comes too
+    /// soon after the last sync for the copy to have sent half of what that left, is not a pass
+    /// that stalled.
+    fn follow_passes(&mut self, sample: &Sample, bandwidth: Option<f64>, limit_s: f64) {
         let (true, Some(passes)) = (sample.copying, sample.passes) else {
             return;
         };
@@ -451,14 +457,21 @@ impl Controller {
         let Some(size) = sample.remaining else {
             return;
         };
-        if let Some(previous) = self.last_pass_size {
-            if size >= STALL_SHARE * previous {
+        if let Some((previous, at)) = self.last_pass {
+            let seconds = sample.at.saturating_sub(at) as f64 / 1000.0;
+            let within_threshold = bandwidth.is_some_and(|b| size <= b * limit_s);
+            let too_soon = bandwidth.is_some_and(|b| seconds < 0.5 * previous / b);
+            if within_threshold {
+                self.stalls = 0;
+            } else if too_soon {
+                // Not a pass: the stall count stands.
+            } else if size >= STALL_SHARE * previous {
                 self.stalls += 1;
             } else {
                 self.stalls = 0;
             }
         }
-        self.last_pass_size = Some(size);
+        self.last_pass = Some((size, sample.at));
     }
 
     /// Bytes the model says were dirtied during `[from, to)`.

@@ -437,11 +437,12 @@ proptest! {
         let mut passes = 1;
         let mut level = Level::FULL;
         for _ in 0..(stall_passes as usize + 1) * 6 {
-            at += 1000;
+            // A pass lasts as long as the copy takes to send what the last one left.
+            at += (size / (10.0 * MIB) * 1000.0) as u64 + 1;
             passes += 1;
             size *= growth;
             level = c.step(&Sample {
-                at, copying: true, remaining: Some(size), bandwidth: Some(100.0 * MIB), passes: Some(passes),
+                at, copying: true, remaining: Some(size), bandwidth: Some(10.0 * MIB), passes: Some(passes),
                 downtime_limit_ms: Some(300), ..Sample::default()
             }).level;
         }
@@ -487,4 +488,66 @@ fn the_default_tunables_are_documented_values() {
     assert_eq!(d.give_back_interval, Duration::from_secs(1));
     assert_eq!(d.stall_passes, 2);
     assert!(!d.is_active());
+}
+
+#[test]
+fn syncs_near_the_switchover_threshold_are_not_passes_that_stall() {
+    // An idle guest near the end of its copy at 16 MiB/s: QEMU syncs the dirty log at every
+    // iteration once its estimate falls under the threshold (16 MiB/s × 300 ms = 4.8 MiB), and
+    // each sync leaves about what the last one left. Seen on a real migration: that halved the
+    // level of a guest that dirtied nothing.
+    let mut c = Controller::new(policy(true, false), 0);
+    let mut at = 0;
+    for passes in 2..8 {
+        at += 250;
+        let d = c.step(&Sample {
+            at,
+            copying: true,
+            remaining: Some(4.3 * MIB),
+            bandwidth: Some(16.0 * MIB),
+            passes: Some(passes),
+            downtime_limit_ms: Some(300),
+            probe: Some(Probe {
+                bytes_per_s: 0.0,
+                window_ms: 1000,
+                at,
+            }),
+            ..Sample::default()
+        });
+        assert_eq!(d.level, Level::FULL, "{d:?}");
+        assert_ne!(d.reason, Reason::NotShrinking, "{d:?}");
+    }
+    // Syncs that come faster than the copy could send the last pass, just above the threshold
+    // (14 MiB/s × 300 ms = 4.2 MiB), are not passes either.
+    let mut c = Controller::new(policy(true, false), 0);
+    for passes in 2..8 {
+        let d = c.step(&Sample {
+            at: passes * 100,
+            copying: true,
+            remaining: Some(4.3 * MIB),
+            bandwidth: Some(14.0 * MIB),
+            passes: Some(passes),
+            downtime_limit_ms: Some(300),
+            ..Sample::default()
+        });
+        assert_ne!(d.reason, Reason::NotShrinking, "{d:?}");
+    }
+    // The same pass sizes, each a whole pass long, above the threshold (at 4 MiB/s: 1.2 MiB) do
+    // stall.
+    let mut c = Controller::new(policy(true, false), 0);
+    let reasons: Vec<Reason> = (2..8)
+        .map(|passes| {
+            c.step(&Sample {
+                at: passes * 1100,
+                copying: true,
+                remaining: Some(4.3 * MIB),
+                bandwidth: Some(4.0 * MIB),
+                passes: Some(passes),
+                downtime_limit_ms: Some(300),
+                ..Sample::default()
+            })
+            .reason
+        })
+        .collect();
+    assert!(reasons.contains(&Reason::NotShrinking), "{reasons:?}");
 }

@@ -156,6 +156,9 @@ async fn a_guest_dirtying_faster_than_its_copy_is_drained_fully_from_real_qmp_pr
     .await;
     let node = &setup.node;
     let observer = Observer::connect(&setup.source.observer).await;
+    observer
+        .wait_until_guest_writes(&setup.dir, 2048 << 10, Duration::from_secs(60))
+        .await;
     // 8 MiB re-dirtied all the time, copied at 4 MiB/s: a pass never leaves less than the
     // 1.2 MiB QEMU could send in its 300 ms downtime limit.
     observer.prepare_migration(4).await;
@@ -281,6 +284,9 @@ async fn handover_migrate_holds_the_switchover_until_nothing_is_in_flight() {
     .await;
     let node = &setup.node;
     let observer = Observer::connect(&setup.source.observer).await;
+    observer
+        .wait_until_guest_writes(&setup.dir, 2048 << 10, Duration::from_secs(60))
+        .await;
     // A connection to vm-a that stays open: until it closes, something is in flight.
     let mut client = TcpClient::connect(node.listener("tcp")).await;
     while client.vm != "vm-a" {

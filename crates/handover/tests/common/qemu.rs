@@ -222,6 +222,35 @@ impl Observer {
         .await;
     }
 
+    /// Waits until the guest writes the page at `address` (a guest such as [`dirtying_kernel`]
+    /// runs its loop only once the firmware has loaded it, which takes a while under TCG on a
+    /// loaded machine: a migration begun before would copy a guest that dirties nothing). Reads
+    /// the page twice with `pmemsave` into `dir` until the two reads differ, for at most `timeout`.
+    pub async fn wait_until_guest_writes(&self, dir: &Path, address: u64, timeout: Duration) {
+        let file = dir.join("page.bin");
+        let read = || async {
+            self.execute(
+                "pmemsave",
+                Some(json!({"val": address, "size": 4096, "filename": file.display().to_string()})),
+            )
+            .await;
+            std::fs::read(&file).unwrap()
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let first = read().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if read().await != first {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the guest never wrote the page at {address:#x} within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The migration status (`query-migrate`).
     pub async fn status(&self) -> String {
         let reply = self.execute("query-migrate", None).await;

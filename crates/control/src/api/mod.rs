@@ -7,6 +7,7 @@
 //! `GET /v1/balancer/vms/{vm}/drain`, `GET /v1/balancer/status`.
 //!
 //! Dashboard (see [`crate::dashboard`]): `GET /`, `GET /dashboard`, `GET /v1/events`.
+//! The contract of all of them, as OpenAPI 3.1: `GET /v1/openapi.json` (see [`openapi`]).
 //!
 //! When a token is configured, every mutating call needs `Authorization: Bearer <token>`.
 
@@ -15,6 +16,7 @@ mod error;
 mod fleet;
 mod json;
 mod migration;
+pub mod openapi;
 mod peer;
 mod views;
 
@@ -23,7 +25,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
-use axum::routing::{get, post, put};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub(crate) use views::collect_vms;
@@ -72,25 +75,37 @@ impl ApiState {
     }
 }
 
-/// The whole router.
+/// The whole router: every route of [`routes`], then a JSON 404 for anything else.
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(views::metrics))
-        .route("/v1/vms", get(views::vms))
-        .route("/v1/vms/{vm}", get(views::vm))
-        .route("/v1/vms/{vm}/migration", post(migration::notice))
-        .route("/v1/vms/{vm}/migration/progress", put(migration::progress))
-        .route("/v1/pools", get(views::pools))
-        .route("/v1/migrations", get(views::migrations))
-        .route("/v1/fleet", get(fleet::fleet))
-        .route("/v1/balancer/vms/{vm}", put(peer::apply))
-        .route("/v1/balancer/vms/{vm}/addresses", put(peer::addresses))
-        .route("/v1/balancer/vms/{vm}/drain", get(peer::drain))
-        .route("/v1/balancer/status", get(peer::status))
-        .merge(crate::dashboard::router())
-        .fallback(|| async { ApiError::not_found("no such endpoint; see the README's API section") })
+    let (router, _) = routes().split_for_parts();
+    router
+        .fallback(|| async {
+            ApiError::not_found("no such endpoint; see GET /v1/openapi.json or docs/api.md")
+        })
         .with_state(state)
+}
+
+/// Every route of the control API with its OpenAPI operation: the one list both the router and
+/// the document ([`openapi::document`]) are built from. A route joins it only through
+/// [`routes!`], which takes a handler with a `#[utoipa::path]` (method, path, parameters,
+/// bodies and replies), so a route cannot be served without being described.
+pub(crate) fn routes() -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(views::healthz))
+        .routes(routes!(views::metrics))
+        .routes(routes!(openapi::serve))
+        .routes(routes!(views::vms))
+        .routes(routes!(views::vm))
+        .routes(routes!(migration::notice))
+        .routes(routes!(migration::progress))
+        .routes(routes!(views::pools))
+        .routes(routes!(views::migrations))
+        .routes(routes!(fleet::fleet))
+        .routes(routes!(peer::apply))
+        .routes(routes!(peer::addresses))
+        .routes(routes!(peer::drain))
+        .routes(routes!(peer::status))
+        .merge(crate::dashboard::routes())
 }
 
 /// The `{vm}` segment of the path as a VM id; a 400 that names `vm` when it is not one (axum's own

@@ -31,14 +31,11 @@ pub struct NoticeRequest {
     pub deadline_ms: Option<u64>,
     /// `completed` only: the VM's new IP (every backend keeps its port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "10.0.1.7"))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::optional_ip_address))]
     pub new_ip: Option<std::net::IpAddr>,
     /// `completed` only: explicit moves, configured address → new address.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    #[cfg_attr(
-        feature = "openapi",
-        schema(value_type = std::collections::BTreeMap<String, String>, example = json!({"10.0.0.7:8080": "10.0.1.7:8080"}))
-    )]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::socket_address_map))]
     pub addresses: std::collections::BTreeMap<std::net::SocketAddr, std::net::SocketAddr>,
 }
 

@@ -237,14 +237,11 @@ impl PhaseCommand {
 pub struct Readdress {
     /// The VM's new IP: every backend of the VM keeps its port and takes this IP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "10.0.1.7"))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::optional_ip_address))]
     pub new_ip: Option<std::net::IpAddr>,
     /// Explicit moves, configured address → new address (take precedence over `new_ip`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    #[cfg_attr(
-        feature = "openapi",
-        schema(value_type = std::collections::BTreeMap<String, String>, example = json!({"10.0.0.7:8080": "10.0.1.7:8080"}))
-    )]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::socket_address_map))]
     pub addresses: std::collections::BTreeMap<std::net::SocketAddr, std::net::SocketAddr>,
 }
 

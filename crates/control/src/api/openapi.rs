@@ -13,6 +13,7 @@ use std::sync::{Arc, LazyLock};
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
+use serde_json::Value;
 use utoipa::openapi::OpenApi as Document;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -74,7 +75,7 @@ pub(super) fn base() -> Document {
 }
 
 /// The whole document, for a node that checks a token (`token_required`) or not.
-pub fn document(token_required: bool) -> Document {
+pub fn document(token_required: bool) -> Value {
     let mut document = super::routes().into_openapi();
     if !token_required {
         for item in document.paths.paths.values_mut() {
@@ -95,7 +96,48 @@ pub fn document(token_required: bool) -> Document {
             }
         }
     }
+    let mut document = serde_json::to_value(document).expect("an OpenAPI document is plain values");
+    bound_unsigned_integers(&mut document);
+    notice_rules(&mut document);
     document
+}
+
+/// Gives every unsigned integer its maximum, and its format the usual spelling (the derive says
+/// only `minimum: 0`, and spells `uint64` as `u-int64`, which no reader knows).
+fn bound_unsigned_integers(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let bound = match map.get("format").and_then(Value::as_str) {
+                Some("u-int64" | "uint64") => Some(("uint64", u64::MAX)),
+                Some("u-int32" | "uint32") => Some(("uint32", u32::MAX.into())),
+                Some("u-int16" | "uint16") => Some(("uint16", u16::MAX.into())),
+                Some("u-int8" | "uint8") => Some(("uint8", u8::MAX.into())),
+                _ => None,
+            };
+            if let Some((format, maximum)) = bound {
+                map.insert("format".into(), format.into());
+                map.insert("maximum".into(), maximum.into());
+            }
+            map.values_mut().for_each(bound_unsigned_integers);
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_unsigned_integers),
+        _ => {}
+    }
+}
+
+/// The rule of a notice that no derive can say: only `completed` moves a VM to new addresses
+/// (the coordinator refuses `new_ip` or `addresses` on any other notice, naming the field).
+fn notice_rules(document: &mut Value) {
+    if let Some(Value::Object(schema)) = document.pointer_mut("/components/schemas/NoticeRequest") {
+        schema.insert(
+            "if".into(),
+            serde_json::json!({"properties": {"phase": {"not": {"const": "completed"}}}}),
+        );
+        schema.insert(
+            "then".into(),
+            serde_json::json!({"properties": {"new_ip": {"type": "null"}, "addresses": {"maxProperties": 0}}}),
+        );
+    }
 }
 
 /// The document as JSON, built once per kind of node.
@@ -110,9 +152,7 @@ fn json(token_required: bool) -> &'static str {
 }
 
 fn render(token_required: bool) -> String {
-    document(token_required)
-        .to_pretty_json()
-        .expect("an OpenAPI document of plain values serializes")
+    serde_json::to_string_pretty(&document(token_required)).expect("a JSON value serializes")
 }
 
 /// `GET /v1/openapi.json`: this document.
@@ -320,6 +360,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[tokio::test]
+    async fn every_unsigned_integer_has_its_maximum() {
+        let document = served_document(&app(None)).await;
+        let timeout = &document["components"]["schemas"]["NoticeRequest"]["properties"]["timeout_ms"];
+        assert_eq!(timeout["format"], "uint64", "{timeout}");
+        assert_eq!(timeout["maximum"], u64::MAX, "{timeout}");
+        assert!(!document.to_string().contains("u-int"));
     }
 
     #[tokio::test]

@@ -7,10 +7,25 @@
 
 use std::fmt::Write as _;
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use serde::de::DeserializeOwned;
 use serde_path_to_error::{Path, Segment};
 
 use super::ApiError;
+
+/// The body of a request, or the error that reading it met (413 over axum's limit of 2 MiB) as
+/// an [`ApiError`], where axum's own answer would be plain text.
+pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| ApiError {
+        status: rejection.status(),
+        body: handover_core::api::ErrorBody {
+            error: format!("the request body cannot be read: {}", rejection.body_text()),
+            field: None,
+            balancers: Vec::new(),
+        },
+    })
+}
 
 /// Parses a JSON body; an error names the field path and the position in the body.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use handover_core::api::{ErrorBody, NoticeRequest, NoticeResponse};
@@ -29,6 +29,7 @@ use super::{ApiError, ApiState, json, vm_from_path};
         (status = 202, description = "A prepare queued by the capacity guard (`outcome: queued`)", body = NoticeResponse),
         (status = 400, description = "The body or `vm` is not valid; `field` names what", body = ErrorBody),
         (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 413, description = "The body is longer than 2 MiB", body = ErrorBody),
         (status = 404, description = "No balancer serves the VM; `balancers` lists what each answered", body = ErrorBody),
         (status = 409, description = "Refused: by the capacity guard, or no migration in progress for this notice", body = ErrorBody),
         (status = 503, description = "The fleet's etcd cannot take the notice", body = ErrorBody),
@@ -38,11 +39,11 @@ pub async fn notice(
     State(state): State<Arc<ApiState>>,
     vm: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<NoticeResponse>), ApiError> {
     authorize(&state, &headers)?;
     let vm = vm_from_path(vm)?;
-    let request: NoticeRequest = json::parse(&body)?;
+    let request: NoticeRequest = json::parse(&json::body(body)?)?;
     let response = state.coordinator.notice(&vm, &request).await?;
     let status = if response.outcome == "queued" {
         StatusCode::ACCEPTED
@@ -71,6 +72,7 @@ pub struct ProgressRecorded {
         (status = 200, description = "Recorded on the VM's current or last migration", body = ProgressRecorded),
         (status = 400, description = "The body or `vm` is not valid; `field` names what", body = ErrorBody),
         (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 413, description = "The body is longer than 2 MiB", body = ErrorBody),
         (status = 404, description = "The VM has no migration", body = ErrorBody),
     )
 )]
@@ -78,11 +80,11 @@ pub async fn progress(
     State(state): State<Arc<ApiState>>,
     vm: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ProgressRecorded>, ApiError> {
     authorize(&state, &headers)?;
     let vm = vm_from_path(vm)?;
-    let progress: MigrationProgress = json::parse(&body)?;
+    let progress: MigrationProgress = json::parse(&json::body(body)?)?;
     if state.coordinator.record_progress(&vm, progress) {
         Ok(Json(ProgressRecorded { recorded: true }))
     } else {

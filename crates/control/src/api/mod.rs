@@ -82,6 +82,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .fallback(|| async {
             ApiError::not_found("no such endpoint; see GET /v1/openapi.json or docs/api.md")
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError::method_not_allowed(
+                "this path does not serve this method (the Allow header lists those it does)",
+            )
+        })
         .with_state(state)
 }
 
@@ -160,5 +165,62 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{method} {uri}: {e}: {}", String::from_utf8_lossy(&body)));
             assert_eq!(error.field.as_deref(), Some("vm"), "{method} {uri}");
         }
+    }
+
+    fn app() -> Router {
+        let config = handover_core::config::parse("").unwrap();
+        router(Arc::new(ApiState::new(
+            Coordinator::new(&config, Vec::new(), Clock::new()),
+            None,
+        )))
+    }
+
+    /// axum's own 405 had an empty body, which is not the error body the document promises.
+    #[tokio::test]
+    async fn a_method_the_path_does_not_serve_is_a_json_405_with_allow() {
+        let request = Request::builder()
+            .method("DELETE")
+            .uri("/v1/vms")
+            .body(Body::empty())
+            .unwrap();
+        let response = app().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let allow = response
+            .headers()
+            .get("allow")
+            .expect("an Allow header")
+            .to_str()
+            .unwrap();
+        assert!(allow.contains("GET"), "{allow}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let error: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert!(
+            error.error.contains("does not serve this method"),
+            "{}",
+            error.error
+        );
+    }
+
+    /// axum's own answer to a body over its 2 MiB limit was plain text.
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_a_json_413() {
+        let mut body = br#"{"phase":"prepare","note":""#.to_vec();
+        body.resize(3 << 20, b'x');
+        let request = Request::builder()
+            .method("POST")
+            .uri("/v1/vms/vm-a/migration")
+            .header("content-length", body.len())
+            .body(Body::from(body))
+            .unwrap();
+        let response = app().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let error: ErrorBody = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)));
+        assert!(
+            error.error.starts_with("the request body cannot be read"),
+            "{}",
+            error.error
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use handover_core::api::{Applied, BalancerStatus, DrainStatus, ErrorBody};
@@ -27,17 +27,18 @@ use super::{ApiError, ApiState, json, vm_from_path};
         (status = 200, description = "Applied to this node's own balancers (`serves: false`: none serves the VM, nothing changed)", body = Applied),
         (status = 400, description = "The body or `vm` is not valid; `field` names what", body = ErrorBody),
         (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 413, description = "The body is longer than 2 MiB", body = ErrorBody),
     )
 )]
 pub async fn apply(
     State(state): State<Arc<ApiState>>,
     vm: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Applied>, ApiError> {
     authorize(&state, &headers)?;
     let vm = vm_from_path(vm)?;
-    let command: PhaseCommand = json::parse(&body)?;
+    let command: PhaseCommand = json::parse(&json::body(body)?)?;
     Ok(Json(state.coordinator.apply_local(&vm, command).await))
 }
 
@@ -53,17 +54,18 @@ pub async fn apply(
         (status = 200, description = "Moved on this node's own balancers", body = Applied),
         (status = 400, description = "The body or `vm` is not valid; `field` names what", body = ErrorBody),
         (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 413, description = "The body is longer than 2 MiB", body = ErrorBody),
     )
 )]
 pub async fn addresses(
     State(state): State<Arc<ApiState>>,
     vm: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Applied>, ApiError> {
     authorize(&state, &headers)?;
     let vm = vm_from_path(vm)?;
-    let change: Readdress = json::parse(&body)?;
+    let change: Readdress = json::parse(&json::body(body)?)?;
     Ok(Json(state.coordinator.readdress_local(&vm, &change).await))
 }
 

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod fleet;
+
 use crate::migration::{MigrationProgress, MigrationRecord};
 use crate::model::{Algorithm, VmId};
 use crate::phase::{Notice, Phase};

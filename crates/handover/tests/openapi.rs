@@ -7,6 +7,9 @@
 
 mod common;
 
+#[path = "../../fleet/tests/common/etcd.rs"]
+mod etcd;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -25,6 +28,23 @@ async fn node(token: Option<&str>) -> (Node, Vec<TcpBackend>) {
     let mut config = common::tcp_config(&addresses, "");
     if let Some(token) = token {
         config = config.replacen("[control]\n", &format!("[control]\ntoken = \"{token}\"\n"), 1);
+    }
+    (Node::start(&config), backends)
+}
+
+/// A node of an etcd fleet (no token) in front of two real backends.
+async fn fleet_node(etcd: &etcd::Etcd, name: &str) -> (Node, Vec<TcpBackend>) {
+    let backends = vec![TcpBackend::start("vm-a").await, TcpBackend::start("vm-b").await];
+    let mut config = format!(
+        "[control]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\n\
+         [fleet]\netcd = {}\nnode = \"{name}\"\nlease = \"4s\"\nack_timeout = \"5s\"\n\n[pools.p]\n",
+        etcd.toml_endpoints()
+    );
+    for (backend, vm) in backends.iter().zip(["vm-a", "vm-b"]) {
+        config.push_str(&format!(
+            "\n[[pools.p.backends]]\naddress = \"{}\"\nvm = \"{vm}\"\n",
+            backend.address
+        ));
     }
     (Node::start(&config), backends)
 }
@@ -50,7 +70,12 @@ fn python_module(module: &str) -> Result<(), String> {
 /// Runs schemathesis against the node, bounded in examples and time; panics with its report on
 /// any failure.
 fn schemathesis(node: &Node, token: Option<&str>) {
-    let (passed, report) = schemathesis_once(node, token);
+    schemathesis_with(node, token, &[]);
+}
+
+/// The same with more arguments (which operations, say).
+fn schemathesis_with(node: &Node, token: Option<&str>, extra: &[&str]) {
+    let (passed, report) = schemathesis_once(node, token, extra);
     assert!(
         passed,
         "schemathesis found failures:\n{report}\nnode log:\n{}",
@@ -59,7 +84,7 @@ fn schemathesis(node: &Node, token: Option<&str>) {
 }
 
 /// One run: whether it passed, and its report.
-fn schemathesis_once(node: &Node, token: Option<&str>) -> (bool, String) {
+fn schemathesis_once(node: &Node, token: Option<&str>, extra: &[&str]) -> (bool, String) {
     // Its caches and reports go to a directory of the test's own, not the source tree.
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new("python3");
@@ -79,7 +104,8 @@ fn schemathesis_once(node: &Node, token: Option<&str>) -> (bool, String) {
         .args(["--request-timeout", "10"])
         // It never ends: checked by `the_event_stream_starts_with_the_share_history`.
         .args(["--exclude-path", "/v1/events"])
-        .args(["--generation-database", "none", "--no-color"]);
+        .args(["--generation-database", "none", "--no-color"])
+        .args(extra);
     if let Some(token) = token {
         command.args(["--header", &format!("Authorization: Bearer {token}")]);
     }
@@ -143,6 +169,45 @@ async fn schemathesis_finds_nothing_on_a_node_with_a_token() {
     tokio::task::spawn_blocking(move || schemathesis(&node, Some(TOKEN)))
         .await
         .unwrap();
+}
+
+/// `GET /v1/fleet` answers what etcd holds: nodes, their leases and acknowledgements, notices. Its
+/// schema (core's `api::fleet`) is checked on a real fleet with a VM in migration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_view_of_a_real_fleet_matches_the_document() {
+    const TEST: &str = "the_fleet_view_of_a_real_fleet_matches_the_document";
+    if let Err(reason) = python_module("schemathesis").and_then(|()| etcd::available()) {
+        return skip(TEST, &reason);
+    }
+    let etcd = etcd::Etcd::single();
+    let (first, _first_backends) = fleet_node(&etcd, "lb-1").await;
+    let (second, _second_backends) = fleet_node(&etcd, "lb-2").await;
+    let (status, reply) = first
+        .notice(
+            "vm-a",
+            serde_json::json!({"phase": "prepare", "wait_drained": true, "timeout_ms": 5000}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    let fleet: serde_json::Value = second.client(None).get("/v1/fleet").await.unwrap();
+    assert_eq!(fleet["nodes"].as_array().map(Vec::len), Some(2), "{fleet}");
+    assert_eq!(fleet["notices"][0]["vm"], "vm-a", "{fleet}");
+    tokio::task::spawn_blocking(move || {
+        schemathesis_with(
+            &second,
+            None,
+            &[
+                "--include-path",
+                "/v1/fleet",
+                "--max-examples",
+                "5",
+                "--max-time",
+                "10",
+            ],
+        )
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 
 use handover_core::api::ErrorBody;
+use handover_core::api::fleet::FleetView;
 
 use super::{ApiError, ApiState};
 
@@ -17,12 +18,12 @@ use super::{ApiError, ApiState};
     path = "/v1/fleet",
     tag = "fleet",
     responses(
-        (status = 200, description = "The fleet as etcd holds it (what `handover fleet` prints)", body = Object),
+        (status = 200, description = "The fleet as etcd holds it (what `handover fleet` prints)", body = FleetView),
         (status = 404, description = "This node is not in a fleet", body = ErrorBody),
         (status = 503, description = "The fleet's etcd cannot be reached", body = ErrorBody),
     )
 )]
-pub async fn fleet(State(state): State<Arc<ApiState>>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn fleet(State(state): State<Arc<ApiState>>) -> Result<Json<FleetView>, ApiError> {
     let Some(fleet) = state.coordinator.fleet() else {
         return Err(ApiError::not_found(
             "this node is not in a fleet (no [fleet] section in its configuration)",

@@ -38,9 +38,11 @@ const DEFAULT_DOWNTIME_LIMIT_MS: u64 = 300;
 const MAX_HISTORY: usize = 4096;
 
 /// A dirty-rate measurement taken by a probe over a window that ended at `at`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Probe {
     /// Bytes per second dirtied during the window.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0))]
     pub bytes_per_s: f64,
     /// Length of the window, milliseconds.
     pub window_ms: u64,
@@ -72,6 +74,7 @@ pub struct Sample {
 }
 
 /// Why the controller chose its level.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {

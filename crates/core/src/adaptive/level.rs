@@ -50,6 +50,26 @@ impl fmt::Display for Level {
     }
 }
 
+/// A level in the OpenAPI document: a number from 0 to 1 (written by hand: on the wire it is the
+/// fraction, not the integer kept inside).
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Level {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Number)
+            .description(Some(
+                "The adaptive drain's level: the fraction of each pool's drain target the VM keeps.",
+            ))
+            .minimum(Some(0.0))
+            .maximum(Some(1.0))
+            .examples([serde_json::json!(0.4)])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Level {}
+
 impl Serialize for Level {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_f64(self.get())

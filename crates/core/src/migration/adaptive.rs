@@ -17,6 +17,7 @@ const MAX_ENTRIES: usize = 600;
 const DEFAULT_PAGE_SIZE: u64 = 4096;
 
 /// One step of the controller, as the history shows it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdaptiveEntry {
     /// When.
@@ -43,6 +44,7 @@ pub struct AdaptiveEntry {
 }
 
 /// Where a VM's adaptive drain stands (`GET /v1/vms`, `handover status`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdaptiveStatus {
     /// The latest step.

@@ -191,6 +191,7 @@ pub enum NoticeError {
 
 /// Live progress of a migration, in the names of QEMU's `query-migrate` where they overlap.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MigrationProgress {
     /// QEMU's migration status (`setup`, `active`, `completed`...).
     pub status: Option<String>,
@@ -205,6 +206,7 @@ pub struct MigrationProgress {
     /// Dirty-bitmap syncs, i.e. passes over memory.
     pub passes: Option<u64>,
     /// Throughput in megabits per second.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0))]
     pub mbps: Option<f64>,
     /// Expected downtime in milliseconds (while active).
     pub expected_downtime_ms: Option<u64>,
@@ -260,6 +262,7 @@ impl MigrationProgress {
 
 /// One migration of one VM, with the timestamp of every phase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MigrationRecord {
     /// Unique id (per handover process).
     pub id: u64,

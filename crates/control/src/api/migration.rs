@@ -12,7 +12,8 @@ use handover_core::migration::MigrationProgress;
 use super::auth::authorize;
 use super::{ApiError, ApiState, json, vm_from_path};
 
-/// Applies a notice; 200 when applied or unchanged, 202 when queued by the capacity guard.
+/// Applies a notice; 200 when applied or unchanged, 202 when queued by the capacity guard or
+/// pending (no balancer that serves the VM could be told yet).
 pub async fn notice(
     State(state): State<Arc<ApiState>>,
     Path(vm): Path<String>,
@@ -23,7 +24,7 @@ pub async fn notice(
     let vm = vm_from_path(&vm)?;
     let request: NoticeRequest = json::parse(&body)?;
     let response = state.coordinator.notice(&vm, &request).await?;
-    let status = if response.outcome == "queued" {
+    let status = if response.outcome == "queued" || response.outcome == "pending" {
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK

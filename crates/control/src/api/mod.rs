@@ -4,7 +4,7 @@
 //! `GET /v1/vms`, `GET /v1/vms/{vm}`,
 //! `GET /v1/pools`, `GET /v1/migrations`, `GET /metrics`, `GET /healthz`.
 //! Load-balancing module (what peers call): `PUT /v1/balancer/vms/{vm}`, `PUT .../addresses`,
-//! `GET /v1/balancer/vms/{vm}/drain`, `GET /v1/balancer/status`.
+//! `GET /v1/balancer/vms/{vm}/drain`, `GET /v1/balancer/status`, `GET /v1/balancer/phases`.
 //!
 //! When a token is configured, every mutating call needs `Authorization: Bearer <token>`.
 
@@ -48,6 +48,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/balancer/vms/{vm}/addresses", put(peer::addresses))
         .route("/v1/balancer/vms/{vm}/drain", get(peer::drain))
         .route("/v1/balancer/status", get(peer::status))
+        .route("/v1/balancer/phases", get(peer::phases))
         .fallback(|| async { ApiError::not_found("no such endpoint; see the README's API section") })
         .with_state(state)
 }

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use handover_core::api::{Applied, BalancerStatus, DrainStatus};
+use handover_core::api::{Applied, BalancerStatus, DrainStatus, VmPhase};
 use handover_core::phase::{PhaseCommand, Readdress};
 
 use super::auth::authorize;
@@ -23,7 +23,16 @@ pub async fn apply(
     authorize(&state, &headers)?;
     let vm = vm_from_path(&vm)?;
     let command: PhaseCommand = json::parse(&body)?;
-    Ok(Json(state.coordinator.apply_local(&vm, command).await))
+    command
+        .validate()
+        .map_err(|(field, message)| ApiError::bad_request(message, Some(field)))?;
+    Ok(Json(state.coordinator.apply_local(&vm, command).await?))
+}
+
+/// `GET /v1/balancer/phases`: the phase of every VM this node's migration module knows (what a
+/// peer fetches when it starts, before it serves).
+pub async fn phases(State(state): State<Arc<ApiState>>) -> Json<Vec<VmPhase>> {
+    Json(state.coordinator.phases())
 }
 
 /// `PUT /v1/balancer/vms/{vm}/addresses`: moves a VM's backends locally.

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+use crate::control_listener::ControlListener;
 use crate::state_file::{self, StateFile};
 
 /// How often the proxy recomputes weights that move with time.
@@ -102,6 +103,19 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
         tracing::error!(error = %e, "state.file: cannot be written; notices are refused until it can be");
     }
 
+    // Everything is bound: what is left of the descriptor limit, less the control plane's
+    // reserve, is the data plane's connection budget.
+    match handover_proxy::descriptors::configure() {
+        Ok(limits) => info!(
+            limit = limits.limit,
+            open = limits.open,
+            reserve = limits.reserve,
+            connections = limits.connections,
+            "descriptor budget"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot read the descriptor limit; no connection budget"),
+    }
+
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let addresses = listeners.addresses();
@@ -127,7 +141,7 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
     }));
     let api_cancel = cancel.clone();
     tasks.spawn(async move {
-        let server = axum::serve(control_listener, app)
+        let server = axum::serve(ControlListener::new(control_listener), app)
             .with_graceful_shutdown(async move { api_cancel.cancelled().await });
         if let Err(e) = server.await {
             tracing::error!(error = %e, "control API stopped");

@@ -115,6 +115,16 @@ pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Bu
             None => match upstream::connect(&entry.backend, entry.address, pool.config.connect_timeout).await
             {
                 Ok(upstream) => upstream,
+                Err(upstream::ConnectError::Io(_, io)) if crate::descriptors::is_exhaustion(&io) => {
+                    // handover's own shortage is not the backend's fault (not counted), and is
+                    // logged once per interval.
+                    if let Some(suppressed) = crate::descriptors::CONNECT_EXHAUSTED.ready() {
+                        warn!(listener = %route.listener, error = %io, suppressed, "out of descriptors for a backend connection (not counted against the backend)");
+                    }
+                    last_error = Some(format!("handover is out of descriptors ({io})"));
+                    tried.push(entry.backend.index);
+                    continue;
+                }
                 Err(e) => {
                     entry.backend.record_failure();
                     pool.record_traffic(entry.backend.index, false);

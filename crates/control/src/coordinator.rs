@@ -409,9 +409,13 @@ impl Coordinator {
                 if !serving.is_empty() && !serving.iter().any(|r| r.applied) {
                     let names: Vec<&str> = serving.iter().map(|r| r.name.as_str()).collect();
                     note = Some(format!(
-                        "not applied yet: {} could not be told; the phase is kept and sent as soon as {} answer",
+                        "not applied yet: {} could not be told; the phase is kept and sent as soon as {}",
                         names.join(", "),
-                        if names.len() == 1 { "it" } else { "they" }
+                        if names.len() == 1 {
+                            "it answers"
+                        } else {
+                            "they answer"
+                        }
                     ));
                     ("pending", results)
                 } else {

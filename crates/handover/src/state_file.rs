@@ -56,8 +56,8 @@ fn now_ms() -> u64 {
 }
 
 /// Reads the file: `None` when there is none yet. A file that cannot be read as state (not
-/// UTF-8, not JSON, not this format) is moved aside — `.corrupt`, or `.vN` for a file of format
-/// version N (another handover's) — with an error, and handover starts from a clean state: it is
+/// UTF-8, not JSON, not this format) is moved aside — `state.corrupt`, or `state.vN` for a file of
+/// format version N (another handover's) — with an error, and handover starts from a clean state: it is
 /// never overwritten.
 pub fn load(path: &Path) -> Option<SavedState> {
     let bytes = match std::fs::read(path) {
@@ -86,22 +86,54 @@ pub fn load(path: &Path) -> Option<SavedState> {
     let aside = aside_path(path, &suffix);
     match std::fs::rename(path, &aside) {
         Ok(()) => {
-            error!(file = %path.display(), %reason, moved_to = %aside.display(), "state file not usable; moved aside, starting from a clean state")
+            error!(file = %path.display(), %reason, moved_to = %aside.display(), "state file is not valid; moved aside, starting from a clean state")
         }
         Err(e) => {
-            error!(file = %path.display(), %reason, error = %e, "state file not usable and cannot be moved aside; starting from a clean state")
+            error!(file = %path.display(), %reason, error = %e, "state file is not valid and cannot be moved aside; starting from a clean state")
         }
     }
     None
 }
 
-/// `state.json` → `state.json.corrupt` (a number is added if that exists already).
+/// Whether the state file can be kept at `path`: not a directory, in a directory where a file can
+/// be created (tried with a scratch file that is removed again). Missing directories are made
+/// when `create` is set (`handover run`); otherwise the nearest one that exists is tried
+/// (`handover check` changes nothing). A full disk is not found here: it fails the notices that
+/// cannot be saved.
+pub fn check_path(path: &Path, create: bool) -> Result<(), String> {
+    if path.is_dir() {
+        return Err(format!("{} is a directory", path.display()));
+    }
+    let parent = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if create {
+        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    let dir = parent
+        .ancestors()
+        .find(|d| !d.as_os_str().is_empty() && std::fs::symlink_metadata(d).is_ok())
+        .unwrap_or(Path::new("."));
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(format!("{} is not a directory", dir.display())),
+        Err(e) => return Err(format!("directory {}: {e}", dir.display())),
+    }
+    let scratch = dir.join(format!(".handover-check-{}", std::process::id()));
+    std::fs::File::create(&scratch).map_err(|e| format!("cannot create files in {}: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&scratch);
+    Ok(())
+}
+
+/// `state.json` → `state.corrupt` (`state.corrupt.1`... if that exists already: a file moved
+/// aside before is never overwritten either).
 fn aside_path(path: &Path, suffix: &str) -> PathBuf {
-    let base = format!("{}.{suffix}", path.display());
-    let mut candidate = PathBuf::from(&base);
+    let base = path.with_extension(suffix);
+    let mut candidate = base.clone();
     let mut n = 1;
     while candidate.exists() {
-        candidate = PathBuf::from(format!("{base}.{n}"));
+        candidate = PathBuf::from(format!("{}.{n}", base.display()));
         n += 1;
     }
     candidate

@@ -853,3 +853,298 @@ async fn emfile_on_accept_and_connect_is_handovers_problem_not_the_backends() {
     let warnings = log.lines().filter(|l| l.contains(" WARN ")).count();
     assert!(warnings <= 10, "{warnings} WARN lines:\n{log}");
 }
+
+// 8. `deadline_ms` and the peer API's `deadline_in_ms` accepted 0 and u64::MAX (a VM drained past
+// its pool's deadline with /v1/vms saying stable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_of_zero_or_beyond_a_week_are_refused_by_the_api_and_the_peer_api() {
+    let backends = three_backends().await;
+    let node = Node::start(&format!("{}{}", control(0), tcp_pool("", &named(&backends))));
+    for deadline in [0, 999, u64::MAX] {
+        let (status, reply) = node
+            .notice(
+                "vm-a",
+                serde_json::json!({"phase": "prepare", "deadline_ms": deadline}),
+            )
+            .await;
+        assert_eq!(status, 400, "{reply}");
+        assert_eq!(reply["field"], "deadline_ms", "{reply}");
+    }
+    for deadline in [0, u64::MAX] {
+        let body = serde_json::json!({"action": "drain", "elapsed_ms": 0, "migrating": false, "deadline_in_ms": deadline});
+        let result: Result<handover_core::api::Applied, _> =
+            node.client(None).put("/v1/balancer/vms/vm-a", &body).await;
+        match result {
+            Err(handover_drivers::ClientError::Status { status, body }) => {
+                assert_eq!(status.as_u16(), 400);
+                assert_eq!(body.field.as_deref(), Some("deadline_in_ms"));
+            }
+            other => panic!("deadline_in_ms {deadline} accepted: {other:?}"),
+        }
+    }
+    assert_eq!(node.phase("vm-a").await, "stable");
+    assert_eq!(pool_phase(&node, "vm-a").await, "stable");
+}
+
+// 8. A `started` for a VM queued by the guard left a history record that never ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_for_a_queued_vm_continues_and_ends_the_record_the_guard_opened() {
+    let backends = three_backends().await;
+    let node = Node::start(&format!(
+        "{}{}",
+        control(0),
+        tcp_pool(
+            "guard = { max_concurrent = 1, on_violation = \"queue\" }",
+            &named(&backends)
+        )
+    ));
+    assert_eq!(node.notice("vm-a", notice("prepare")).await.0, 200);
+    assert_eq!(node.notice("vm-b", notice("prepare")).await.0, 202);
+    assert_eq!(node.notice("vm-b", notice("started")).await.0, 200);
+    assert_eq!(node.notice("vm-b", notice("completed")).await.0, 200);
+    let migrations: serde_json::Value = node.client(None).get("/v1/migrations").await.unwrap();
+    let of_b: Vec<&serde_json::Value> = migrations
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["vm"] == "vm-b")
+        .collect();
+    assert_eq!(of_b.len(), 1, "{migrations}");
+    assert!(of_b[0]["queued_at"].is_u64(), "{migrations}");
+    assert!(of_b[0]["started_at"].is_u64(), "{migrations}");
+    assert_eq!(of_b[0]["end"], "completed", "{migrations}");
+}
+
+// 8. A state file with invalid UTF-8 or an unknown version was overwritten, not moved aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_that_is_not_utf8_or_of_another_version_is_moved_aside_not_overwritten() {
+    let backends = three_backends().await;
+    for (name, content, aside) in [
+        ("bytes", b"\xff\xfe not text".to_vec(), "state.corrupt"),
+        (
+            "version",
+            br#"{"version": 99, "saved_at_ms": 0, "future": true}"#.to_vec(),
+            "state.v99",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, &content).unwrap();
+        let node = Node::start(&format!(
+            "{}{}{}",
+            control(0),
+            tcp_pool("", &named(&backends)),
+            state_section(&path)
+        ));
+        assert_eq!(
+            std::fs::read(dir.path().join(aside)).unwrap(),
+            content,
+            "{name}: kept as it was\n{}",
+            node.log()
+        );
+        assert_eq!(node.notice("vm-a", notice("prepare")).await.0, 200);
+        assert!(std::fs::read_to_string(&path).unwrap().contains("draining"));
+        assert!(node.plain_log().contains("moved aside"), "{name}");
+    }
+}
+
+/// A fake QEMU monitor on one accepted connection: greets, answers `query-migrate` with
+/// `status` (none when empty) and every other command with `{}`.
+async fn fake_qmp(
+    stream: tokio::net::UnixStream,
+    status: &'static str,
+) -> (
+    std::sync::Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let (read, write) = stream.into_split();
+    let write = std::sync::Arc::new(tokio::sync::Mutex::new(write));
+    write
+        .lock()
+        .await
+        .write_all(b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 2, \"minor\": 0, \"major\": 10}, \"package\": \"\"}, \"capabilities\": [\"oob\"]}}\r\n")
+        .await
+        .unwrap();
+    let answers = write.clone();
+    let task = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(read).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let request: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let id = request["id"].clone();
+            let reply = match (request["execute"].as_str(), status) {
+                (Some("query-migrate"), "") => serde_json::json!({"return": {}, "id": id}),
+                (Some("query-migrate"), status) => {
+                    serde_json::json!({"return": {"status": status}, "id": id})
+                }
+                _ => serde_json::json!({"return": {}, "id": id}),
+            };
+            if answers
+                .lock()
+                .await
+                .write_all(format!("{reply}\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    (write, task)
+}
+
+// 8. An unknown QMP MIGRATION status was taken as a running migration, and a spurious `failed`
+// was sent on reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_qmp_status_is_ignored_and_no_failed_is_sent_on_reconnect() {
+    use tokio::io::AsyncWriteExt;
+    let backends = three_backends().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vm-a.qmp");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let node = Node::start(&format!(
+        "{}{}\n[[qmp]]\nsocket = \"{}\"\nvm = \"vm-a\"\n",
+        control(0),
+        tcp_pool("", &named(&backends)),
+        socket.display()
+    ));
+    let (stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let (write, task) = fake_qmp(stream, "").await;
+    assert!(
+        common::log_contains(&node, "QMP connected", Duration::from_secs(10)).await,
+        "{}",
+        node.log()
+    );
+    write
+        .lock()
+        .await
+        .write_all(b"{\"timestamp\": {\"seconds\": 1, \"microseconds\": 0}, \"event\": \"MIGRATION\", \"data\": {\"status\": \"quantum-tunnelling\"}}\r\n")
+        .await
+        .unwrap();
+    assert!(
+        common::log_contains(&node, "unknown migration status ignored", Duration::from_secs(5)).await,
+        "{}",
+        node.log()
+    );
+    // QEMU goes away and a QEMU with no migration answers.
+    task.abort();
+    drop(write);
+    let (stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let (_write, _task) = fake_qmp(stream, "").await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            node.plain_log().matches("QMP connected").count() >= 2
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = node.client(None).get_text("/metrics").await.unwrap();
+    assert!(!metrics.contains("notice=\"failed\""), "{metrics}");
+    assert!(!node.plain_log().contains("migration in progress is gone"));
+    assert_eq!(node.phase("vm-a").await, "stable");
+}
+
+// 8. `handover check` accepted a malformed peer URL, an unusable state file path and a `[[qmp]] vm`
+// that no pool serves; errors came over several runs (duplicates only once the rest was fixed);
+// `idle_timeout` on an http listener was accepted and ignored.
+#[test]
+fn check_reports_every_error_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("handover.toml");
+    let run_check = || {
+        std::process::Command::new(common::binary())
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    std::fs::write(
+        &config,
+        "[[listeners]]\nname = \"web\"\nkind = \"http\"\nbind = \"127.0.0.1:7001\"\npool = \"p\"\nidle_timeout = \"1h\"\n\n\
+         [[listeners]]\nname = \"web\"\nkind = \"tcp\"\nbind = \"127.0.0.1:7001\"\npool = \"p\"\n\n\
+         [pools.p]\nramp = { window = \"ten\" }\n\
+         [[pools.p.backends]]\naddress = \"127.0.0.1:9001\"\nvm = \"vm-a\"\n\
+         [[pools.p.backends]]\naddress = \"127.0.0.1:9001\"\nvm = \"vm-b\"\n",
+    )
+    .unwrap();
+    let output = run_check();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "listeners[0].idle_timeout: applies to tcp listeners only",
+        "listeners[1].name: duplicate listener name",
+        "listeners[1].bind: 127.0.0.1:7001 is already used",
+        "pools.p.ramp.window",
+        "pools.p.backends[1].address: duplicate backend address",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} missing:\n{stderr}");
+    }
+
+    std::fs::write(
+        &config,
+        "[pools.p]\n[[pools.p.backends]]\naddress = \"127.0.0.1:9001\"\nvm = \"vm-a\"\n\n\
+         [[qmp]]\nsocket = \"/run/vm-z.qmp\"\nvm = \"vm-z\"\n",
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&run_check().stderr).to_string();
+    assert!(stderr.contains("qmp[0].vm: no pool"), "{stderr}");
+
+    std::fs::write(
+        &config,
+        "[[peers]]\nurl = \"http://node b:9090\"\n[[peers]]\nurl = \"http://node-c:+80\"\n",
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&run_check().stderr).to_string();
+    assert!(
+        stderr.contains("peers[0].url") && stderr.contains("peers[1].url"),
+        "{stderr}"
+    );
+
+    for (state, why) in [
+        (dir.path().display().to_string(), "is a directory"),
+        (
+            config.join("state.json").display().to_string(),
+            "is not a directory",
+        ),
+    ] {
+        std::fs::write(&config, format!("[state]\nfile = \"{state}\"\n")).unwrap();
+        let output = run_check();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{state}: {stderr}");
+        assert!(stderr.contains("state.file") && stderr.contains(why), "{stderr}");
+    }
+}
+
+// 8. The recovery ramp after a health check stopped at an effective weight of 0.98 (its last step
+// was never published).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recovery_ramp_after_a_health_check_reaches_full_weight() {
+    let backends = three_backends().await;
+    let node = Node::start(&format!(
+        "{}{}",
+        control(0),
+        tcp_pool(
+            "ramp = { window = \"1s\" }\nhealth = { kind = \"tcp\", interval = \"100ms\", timeout = \"500ms\", rise = 1, fall = 1 }",
+            &named(&backends)
+        )
+    ));
+    let address = backends[0].address;
+    backends[0].stop();
+    let weight_of_a = || async {
+        let pools: serde_json::Value = node.client(None).get("/v1/pools").await.unwrap();
+        pools[0]["backends"][0]["effective_weight"].as_f64().unwrap()
+    };
+    assert!(eventually(Duration::from_secs(5), || async { weight_of_a().await == 0.0 }).await);
+    let _back = TcpBackend::start_on("vm-a", address).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async { weight_of_a().await == 1.0 }).await,
+        "stuck at {}",
+        weight_of_a().await
+    );
+}

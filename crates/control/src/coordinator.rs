@@ -902,10 +902,22 @@ impl Coordinator {
         let started = Instant::now();
         let deadline = started + timeout;
         let slots = self.slots();
+        // The balancers the notice went to, each result with its slot (names are unique).
+        let indices: Vec<usize> = results
+            .iter()
+            .map(|r| {
+                slots
+                    .iter()
+                    .position(|s| s.balancer.name() == r.name)
+                    .expect("every result comes from a slot")
+            })
+            .collect();
         loop {
             // A balancer that hangs is not asked again; one that serves the VM then keeps the VM
             // from counting as drained (its traffic cannot be seen).
-            let asked: Vec<usize> = (0..slots.len())
+            let asked: Vec<usize> = indices
+                .iter()
+                .copied()
                 .filter(|i| self.balancers.hung_since(*i).is_none())
                 .collect();
             let refs: Vec<&BalancerSlot> = asked.iter().map(|i| &slots[*i]).collect();
@@ -914,7 +926,8 @@ impl Coordinator {
             let mut active = 0;
             let mut unseen = 0;
             let mut remaining: Vec<ConnectionReport> = Vec::new();
-            for (index, (slot, result)) in slots.iter().zip(results.iter_mut()).enumerate() {
+            for (&index, result) in indices.iter().zip(results.iter_mut()) {
+                let slot = &slots[index];
                 let serves =
                     result.serves == Some(true) || self.balancers.serves_known(index, vm) == Some(true);
                 match by_index.remove(&index) {

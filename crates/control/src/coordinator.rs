@@ -56,6 +56,8 @@ use crate::stats::Stats;
 
 /// How often drain status is polled while waiting for drained.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// A run-loop iteration this late means the process was frozen (it wakes at least every second).
+const FROZEN: Duration = Duration::from_secs(3);
 /// Longest wait for drained a caller may ask for.
 pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Shortest deadline a notice may set: below it no migration could end in time, and the balancers'
@@ -669,46 +671,8 @@ impl Coordinator {
     pub async fn rejoin(&self) {
         let now = self.clock.now_ms();
         let slots = self.slots();
-        // What the peers know.
-        let peers: Vec<&BalancerSlot> = slots.iter().filter(|s| s.is_peer).collect();
-        let answers = join_all(
-            peers
-                .iter()
-                .map(|slot| async move { tokio::time::timeout(slot.timeout, slot.balancer.phases()).await }),
-        )
-        .await;
-        let mut newest: BTreeMap<VmId, VmPhase> = BTreeMap::new();
-        for (slot, answer) in peers.iter().zip(answers) {
-            match answer {
-                Ok(Ok(Some(phases))) => {
-                    for phase in phases {
-                        if newest.get(&phase.vm).is_none_or(|p| p.since < phase.since) {
-                            newest.insert(phase.vm.clone(), phase);
-                        }
-                    }
-                }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => {
-                    warn!(peer = %slot.balancer.name(), error = %e, "cannot fetch the current phases from this peer")
-                }
-                Err(_) => {
-                    warn!(peer = %slot.balancer.name(), "no answer from this peer for the current phases")
-                }
-            }
-        }
-        let mut learned = 0;
-        {
-            let mut book = self.book.lock();
-            for (vm, phase) in &newest {
-                let ours = book.registry.vm(vm).map(|s| s.since);
-                if ours.is_none_or(|since| since < phase.since)
-                    && book.registry.follow(vm, phase.command, now).is_some()
-                {
-                    book.bump(vm);
-                    learned += 1;
-                }
-            }
-        }
+        let newest = self.fetch_peer_phases().await;
+        let learned = self.learn(&newest, now).len();
         // Drains an earlier run left behind, that nothing here knows of.
         let local: Vec<&BalancerSlot> = slots.iter().filter(|s| !s.is_peer).collect();
         let found =
@@ -781,14 +745,99 @@ impl Coordinator {
         );
     }
 
+    /// The newest phase of every VM the peers know (each within its timeout; those that do not
+    /// answer are logged and skipped).
+    async fn fetch_peer_phases(&self) -> BTreeMap<VmId, VmPhase> {
+        let peers: Vec<&BalancerSlot> = self.slots().iter().filter(|s| s.is_peer).collect();
+        let answers = join_all(
+            peers
+                .iter()
+                .map(|slot| async move { tokio::time::timeout(slot.timeout, slot.balancer.phases()).await }),
+        )
+        .await;
+        let mut newest: BTreeMap<VmId, VmPhase> = BTreeMap::new();
+        for (slot, answer) in peers.iter().zip(answers) {
+            match answer {
+                Ok(Ok(Some(phases))) => {
+                    for phase in phases {
+                        if newest.get(&phase.vm).is_none_or(|p| p.since < phase.since) {
+                            newest.insert(phase.vm.clone(), phase);
+                        }
+                    }
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    warn!(peer = %slot.balancer.name(), error = %e, "cannot fetch the current phases from this peer")
+                }
+                Err(_) => {
+                    warn!(peer = %slot.balancer.name(), "no answer from this peer for the current phases")
+                }
+            }
+        }
+        newest
+    }
+
+    /// Follows every phase a peer changed more recently than this node did; returns those VMs.
+    fn learn(&self, newest: &BTreeMap<VmId, VmPhase>, now: Millis) -> Vec<VmId> {
+        let mut book = self.book.lock();
+        let mut learned = Vec::new();
+        for (vm, phase) in newest {
+            let ours = book.registry.vm(vm).map(|s| s.since);
+            if ours.is_none_or(|since| since < phase.since)
+                && book.registry.follow(vm, phase.command, now).is_some()
+            {
+                book.bump(vm);
+                learned.push(vm.clone());
+            }
+        }
+        learned
+    }
+
+    /// After this process was frozen (SIGSTOP, a stalled VM), peers may have changed phases it
+    /// missed and their retries may be seconds away: it asks them at once and tells its own
+    /// balancers what changed.
+    async fn catch_up(&self, frozen: Duration) {
+        let newest = self.fetch_peer_phases().await;
+        let now = self.clock.now_ms();
+        let learned = self.learn(&newest, now);
+        if !learned.is_empty()
+            && let Err(reason) = self.persist().await
+        {
+            error!(%reason, "cannot save the state file");
+        }
+        let deliveries: Vec<Delivery> = {
+            let book = self.book.lock();
+            learned
+                .iter()
+                .map(|vm| book.current(vm, now, Scope::Local))
+                .collect()
+        };
+        join_all(deliveries.iter().map(|d| self.deliver(d))).await;
+        warn!(
+            frozen_ms = millis(frozen),
+            learned = learned.len(),
+            "this node was frozen; phases fetched again from its peers"
+        );
+    }
+
     /// Runs deadlines, ramp ends, queued prepares, deliveries and retries until cancelled.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut last = Instant::now();
         loop {
             let next = self.next_wakeup();
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep_until(next) => {}
+            }
+            // The loop wakes at least every second: a much longer gap is a freeze.
+            let gap = last.elapsed();
+            last = Instant::now();
+            if gap > FROZEN && self.slots().iter().any(|s| s.is_peer) {
+                tokio::spawn({
+                    let this = self.clone();
+                    async move { this.catch_up(gap).await }
+                });
             }
             let now = self.clock.now_ms();
             let ticked = self.book.lock().tick(now);

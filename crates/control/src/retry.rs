@@ -13,7 +13,7 @@ use tokio::time::Instant;
 /// First retry delay for a balancer that could not be told.
 pub const RETRY_FIRST: Duration = Duration::from_millis(500);
 /// Longest retry delay: a balancer that comes back is caught up within this.
-pub const RETRY_MAX: Duration = Duration::from_secs(5);
+pub const RETRY_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 struct Pending {

@@ -1148,3 +1148,26 @@ async fn the_recovery_ramp_after_a_health_check_reaches_full_weight() {
         weight_of_a().await
     );
 }
+
+// 1 and 6. A node that was frozen (SIGSTOP) while the migration ended elsewhere catches up as
+// soon as it runs again, without waiting for its peer's next retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_was_frozen_asks_its_peers_for_the_current_phases_when_it_runs_again() {
+    let backends = three_backends().await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let url = |port: u16| format!("http://127.0.0.1:{port}");
+    let node_a = Node::start(&twin_config(port_a, &url(port_b), "", &backends));
+    let node_b = Node::start(&twin_config(port_b, &url(port_a), "", &backends));
+    assert_eq!(node_a.notice("vm-a", notice("prepare")).await.0, 200);
+    assert_eq!(pool_phase(&node_b, "vm-a").await, "draining");
+    node_b.signal("STOP");
+    assert_eq!(node_a.notice("vm-a", notice("completed")).await.0, 200);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    node_b.signal("CONT");
+    assert!(
+        common::log_contains(&node_b, "phases fetched again", Duration::from_secs(3)).await,
+        "{}",
+        node_b.log()
+    );
+    assert_ne!(pool_phase(&node_b, "vm-a").await, "draining");
+}

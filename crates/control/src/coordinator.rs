@@ -312,7 +312,7 @@ impl Coordinator {
 
     /// Handles a notice: validate, decide, persist, deliver, confirm, (wait), reply.
     pub async fn notice(
-        &self,
+        self: &Arc<Self>,
         vm: &VmId,
         request: &NoticeRequest,
     ) -> Result<NoticeResponse, CoordinatorError> {
@@ -521,27 +521,41 @@ impl Coordinator {
         }
     }
 
-    /// Tells the delivery's balancers; counts each call and logs what could not be told.
+    /// Tells the delivery's balancers at once, each within its timeout (a balancer known not to
+    /// answer is not waited for: see [`crate::delivery`]).
     async fn deliver(&self, delivery: &Delivery) -> Vec<BalancerResult> {
         let current = |vm: &VmId| self.book.lock().seq(vm);
         let results = self.balancers.deliver(delivery, &current).await;
-        let mut stats = self.stats.lock();
         results
             .into_iter()
             .map(|(_, result)| {
-                stats.balancer_call(&result.name, result.error.is_none());
-                if let Some(error) = &result.error {
-                    warn!(balancer = %result.name, vm = %delivery.vm, %error, "balancer not told; it is sent the current phase when it answers");
-                }
+                self.account(&result, &delivery.vm);
                 result
             })
             .collect()
     }
 
+    /// Counts a call, and logs what could not be told (a balancer already known not to answer is
+    /// not logged again for every VM).
+    fn account(&self, result: &BalancerResult, vm: &VmId) {
+        self.stats
+            .lock()
+            .balancer_call(&result.name, result.error.is_none());
+        if let Some(error) = &result.error
+            && self.balancers.should_log(&result.name)
+        {
+            warn!(balancer = %result.name, %vm, %error, "balancer not told; it is sent the current phase when it answers (logged once per 5 s per balancer)");
+        }
+    }
+
     /// Applies a command on this node's own balancers only, and follows it in the registry (the
     /// peer API: the node that sent it drives the migration; this one acts as a load-balancing
     /// module, and its own deadline and later notices agree with the sender).
-    pub async fn apply_local(&self, vm: &VmId, command: PhaseCommand) -> Result<Applied, CoordinatorError> {
+    pub async fn apply_local(
+        self: &Arc<Self>,
+        vm: &VmId,
+        command: PhaseCommand,
+    ) -> Result<Applied, CoordinatorError> {
         let local = self.balancers.in_scope(Scope::Local);
         let known: Vec<Option<bool>> = local
             .iter()
@@ -668,7 +682,7 @@ impl Coordinator {
     /// an earlier run left on driven balancers, saves, and tells this node's own balancers the
     /// current phase of every VM that is not stable (the peers get it in the background, for the
     /// migrations this node drives).
-    pub async fn rejoin(&self) {
+    pub async fn rejoin(self: &Arc<Self>) {
         let now = self.clock.now_ms();
         let slots = self.slots();
         let newest = self.fetch_peer_phases().await;
@@ -796,7 +810,7 @@ impl Coordinator {
     /// After this process was frozen (SIGSTOP, a stalled VM), peers may have changed phases it
     /// missed and their retries may be seconds away: it asks them at once and tells its own
     /// balancers what changed.
-    async fn catch_up(&self, frozen: Duration) {
+    async fn catch_up(self: &Arc<Self>, frozen: Duration) {
         let newest = self.fetch_peer_phases().await;
         let now = self.clock.now_ms();
         let learned = self.learn(&newest, now);
@@ -910,7 +924,9 @@ impl Coordinator {
                     info!(balancer = %result.name, vm = %delivery.vm, "balancer answers again; sending it every phase it missed");
                 }
                 Some(error) => {
-                    warn!(balancer = %result.name, vm = %delivery.vm, %error, retry_in = ?self.balancers.retries.backoff(index), "balancer still not answering");
+                    if self.balancers.should_log(&result.name) {
+                        warn!(balancer = %result.name, vm = %delivery.vm, %error, retry_in = ?self.balancers.retries.backoff(index), "balancer still not answering (logged once per 5 s per balancer)");
+                    }
                     break;
                 }
             }

@@ -66,6 +66,9 @@ pub struct Delivery {
     pub scope: Scope,
 }
 
+/// A balancer that cannot be told is logged at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
 enum Step {
     Superseded,
     Called(Result<handover_core::api::Applied, BalancerError>),
@@ -80,6 +83,8 @@ pub struct Balancers {
     hung: Mutex<Vec<Option<Instant>>>,
     /// Whether each balancer served a VM when it last answered about it.
     learned: Mutex<HashMap<(usize, VmId), bool>>,
+    /// When a failure to tell each balancer was last logged, by name.
+    logged: Mutex<HashMap<String, Instant>>,
     /// What is still to be told.
     pub retries: Retries,
 }
@@ -93,6 +98,7 @@ impl Balancers {
             lanes: KeyedLocks::default(),
             hung: Mutex::new(vec![None; count]),
             learned: Mutex::new(HashMap::new()),
+            logged: Mutex::new(HashMap::new()),
             retries: Retries::default(),
         }
     }
@@ -206,6 +212,20 @@ impl Balancers {
                 }
                 let error = BalancerError::Timeout(slot.timeout.as_millis() as u64);
                 not_told(slot, Some(error.to_string()), serves, worth_retrying, elapsed)
+            }
+        }
+    }
+
+    /// Whether a failure to tell this balancer is to be logged now (at most once per 5 s each: a
+    /// peer that is down must not fill the log with one line per notice).
+    pub fn should_log(&self, name: &str) -> bool {
+        let now = Instant::now();
+        let mut logged = self.logged.lock();
+        match logged.get(name) {
+            Some(at) if now.duration_since(*at) < LOG_EVERY => false,
+            _ => {
+                logged.insert(name.to_string(), now);
+                true
             }
         }
     }

@@ -10,12 +10,14 @@
 //! - [`durable`]: where a change is saved before it is acknowledged (the state file).
 //! - [`keyed_lock`]: async locks by key, so that work on one VM waits only for that VM.
 //! - [`api`]: the HTTP control API (axum), including the peer-facing balancer endpoints.
+//! - [`dashboard`]: the live page for operators and its event stream.
 //! - [`metrics`] + [`stats`]: Prometheus exposition.
 //! - [`clock`]: wall-clock milliseconds on top of tokio's (pausable) clock.
 
 pub mod api;
 pub mod clock;
 pub mod coordinator;
+pub mod dashboard;
 pub mod delivery;
 pub mod durable;
 pub mod fanout;

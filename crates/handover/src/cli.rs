@@ -14,6 +14,25 @@ pub struct Cli {
     /// The command.
     #[command(subcommand)]
     pub command: Command,
+    /// How handover's own log lines (on stderr) are written: `text` (colours only on a terminal)
+    /// or `json` (one object per line). The level comes from `RUST_LOG`.
+    #[arg(
+        long,
+        global = true,
+        env = "HANDOVER_LOG_FORMAT",
+        default_value = "text",
+        value_enum
+    )]
+    pub log_format: LogFormat,
+}
+
+/// Format of handover's own log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Default control API URL of the CLI commands.
@@ -284,6 +303,17 @@ pub enum Command {
         /// The control API.
         #[command(flatten)]
         control: ControlArgs,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print a man page (roff) to stdout: handover(1), or handover-COMMAND(1) for one command
+    /// (`handover man > /usr/local/share/man/man1/handover.1`).
+    Man {
+        /// A command (`run`, `notify`, ...): its own page.
+        command: Option<String>,
     },
     /// Start three demo backends, the proxy and a load generator, and walk a VM through a
     /// migration (prepare → drained → started → completed → ramp) in about 30 seconds.

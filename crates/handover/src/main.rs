@@ -15,12 +15,13 @@ mod state_file;
 mod status;
 mod testbed;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, LogFormat};
 
 /// Exit status: success.
 pub const EXIT_OK: u8 = 0;
@@ -36,16 +37,38 @@ pub const EXIT_PENDING: u8 = 5;
 /// Exit status: `migrate` was interrupted (Ctrl-C) and the migration cancelled.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
+/// `handover man [COMMAND]`.
+fn man(command: Option<&str>) -> anyhow::Result<u8> {
+    let cli = Cli::command();
+    let page = match command {
+        None => cli,
+        Some(name) => {
+            let Some(sub) = cli.find_subcommand(name) else {
+                let names: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
+                anyhow::bail!("no command {name:?}; the commands are {}", names.join(", "));
+            };
+            sub.clone()
+                .name(Box::leak(format!("handover-{name}").into_boxed_str()) as &str)
+        }
+    };
+    clap_mangen::Man::new(page).render(&mut std::io::stdout())?;
+    Ok(EXIT_OK)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Run { .. } => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 
     // `run` serves on data-plane threads of its own (one runtime each); its control plane is light
     // and takes this thread alone. Every other command runs on a multi-threaded runtime.
@@ -79,6 +102,11 @@ fn main() -> ExitCode {
             Command::LibvirtHook(args) => libvirt_hook::hook(args).await,
             Command::Status { json, control } => status::status(&control, json).await,
             Command::Demo => demo::run().await,
+            Command::Completions { shell } => {
+                clap_complete::generate(shell, &mut Cli::command(), "handover", &mut std::io::stdout());
+                Ok(EXIT_OK)
+            }
+            Command::Man { command } => man(command.as_deref()),
         }
     });
     match result {

@@ -13,6 +13,7 @@ use handover_core::config::Config;
 use handover_drivers::PeerBalancer;
 use handover_drivers::haproxy::HaproxyBalancer;
 use handover_drivers::nginx::NginxBalancer;
+use handover_proxy::access_log::AccessLogs;
 use handover_proxy::{DataPlane, EmbeddedBalancer, Listeners, Pools};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,6 +34,41 @@ pub struct Running {
     cancel: CancellationToken,
     tasks: TaskTracker,
     data_plane: DataPlane,
+}
+
+/// Reopens every access log file on SIGUSR1 (logrotate's `postrotate`).
+async fn reopen_access_logs_on_sigusr1(logs: Arc<AccessLogs>, cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        tracing::warn!("cannot listen for SIGUSR1: access logs will not be reopened on it");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = usr1.recv() => {
+                info!("SIGUSR1: reopening the access logs");
+                logs.reopen();
+            }
+        }
+    }
+}
+
+/// `handover_access_log_dropped_total{listener}`: lines dropped because the writer fell behind.
+fn access_log_metrics(logs: &AccessLogs, out: &mut String) {
+    let dropped = logs.dropped();
+    if dropped.is_empty() {
+        return;
+    }
+    out.push_str(
+        "# HELP handover_access_log_dropped_total Access log lines dropped because the writer fell behind.\n",
+    );
+    out.push_str("# TYPE handover_access_log_dropped_total counter\n");
+    for (listener, count) in dropped {
+        out.push_str(&format!(
+            "handover_access_log_dropped_total{{listener=\"{listener}\"}} {count}\n"
+        ));
+    }
 }
 
 /// Data-plane workers when none are asked for: one per core.
@@ -135,10 +171,12 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
     tasks.spawn(coordinator.clone().run(cancel.clone()));
     crate::sources::start_qmp_watchers(config, &coordinator, &cancel, &tasks);
 
-    let app = router(Arc::new(ApiState {
-        coordinator: coordinator.clone(),
-        token: config.control.token.clone(),
-    }));
+    let access_logs = data_plane.access_logs();
+    tasks.spawn(reopen_access_logs_on_sigusr1(access_logs.clone(), cancel.clone()));
+    let app = router(Arc::new(
+        ApiState::new(coordinator.clone(), config.control.token.clone())
+            .with_metrics(move |out| access_log_metrics(&access_logs, out)),
+    ));
     let api_cancel = cancel.clone();
     tasks.spawn(async move {
         let server = axum::serve(ControlListener::new(control_listener), app)

@@ -117,7 +117,7 @@ async fn headers_are_rewritten_and_errors_are_clear() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.body, "vm-a");
 
-    // Nothing reachable at all: a clear 502 that says why.
+    // Nothing reachable at all: a clear 502; the log says why.
     let unreachable = Node::start(&config(&[dead], "retries = 0"));
     let mut fresh = HttpClient::connect(unreachable.listener("web")).await;
     let answer = fresh.get("/").await;
@@ -127,7 +127,16 @@ async fn headers_are_rewritten_and_errors_are_clear() {
         "{}",
         answer.body
     );
-    assert!(answer.body.contains("Connection refused"), "{}", answer.body);
+    assert!(
+        !answer.body.contains("Connection refused") && !answer.body.contains(&dead.port().to_string()),
+        "the client is not told which address failed or why: {}",
+        answer.body
+    );
+    assert!(
+        common::log_contains(&unreachable, "Connection refused", Duration::from_secs(5)).await,
+        "the log is: {}",
+        unreachable.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

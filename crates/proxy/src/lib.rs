@@ -16,8 +16,11 @@
 //! - [`listeners`]: binds every listener before any starts, a socket per worker.
 //! - [`workers`]: the data plane's threads, a single-threaded runtime each.
 //! - [`embedded`]: the proxy as a balancer.
+//! - [`access_log`]: one line per request or connection, written off the data plane.
+//! - [`log_limit`]: a budget for log lines a flood could repeat.
 
 mod accept;
+pub mod access_log;
 pub mod backend;
 pub mod buffer;
 pub mod descriptors;
@@ -25,6 +28,7 @@ pub mod embedded;
 pub mod health;
 pub mod http;
 pub mod listeners;
+pub mod log_limit;
 pub mod pools;
 mod random;
 pub mod relay;

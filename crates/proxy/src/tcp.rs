@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::accept::accept_loop;
+use crate::access_log::{AccessLog, Entry};
 use crate::backend::Traffic;
 use crate::descriptors::{self, CONNECT_EXHAUSTED};
 use crate::pools::Pool;
@@ -28,6 +29,8 @@ pub struct TcpRoute {
     pub pool: Arc<Pool>,
     /// Close connections idle this long.
     pub idle_timeout: Option<Duration>,
+    /// One line per connection, if configured.
+    pub access_log: Option<AccessLog>,
 }
 
 /// Accepts connections until cancelled; each is relayed on its own task.
@@ -47,8 +50,10 @@ pub async fn serve(
 
 async fn handle(mut client: TcpStream, peer: SocketAddr, route: &TcpRoute) {
     let pool = &route.pool;
+    let started = Instant::now();
     let attempts = pool.config.retries as usize + 1;
     let mut tried: Vec<usize> = Vec::with_capacity(attempts);
+    let mut last_error = None;
     for _ in 0..attempts {
         let (entry, guard) = {
             let snapshot = pool.snapshot();
@@ -65,11 +70,33 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, route: &TcpRoute) {
         match connect {
             Ok(Ok(mut upstream)) => {
                 pool.record_traffic(entry.backend.index, true);
+                let connected = started.elapsed();
                 let _ = upstream.set_nodelay(true);
-                if let Err(e) = relay(&mut client, &mut upstream, route.idle_timeout).await {
+                let relayed = relay(&mut client, &mut upstream, route.idle_timeout).await;
+                if let Err(e) = &relayed {
                     debug!(listener = %route.listener, backend = %entry.address, error = %e, "connection ended with an error");
                 }
                 drop(guard);
+                if let Some(log) = &route.access_log {
+                    let (counts, error) = match relayed {
+                        Ok(counts) => (counts, None),
+                        Err(e) => (Default::default(), Some(e.to_string())),
+                    };
+                    log.record(Entry {
+                        time: SystemTime::now(),
+                        client: peer,
+                        protocol: "tcp",
+                        request: None,
+                        status: None,
+                        backend: Some((entry.backend.clone(), entry.address)),
+                        phase: Some(entry.phase),
+                        bytes_in: counts.upstream,
+                        bytes_out: counts.downstream,
+                        ttfb: Some(connected),
+                        total: started.elapsed(),
+                        error,
+                    });
+                }
                 return;
             }
             Ok(Err(e)) if descriptors::is_exhaustion(&e) => {
@@ -84,17 +111,38 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, route: &TcpRoute) {
                 entry.backend.record_failure();
                 pool.record_traffic(entry.backend.index, false);
                 warn!(listener = %route.listener, backend = %entry.address, error = %e, "connect failed; trying another backend");
+                last_error = Some(e.to_string());
             }
             Err(_) => {
                 entry.backend.record_failure();
                 pool.record_traffic(entry.backend.index, false);
                 warn!(listener = %route.listener, backend = %entry.address, "connect timed out; trying another backend");
+                last_error = Some("connect timed out".to_string());
             }
         }
         drop(guard);
         tried.push(entry.backend.index);
     }
     warn!(listener = %route.listener, client = %peer, tried = tried.len(), "no backend could take the connection; closing it");
+    if let Some(log) = &route.access_log {
+        log.record(Entry {
+            time: SystemTime::now(),
+            client: peer,
+            protocol: "tcp",
+            request: None,
+            status: None,
+            backend: None,
+            phase: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            ttfb: None,
+            total: started.elapsed(),
+            error: Some(match last_error {
+                Some(e) => format!("no backend could take the connection (last: {e})"),
+                None => "no backend could take the connection".into(),
+            }),
+        });
+    }
 }
 
 /// Connects within `timeout`. Running out of descriptors is waited out (10 ms, doubling) within

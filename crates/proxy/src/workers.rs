@@ -18,6 +18,7 @@ use tracing::error;
 
 use handover_core::model::ListenerKind;
 
+use crate::access_log::AccessLogs;
 use crate::backend::BackendRuntime;
 use crate::http::{self, HttpRoute};
 use crate::listeners::Listeners;
@@ -30,6 +31,8 @@ use crate::tcp::{self, TcpRoute};
 pub struct DataPlane {
     /// One per worker.
     threads: Vec<JoinHandle<()>>,
+    /// The listeners' access logs.
+    access_logs: Arc<AccessLogs>,
     /// Ends the workers' runtimes, closing whatever is still open.
     stop: CancellationToken,
 }
@@ -56,6 +59,12 @@ impl DataPlane {
         tasks: &TaskTracker,
     ) -> io::Result<Self> {
         let workers = listeners.bound.iter().map(|l| l.sockets.len()).max().unwrap_or(0);
+        let access_logs = Arc::new(AccessLogs::open(listeners.bound.iter().filter_map(|l| {
+            l.config
+                .access_log
+                .as_ref()
+                .map(|log| (l.config.name.as_str(), log))
+        }))?);
         let mut per_worker: Vec<WorkerSockets> = (0..workers)
             .map(|_| WorkerSockets { routes: Vec::new() })
             .collect();
@@ -69,12 +78,14 @@ impl DataPlane {
                     listener: config.name.clone(),
                     pool,
                     idle_timeout: config.idle_timeout,
+                    access_log: access_logs.of(&config.name),
                 })),
                 ListenerKind::Http => Route::Http(Arc::new(HttpRoute {
                     listener: config.name.clone(),
                     pool,
                     response_timeout: config.response_timeout,
                     client_timeout: config.client_timeout,
+                    access_log: access_logs.of(&config.name),
                 })),
             };
             for (worker, socket) in listener.sockets.into_iter().enumerate() {
@@ -103,7 +114,16 @@ impl DataPlane {
                 .spawn(move || runtime.block_on(serve(sockets, backends, cancel, tasks, stop)))?;
             threads.push(thread);
         }
-        Ok(Self { threads, stop })
+        Ok(Self {
+            threads,
+            access_logs,
+            stop,
+        })
+    }
+
+    /// The listeners' access logs (to reopen them, and for their dropped-line counts).
+    pub fn access_logs(&self) -> Arc<AccessLogs> {
+        self.access_logs.clone()
     }
 
     /// Number of worker threads.

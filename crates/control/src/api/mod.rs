@@ -6,6 +6,8 @@
 //! Load-balancing module (what peers call): `PUT /v1/balancer/vms/{vm}`, `PUT .../addresses`,
 //! `GET /v1/balancer/vms/{vm}/drain`, `GET /v1/balancer/status`, `GET /v1/balancer/phases`.
 //!
+//! Dashboard (see [`crate::dashboard`]): `GET /`, `GET /dashboard`, `GET /v1/events`.
+//!
 //! When a token is configured, every mutating call needs `Authorization: Bearer <token>`.
 
 mod auth;
@@ -21,6 +23,7 @@ use axum::Router;
 use axum::routing::{get, post, put};
 
 pub use error::ApiError;
+pub(crate) use views::collect_vms;
 
 use crate::coordinator::Coordinator;
 
@@ -31,6 +34,39 @@ pub struct ApiState {
     pub coordinator: Arc<Coordinator>,
     /// Bearer token for mutating calls.
     pub token: Option<String>,
+    /// The dashboard's share history.
+    pub shares: Arc<crate::dashboard::ShareHistory>,
+    /// More lines for `GET /metrics`, from parts the control plane does not own.
+    pub extra_metrics: Vec<MetricSource>,
+}
+
+/// Writes Prometheus lines of a part of the node the control plane does not own (the data plane's
+/// access logs, say), appended to `GET /metrics`.
+#[derive(Clone)]
+pub struct MetricSource(pub Arc<dyn Fn(&mut String) + Send + Sync>);
+
+impl std::fmt::Debug for MetricSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricSource")
+    }
+}
+
+impl ApiState {
+    /// The state of an API over `coordinator`, with an optional bearer token.
+    pub fn new(coordinator: Arc<Coordinator>, token: Option<String>) -> Self {
+        Self {
+            coordinator,
+            token,
+            shares: Arc::default(),
+            extra_metrics: Vec::new(),
+        }
+    }
+
+    /// Adds a source of metric lines.
+    pub fn with_metrics(mut self, source: impl Fn(&mut String) + Send + Sync + 'static) -> Self {
+        self.extra_metrics.push(MetricSource(Arc::new(source)));
+        self
+    }
 }
 
 /// The whole router.
@@ -49,6 +85,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/balancer/vms/{vm}/drain", get(peer::drain))
         .route("/v1/balancer/status", get(peer::status))
         .route("/v1/balancer/phases", get(peer::phases))
+        .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::not_found("no such endpoint; see the README's API section") })
         .with_state(state)
 }

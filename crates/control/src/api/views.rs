@@ -15,7 +15,7 @@ use super::{ApiError, ApiState, vm_from_path};
 use crate::metrics::{self, MetricsInput};
 
 /// Every VM known to the registry or to a local pool.
-async fn collect_vms(state: &ApiState) -> Vec<VmView> {
+pub(crate) async fn collect_vms(state: &ApiState) -> Vec<VmView> {
     let local = state.coordinator.local_status().await;
     let history = state.coordinator.history();
     let mut views: BTreeMap<VmId, VmView> = BTreeMap::new();
@@ -107,11 +107,14 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
     let vms = state.coordinator.vm_states();
     let history = state.coordinator.history();
     let stats = state.coordinator.stats();
-    let text = metrics::render(&MetricsInput {
+    let mut text = metrics::render(&MetricsInput {
         local: &local,
         vms: &vms,
         history: &history,
         stats: &stats,
     });
+    for source in &state.extra_metrics {
+        (source.0)(&mut text);
+    }
     ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }

@@ -3,6 +3,7 @@
 //!
 //! This module only parses text; reading the file is the binary's job.
 
+pub mod access_log;
 mod error;
 mod reader;
 pub mod serde_duration;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::de::DeTable;
 
+pub use access_log::AccessLogConfig;
 pub use error::{ConfigError, ConfigErrors};
 use reader::{Doc, Field, Fields};
 
@@ -225,6 +227,8 @@ pub struct ListenerConfig {
     /// sends a request body or reads a response, before its connection is closed.
     #[serde(with = "serde_duration")]
     pub client_timeout: Duration,
+    /// Where its access log goes, and in what form (none: off).
+    pub access_log: Option<AccessLogConfig>,
 }
 
 /// The capacity guard of a pool.
@@ -548,6 +552,10 @@ fn read_listener(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<Listene
     let client_timeout = or_default(t.get("client_timeout"), Duration::from_secs(60), |f| {
         positive(doc, f)
     });
+    let access_log = match t.get("access_log") {
+        Some(f) => access_log::read_access_log(doc, &f),
+        None => Some(None),
+    };
     t.finish(doc);
     Some(ListenerConfig {
         name: name?,
@@ -557,6 +565,7 @@ fn read_listener(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<Listene
         idle_timeout: idle_timeout?,
         response_timeout: response_timeout?,
         client_timeout: client_timeout?,
+        access_log: access_log?,
     })
 }
 

@@ -7,6 +7,7 @@ pub mod backends;
 pub mod lb;
 pub mod qemu;
 pub mod raw;
+pub mod recorder;
 pub mod skip;
 
 use std::collections::BTreeMap;
@@ -43,12 +44,21 @@ struct Ready {
 impl Node {
     /// Starts `handover run` on this configuration and waits until it listens.
     pub fn start(config: &str) -> Node {
-        Self::start_limited(config, None)
+        Self::spawn(config, &[], None)
+    }
+
+    /// The same with more arguments to `handover run` (`--workers 1`, say).
+    pub fn start_with(config: &str, args: &[&str]) -> Node {
+        Self::spawn(config, args, None)
     }
 
     /// Starts `handover run` with at most `nofile` open descriptors (soft and hard limit, set by
     /// util-linux's `prlimit` before it executes the binary, so the pid is handover's).
     pub fn start_limited(config: &str, nofile: Option<u64>) -> Node {
+        Self::spawn(config, &[], nofile)
+    }
+
+    fn spawn(config: &str, args: &[&str], nofile: Option<u64>) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("handover.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -68,6 +78,7 @@ impl Node {
             .arg("--ready-file")
             .arg(&ready)
             .args(["--shutdown-grace", "1s"])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -188,16 +199,6 @@ impl Node {
         self.child.id()
     }
 
-    /// Sends a signal (`STOP`, `CONT`, `KILL`...) to the process.
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} failed");
-    }
-
     /// Kills the process at once (SIGKILL: no shutdown, no last state write) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -206,8 +207,13 @@ impl Node {
 
     /// Asks the node to stop gracefully (SIGTERM), without waiting.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the node a signal (`TERM`, `USR1`, `STOP`, ...), without waiting.
+    pub fn signal(&self, name: &str) {
         let _ = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(self.child.id().to_string())
             .status();
     }

@@ -24,12 +24,14 @@ use tracing::{debug, warn};
 use handover_core::model::Keep;
 
 use super::Connection;
+use super::answers;
 use super::body::BodyCounter;
 use super::head::{self, Framing, Request, Response, ResponseContext};
-use super::local;
+use super::logging::RequestRecord;
 use super::upstream::{self, Upstream};
 use crate::backend::Traffic;
 use crate::buffer::Buffer;
+use crate::log_limit::LogLimit;
 use crate::random;
 use crate::snapshot::{BackendEntry, PoolSnapshot};
 
@@ -43,6 +45,8 @@ enum Failure {
     Timeout,
     /// The client's body is malformed; it gets 400.
     BadRequest(String),
+    /// The client stopped sending its body for `client_timeout`; it gets 408.
+    ClientTimeout,
     /// The client went away.
     Client,
 }
@@ -58,8 +62,22 @@ struct Answered {
 }
 
 /// Forwards one request; returns whether the client connection stays open. `out` holds the
-/// request head as it is forwarded.
-pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Buffer) -> bool {
+/// request head as it is forwarded. Where the listener has an access log, the request's line is
+/// gathered on the way and handed to it at the end.
+pub(super) async fn forward(conn: &mut Connection, request: Request, out: Buffer) -> bool {
+    if conn.route.access_log.is_none() {
+        return forward_inner(conn, request, out).await;
+    }
+    conn.record = Some(RequestRecord::new(
+        Some(request.line.text()),
+        request.head_len as u64,
+    ));
+    let keep = forward_inner(conn, request, out).await;
+    conn.finish_record();
+    keep
+}
+
+async fn forward_inner(conn: &mut Connection, request: Request, mut out: Buffer) -> bool {
     let route = conn.route.clone();
     let pool = &route.pool;
     let started = Instant::now();
@@ -77,7 +95,7 @@ pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Bu
                 &request,
                 out,
                 502,
-                &unreachable(&pool.config.name, last_error.as_deref()),
+                &unreachable(&route.listener, &pool.config.name, last_error.as_deref()),
             )
             .await;
         }
@@ -98,13 +116,16 @@ pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Bu
                 return refuse(conn, &request, out, 503, &message).await;
             }
             Err(_) => {
-                let message = unreachable(&pool.config.name, last_error.as_deref());
+                let message = unreachable(&route.listener, &pool.config.name, last_error.as_deref());
                 return refuse(conn, &request, out, 502, &message).await;
             }
         };
         let guard = entry
             .backend
             .track(conn.peer, entry.address, Traffic::Http(request.line), started);
+        if let Some(record) = conn.record.as_mut() {
+            record.backend = Some(entry.clone());
+        }
         let idle = if fresh_only {
             None
         } else {
@@ -167,20 +188,27 @@ pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Bu
             Err(Failure::Timeout) => {
                 entry.backend.record_failure();
                 pool.record_traffic(entry.backend.index, false);
-                let message = format!(
-                    "backend {} did not answer within {:?}",
-                    entry.address, route.response_timeout
-                );
+                if let Some(left_out) = BACKEND_FAILED.admit() {
+                    warn!(listener = %route.listener, backend = %entry.address, timeout = ?route.response_timeout, left_out, "backend did not answer in time");
+                }
+                let message = format!("the backend did not answer within {:?}", route.response_timeout);
                 return refuse(conn, &request, out, 504, &message).await;
             }
             Err(Failure::BadRequest(reason)) => {
                 debug!(client = %conn.peer, %reason, "request body refused");
-                local::write(&mut out, 400, &reason, false);
-                conn.unread = true;
-                let _ = conn.send(out.filled()).await;
+                return close_with(conn, out, 400, &reason).await;
+            }
+            Err(Failure::ClientTimeout) => {
+                debug!(client = %conn.peer, "request body stalled");
+                let message = format!("the request body stalled for {:?}", route.client_timeout);
+                return close_with(conn, out, 408, &message).await;
+            }
+            Err(Failure::Client) => {
+                if let Some(record) = conn.record.as_mut() {
+                    record.failed("the client went away before its request was whole");
+                }
                 return false;
             }
-            Err(Failure::Client) => return false,
         }
         drop(guard);
     };
@@ -195,13 +223,35 @@ pub(super) async fn forward(conn: &mut Connection, request: Request, mut out: Bu
     keep
 }
 
-/// The 502 text when no backend of `pool` could be connected to; `last_error` is the last
-/// connect failure.
-fn unreachable(pool: &str, last_error: Option<&str>) -> String {
-    format!(
-        "no backend of pool {pool} could be reached: {}",
-        last_error.unwrap_or("no backend was tried")
-    )
+/// One line per second at most for backend failures a flood could repeat per request.
+static BACKEND_FAILED: LogLimit = LogLimit::new(Duration::from_secs(1));
+
+/// The 502 text when no backend of `pool` could be connected to (the client is not told which
+/// addresses were tried or why they failed: the log says, with `last_error`, the last connect
+/// failure).
+fn unreachable(listener: &str, pool: &str, last_error: Option<&str>) -> String {
+    if let Some(left_out) = BACKEND_FAILED.admit() {
+        warn!(
+            listener,
+            pool,
+            error = last_error.unwrap_or("no backend was tried"),
+            left_out,
+            "no backend could be reached"
+        );
+    }
+    format!("no backend of pool {pool} could be reached")
+}
+
+/// Answers with a local error and closes the client connection (reading what it still sends
+/// for a while, so the answer is not lost to a reset).
+async fn close_with(conn: &mut Connection, mut out: Buffer, status: u16, message: &str) -> bool {
+    if let Some(record) = conn.record.as_mut() {
+        record.answered(status, Some(message));
+    }
+    answers::write(&mut out, status, message, false);
+    conn.unread = true;
+    let _ = conn.send(out.filled()).await;
+    false
 }
 
 /// Sends the request on `upstream` and reads until a final response head; interim responses go
@@ -222,6 +272,9 @@ async fn attempt(
     let here = body
         .take(input.filled())
         .map_err(|e| Failure::BadRequest(format!("request body: {e}")))?;
+    if let Some(record) = conn.record.as_mut() {
+        record.body_in += here as u64;
+    }
     let fits = here.min(out.room());
     out.extend(&input.filled()[..fits]);
     let mut written = upstream.stream.write_all(out.filled()).await;
@@ -298,7 +351,10 @@ async fn attempt(
         };
         if response.interim {
             from_backend.consume(response.head_len);
-            conn.send(out.filled()).await.map_err(|_| Failure::Client)?;
+            // An HTTP/1.0 client cannot be sent a 1xx (RFC 9110 §15.2): it waits for the final one.
+            if request.version == 1 {
+                conn.send(out.filled()).await.map_err(|_| Failure::Client)?;
+            }
             continue;
         }
         if replayable && let Some(input) = conn.input.as_mut() {
@@ -336,6 +392,7 @@ async fn pump_body(
     let input = conn.input.get_or_insert_with(Buffer::take);
     let (backend_read, mut backend_write) = upstream.stream.split();
     let timer = &mut conn.timer;
+    let record = &mut conn.record;
     loop {
         if body.is_done() {
             return Ok(());
@@ -357,6 +414,9 @@ async fn pump_body(
                 written = backend_write.write_all(&input.filled()[..n]) => {
                     written.map_err(|e| Failure::Backend(e.to_string()))?;
                     input.consume(n);
+                    if let Some(record) = record.as_mut() {
+                        record.body_in += n as u64;
+                    }
                 }
                 // The backend takes no more of the body and does not answer either.
                 _ = timer.until(stalled) => return Err(Failure::Timeout),
@@ -376,10 +436,7 @@ async fn pump_body(
                 Ok(_) => {}
             },
             // The client stopped sending its body midway.
-            _ = timer.until(stalled) => {
-                debug!(client = %conn.peer, "request body stalled");
-                return Err(Failure::Client);
-            }
+            _ = timer.until(stalled) => return Err(Failure::ClientTimeout),
         }
     }
 }
@@ -413,13 +470,19 @@ async fn relay_response(
     } = answered;
     from_backend.consume(response.head_len);
     let mut body = BodyCounter::new(response.framing);
-    let failed = |reason: &str| {
+    if let Some(record) = conn.record.as_mut() {
+        record.answered(response.status, None);
+    }
+    let failed = |conn: &mut Connection, reason: &str| {
         entry.backend.record_failure();
         debug!(backend = %entry.address, reason, "response ended early");
+        if let Some(record) = conn.record.as_mut() {
+            record.failed(reason);
+        }
         false
     };
     let Ok(here) = body.take(from_backend.filled()) else {
-        return failed("malformed chunked body");
+        return failed(conn, "malformed chunked body");
     };
     // The head and as much of the body as fits go in one write.
     let fits = here.min(out.room());
@@ -427,14 +490,14 @@ async fn relay_response(
     from_backend.consume(fits);
     let mut pending = here - fits;
     if conn.send(out.filled()).await.is_err() {
-        return false;
+        return client_gone(conn);
     }
     drop(out);
     let mut upstream = upstream;
     loop {
         if pending > 0 {
             if conn.send(&from_backend.filled()[..pending]).await.is_err() {
-                return false;
+                return client_gone(conn);
             }
             from_backend.consume(pending);
         }
@@ -447,17 +510,17 @@ async fn relay_response(
         let read = tokio::select! {
             biased;
             read = from_backend.read_from(&mut upstream.stream) => read,
-            _ = conn.timer.until(silent) => return failed("the backend went silent inside the body"),
+            _ = conn.timer.until(silent) => return failed(conn, "the backend went silent inside the body"),
         };
         match read {
             Ok(0) if matches!(body, BodyCounter::UntilClose) => break,
-            Ok(0) => return failed("connection closed inside the body"),
+            Ok(0) => return failed(conn, "connection closed inside the body"),
             Ok(_) => {}
-            Err(_) => return failed("read error inside the body"),
+            Err(_) => return failed(conn, "read error inside the body"),
         }
         match body.take(from_backend.filled()) {
             Ok(n) => pending = n,
-            Err(_) => return failed("malformed chunked body"),
+            Err(_) => return failed(conn, "malformed chunked body"),
         }
     }
     // Bytes after the body are a protocol error: such a connection is not reused.
@@ -467,6 +530,14 @@ async fn relay_response(
     }
     conn.unread = !request_complete;
     response.client_keep_alive && request_complete
+}
+
+/// The client stopped taking the response: noted for the access log; the connection closes.
+fn client_gone(conn: &mut Connection) -> bool {
+    if let Some(record) = conn.record.as_mut() {
+        record.failed("the client stopped reading the response");
+    }
+    false
 }
 
 /// Answers with a local error; the connection stays open only for a bodiless request that asked
@@ -480,7 +551,10 @@ async fn refuse(
 ) -> bool {
     let keep = request.keep_alive && request.framing == Framing::Empty && !conn.shutdown.is_triggered();
     conn.unread = request.framing != Framing::Empty;
-    local::write(&mut out, status, message, keep);
+    if let Some(record) = conn.record.as_mut() {
+        record.answered(status, Some(message));
+    }
+    answers::write(&mut out, status, message, keep);
     conn.send(out.filled()).await.is_ok() && keep
 }
 
@@ -494,9 +568,10 @@ async fn backend_failed(
 ) -> bool {
     entry.backend.record_failure();
     conn.route.pool.record_traffic(entry.backend.index, false);
-    debug!(listener = %conn.route.listener, backend = %entry.address, %error, "upstream request failed");
-    let message = format!("backend {} failed: {error}", entry.address);
-    refuse(conn, request, out, 502, &message).await
+    if let Some(left_out) = BACKEND_FAILED.admit() {
+        warn!(listener = %conn.route.listener, backend = %entry.address, %error, left_out, "upstream request failed");
+    }
+    refuse(conn, request, out, 502, "the backend failed to answer").await
 }
 
 /// The sticky backend if the session may still go there, else the selector's pick.

@@ -4,24 +4,29 @@
 //!
 //! What is written differs from what came in only by the proxy's header rules:
 //! - hop-by-hop headers go (`Connection`, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`,
-//!   `Proxy-Authorization`, `TE`, `Trailer`, `Upgrade`, and every header `Connection` names);
-//!   `Transfer-Encoding: chunked` stays, since chunked bodies pass through unchanged;
-//! - requests: an absolute-form target becomes origin-form with `Host` taken from it, the
-//!   client's address is appended to `X-Forwarded-For`, and an HTTP/1.0 request asks the backend
-//!   to keep the connection (`Connection: keep-alive`: it is reused whatever the client does);
-//! - responses: the status line says HTTP/1.1, a sticky-session cookie may be added, and
-//!   `Connection` says what the proxy will do with the client connection.
+//!   `Proxy-Authorization`, `TE`, `Trailer`, `Upgrade`, and every header `Connection` names —
+//!   which may never be a framing or routing field, see [`fields`](super::fields));
+//! - requests: framing is written in one canonical form (one `Content-Length: N`, or
+//!   `Transfer-Encoding: chunked`), an absolute-form target becomes origin-form with `Host` taken
+//!   from it, the client's address is appended to `X-Forwarded-For`, and an HTTP/1.0 request asks
+//!   the backend to keep the connection (`Connection: keep-alive`: it is reused whatever the client
+//!   does);
+//! - responses: the status line says HTTP/1.1, repeated equal lengths become one, a
+//!   sticky-session cookie may be added, and `Connection` says what the proxy will do with the
+//!   client connection.
 //!
 //! Nothing here allocates for an ordinary message: headers are parsed into an uninitialised array
 //! on the stack and copied straight into the output buffer.
 
 use std::mem::MaybeUninit;
 
+use super::fields::{Field, Scan};
+use super::rewrite::{HeadWriter, emit_headers};
+use super::target::{self, Target};
 use crate::backend::RequestLine;
 use crate::buffer::Buffer;
 
-/// Most header fields in one head.
-pub const MAX_HEADERS: usize = 100;
+pub use super::fields::MAX_HEADERS;
 
 /// Where a message body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,264 +127,6 @@ pub struct ResponseContext<'a> {
     pub set_cookie: Option<&'a str>,
 }
 
-/// What a header field is to the proxy, told from its name (by length first: one comparison at
-/// most for most names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Field {
-    /// Passed on unchanged.
-    Plain,
-    ContentLength,
-    TransferEncoding,
-    Connection,
-    Host,
-    Expect,
-    Cookie,
-    ForwardedFor,
-    /// Never forwarded: `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`,
-    /// `Proxy-Authorization`, `TE`, `Trailer`, `Upgrade`.
-    HopByHop,
-}
-
-impl Field {
-    fn of(name: &str) -> Self {
-        let name = name.as_bytes();
-        let Some(first) = name.first() else {
-            return Self::Plain;
-        };
-        let is = |wanted: &str| name.eq_ignore_ascii_case(wanted.as_bytes());
-        // Length and first letter rule out almost every other name before any comparison.
-        match (name.len(), first.to_ascii_lowercase()) {
-            (2, b't') if is("te") => Self::HopByHop,
-            (4, b'h') if is("host") => Self::Host,
-            (6, b'e') if is("expect") => Self::Expect,
-            (6, b'c') if is("cookie") => Self::Cookie,
-            (7, b't') if is("trailer") => Self::HopByHop,
-            (7, b'u') if is("upgrade") => Self::HopByHop,
-            (10, b'c') if is("connection") => Self::Connection,
-            (10, b'k') if is("keep-alive") => Self::HopByHop,
-            (14, b'c') if is("content-length") => Self::ContentLength,
-            (15, b'x') if is("x-forwarded-for") => Self::ForwardedFor,
-            (16, b'p') if is("proxy-connection") => Self::HopByHop,
-            (17, b't') if is("transfer-encoding") => Self::TransferEncoding,
-            (18, b'p') if is("proxy-authenticate") => Self::HopByHop,
-            (19, b'p') if is("proxy-authorization") => Self::HopByHop,
-            _ => Self::Plain,
-        }
-    }
-}
-
-/// Header facts gathered before anything is written.
-#[derive(Debug)]
-struct Scan<'b> {
-    /// What each header is, by index.
-    fields: [Field; MAX_HEADERS],
-    content_length: Option<u64>,
-    chunked: bool,
-    transfer_encoding: bool,
-    close: bool,
-    keep_alive: bool,
-    hosts: usize,
-    expects_continue: bool,
-    /// Extra names listed in `Connection` (allocates only when there are any).
-    connection_names: Vec<&'b [u8]>,
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .map_or(start, |i| i + 1);
-    &bytes[start..end]
-}
-
-/// Parses a `Content-Length` value: digits only; a list is accepted when its members agree.
-fn content_length(value: &[u8]) -> Option<u64> {
-    let mut found: Option<u64> = None;
-    for member in value.split(|b| *b == b',') {
-        let member = trim(member);
-        if member.is_empty() || member.len() > 18 || !member.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n = member.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-        if found.is_some_and(|f| f != n) {
-            return None;
-        }
-        found = Some(n);
-    }
-    found
-}
-
-impl<'b> Scan<'b> {
-    /// Gathers framing and connection facts; `Err` names the first problem.
-    fn of(headers: &[httparse::Header<'b>]) -> Result<Self, String> {
-        let mut scan = Scan {
-            fields: [Field::Plain; MAX_HEADERS],
-            content_length: None,
-            chunked: false,
-            transfer_encoding: false,
-            close: false,
-            keep_alive: false,
-            hosts: 0,
-            expects_continue: false,
-            connection_names: Vec::new(),
-        };
-        for (header, field) in headers.iter().zip(scan.fields.iter_mut()) {
-            *field = Field::of(header.name);
-            match *field {
-                Field::ContentLength => {
-                    let n = content_length(header.value).ok_or_else(|| {
-                        format!(
-                            "invalid Content-Length {:?}",
-                            String::from_utf8_lossy(header.value)
-                        )
-                    })?;
-                    if scan.content_length.is_some_and(|c| c != n) {
-                        return Err("conflicting Content-Length headers".into());
-                    }
-                    scan.content_length = Some(n);
-                }
-                Field::TransferEncoding => {
-                    scan.transfer_encoding = true;
-                    // The last coding of the last header is the one that frames the body.
-                    if let Some(last) = header.value.rsplit(|b| *b == b',').next() {
-                        scan.chunked = trim(last).eq_ignore_ascii_case(b"chunked");
-                    }
-                }
-                Field::Connection => {
-                    for token in header.value.split(|b| *b == b',').map(trim) {
-                        if token.eq_ignore_ascii_case(b"close") {
-                            scan.close = true;
-                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                            scan.keep_alive = true;
-                        } else if !token.is_empty() {
-                            scan.connection_names.push(token);
-                        }
-                    }
-                }
-                Field::Host => scan.hosts += 1,
-                Field::Expect => {
-                    scan.expects_continue = trim(header.value).eq_ignore_ascii_case(b"100-continue");
-                }
-                _ => {}
-            }
-        }
-        Ok(scan)
-    }
-
-    /// Whether header `index` is dropped on the way through as hop-by-hop.
-    #[inline]
-    fn hop_by_hop(&self, index: usize, name: &str) -> bool {
-        match self.fields[index] {
-            Field::HopByHop | Field::Connection => true,
-            _ => {
-                !self.connection_names.is_empty()
-                    && self
-                        .connection_names
-                        .iter()
-                        .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
-            }
-        }
-    }
-}
-
-/// Appends to a buffer, remembering whether anything did not fit.
-struct HeadWriter<'a> {
-    out: &'a mut Buffer,
-    overflow: bool,
-}
-
-impl HeadWriter<'_> {
-    #[inline]
-    fn put(&mut self, bytes: &[u8]) {
-        if self.out.room() < bytes.len() {
-            self.overflow = true;
-        } else {
-            self.out.extend(bytes);
-        }
-    }
-
-    fn header(&mut self, name: &[u8], value: &[u8]) {
-        self.put(name);
-        self.put(b": ");
-        self.put(value);
-        self.put(b"\r\n");
-    }
-}
-
-/// Where a header's line lies in `input` (its CRLF included), when it is an ordinary
-/// `name: value CRLF` line there. Such lines are copied verbatim, consecutive ones in one copy;
-/// anything else (an empty value, a bare LF) is written out afresh.
-fn line_span(input: &[u8], header: &httparse::Header<'_>) -> Option<(usize, usize)> {
-    let base = input.as_ptr() as usize;
-    let start = (header.name.as_ptr() as usize).checked_sub(base)?;
-    let value = (header.value.as_ptr() as usize).checked_sub(base)?;
-    if header.value.is_empty() || value <= start || value + header.value.len() > input.len() {
-        return None;
-    }
-    let mut end = value + header.value.len();
-    while matches!(input.get(end), Some(b' ' | b'\t')) {
-        end += 1;
-    }
-    (input.get(end..end + 2)? == b"\r\n").then_some((start, end + 2))
-}
-
-/// Writes the headers `keep` accepts, copying runs of consecutive kept lines from `input` whole.
-fn emit_headers<'b>(
-    w: &mut HeadWriter<'_>,
-    input: &[u8],
-    headers: &[httparse::Header<'b>],
-    mut keep: impl FnMut(usize, &httparse::Header<'b>) -> bool,
-) {
-    let mut run: Option<(usize, usize)> = None;
-    for (index, header) in headers.iter().enumerate() {
-        if !keep(index, header) {
-            if let Some((start, end)) = run.take() {
-                w.put(&input[start..end]);
-            }
-            continue;
-        }
-        match (line_span(input, header), run) {
-            (Some((start, end)), Some((run_start, run_end))) if run_end == start => {
-                run = Some((run_start, end));
-            }
-            (Some(span), _) => {
-                if let Some((start, end)) = run.replace(span) {
-                    w.put(&input[start..end]);
-                }
-            }
-            (None, _) => {
-                if let Some((start, end)) = run.take() {
-                    w.put(&input[start..end]);
-                }
-                w.header(header.name.as_bytes(), header.value);
-            }
-        }
-    }
-    if let Some((start, end)) = run {
-        w.put(&input[start..end]);
-    }
-}
-
-/// Splits an absolute-form target into authority and path (`/` when empty; a bare query still
-/// needs its `/`).
-fn absolute_form(target: &str) -> Option<(&str, &str)> {
-    let rest = ["http://", "https://"].iter().find_map(|scheme| {
-        (target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme))
-            .then(|| &target[scheme.len()..])
-    })?;
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    // Userinfo in the authority is not a host (RFC 9110 §4.2.4 forbids it in http URIs).
-    if authority.is_empty() || authority.contains('@') {
-        return None;
-    }
-    Some((authority, if path.is_empty() { "/" } else { path }))
-}
-
 /// The backend index a sticky cookie names (`<index>-<vm>`); `fields` classifies `headers`.
 fn sticky_index(headers: &[httparse::Header<'_>], fields: &[Field], cookie: &str) -> Option<usize> {
     headers
@@ -388,7 +135,7 @@ fn sticky_index(headers: &[httparse::Header<'_>], fields: &[Field], cookie: &str
         .filter(|(_, field)| **field == Field::Cookie)
         .flat_map(|(h, _)| h.value.split(|b| *b == b';'))
         .filter_map(|pair| {
-            let pair = trim(pair);
+            let pair = super::fields::trim(pair);
             let eq = pair.iter().position(|b| *b == b'=')?;
             (pair[..eq] == *cookie.as_bytes()).then(|| &pair[eq + 1..])
         })
@@ -396,6 +143,40 @@ fn sticky_index(headers: &[httparse::Header<'_>], fields: &[Field], cookie: &str
             let dash = value.iter().position(|b| *b == b'-')?;
             std::str::from_utf8(&value[..dash]).ok()?.parse().ok()
         })
+}
+
+/// Where a request's body ends, from its framing fields (RFC 9112 §6.1–6.3): chunked must be the
+/// one and last coding, and is never combined with a length; other codings are not supported.
+fn request_framing(scan: &Scan<'_>, version: u8) -> Result<Framing, RequestError> {
+    let codings = &scan.codings;
+    if !codings.present {
+        return Ok(match scan.content_length {
+            None | Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+        });
+    }
+    if version == 0 {
+        return Err(RequestError::bad("Transfer-Encoding in an HTTP/1.0 request"));
+    }
+    if scan.content_length.is_some() {
+        return Err(RequestError::bad("both Transfer-Encoding and Content-Length"));
+    }
+    if !codings.last_is_chunked {
+        return Err(RequestError::bad("Transfer-Encoding does not end in chunked"));
+    }
+    if codings.chunked > 1 {
+        return Err(RequestError::bad("chunked is applied more than once"));
+    }
+    if let Some(other) = codings.other {
+        return Err(RequestError {
+            status: 501,
+            reason: format!(
+                "transfer coding {:?} is not supported",
+                String::from_utf8_lossy(other)
+            ),
+        });
+    }
+    Ok(Framing::Chunked)
 }
 
 /// Parses the request head at the start of `input` and writes its forwarded form to `out`.
@@ -418,7 +199,8 @@ pub fn parse_request(
         }
         Err(e) => return Err(RequestError::bad(format!("malformed request head: {e}"))),
     };
-    let (Some(method), Some(target), Some(version)) = (request.method, request.path, request.version) else {
+    let (Some(method), Some(raw_target), Some(version)) = (request.method, request.path, request.version)
+    else {
         return Err(RequestError::bad("malformed request line"));
     };
     let headers = &*request.headers;
@@ -428,33 +210,33 @@ pub fn parse_request(
             reason: "CONNECT is not supported by this proxy".into(),
         });
     }
-    let scan = Scan::of(headers).map_err(RequestError::bad)?;
-    if scan.hosts > 1 {
-        return Err(RequestError::bad("more than one Host header"));
+    // Methods are case-sensitive tokens; servers disagree on anything but upper case (as nginx).
+    if !method
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
+    {
+        return Err(RequestError::bad("a method is upper-case letters, '-' and '_'"));
     }
-    let framing = if scan.transfer_encoding {
-        if version == 0 {
-            return Err(RequestError::bad("Transfer-Encoding in an HTTP/1.0 request"));
+    let target = Target::parse(method, raw_target).map_err(RequestError::bad)?;
+    let scan = Scan::of(headers).map_err(RequestError::bad)?;
+    match (scan.hosts, scan.host) {
+        (0, _) if version == 1 => return Err(RequestError::bad("an HTTP/1.1 request without Host")),
+        (2.., _) => return Err(RequestError::bad("more than one Host header")),
+        (_, Some(host)) if !target::is_authority(super::fields::trim(host)) => {
+            return Err(RequestError::bad("invalid Host header"));
         }
-        if scan.content_length.is_some() {
-            return Err(RequestError::bad("both Transfer-Encoding and Content-Length"));
-        }
-        if !scan.chunked {
-            return Err(RequestError::bad("Transfer-Encoding does not end in chunked"));
-        }
-        Framing::Chunked
-    } else {
-        match scan.content_length {
-            None | Some(0) => Framing::Empty,
-            Some(n) => Framing::Length(n),
-        }
-    };
+        _ => {}
+    }
+    let framing = request_framing(&scan, version)?;
 
-    let absolute = absolute_form(target);
+    let absolute = match target {
+        Target::Absolute { authority, .. } => Some(authority),
+        _ => None,
+    };
     let mut w = HeadWriter { out, overflow: false };
     w.put(method.as_bytes());
     w.put(b" ");
-    let path = absolute.map_or(target, |(_, path)| path);
+    let path = target.forwarded();
     if path.starts_with('?') {
         w.put(b"/");
     }
@@ -469,6 +251,8 @@ pub fn parse_request(
     emit_headers(&mut w, input, headers, |index, header| {
         match scan.fields[index] {
             Field::Host if absolute.is_some() => false,
+            // Written once below, in one canonical form.
+            Field::ContentLength | Field::TransferEncoding => false,
             // Folded into one header below, with the client appended.
             Field::ForwardedFor => {
                 if forwarded_for.is_some() {
@@ -481,8 +265,17 @@ pub fn parse_request(
             _ => !scan.hop_by_hop(index, header.name),
         }
     });
-    if let Some((authority, _)) = absolute {
+    if let Some(authority) = absolute {
         w.header(b"Host", authority.as_bytes());
+    }
+    match (framing, scan.content_length) {
+        (Framing::Chunked, _) => w.put(b"Transfer-Encoding: chunked\r\n"),
+        (_, Some(length)) => {
+            w.put(b"Content-Length: ");
+            w.number(length);
+            w.put(b"\r\n");
+        }
+        _ => {}
     }
     w.put(b"X-Forwarded-For: ");
     if more_forwarded {
@@ -491,13 +284,13 @@ pub fn parse_request(
             .zip(scan.fields)
             .filter(|(_, field)| *field == Field::ForwardedFor)
             .map(|(h, _)| h)
-            .map(|h| trim(h.value))
+            .map(|h| super::fields::trim(h.value))
             .filter(|v| !v.is_empty())
         {
             w.put(value);
             w.put(b", ");
         }
-    } else if let Some(value) = forwarded_for.map(trim).filter(|v| !v.is_empty()) {
+    } else if let Some(value) = forwarded_for.map(super::fields::trim).filter(|v| !v.is_empty()) {
         w.put(value);
         w.put(b", ");
     }
@@ -519,18 +312,15 @@ pub fn parse_request(
         head_len,
         framing,
         version,
-        keep_alive: if version == 0 {
-            scan.keep_alive && !scan.close
-        } else {
-            !scan.close
-        },
+        keep_alive: scan.persistent(version),
         is_head: method == "HEAD",
         idempotent: matches!(method, "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"),
-        expects_continue: scan.expects_continue && framing != Framing::Empty,
+        // A 1.0 client cannot be sent `100 Continue` (RFC 9110 §10.1.1): its Expect is ignored.
+        expects_continue: scan.expects_continue && framing != Framing::Empty && version == 1,
         sticky: context
             .sticky_cookie
             .and_then(|cookie| sticky_index(headers, &scan.fields, cookie)),
-        line: RequestLine::new(method, target),
+        line: RequestLine::new(method, raw_target),
     }))
 }
 
@@ -561,12 +351,16 @@ pub fn parse_response(
             "101 Switching Protocols to a request without Upgrade".into(),
         ));
     }
+    if !(100..1000).contains(&status) {
+        return Err(ResponseError(format!("status {status} out of range")));
+    }
     let interim = (100..200).contains(&status);
     let scan = Scan::of(headers).map_err(ResponseError)?;
+    let codings = &scan.codings;
     let framing = if interim || status == 204 || status == 304 || context.is_head {
         Framing::Empty
-    } else if scan.transfer_encoding {
-        if scan.chunked {
+    } else if codings.present {
+        if codings.last_is_chunked {
             Framing::Chunked
         } else {
             Framing::UntilClose
@@ -578,11 +372,7 @@ pub fn parse_response(
             None => Framing::UntilClose,
         }
     };
-    let persistent = if version == 0 {
-        scan.keep_alive && !scan.close
-    } else {
-        !scan.close
-    };
+    let persistent = scan.persistent(version);
     let client_keep_alive = context.client_keep_alive && framing != Framing::UntilClose;
 
     let mut w = HeadWriter { out, overflow: false };
@@ -596,9 +386,12 @@ pub fn parse_response(
     w.put(b" ");
     w.put(response.reason.unwrap_or("").as_bytes());
     w.put(b"\r\n");
-    emit_headers(&mut w, input, headers, |index, header| {
-        !(scan.hop_by_hop(index, header.name)
-            || (scan.transfer_encoding && scan.fields[index] == Field::ContentLength))
+    let mut length_written = false;
+    emit_headers(&mut w, input, headers, |index, header| match scan.fields[index] {
+        // A length beside a transfer coding is dropped (RFC 9112 §6.3); repeated equal lengths
+        // go on as one.
+        Field::ContentLength => !codings.present && !std::mem::replace(&mut length_written, true),
+        _ => !scan.hop_by_hop(index, header.name),
     });
     if !interim {
         if let Some(cookie) = context.set_cookie {
@@ -660,32 +453,6 @@ mod tests {
     };
 
     #[test]
-    fn fields_are_told_apart_whatever_their_case() {
-        for (name, field) in [
-            ("Content-Length", Field::ContentLength),
-            ("TRANSFER-ENCODING", Field::TransferEncoding),
-            ("connection", Field::Connection),
-            ("Host", Field::Host),
-            ("Expect", Field::Expect),
-            ("Cookie", Field::Cookie),
-            ("X-Forwarded-For", Field::ForwardedFor),
-            ("TE", Field::HopByHop),
-            ("Trailer", Field::HopByHop),
-            ("Upgrade", Field::HopByHop),
-            ("Keep-Alive", Field::HopByHop),
-            ("Proxy-Connection", Field::HopByHop),
-            ("Proxy-Authenticate", Field::HopByHop),
-            ("Proxy-Authorization", Field::HopByHop),
-            ("Content-Type", Field::Plain),
-            ("Server", Field::Plain),
-            ("Hostx", Field::Plain),
-            ("Content-Lengt", Field::Plain),
-        ] {
-            assert_eq!(Field::of(name), field, "{name}");
-        }
-    }
-
-    #[test]
     fn a_partial_head_asks_for_more() {
         assert!(request("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
         assert!(response("HTTP/1.1 200 OK\r\n", PLAIN).unwrap().is_none());
@@ -709,12 +476,13 @@ mod tests {
 
     #[test]
     fn kept_lines_are_copied_verbatim_and_odd_ones_rewritten() {
-        let (_, out) = request("GET / HTTP/1.1\r\nA:  x \t\r\nB: y\nC: z\r\nD:\r\nTE: x\r\nE: w\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let (_, out) =
+            request("GET / HTTP/1.1\r\nHost: h\r\nA:  x \t\r\nB: y\nC: z\r\nD:\r\nTE: x\r\nE: w\r\n\r\n")
+                .unwrap()
+                .unwrap();
         assert_eq!(
             out,
-            "GET / HTTP/1.1\r\nA:  x \t\r\nB: y\r\nC: z\r\nD: \r\nE: w\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nA:  x \t\r\nB: y\r\nC: z\r\nD: \r\nE: w\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n",
             "a bare LF never reaches the backend"
         );
     }
@@ -740,57 +508,122 @@ mod tests {
     }
 
     #[test]
-    fn framing_that_two_parsers_could_read_differently_is_refused() {
+    fn framing_is_forwarded_in_one_canonical_form() {
+        let (req, out) = request(
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\ncontent-length: 005\r\nA: b\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(req.framing, Framing::Length(5), "equal lengths are one length");
         assert_eq!(
-            status_of("POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            400
+            out,
+            "POST / HTTP/1.1\r\nHost: h\r\nA: b\r\nContent-Length: 5\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"
         );
-        assert_eq!(
-            status_of("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"),
-            400
-        );
-        assert_eq!(status_of("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n"), 400);
-        assert_eq!(status_of("POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n"), 400);
-        assert_eq!(
-            status_of("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
-            400
-        );
-        assert_eq!(
-            status_of("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            400
-        );
-        assert_eq!(status_of("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
-        assert_eq!(status_of("GET / HTTP/1.1\r\nBad Header: x\r\n\r\n"), 400);
-        assert_eq!(status_of("GET / HTTP/1.1\r\nX: 1\r\n folded\r\n\r\n"), 400);
-        assert_eq!(status_of("CONNECT a:443 HTTP/1.1\r\n\r\n"), 405);
-        let (req, _) = request("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            req.framing,
-            Framing::Length(5),
-            "a list of equal lengths is one length"
-        );
-        let (req, out) = request("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n")
+        let (req, out) = request("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:  Chunked \r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(req.framing, Framing::Chunked);
+        assert_eq!(
+            out,
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"
+        );
+        let (req, out) = request("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(req.framing, Framing::Empty);
         assert!(
-            out.contains("Transfer-Encoding: gzip, Chunked\r\n"),
-            "chunked bodies pass through"
+            out.contains("\r\nContent-Length: 0\r\n"),
+            "an empty body keeps its length"
         );
     }
 
     #[test]
+    fn framing_that_two_parsers_could_read_differently_is_refused() {
+        for text in [
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: \r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nX: 1\r\n folded\r\n\r\n",
+        ] {
+            assert_eq!(status_of(text), 400, "{text:?}");
+        }
+        assert_eq!(status_of("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"), 405);
+        assert_eq!(
+            status_of("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            501,
+            "codings other than chunked are not forwarded"
+        );
+    }
+
+    #[test]
+    fn connection_never_strips_framing_or_routing() {
+        for named in [
+            "Content-Length",
+            "Transfer-Encoding",
+            "Host",
+            "close, content-length",
+        ] {
+            let text =
+                format!("POST / HTTP/1.1\r\nHost: h\r\nConnection: {named}\r\nContent-Length: 3\r\n\r\nabc");
+            let error = request(&text).unwrap_err();
+            assert_eq!(error.status, 400, "{named}");
+            assert!(error.reason.contains("Connection names"), "{}", error.reason);
+        }
+        let response_error = response(
+            "HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 2\r\n\r\nhi",
+            PLAIN,
+        )
+        .unwrap_err();
+        assert!(response_error.0.contains("Connection names"), "{response_error}");
+    }
+
+    #[test]
+    fn host_is_required_in_http11_and_must_be_an_authority() {
+        assert_eq!(status_of("GET / HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(status_of("GET http://a/ HTTP/1.1\r\n\r\n"), 400);
+        for bad in ["", "a b", "a/b", "user@a", "a:8x"] {
+            assert_eq!(
+                status_of(&format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n")),
+                400,
+                "{bad:?}"
+            );
+        }
+        let (_, out) = request("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!out.contains("Host"), "HTTP/1.0 may go without Host");
+        assert!(request("GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn targets_other_than_a_path_or_an_http_uri_are_refused() {
+        for target in ["/a#frag", "*", "example.com:80", "http://u@h/", "h/path"] {
+            assert_eq!(
+                status_of(&format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n")),
+                400,
+                "{target}"
+            );
+        }
+        assert!(request("OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n").is_ok());
+    }
+
+    #[test]
     fn too_many_headers_or_too_large_a_head_is_431() {
-        let mut text = String::from("GET / HTTP/1.1\r\n");
+        let mut text = String::from("GET / HTTP/1.1\r\nHost: h\r\n");
         for i in 0..=MAX_HEADERS {
             text.push_str(&format!("X-{i}: 1\r\n"));
         }
         text.push_str("\r\n");
         assert_eq!(status_of(&text), 431);
         let big = format!(
-            "GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
             "a".repeat(crate::buffer::CAPACITY)
         );
         assert_eq!(status_of(&big), 431);
@@ -809,31 +642,36 @@ mod tests {
     #[test]
     fn persistence_follows_the_version_and_connection() {
         let keep = |text: &str| request(text).unwrap().unwrap().0.keep_alive;
-        assert!(keep("GET / HTTP/1.1\r\n\r\n"));
-        assert!(!keep("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(keep("GET / HTTP/1.1\r\nHost: h\r\n\r\n"));
+        assert!(!keep("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"));
         assert!(!keep("GET / HTTP/1.0\r\n\r\n"));
         assert!(keep("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
     }
 
     #[test]
     fn the_sticky_cookie_names_a_backend() {
-        let (req, _) = request("GET / HTTP/1.1\r\nCookie: a=b; hv=2-vm-c; z=1\r\n\r\n")
+        let (req, _) = request("GET / HTTP/1.1\r\nHost: h\r\nCookie: a=b; hv=2-vm-c; z=1\r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(req.sticky, Some(2));
-        let (req, _) = request("GET / HTTP/1.1\r\nCookie: hvx=1-vm\r\n\r\n")
+        let (req, _) = request("GET / HTTP/1.1\r\nHost: h\r\nCookie: hvx=1-vm\r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(req.sticky, None);
     }
 
     #[test]
-    fn expect_continue_matters_only_with_a_body() {
+    fn expect_continue_matters_only_with_a_body_from_an_http11_client() {
         let expects = |text: &str| request(text).unwrap().unwrap().0.expects_continue;
         assert!(expects(
-            "PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n"
+            "PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n"
         ));
-        assert!(!expects("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"));
+        assert!(!expects(
+            "GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n"
+        ));
+        assert!(!expects(
+            "PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n"
+        ));
     }
 
     #[test]
@@ -863,6 +701,25 @@ mod tests {
         );
         assert!(response("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", PLAIN).is_err());
         assert!(response("HTTP/1.1 101 Switching Protocols\r\n\r\n", PLAIN).is_err());
+    }
+
+    #[test]
+    fn repeated_equal_response_lengths_go_on_as_one() {
+        let (resp, out) = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+            PLAIN,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(resp.framing, Framing::Length(2));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
+        assert!(
+            response(
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+                PLAIN
+            )
+            .is_err()
+        );
     }
 
     #[test]

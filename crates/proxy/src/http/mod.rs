@@ -9,22 +9,33 @@
 //! its head in one system call, no timer touched for most requests ([`timer`]), no lock but the
 //! backend's short one that lists what is in flight.
 //!
-//! Errors a client can see: 400/405/431 for a request that cannot be forwarded, 503 when no
-//! backend can take new work, 502 when no backend could be reached or one answered with garbage,
-//! 504 when a backend did not answer in time.
+//! Errors a client can see: 400/405/431/501 for a request that cannot be forwarded, 408 for a
+//! request head or body that stalled, 503 when no backend can take new work, 502 when no backend
+//! could be reached or one answered with garbage, 504 when a backend did not answer in time. Their
+//! texts never name a backend address; the log does.
 //!
-//! - [`head`]: request and response heads, their framing rules and header rewriting.
+//! - [`head`]: request and response heads: parsed, checked, rewritten for the next hop.
+//! - [`fields`]: what each header field is, and the framing and `Connection` rules.
+//! - [`target`]: request targets and `Host` values.
+//! - [`rewrite`]: writing a head out.
 //! - [`chunked`] + [`body`]: where a body ends.
 //! - [`exchange`]: forwarding one request and its response.
 //! - [`upstream`]: backend connections and the per-worker idle lists.
-//! - [`local`]: responses the proxy writes itself.
+//! - [`answers`]: responses the proxy writes itself.
 //! - [`timer`]: the per-connection deadline.
+//! - [`logging`]: what a request's access log line says, gathered while it is served.
+//!
+//! `LIFECYCLE.md` beside this file tells the life of a connection and a request, state by state.
 
-mod body;
+mod answers;
+pub mod body;
 pub mod chunked;
 mod exchange;
+mod fields;
 pub mod head;
-mod local;
+mod logging;
+mod rewrite;
+mod target;
 mod timer;
 pub mod upstream;
 
@@ -41,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::accept::accept_loop;
+use crate::access_log::AccessLog;
 use crate::buffer::Buffer;
 use crate::pools::Pool;
 use crate::shutdown::{Shutdown, ShutdownListener};
@@ -60,6 +72,8 @@ pub struct HttpRoute {
     /// previous response: idle keep-alive connections close after it), or stay without progress
     /// while it sends a request body or reads a response.
     pub client_timeout: Duration,
+    /// One line per request, if configured.
+    pub access_log: Option<AccessLog>,
 }
 
 /// How long a connection closed with part of a request unread keeps reading (and dropping) what
@@ -145,6 +159,8 @@ pub(crate) struct Connection {
     writes: u32,
     /// Part of the last request may still be unread: close with [`Connection::linger`].
     unread: bool,
+    /// The access log line of the request in progress (only when the listener logs).
+    record: Option<Box<logging::RequestRecord>>,
 }
 
 impl Connection {
@@ -165,6 +181,7 @@ impl Connection {
             timer: LazyTimer::new(),
             writes: 0,
             unread: false,
+            record: None,
         }
     }
 
@@ -177,8 +194,16 @@ impl Connection {
                 Next::Refused(error) => {
                     let mut out = Buffer::take();
                     tracing::debug!(client = %self.peer, status = error.status, reason = %error.reason, "request refused");
-                    local::write(&mut out, error.status, &error.reason, false);
-                    if self.send(out.filled()).await.is_ok() {
+                    answers::write(&mut out, error.status, &error.reason, false);
+                    if self.route.access_log.is_some() {
+                        let head = self.input.as_ref().map_or(0, |i| i.len() as u64);
+                        let mut record = logging::RequestRecord::new(None, head);
+                        record.answered(error.status, Some(&error.reason));
+                        self.record = Some(record);
+                    }
+                    let sent = self.send(out.filled()).await;
+                    self.finish_record();
+                    if sent.is_ok() {
                         self.linger().await;
                     }
                     return;
@@ -239,7 +264,17 @@ impl Connection {
             let read = tokio::select! {
                 biased;
                 read = input.read_from(&mut self.stream) => read,
-                _ = self.timer.until(deadline) => return Next::Closed,
+                // Part of a head and no more in time: the client is told (408); a connection
+                // that sent nothing is closed quietly.
+                _ = self.timer.until(deadline) => {
+                    if input.is_empty() {
+                        return Next::Closed;
+                    }
+                    return Next::Refused(RequestError {
+                        status: 408,
+                        reason: format!("the request head was not complete within {:?}", self.route.client_timeout),
+                    });
+                }
             };
             match read {
                 Ok(0) | Err(_) => return Next::Closed,
@@ -267,8 +302,18 @@ impl Connection {
         .await;
     }
 
+    /// Hands the access log line of the request that ended to the log.
+    fn finish_record(&mut self) {
+        if let (Some(record), Some(log)) = (self.record.take(), &self.route.access_log) {
+            (*record).finish(log, self.peer);
+        }
+    }
+
     /// Writes to the client.
     async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Some(record) = self.record.as_mut() {
+            record.sent(bytes.len());
+        }
         if self.writes == 1 {
             let _ = self.stream.set_nodelay(true);
         }
@@ -313,6 +358,7 @@ mod tests {
             pool: crate::pools::Pools::new(&config).pool("p").unwrap(),
             response_timeout: Duration::from_secs(1),
             client_timeout: Duration::from_secs(60),
+            access_log: None,
         })
     }
 

@@ -132,8 +132,14 @@ impl Book {
             command: self.registry.command_for(vm, now),
             readdress: state.and_then(|s| s.readdress.clone()),
             seq: self.seq(vm),
+            changed_at: self.changed_at(vm),
             scope,
         }
+    }
+
+    /// When the VM's phase last changed (0 for a VM never seen).
+    fn changed_at(&self, vm: &VmId) -> Millis {
+        self.registry.vm(vm).map_or(0, |s| s.since)
     }
 
     /// Due transitions (deadlines, ramp ends, admissions), each as a delivery.
@@ -145,7 +151,7 @@ impl Book {
             .into_iter()
             .map(|t| {
                 let seq = self.bump(&t.vm);
-                let delivery = delivery_of(&t, seq);
+                let delivery = delivery_of(&t, seq, self.changed_at(&t.vm));
                 let before = before.get(&t.vm).cloned();
                 (t, before, delivery)
             })
@@ -153,12 +159,13 @@ impl Book {
     }
 }
 
-fn delivery_of(transition: &Transition, seq: u64) -> Delivery {
+fn delivery_of(transition: &Transition, seq: u64, changed_at: Millis) -> Delivery {
     Delivery {
         vm: transition.vm.clone(),
         command: transition.command,
         readdress: transition.readdress.clone(),
         seq,
+        changed_at,
         scope: if transition.origin.is_local_only() {
             Scope::Local
         } else {
@@ -321,7 +328,7 @@ impl Coordinator {
         let now = self.clock.now_ms();
 
         // Decide.
-        let (previous_phase, undo, outcome, seq, ticked) = {
+        let decide = |options: NoticeOptions| {
             let mut book = self.book.lock();
             let ticked = book.tick(now);
             let previous_phase = book.registry.phase(vm);
@@ -331,9 +338,16 @@ impl Coordinator {
                 Ok(_) => book.bump(vm),
                 Err(_) => book.seq(vm),
             };
-            (previous_phase, undo, outcome, seq, ticked)
+            let changed_at = book.changed_at(vm);
+            self.hand_to_run_loop(ticked);
+            (previous_phase, undo, outcome, seq, changed_at)
         };
-        self.hand_to_run_loop(ticked);
+        let (mut previous_phase, mut undo, mut outcome, mut seq, mut changed_at) = decide(options.clone());
+        if matches!(outcome, Err(NoticeError::NotMigrating { .. })) && self.learn_from_peers(now).await {
+            // The migration may have begun at another node while this one could not hear of it
+            // (frozen, restarting): what the peers know was taken in, decide again.
+            (previous_phase, undo, outcome, seq, changed_at) = decide(options);
+        }
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -376,7 +390,7 @@ impl Coordinator {
             }
             Outcome::Applied(transition) => {
                 let before = undo.state().cloned();
-                let delivery = delivery_of(&transition, seq);
+                let delivery = delivery_of(&transition, seq, changed_at);
                 let identify = previous_phase == Phase::Stable && !self.known_served(vm);
                 if !identify {
                     drop(serial);
@@ -551,10 +565,13 @@ impl Coordinator {
     /// Applies a command on this node's own balancers only, and follows it in the registry (the
     /// peer API: the node that sent it drives the migration; this one acts as a load-balancing
     /// module, and its own deadline and later notices agree with the sender).
+    /// `changed_at` is when the sender changed the VM's phase; a command older than what this
+    /// node knows (one in flight while it was frozen, say) is not applied over it.
     pub async fn apply_local(
         self: &Arc<Self>,
         vm: &VmId,
         command: PhaseCommand,
+        changed_at: Option<Millis>,
     ) -> Result<Applied, CoordinatorError> {
         let local = self.balancers.in_scope(Scope::Local);
         let known: Vec<Option<bool>> = local
@@ -570,11 +587,20 @@ impl Coordinator {
         let identify = !known.contains(&Some(true));
         let _serial = self.notices.lock(vm).await;
         let now = self.clock.now_ms();
+        let at = changed_at.unwrap_or(now);
+        let newer = {
+            let book = self.book.lock();
+            book.registry.is_newer_than(vm, at).then(|| book.changed_at(vm))
+        };
+        if let Some(since) = newer {
+            info!(%vm, %at, %since, "a peer's command older than this node's view ignored");
+            return Ok(self.local_view(vm).await);
+        }
         let (undo, transition, seq, before) = {
             let mut book = self.book.lock();
             let undo = book.registry.undo_point(vm);
             let before = book.registry.vm(vm).cloned();
-            let transition = book.registry.follow(vm, command, now);
+            let transition = book.registry.follow(vm, command, now, at);
             let seq = book.bump(vm);
             (undo, transition, seq, before)
         };
@@ -587,6 +613,7 @@ impl Coordinator {
             command,
             readdress: None,
             seq,
+            changed_at: at,
             scope: Scope::Local,
         };
         let results = self.deliver(&delivery).await;
@@ -607,6 +634,32 @@ impl Coordinator {
             serves,
             backends: results.into_iter().flat_map(|r| r.backends).collect(),
         })
+    }
+
+    /// What this node's own balancers apply for a VM now (the answer to a command it ignored).
+    async fn local_view(&self, vm: &VmId) -> Applied {
+        let status = self.local_status().await;
+        let backends: Vec<handover_core::api::BackendReport> = status
+            .pools
+            .into_iter()
+            .flat_map(|pool| {
+                let name = pool.name;
+                pool.backends.into_iter().filter(|b| &b.vm == vm).map(move |b| {
+                    handover_core::api::BackendReport {
+                        pool: name.clone(),
+                        address: b.address,
+                        weight: b.weight,
+                        effective_weight: b.effective_weight,
+                        phase: b.phase,
+                        active: b.active,
+                    }
+                })
+            })
+            .collect();
+        Applied {
+            serves: !backends.is_empty(),
+            backends,
+        }
     }
 
     /// Moves a VM's backends on this node's own balancers only (the peer API).
@@ -798,13 +851,38 @@ impl Coordinator {
         for (vm, phase) in newest {
             let ours = book.registry.vm(vm).map(|s| s.since);
             if ours.is_none_or(|since| since < phase.since)
-                && book.registry.follow(vm, phase.command, now).is_some()
+                && book
+                    .registry
+                    .follow(vm, phase.command, now, phase.since)
+                    .is_some()
             {
                 book.bump(vm);
                 learned.push(vm.clone());
             }
         }
         learned
+    }
+
+    /// Takes in what the peers that answer know (not those known not to answer), and tells this
+    /// node's own balancers what changed; whether anything did.
+    async fn learn_from_peers(self: &Arc<Self>, now: Millis) -> bool {
+        let peers: Vec<usize> = (0..self.slots().len())
+            .filter(|i| self.slots()[*i].is_peer && self.balancers.hung_since(*i).is_none())
+            .collect();
+        if peers.is_empty() {
+            return false;
+        }
+        let newest = self.fetch_peer_phases().await;
+        let learned = self.learn(&newest, now);
+        let deliveries: Vec<Delivery> = {
+            let book = self.book.lock();
+            learned
+                .iter()
+                .map(|vm| book.current(vm, now, Scope::Local))
+                .collect()
+        };
+        join_all(deliveries.iter().map(|d| self.deliver(d))).await;
+        !learned.is_empty()
     }
 
     /// After this process was frozen (SIGSTOP, a stalled VM), peers may have changed phases it

@@ -62,6 +62,9 @@ pub struct Delivery {
     pub readdress: Option<Readdress>,
     /// The registry change it comes from (a later change of the VM has a larger number).
     pub seq: u64,
+    /// When the VM's phase last changed (ms since the epoch): a peer refuses a command older
+    /// than what it knows.
+    pub changed_at: handover_core::time::Millis,
     /// Which balancers.
     pub scope: Scope,
 }
@@ -181,7 +184,16 @@ impl Balancers {
             if current(vm) != delivery.seq {
                 return Step::Superseded;
             }
-            Step::Called(call(slot, vm, delivery.command, delivery.readdress.as_ref()).await)
+            Step::Called(
+                call(
+                    slot,
+                    vm,
+                    delivery.command,
+                    delivery.changed_at,
+                    delivery.readdress.as_ref(),
+                )
+                .await,
+            )
         })
         .await;
         let elapsed = started.elapsed();

@@ -32,15 +32,16 @@ impl std::fmt::Debug for BalancerSlot {
     }
 }
 
-/// Applies a command, then the address change if there is one, on one balancer. Not bounded
-/// here: the caller bounds it with the slot's timeout.
+/// Applies a command made at `changed_at`, then the address change if there is one, on one
+/// balancer. Not bounded here: the caller bounds it with the slot's timeout.
 pub async fn call(
     slot: &BalancerSlot,
     vm: &VmId,
     command: PhaseCommand,
+    changed_at: handover_core::time::Millis,
     readdress: Option<&Readdress>,
 ) -> Result<Applied, BalancerError> {
-    let applied = slot.balancer.apply(vm, command).await?;
+    let applied = slot.balancer.apply_changed_at(vm, command, changed_at).await?;
     match readdress {
         Some(change) if applied.serves => slot.balancer.set_addresses(vm, change).await,
         _ => Ok(applied),

@@ -50,6 +50,19 @@ pub trait Balancer: Send + Sync {
         command: PhaseCommand,
     ) -> BoxFuture<'a, Result<Applied, BalancerError>>;
 
+    /// Applies the desired state of one VM, as changed at `changed_at` (ms since the epoch) by the
+    /// node that drives its migration. A remote node uses it to refuse a command older than what
+    /// it knows (one that was in flight while it was frozen); others ignore it.
+    fn apply_changed_at<'a>(
+        &'a self,
+        vm: &'a VmId,
+        command: PhaseCommand,
+        changed_at: crate::time::Millis,
+    ) -> BoxFuture<'a, Result<Applied, BalancerError>> {
+        let _ = changed_at;
+        self.apply(vm, command)
+    }
+
     /// Moves the VM's backends to new addresses (after a migration that changed its IP). Open
     /// connections to the old addresses are kept; new work goes to the new ones.
     fn set_addresses<'a>(

@@ -65,6 +65,23 @@ impl Balancer for PeerBalancer {
         })
     }
 
+    fn apply_changed_at<'a>(
+        &'a self,
+        vm: &'a VmId,
+        command: PhaseCommand,
+        changed_at: handover_core::time::Millis,
+    ) -> BoxFuture<'a, Result<Applied, BalancerError>> {
+        Box::pin(async move {
+            self.client
+                .put(
+                    &format!("/v1/balancer/vms/{vm}?changed_at={changed_at}"),
+                    &command,
+                )
+                .await
+                .map_err(to_balancer_error)
+        })
+    }
+
     fn set_addresses<'a>(
         &'a self,
         vm: &'a VmId,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use handover_core::api::{Applied, BalancerStatus, DrainStatus, VmPhase};
 use handover_core::phase::{PhaseCommand, Readdress};
@@ -13,20 +13,32 @@ use handover_core::phase::{PhaseCommand, Readdress};
 use super::auth::authorize;
 use super::{ApiError, ApiState, json, vm_from_path};
 
-/// `PUT /v1/balancer/vms/{vm}`: applies a phase command locally.
+/// When the sender changed the VM's phase (`?changed_at=MS`, ms since the epoch).
+#[derive(Debug, serde::Deserialize)]
+pub struct ChangedAt {
+    changed_at: Option<u64>,
+}
+
+/// `PUT /v1/balancer/vms/{vm}[?changed_at=MS]`: applies a phase command locally (unless this
+/// node knows of a later change of the VM).
 pub async fn apply(
     State(state): State<Arc<ApiState>>,
     Path(vm): Path<String>,
+    query: Result<Query<ChangedAt>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Applied>, ApiError> {
     authorize(&state, &headers)?;
     let vm = vm_from_path(&vm)?;
+    let Query(ChangedAt { changed_at }) = query
+        .map_err(|e| ApiError::bad_request(format!("changed_at: {}", e.body_text()), Some("changed_at")))?;
     let command: PhaseCommand = json::parse(&body)?;
     command
         .validate()
         .map_err(|(field, message)| ApiError::bad_request(message, Some(field)))?;
-    Ok(Json(state.coordinator.apply_local(&vm, command).await?))
+    Ok(Json(
+        state.coordinator.apply_local(&vm, command, changed_at).await?,
+    ))
 }
 
 /// `GET /v1/balancer/phases`: the phase of every VM this node's migration module knows (what a

@@ -649,10 +649,19 @@ impl Registry {
 
     /// Follows a peer's command for a VM (the peer API): the registry takes the phase, times and
     /// deadline the command describes, so that this node's own deadline, retries and later notices
-    /// agree with the node that drives the migration. The capacity guard is not asked: the driving
-    /// node already admitted the migration. Returns the transition, or `None` when the VM already
-    /// is where the command puts it (times are still taken from the command).
-    pub fn follow(&mut self, vm: &VmId, command: PhaseCommand, now: Millis) -> Option<Transition> {
+    /// agree with the node that drives the migration. `at` is when the change was made on that
+    /// node (ms since the epoch; the phase's `since` here), so that the newer of two views can be
+    /// told apart later. The capacity guard is not asked: the driving node already admitted the
+    /// migration. Returns the transition, or `None` when the VM already is where the command puts
+    /// it (times are still taken from the command). See [`Registry::is_newer_than`] to refuse a
+    /// command older than what the registry holds.
+    pub fn follow(
+        &mut self,
+        vm: &VmId,
+        command: PhaseCommand,
+        now: Millis,
+        at: Millis,
+    ) -> Option<Transition> {
         let state = self.vms.get(vm).cloned().unwrap_or_else(|| VmState::stable(now));
         let from = state.phase;
         let queued_record = state.queued_since.and(state.migration);
@@ -737,7 +746,7 @@ impl Registry {
         }
         let to = next.phase;
         if to != from {
-            next.since = now;
+            next.since = at.min(now);
         }
         if to == Phase::Stable
             && from != Phase::Stable
@@ -758,6 +767,13 @@ impl Registry {
             readdress: None,
             origin: Origin::Peer,
         })
+    }
+
+    /// Whether the registry's view of a VM changed after `at` (a command made at `at` elsewhere is
+    /// then older than what this node knows, e.g. one that was in flight while this process was
+    /// frozen, and must not be applied over it).
+    pub fn is_newer_than(&self, vm: &VmId, at: Millis) -> bool {
+        self.vms.get(vm).is_some_and(|s| s.since > at)
     }
 
     /// Adopts a drain found on a driven balancer at start, when the registry knows of no migration

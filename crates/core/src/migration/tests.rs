@@ -417,6 +417,7 @@ fn following_a_peer_takes_its_phase_times_and_deadline_and_ends_with_it() {
                 deadline_in_ms: 4_000,
             },
             10_000,
+            10_000,
         )
         .unwrap();
     assert_eq!(
@@ -443,6 +444,7 @@ fn following_a_peer_takes_its_phase_times_and_deadline_and_ends_with_it() {
             deadline_in_ms: 60_000,
         },
         0,
+        0,
     );
     assert_eq!(reg.phase(&b), Phase::Migrating);
     let t = reg
@@ -452,6 +454,7 @@ fn following_a_peer_takes_its_phase_times_and_deadline_and_ends_with_it() {
                 elapsed_ms: 4_000,
                 reason: EndReason::Completed,
             },
+            20_000,
             20_000,
         )
         .unwrap();
@@ -478,6 +481,7 @@ fn a_followed_deadline_restores_the_vm_on_this_node_only() {
             migrating: false,
             deadline_in_ms: 1_000,
         },
+        0,
         0,
     );
     let expired = reg.tick(1_000);
@@ -534,4 +538,31 @@ fn revert_undoes_one_vm_and_leaves_the_others() {
     applied(reg.apply(&vm("vm-a"), Notice::Completed, 20, NONE));
     assert_eq!(reg.tick(20).len(), 1);
     assert_eq!(reg.phase(&vm("vm-b")), Phase::Draining);
+}
+
+#[test]
+fn a_followed_phase_keeps_the_time_it_changed_at_its_origin_so_an_older_one_is_told_apart() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    let drain = PhaseCommand::Drain {
+        elapsed_ms: 0,
+        migrating: false,
+        deadline_in_ms: 60_000,
+    };
+    // Made at 1 000 on the peer, received at 1 500.
+    reg.follow(&a, drain, 1_500, 1_000).unwrap();
+    assert_eq!(reg.vm(&a).unwrap().since, 1_000);
+    // The peer ends it at 2 000; a drain made at 1 000 that arrives late is older.
+    reg.follow(
+        &a,
+        PhaseCommand::Ramp {
+            elapsed_ms: 0,
+            reason: EndReason::Completed,
+        },
+        2_100,
+        2_000,
+    )
+    .unwrap();
+    assert!(reg.is_newer_than(&a, 1_000));
+    assert!(!reg.is_newer_than(&a, 2_000));
 }

@@ -1171,3 +1171,62 @@ async fn a_node_that_was_frozen_asks_its_peers_for_the_current_phases_when_it_ru
     );
     assert_ne!(pool_phase(&node_b, "vm-a").await, "draining");
 }
+
+// 5. An end notice at a node that never heard of the migration (its peer could not tell it) asks
+// its peers before it answers "no migration in progress".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_notice_at_a_node_that_missed_the_prepare_asks_its_peers_first() {
+    let backends = three_backends().await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let url = |port: u16| format!("http://127.0.0.1:{port}");
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    // A cannot reach B (a wrong address); B reaches A.
+    let node_a = Node::start(&twin_config(port_a, &nowhere, "", &backends));
+    let node_b = Node::start(&twin_config(port_b, &url(port_a), "", &backends));
+    assert_eq!(node_a.notice("vm-a", notice("prepare")).await.0, 200);
+    assert_eq!(node_b.phase("vm-a").await, "stable", "B never heard of it");
+    let (status, reply) = node_b.notice("vm-a", notice("completed")).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["previous_phase"], "draining", "{reply}");
+    // B drives the end from now on, and tells A.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            node_a.phase("vm-a").await != "draining"
+        })
+        .await
+    );
+}
+
+// 1 and 5. A peer's command that was in flight while a node was frozen, older than what the node
+// learned since, is not applied over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_command_older_than_what_the_node_knows_is_ignored() {
+    let backends = three_backends().await;
+    let node = Node::start(&format!(
+        "{}{}",
+        control(0),
+        tcp_pool("ramp = { window = \"1s\" }", &named(&backends))
+    ));
+    let put = |body: serde_json::Value, at: u64| {
+        let client = node.client(None);
+        async move {
+            client
+                .put::<_, serde_json::Value>(&format!("/v1/balancer/vms/vm-a?changed_at={at}"), &body)
+                .await
+                .unwrap()
+        }
+    };
+    let t = common::now_ms();
+    let drain =
+        serde_json::json!({"action": "drain", "elapsed_ms": 0, "migrating": false, "deadline_in_ms": 60000});
+    let ramp = serde_json::json!({"action": "ramp", "elapsed_ms": 0, "reason": "completed"});
+    put(drain.clone(), t - 2000).await;
+    assert_eq!(node.phase("vm-a").await, "draining");
+    put(ramp, t - 1000).await;
+    assert_eq!(node.phase("vm-a").await, "ramping");
+    // The drain made before the ramp arrives late.
+    put(drain, t - 1500).await;
+    assert_ne!(node.phase("vm-a").await, "draining");
+    assert_ne!(pool_phase(&node, "vm-a").await, "draining");
+    assert!(node.plain_log().contains("older than this node's view ignored"));
+}

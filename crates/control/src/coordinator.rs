@@ -563,8 +563,9 @@ impl Coordinator {
     }
 
     /// Applies a command on this node's own balancers only, and follows it in the registry (the
-    /// peer API: the node that sent it drives the migration; this one acts as a load-balancing
-    /// module, and its own deadline and later notices agree with the sender).
+    /// peer API: the node that sent it drives the migration and has it on disk; this one acts as a
+    /// load-balancing module, and its own deadline and later notices agree with the sender). The
+    /// registry is saved after the reply.
     /// `changed_at` is when the sender changed the VM's phase; a command older than what this
     /// node knows (one in flight while it was frozen, say) is not applied over it.
     pub async fn apply_local(
@@ -604,10 +605,6 @@ impl Coordinator {
             let seq = book.bump(vm);
             (undo, transition, seq, before)
         };
-        if let Err(reason) = self.persist().await {
-            self.undo(undo).await;
-            return Err(CoordinatorError::NotSaved { reason });
-        }
         let delivery = Delivery {
             vm: vm.clone(),
             command,
@@ -625,6 +622,14 @@ impl Coordinator {
                 backends: Vec::new(),
             });
         }
+        // Saved, but not waited for: the node that sent it has it on disk already, and this node
+        // asks its peers for the current phases when it starts again.
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(reason) = this.persist().await {
+                error!(%reason, "cannot save the state file");
+            }
+        });
         if let Some(transition) = &transition {
             self.observe_transition(transition, before.as_ref(), now);
             info!(%vm, from = %transition.from, to = %transition.to, "migration phase changed by a peer");
@@ -889,14 +894,12 @@ impl Coordinator {
     /// missed and their retries may be seconds away: it asks them at once and tells its own
     /// balancers what changed.
     async fn catch_up(self: &Arc<Self>, frozen: Duration) {
+        let started = Instant::now();
         let newest = self.fetch_peer_phases().await;
         let now = self.clock.now_ms();
         let learned = self.learn(&newest, now);
-        if !learned.is_empty()
-            && let Err(reason) = self.persist().await
-        {
-            error!(%reason, "cannot save the state file");
-        }
+        // Told first, saved after: nothing is acknowledged here, and every millisecond counts
+        // while the data plane already serves with the phases of before the freeze.
         let deliveries: Vec<Delivery> = {
             let book = self.book.lock();
             learned
@@ -905,9 +908,15 @@ impl Coordinator {
                 .collect()
         };
         join_all(deliveries.iter().map(|d| self.deliver(d))).await;
+        if !learned.is_empty()
+            && let Err(reason) = self.persist().await
+        {
+            error!(%reason, "cannot save the state file");
+        }
         warn!(
             frozen_ms = millis(frozen),
             learned = learned.len(),
+            took_ms = millis(started.elapsed()),
             "this node was frozen; phases fetched again from its peers"
         );
     }

@@ -225,6 +225,24 @@ async fn soak(args: &Args) -> anyhow::Result<Report> {
         })
         .collect();
 
+    // Both nodes' memory at every tenth of the migrations.
+    let rss_samples = Arc::new(Mutex::new(Vec::new()));
+    let sampler = tokio::spawn({
+        let (record, samples, node_b) = (record.clone(), rss_samples.clone(), node_b.clone());
+        let pid_a = node_a.pid();
+        let total = args.migrations;
+        async move {
+            for tenth in 1..=10u64 {
+                while record.done.load(Ordering::SeqCst) < total * tenth / 10 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                let rss_a = pid_a.and_then(world::rss_kib).unwrap_or(0);
+                let rss_b = node_b.lock().rss_kib().unwrap_or(0);
+                samples.lock().push((total * tenth / 10, rss_a, rss_b));
+            }
+        }
+    });
+
     // The faults, at points of the run.
     let faults = tokio::spawn(inject_faults(
         args.migrations,
@@ -240,6 +258,7 @@ async fn soak(args: &Args) -> anyhow::Result<Report> {
         worker.await?;
     }
     let faults = faults.await??;
+    sampler.abort();
     let seconds = started.elapsed().as_secs_f64();
 
     // Every VM stable again everywhere (ramps take 2 s, a missed end notice 10 s more).
@@ -289,6 +308,7 @@ async fn soak(args: &Args) -> anyhow::Result<Report> {
         not_stable,
         rss_a_kib: (rss_a_start, rss_a_end),
         rss_b_kib: (rss_b.lock().0, rss_b_end),
+        rss_samples: rss_samples.lock().clone(),
         lost_with_node: counters.lost_with_node.load(Ordering::SeqCst),
         broken_with_node: counters.broken_with_node.load(Ordering::SeqCst),
         echoes: counters.echoes.load(Ordering::SeqCst),

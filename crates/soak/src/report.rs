@@ -129,6 +129,8 @@ pub struct Report {
     pub rss_a_kib: (u64, u64),
     /// Node B's, since its last start, KiB.
     pub rss_b_kib: (u64, u64),
+    /// Both nodes' RSS (KiB) at every tenth of the migrations: (migrations, A, B).
+    pub rss_samples: Vec<(u64, u64, u64)>,
     /// Requests through node B lost while it was killed or frozen.
     pub lost_with_node: u64,
     /// Long-lived connections through node B broken when it was killed or frozen.
@@ -237,6 +239,15 @@ impl Report {
         text.push_str(&format!(
             "- node B's RSS since its last start: {} → {} KiB\n",
             self.rss_b_kib.0, self.rss_b_kib.1
+        ));
+        let samples: Vec<String> = self
+            .rss_samples
+            .iter()
+            .map(|(done, a, b)| format!("{done}: A {a}, B {b}"))
+            .collect();
+        text.push_str(&format!(
+            "- RSS (KiB) as the migrations went on: {}\n",
+            samples.join("; ")
         ));
         text.push_str("- faults:");
         for fault in &self.faults {

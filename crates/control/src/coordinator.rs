@@ -744,7 +744,8 @@ impl Coordinator {
         let now = self.clock.now_ms();
         let slots = self.slots();
         let newest = self.fetch_peer_phases().await;
-        let learned = self.learn(&newest, now).len();
+        let learned_vms = self.learn(&newest, now);
+        let learned = learned_vms.len();
         // Drains an earlier run left behind, that nothing here knows of.
         let local: Vec<&BalancerSlot> = slots.iter().filter(|s| !s.is_peer).collect();
         let found =
@@ -795,10 +796,14 @@ impl Coordinator {
                 .vms()
                 .filter(|(_, s)| s.phase != Phase::Stable)
                 .collect();
+            // What the peers changed reaches this node's balancers too (a VM its own state file
+            // had draining may be stable by now).
+            let mut local: std::collections::BTreeSet<&VmId> = active.iter().map(|(vm, _)| *vm).collect();
+            local.extend(learned_vms.iter());
             (
-                active
-                    .iter()
-                    .map(|(vm, _)| book.current(vm, now, Scope::Local))
+                local
+                    .into_iter()
+                    .map(|vm| book.current(vm, now, Scope::Local))
                     .collect(),
                 active
                     .iter()

@@ -137,9 +137,9 @@ impl Book {
         }
     }
 
-    /// When the VM's phase last changed (0 for a VM never seen).
+    /// When the VM's phase was last changed by the node that drives it (0 for a VM never seen).
     fn changed_at(&self, vm: &VmId) -> Millis {
-        self.registry.vm(vm).map_or(0, |s| s.since)
+        self.registry.vm(vm).map_or(0, |s| s.changed_at)
     }
 
     /// Due transitions (deadlines, ramp ends, admissions), each as a delivery.
@@ -280,7 +280,7 @@ impl Coordinator {
             .map(|(vm, state)| VmPhase {
                 vm: vm.clone(),
                 command: book.registry.command_for(vm, now),
-                since: state.since,
+                since: state.changed_at,
             })
             .collect()
     }
@@ -859,7 +859,7 @@ impl Coordinator {
         let mut book = self.book.lock();
         let mut learned = Vec::new();
         for (vm, phase) in newest {
-            let ours = book.registry.vm(vm).map(|s| s.since);
+            let ours = book.registry.vm(vm).map(|s| s.changed_at);
             if ours.is_none_or(|since| since < phase.since)
                 && book
                     .registry

@@ -90,8 +90,8 @@ pub struct VmPhase {
     pub vm: VmId,
     /// What balancers must apply for it now.
     pub command: crate::phase::PhaseCommand,
-    /// When its phase last changed on that node (ms since the Unix epoch): the newer of two nodes'
-    /// views wins.
+    /// When its phase was last changed by the node that drives its migration (ms since the Unix
+    /// epoch; the registry's `changed_at`): the newer of two nodes' views wins.
     pub since: Millis,
 }
 

@@ -267,6 +267,11 @@ pub struct VmState {
     pub phase: Phase,
     /// When the current phase began.
     pub since: Millis,
+    /// When the VM's phase was last changed by the node that drives its migration (a notice
+    /// there, or its deadline): what two nodes compare to tell the newer view. Local consequences
+    /// on a node that follows (its ramp ending, its own enforcement of the deadline) leave it.
+    #[serde(default)]
+    pub changed_at: Millis,
     /// When the current drain began (draining and migrating only).
     pub drain_started_at: Option<Millis>,
     /// When the VM is restored if no end notice comes (draining and migrating only).
@@ -295,6 +300,7 @@ impl VmState {
         Self {
             phase: Phase::Stable,
             since: now,
+            changed_at: now,
             drain_started_at: None,
             deadline_at: None,
             ramp_started_at: None,

@@ -439,6 +439,7 @@ impl Registry {
             && let Some(state) = self.vms.get_mut(vm)
         {
             state.origin = Origin::Local;
+            state.changed_at = now;
             debug_assert_eq!(transition.origin, Origin::Local);
         }
         Ok(outcome)
@@ -587,7 +588,15 @@ impl Registry {
             .map(|(vm, _)| vm.clone())
             .collect();
         for vm in expired {
-            transitions.push(self.end(&vm, EndReason::Deadline, now, Cause::Deadline));
+            let transition = self.end(&vm, EndReason::Deadline, now, Cause::Deadline);
+            // The driving node's deadline is a change its peers are told of; a follower's own
+            // enforcement of it is not.
+            if transition.origin == Origin::Local
+                && let Some(state) = self.vms.get_mut(&vm)
+            {
+                state.changed_at = now;
+            }
+            transitions.push(transition);
         }
         let ramped: Vec<VmId> = self
             .vms
@@ -604,6 +613,8 @@ impl Registry {
                 queued_since: state.queued_since,
                 readdress: state.readdress.take(),
                 origin,
+                // A ramp ending is every node's own consequence, not a new view.
+                changed_at: state.changed_at,
                 ..VmState::stable(now)
             };
             if let Some(id) = id {
@@ -650,8 +661,8 @@ impl Registry {
     /// Follows a peer's command for a VM (the peer API): the registry takes the phase, times and
     /// deadline the command describes, so that this node's own deadline, retries and later notices
     /// agree with the node that drives the migration. `at` is when the change was made on that
-    /// node (ms since the epoch; the phase's `since` here), so that the newer of two views can be
-    /// told apart later. The capacity guard is not asked: the driving node already admitted the
+    /// node (ms since the epoch), kept as the VM's `changed_at` so that the newer of two views
+    /// can be told apart later. The capacity guard is not asked: the driving node already admitted the
     /// migration. Returns the transition, or `None` when the VM already is where the command puts
     /// it (times are still taken from the command). See [`Registry::is_newer_than`] to refuse a
     /// command older than what the registry holds.
@@ -748,6 +759,7 @@ impl Registry {
         if to != from {
             next.since = at.min(now);
         }
+        next.changed_at = at;
         if to == Phase::Stable
             && from != Phase::Stable
             && let Some(id) = next.migration
@@ -769,11 +781,11 @@ impl Registry {
         })
     }
 
-    /// Whether the registry's view of a VM changed after `at` (a command made at `at` elsewhere is
-    /// then older than what this node knows, e.g. one that was in flight while this process was
-    /// frozen, and must not be applied over it).
+    /// Whether the registry's view of a VM was changed (by a notice, or by what it followed) after
+    /// `at`: a command made at `at` elsewhere is then older than what this node knows (one in
+    /// flight while this process was frozen, say) and must not be applied over it.
     pub fn is_newer_than(&self, vm: &VmId, at: Millis) -> bool {
-        self.vms.get(vm).is_some_and(|s| s.since > at)
+        self.vms.get(vm).is_some_and(|s| s.changed_at > at)
     }
 
     /// Adopts a drain found on a driven balancer at start, when the registry knows of no migration
@@ -862,6 +874,7 @@ impl Registry {
                 Phase::Draining
             },
             since: now,
+            changed_at: now,
             drain_started_at: Some(now),
             deadline_at: Some(now.saturating_add(deadline)),
             ramp_started_at: None,

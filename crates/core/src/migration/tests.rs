@@ -566,3 +566,25 @@ fn a_followed_phase_keeps_the_time_it_changed_at_its_origin_so_an_older_one_is_t
     assert!(reg.is_newer_than(&a, 1_000));
     assert!(!reg.is_newer_than(&a, 2_000));
 }
+
+#[test]
+fn a_ramp_ending_here_does_not_make_a_peers_later_change_look_older() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    reg.follow(
+        &a,
+        PhaseCommand::Ramp {
+            elapsed_ms: 0,
+            reason: EndReason::Completed,
+        },
+        1_000,
+        1_000,
+    );
+    // The local ramp ends at 11 000; the peer began a new migration at 10 500.
+    assert_eq!(reg.tick(11_000).len(), 1);
+    assert_eq!(reg.phase(&a), Phase::Stable);
+    assert!(!reg.is_newer_than(&a, 10_500));
+    // A notice here is a change of the view.
+    applied(reg.apply(&a, Notice::Prepare, 12_000, NONE));
+    assert!(reg.is_newer_than(&a, 11_500));
+}

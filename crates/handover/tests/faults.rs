@@ -590,6 +590,14 @@ async fn a_restarted_node_fetches_the_current_phases_from_its_peers_before_it_se
     let mut node_b = Node::start(&config_b);
     assert_eq!(node_a.notice("vm-a", notice("prepare")).await.0, 200);
     assert_eq!(pool_phase(&node_b, "vm-a").await, "draining");
+    // B saves what it followed (after its reply: A has it on disk).
+    let saved = dir.path().join("b.json");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            std::fs::read_to_string(&saved).is_ok_and(|t| t.contains("\"draining\""))
+        })
+        .await
+    );
 
     // B dies; the migration ends while it is down (A cannot tell it).
     node_b.kill();
@@ -1229,4 +1237,31 @@ async fn a_peer_command_older_than_what_the_node_knows_is_ignored() {
     assert_ne!(node.phase("vm-a").await, "draining");
     assert_ne!(pool_phase(&node, "vm-a").await, "draining");
     assert!(node.plain_log().contains("older than this node's view ignored"));
+}
+
+// 1 and 6. A node frozen in the middle of a ramp: when it runs again its ramp ends (a local
+// consequence), and the drain its peer began during the freeze still wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_begun_while_a_node_was_frozen_mid_ramp_reaches_it_when_it_runs_again() {
+    let backends = three_backends().await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let url = |port: u16| format!("http://127.0.0.1:{port}");
+    let node_a = Node::start(&twin_config(port_a, &url(port_b), "", &backends));
+    let node_b = Node::start(&twin_config(port_b, &url(port_a), "", &backends));
+    assert_eq!(node_a.notice("vm-a", notice("prepare")).await.0, 200);
+    assert_eq!(node_a.notice("vm-a", notice("completed")).await.0, 200);
+    assert_eq!(pool_phase(&node_b, "vm-a").await, "ramping");
+    node_b.signal("STOP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(node_a.notice("vm-a", notice("prepare")).await.0, 200);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    node_b.signal("CONT");
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            pool_phase(&node_b, "vm-a").await == "draining"
+        })
+        .await,
+        "{}",
+        node_b.plain_log()
+    );
 }

@@ -329,18 +329,22 @@ impl Coordinator {
 
         // Decide.
         let decide = |options: NoticeOptions| {
-            let mut book = self.book.lock();
-            let ticked = book.tick(now);
-            let previous_phase = book.registry.phase(vm);
-            let undo = book.registry.undo_point(vm);
-            let outcome = book.registry.apply(vm, request.phase, now, options);
-            let seq = match &outcome {
-                Ok(_) => book.bump(vm),
-                Err(_) => book.seq(vm),
+            let (ticked, decided) = {
+                let mut book = self.book.lock();
+                let ticked = book.tick(now);
+                let previous_phase = book.registry.phase(vm);
+                let undo = book.registry.undo_point(vm);
+                let outcome = book.registry.apply(vm, request.phase, now, options);
+                let seq = match &outcome {
+                    Ok(_) => book.bump(vm),
+                    Err(_) => book.seq(vm),
+                };
+                let changed_at = book.changed_at(vm);
+                (ticked, (previous_phase, undo, outcome, seq, changed_at))
             };
-            let changed_at = book.changed_at(vm);
+            // Outside the registry's lock: observing a transition reads the registry again.
             self.hand_to_run_loop(ticked);
-            (previous_phase, undo, outcome, seq, changed_at)
+            decided
         };
         let (mut previous_phase, mut undo, mut outcome, mut seq, mut changed_at) = decide(options.clone());
         if matches!(outcome, Err(NoticeError::NotMigrating { .. })) && self.learn_from_peers(now).await {
@@ -965,6 +969,7 @@ impl Coordinator {
     }
 
     /// Logs and counts transitions found by a tick, and queues their deliveries for the run loop.
+    /// Never call it with the registry's lock held.
     fn hand_to_run_loop(&self, ticked: Vec<(Transition, Option<VmState>, Delivery)>) {
         if ticked.is_empty() {
             return;

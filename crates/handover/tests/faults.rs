@@ -1265,3 +1265,30 @@ async fn a_drain_begun_while_a_node_was_frozen_mid_ramp_reaches_it_when_it_runs_
         node_b.plain_log()
     );
 }
+
+// Found by bench/soak: a notice that met a deadline or a ramp end falling due at the same moment
+// deadlocked the control plane (the registry's lock was taken again while held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_that_meet_deadlines_falling_due_keep_the_control_plane_answering() {
+    let vms = many_vms(40);
+    let node = Node::start(&format!(
+        "{}{}",
+        control(0),
+        tcp_pool("deadline = \"1s\"\nramp = { window = \"1s\" }", &vms)
+    ));
+    let names: Vec<String> = vms.iter().map(|(vm, _)| vm.clone()).collect();
+    // Deadlines and ramp ends fall due all the time while notices keep coming.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        let replies = tokio::time::timeout(
+            Duration::from_secs(10),
+            notice_all(&node, &names, notice("prepare")),
+        )
+        .await
+        .expect("the control plane answers");
+        assert!(replies.iter().all(|(s, _)| *s == 200), "{replies:?}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let health = tokio::time::timeout(Duration::from_secs(3), node.client(None).get_text("/healthz")).await;
+    assert!(matches!(health, Ok(Ok(_))), "{health:?}");
+}

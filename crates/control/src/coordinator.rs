@@ -904,6 +904,8 @@ impl Coordinator {
     /// balancers what changed.
     async fn catch_up(self: &Arc<Self>, frozen: Duration) {
         let started = Instant::now();
+        // Calls that were in flight during the freeze timed out by this process's clock.
+        self.balancers.clear_hung();
         let newest = self.fetch_peer_phases().await;
         let now = self.clock.now_ms();
         let learned = self.learn(&newest, now);

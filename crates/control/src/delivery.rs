@@ -3,10 +3,11 @@
 //! - **Lanes.** Calls to one balancer about one VM go one at a time; a delivery that finds the VM
 //!   changed again since it was made stands aside, because the newer change's own delivery tells
 //!   that balancer. Different VMs, and different balancers, never wait for each other.
-//! - **Hung balancers.** A balancer whose call timed out is not called by later deliveries until it
-//!   answers one of its retries: they report it pending at once instead of waiting out its timeout
-//!   again. A balancer that refuses connections is still called (it fails fast, and a driven one
-//!   remembers what it was told and applies it when it answers).
+//! - **Hung balancers.** A balancer whose call timed out is *hung*: later deliveries give it only a
+//!   short try ([`HUNG_TRY`]) and report it pending if it does not answer, instead of waiting out
+//!   its timeout again; an answer (to a try or to a retry) ends it. A balancer that refuses
+//!   connections is not hung (it fails fast, and a driven one remembers what it was told and
+//!   applies it when it answers).
 //! - **What each balancer serves.** Its configuration (`serves_known`) or its last answer says so,
 //!   so one that cannot be reached is known to serve the VM, and is told later.
 //!
@@ -68,6 +69,9 @@ pub struct Delivery {
     /// Which balancers.
     pub scope: Scope,
 }
+
+/// How long a notice tries a balancer known to hang (it may be back).
+pub const HUNG_TRY: Duration = Duration::from_millis(25);
 
 /// A balancer that cannot be told is logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(5);
@@ -168,18 +172,14 @@ impl Balancers {
         let started = Instant::now();
         let serves = self.serves_known(index, vm);
         let worth_retrying = serves != Some(false);
-        if !probe && let Some(since) = self.hung_since(index) {
-            if worth_retrying {
-                self.retries.add(index, vm);
-            }
-            let error = format!(
-                "not answering for {:.1} s (no answer within {} ms); it is sent the current phase when it answers",
-                since.elapsed().as_secs_f64(),
-                slot.timeout.as_millis()
-            );
-            return not_told(slot, Some(error), serves, worth_retrying, started.elapsed());
-        }
-        let step = tokio::time::timeout(slot.timeout, async {
+        // A balancer known to hang gets a short try only (it may be back): a notice never waits
+        // its whole timeout again.
+        let hung = if probe { None } else { self.hung_since(index) };
+        let budget = match hung {
+            Some(_) => HUNG_TRY.min(slot.timeout),
+            None => slot.timeout,
+        };
+        let step = tokio::time::timeout(budget, async {
             let _lane = self.lanes.lock(&(index, vm.clone())).await;
             if current(vm) != delivery.seq {
                 return Step::Superseded;
@@ -216,6 +216,17 @@ impl Balancers {
                 }
                 not_told(slot, Some(error.to_string()), serves, worth_retrying, elapsed)
             }
+            Err(_) if hung.is_some() => {
+                if worth_retrying {
+                    self.retries.add(index, vm);
+                }
+                let error = format!(
+                    "not answering for {:.1} s (no answer within {} ms); it is sent the current phase when it answers",
+                    hung.map_or(0.0, |since| since.elapsed().as_secs_f64()),
+                    slot.timeout.as_millis()
+                );
+                not_told(slot, Some(error), serves, worth_retrying, elapsed)
+            }
             Err(_) => {
                 // No answer in time, or an earlier call about this VM still has none.
                 self.set_hung(index, true);
@@ -240,6 +251,12 @@ impl Balancers {
                 true
             }
         }
+    }
+
+    /// Takes every balancer for answering again (after this process was frozen, its own calls
+    /// timed out: that said nothing about the balancers).
+    pub fn clear_hung(&self) {
+        self.hung.lock().iter_mut().for_each(|h| *h = None);
     }
 
     /// Forgets everything still to be told about a VM (its change was undone).

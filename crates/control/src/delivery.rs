@@ -71,7 +71,7 @@ pub struct Delivery {
 }
 
 /// How long a notice tries a balancer known to hang (it may be back).
-pub const HUNG_TRY: Duration = Duration::from_millis(25);
+pub const HUNG_TRY: Duration = Duration::from_millis(10);
 
 /// A balancer that cannot be told is logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(5);

@@ -10,7 +10,8 @@ hypervisor stole more than 0.05 cores, is repeated once and the quieter of the t
 Scenarios (SCENARIOS below): closed-loop wrk at 32 and 128 keep-alive connections, a new
 connection per request (L7 and L4), L4 keep-alive, L7 keep-alive with the first backend draining,
 an open-loop fixed rate (latency at the same load for everyone), 10,000 idle connections (memory per
-connection), and user-space instructions per request under callgrind (once; deterministic).
+connection), user-space instructions per request under callgrind (once; deterministic), and TLS:
+keep-alive, a new connection (a full handshake) per request, and HTTP/2 with h2load.
 
 Usage: bench/proxy.py [--reps 3] [--seconds 10] [--rate 15000] [--scenarios a,b] [--targets a,b]
                       [--extra-handover NAME=PATH ...] [--out DIR] [--bin-dir DIR] [--any-load]
@@ -44,6 +45,13 @@ SCENARIOS = {
                      {"port": targets.HTTP_PORT, "connections": 32, "draining": True}),
     "l7-rate": ("open", "L7 keep-alive, open loop at a fixed rate over 32 connections", {"connections": 32}),
     "idle-10k": ("idle", "10,000 idle client connections (memory per connection)", {"count": 10000}),
+    "tls-keepalive-c32": ("wrk", "TLS keep-alive (HTTP/1.1), 32 connections",
+                          {"port": targets.TLS_PORT, "connections": 32, "scheme": "https"}),
+    "tls-handshake-c32": ("wrk", "TLS, a new connection and full handshake per request, 32 connections",
+                          {"port": targets.TLS_PORT, "connections": 32, "scheme": "https",
+                           "extra": ["-H", "Connection: close"]}),
+    "h2-c8-m16": ("h2load", "HTTP/2 over TLS, 8 connections × 16 concurrent streams (h2load)",
+                  {"port": targets.TLS_PORT, "connections": 8, "streams": 16}),
     "instructions": ("callgrind", "user-space instructions per L7 request", {}),
 }
 
@@ -55,6 +63,9 @@ def versions(binaries):
         "haproxy": subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0],
         "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip(),
         "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0],
+        "h2load": (subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip()
+                   if subprocess.run(["sh", "-c", "command -v h2load"], capture_output=True).returncode == 0
+                   else "h2load not installed"),
     }
 
 
@@ -83,12 +94,15 @@ def one_run(scenario, target, args, work, binaries, backend_pids):
         pids = children_of(proc.pid)
         if kind == "idle":
             result = load.run_idle(pids, params["count"])
+        elif kind == "h2load":
+            result = load.run_h2load(params["port"], params["connections"], params["streams"], args.seconds,
+                                     pids, backend_pids, work)
         elif kind == "open":
             loadgen = os.path.join(args.bin_dir, "handover-loadgen")
             result = load.run_open(loadgen, args.rate, params["connections"], args.seconds, pids, backend_pids)
         else:
             result = load.run_wrk(params["port"], params["connections"], params.get("extra", []),
-                                  args.seconds, pids, backend_pids)
+                                  args.seconds, pids, backend_pids, params.get("scheme", "http"))
         result["peak_rss_kib"] = memory_kib(children_of(proc.pid), "VmHWM")
     finally:
         targets.stop(proc)
@@ -136,7 +150,8 @@ def main():
     # Every process started here may open as many files as this machine allows.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    busy = [p for p in targets.BACKENDS + [targets.HTTP_PORT, targets.TCP_PORT, targets.CONTROL_PORT] if wait_port(p, 0.1)]
+    busy = [p for p in targets.BACKENDS + [targets.HTTP_PORT, targets.TCP_PORT, targets.TLS_PORT, targets.CONTROL_PORT]
+            if wait_port(p, 0.1)]
     if busy:
         sys.exit(f"ports {busy} are already in use on 127.0.0.1; stop what listens there first")
     work = os.path.join(args.out, "work")

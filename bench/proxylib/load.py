@@ -1,6 +1,8 @@
 """The loads a run puts on a proxy, and what is measured meanwhile:
 
 - closed loop (wrk, one thread): throughput, latency at that throughput, proxy CPU per request;
+  over TLS too (keep-alive, or a new connection and a full handshake per request);
+- HTTP/2 over TLS (h2load, one thread): the same, with streams multiplexed on a few connections;
 - open loop (handover-loadgen): latency at a fixed rate, the same for every proxy;
 - idle connections: memory per connection;
 - callgrind: user-space instructions per request at a fixed rate, nearly deterministic whatever
@@ -81,15 +83,33 @@ def loadgen_command(loadgen, rate, connections, seconds, warmup):
             "--connections", str(connections), "--seconds", str(seconds), "--warmup", str(warmup)]
 
 
-def run_wrk(port, connections, extra, seconds, pids, backend_pids):
+def run_wrk(port, connections, extra, seconds, pids, backend_pids, scheme="http"):
     """Closed loop: `wrk -t1 -c<connections>` for `seconds`, after a second of warm-up."""
-    url = f"http://127.0.0.1:{port}/"
+    url = f"{scheme}://127.0.0.1:{port}/"
     subprocess.run(["wrk", "-t1", f"-c{connections}", "-d1s", *extra, url], capture_output=True, check=False)
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url]
     text, cpu_fields = measured(command, pids, backend_pids)
     rps, requests, p50, p99, errors = parse_wrk(text)
     return {"rps": rps, "requests": requests, "p50_ms": p50, "p99_ms": p99, "errors": errors,
             **cpu_fields(requests)}
+
+
+def run_h2load(port, connections, streams, seconds, pids, backend_pids, work):
+    """HTTP/2 over TLS: `h2load -t1 -c<connections> -m<streams>` for `seconds` after a second of
+    warm-up; latencies from its per-request log."""
+    log_file = os.path.join(work, "h2load.log")
+    command = ["h2load", "-t1", f"-c{connections}", f"-m{streams}", f"-D{seconds}", "--warm-up-time=1",
+               f"--log-file={log_file}", f"https://127.0.0.1:{port}/"]
+    text, cpu_fields = measured(command, pids, backend_pids)
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", text).group(1))
+    total, _, _, succeeded, failed, errored = (int(x) for x in re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored",
+        text).groups())
+    ok = int(re.search(r"status codes: (\d+) 2xx", text).group(1))
+    latencies = sorted(int(line.split()[2]) / 1000 for line in open(log_file) if len(line.split()) >= 3)
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else 0.0
+    return {"rps": rps, "requests": succeeded, "p50_ms": pick(0.5), "p99_ms": pick(0.99),
+            "errors": failed + errored + (succeeded - ok), **cpu_fields(succeeded)}
 
 
 def run_open(loadgen, rate, connections, seconds, pids, backend_pids):

@@ -4,7 +4,8 @@ its ratio from this run."""
 
 import statistics
 
-# Goals of the data plane: (scenario, metric, other proxy, ratio at most, what).
+# Goals of the data plane: (scenario, metric, other proxy, ratio at most, what); a negative limit
+# means "at least" its absolute value (throughput goals).
 GOALS = [
     ("l7-keepalive-c32", "cpu_us", "haproxy", 0.8, "L7 keep-alive, 32 connections: CPU per request ≤ 0.8 × HAProxy's"),
     ("l7-keepalive-c128", "cpu_us", "haproxy", 0.8, "L7 keep-alive, 128 connections: CPU per request ≤ 0.8 × HAProxy's"),
@@ -13,6 +14,8 @@ GOALS = [
     ("l7-close-c32", "cpu_us", "nginx", 1.0, "L7 new connection per request: CPU per request ≤ nginx's"),
     ("l4-close-c32", "cpu_us", "nginx", 1.0, "L4 new connection per request: CPU per request ≤ nginx's"),
     ("idle-10k", "kib_per_connection", "haproxy", 1.0, "memory per idle connection ≤ HAProxy's"),
+    ("tls-keepalive-c32", "cpu_us", "haproxy", 0.8, "TLS keep-alive: CPU per request ≤ 0.8 × HAProxy's"),
+    ("tls-handshake-c32", "rps", "haproxy", -1.0, "TLS handshakes per second (new connection per request) ≥ HAProxy's"),
 ]
 
 
@@ -70,10 +73,11 @@ def markdown(report):
 
     lines = [
         f"{m['date']}, {m['cores']} cores ({m['cpu']}), kernel {m['kernel']}; {v['handover']}, {v['haproxy']}, "
-        f"{v['nginx']}, {v['wrk']}. Medians of {report['reps']} interleaved runs of {report['seconds']} s "
+        f"{v['nginx']}, {v['wrk']}, {v.get('h2load', 'h2load')}. Medians of {report['reps']} interleaved runs of {report['seconds']} s "
         "(ranges in brackets); CPU µs/req = the proxy's user+system CPU ÷ requests, \"of which user\" its "
         "user-space part (the rest is the kernel's: TCP on loopback, wake-ups); ratios against the same "
-        "worker count; `l7-rate` is open loop at the same fixed rate for every proxy.",
+        "worker count; `l7-rate` is open loop at the same fixed rate for every proxy; `tls-handshake-c32` "
+        "req/s is TLS handshakes per second; `h2-c8-m16` latencies are h2load's per-request times.",
         "",
         "| scenario | proxy | workers | req/s | p50 ms | p99 ms | CPU µs/req | of which user | peak RSS MiB | vs HAProxy | vs nginx | errors |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -132,7 +136,10 @@ def markdown(report):
             value = ratio(row, key, other)
             if value is None:
                 continue
-            verdict = "met" if value <= limit else f"not met, by {(value / limit - 1) * 100:.1f} %"
+            if limit < 0:
+                verdict = "met" if value >= -limit else f"not met, by {(1 - value / -limit) * 100:.1f} %"
+            else:
+                verdict = "met" if value <= limit else f"not met, by {(value / limit - 1) * 100:.1f} %"
             goal_lines.append(f"- {what} ({workers} worker{'s' if workers == '2' else ''}): {value:.2f}× — {verdict}")
     if goal_lines:
         lines += ["", "Goals, from this run:", ""] + goal_lines

@@ -78,6 +78,9 @@ pub enum CoordinatorError {
         /// What is wrong.
         message: String,
     },
+    /// The fleet's store (etcd) cannot be reached: nothing was applied.
+    #[error("{0}")]
+    Unavailable(String),
     /// No balancer serves the VM.
     #[error("no balancer serves VM {vm}")]
     UnknownVm {
@@ -188,6 +191,8 @@ pub struct Coordinator {
     thresholds: HashMap<VmId, u64>,
     wake: Notify,
     stats: Mutex<Stats>,
+    /// In fleet mode: takes notices instead of the fan-out (see [`crate::fleet`]).
+    fleet: std::sync::OnceLock<Arc<dyn crate::fleet::FleetHook>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -228,6 +233,7 @@ impl Coordinator {
             thresholds,
             wake: Notify::new(),
             stats: Mutex::new(Stats::default()),
+            fleet: std::sync::OnceLock::new(),
         })
     }
 
@@ -285,6 +291,49 @@ impl Coordinator {
             .collect()
     }
 
+    /// Puts this node in fleet mode: notices go to the fleet (set once, before serving).
+    pub fn set_fleet(&self, fleet: Arc<dyn crate::fleet::FleetHook>) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    /// The fleet, in fleet mode.
+    pub fn fleet(&self) -> Option<&Arc<dyn crate::fleet::FleetHook>> {
+        self.fleet.get()
+    }
+
+    /// Fleet mode: makes the fleet's state of a VM (`None`: stable) this node's, and applies it to
+    /// this node's own balancers (each within its timeout, as a notice's delivery). The registry
+    /// keeps the fleet's deadline, so the VM is restored here at its deadline even when etcd
+    /// cannot be reached. Saved after the balancers are told: etcd has it already.
+    pub async fn adopt(self: &Arc<Self>, vm: &VmId, state: Option<VmState>) -> Vec<BalancerResult> {
+        let serial = self.notices.lock(vm).await;
+        let now = self.clock.now_ms();
+        let (before, transition, delivery) = {
+            let mut book = self.book.lock();
+            let before = book.registry.vm(vm).cloned();
+            if before.is_none() && state.is_none() {
+                return Vec::new();
+            }
+            let transition = book.registry.adopt(vm, state, now);
+            book.bump(vm);
+            (before, transition, book.current(vm, now, Scope::Local))
+        };
+        if let Some(transition) = &transition {
+            self.observe_transition(transition, before.as_ref(), now);
+            info!(%vm, from = %transition.from, to = %transition.to, "migration phase changed (fleet)");
+        }
+        let results = self.deliver(&delivery).await;
+        drop(serial);
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(reason) = this.persist().await {
+                error!(%reason, "cannot save the state file");
+            }
+        });
+        self.wake.notify_one();
+        results
+    }
+
     fn validate(&self, request: &NoticeRequest) -> Result<NoticeOptions, CoordinatorError> {
         let readdress = Readdress {
             new_ip: request.new_ip,
@@ -324,6 +373,19 @@ impl Coordinator {
         request: &NoticeRequest,
     ) -> Result<NoticeResponse, CoordinatorError> {
         let options = self.validate(request)?;
+        if let Some(fleet) = self.fleet.get() {
+            // Fleet mode: etcd decides, and every serving node's watcher applies it (this one's
+            // through [`Coordinator::adopt`]).
+            let result = fleet.notice(vm, request).await;
+            let outcome = match &result {
+                Ok(response) => response.outcome.clone(),
+                Err(CoordinatorError::UnknownVm { .. }) => "unknown_vm".into(),
+                Err(CoordinatorError::Unavailable(_)) => "unavailable".into(),
+                Err(_) => "rejected".into(),
+            };
+            self.count_notice(request.phase, &outcome);
+            return result;
+        }
         let serial = self.notices.lock(vm).await;
         let now = self.clock.now_ms();
 
@@ -780,7 +842,11 @@ impl Coordinator {
                     slot.balancer.name(),
                     leftover.found
                 );
-                if book.registry.adopt(&leftover.vm, now, note.clone()).is_some() {
+                if book
+                    .registry
+                    .adopt_leftover(&leftover.vm, now, note.clone())
+                    .is_some()
+                {
                     book.bump(&leftover.vm);
                     adopted += 1;
                     warn!(vm = %leftover.vm, balancer = %slot.balancer.name(), found = %leftover.found, "drain left by an earlier run adopted");

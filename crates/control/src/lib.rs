@@ -9,6 +9,7 @@
 //! - [`retry`]: what each balancer still has to be told, and when it is tried next.
 //! - [`durable`]: where a change is saved before it is acknowledged (the state file).
 //! - [`keyed_lock`]: async locks by key, so that work on one VM waits only for that VM.
+//! - [`fleet`]: the seam to a fleet on etcd, which takes notices instead of the peers' fan-out.
 //! - [`api`]: the HTTP control API (axum), including the peer-facing balancer endpoints.
 //! - [`dashboard`]: the live page for operators and its event stream.
 //! - [`metrics`] + [`stats`]: Prometheus exposition.
@@ -21,6 +22,7 @@ pub mod dashboard;
 pub mod delivery;
 pub mod durable;
 pub mod fanout;
+pub mod fleet;
 pub mod keyed_lock;
 pub mod metrics;
 pub mod retry;
@@ -30,3 +32,4 @@ pub use clock::Clock;
 pub use coordinator::{Coordinator, CoordinatorError};
 pub use durable::Durable;
 pub use fanout::BalancerSlot;
+pub use fleet::FleetHook;

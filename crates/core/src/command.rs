@@ -147,6 +147,7 @@ mod tests {
             shape: DrainShape::Linear,
             window: Duration::from_secs(10),
             keep: Keep::Connections,
+            long_lived_close_after: None,
         };
         let ramp = RampPolicy::default();
         let p = policies(&drain, &ramp, RestoreMode::Ramp);

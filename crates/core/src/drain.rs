@@ -24,6 +24,12 @@ pub struct DrainPolicy {
     pub window: Duration,
     /// What existing traffic keeps going to the VM.
     pub keep: Keep,
+    /// Opt-in: this long after the drain began, long-lived work still open to the VM (WebSocket
+    /// tunnels, L4 connections, idle HTTP/1.1 and HTTP/2 upstream connections) is closed in the
+    /// least harmful way its protocol has, so that clients reconnect elsewhere before the
+    /// blackout. `None` (the default) never closes anything.
+    #[serde(default, with = "crate::config::serde_duration::option")]
+    pub long_lived_close_after: Option<Duration>,
 }
 
 impl Default for DrainPolicy {
@@ -33,6 +39,7 @@ impl Default for DrainPolicy {
             shape: DrainShape::Step,
             window: Duration::ZERO,
             keep: Keep::Connections,
+            long_lived_close_after: None,
         }
     }
 }
@@ -73,6 +80,7 @@ mod tests {
             shape: DrainShape::Linear,
             window: Duration::from_millis(window_ms),
             keep: Keep::Connections,
+            long_lived_close_after: None,
         }
     }
 

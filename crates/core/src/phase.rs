@@ -150,7 +150,9 @@ impl fmt::Display for EndReason {
 pub const MAX_DEADLINE_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// What a balancer must do for a VM: the whole desired state, so applying it twice is harmless.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// On the wire: `{"action": "drain", "elapsed_ms": ..., "migrating": ..., "deadline_in_ms": ...}`,
+/// `{"action": "ramp", "elapsed_ms": ..., "reason": ...}` or `{"action": "stable"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "lowercase")]
 pub enum PhaseCommand {
     /// Reduce new work per each pool's drain policy; keep existing connections.
@@ -172,6 +174,48 @@ pub enum PhaseCommand {
     },
     /// Full share of new work.
     Stable,
+}
+
+/// A [`PhaseCommand`] as it is read: every field optional, so that an error names its field.
+/// (serde's own reading of an internally tagged enum buffers the object first, and an error inside
+/// it, an unknown action or a field of the wrong type, then names no field.)
+#[derive(Deserialize)]
+struct PhaseCommandFields {
+    action: Action,
+    elapsed_ms: Option<u64>,
+    migrating: Option<bool>,
+    deadline_in_ms: Option<u64>,
+    reason: Option<EndReason>,
+}
+
+/// The `action` of a [`PhaseCommand`].
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Action {
+    Drain,
+    Ramp,
+    Stable,
+}
+
+impl<'de> Deserialize<'de> for PhaseCommand {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let fields = PhaseCommandFields::deserialize(deserializer)?;
+        fn required<T, E: serde::de::Error>(value: Option<T>, name: &'static str) -> Result<T, E> {
+            value.ok_or_else(|| E::missing_field(name))
+        }
+        Ok(match fields.action {
+            Action::Drain => PhaseCommand::Drain {
+                elapsed_ms: required(fields.elapsed_ms, "elapsed_ms")?,
+                migrating: required(fields.migrating, "migrating")?,
+                deadline_in_ms: required(fields.deadline_in_ms, "deadline_in_ms")?,
+            },
+            Action::Ramp => PhaseCommand::Ramp {
+                elapsed_ms: required(fields.elapsed_ms, "elapsed_ms")?,
+                reason: required(fields.reason, "reason")?,
+            },
+            Action::Stable => PhaseCommand::Stable,
+        })
+    }
 }
 
 impl PhaseCommand {
@@ -335,6 +379,37 @@ impl VmState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phase_commands_read_back_what_is_written() {
+        for command in [
+            PhaseCommand::Drain {
+                elapsed_ms: 1500,
+                migrating: true,
+                deadline_in_ms: 600_000,
+            },
+            PhaseCommand::Ramp {
+                elapsed_ms: 20,
+                reason: EndReason::Deadline,
+            },
+            PhaseCommand::Stable,
+        ] {
+            let json = serde_json::to_string(&command).unwrap();
+            assert_eq!(
+                serde_json::from_str::<PhaseCommand>(&json).unwrap(),
+                command,
+                "{json}"
+            );
+        }
+        // Fields another version may add, or that belong to another action, are ignored.
+        let stable: PhaseCommand =
+            serde_json::from_str(r#"{"action":"stable","elapsed_ms":5,"priority":1}"#).unwrap();
+        assert_eq!(stable, PhaseCommand::Stable);
+        let error = serde_json::from_str::<PhaseCommand>(r#"{"action":"ramp","elapsed_ms":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("missing field `reason`"), "{error}");
+    }
 
     #[test]
     fn readdress_keeps_ports_and_prefers_explicit_moves() {

@@ -33,12 +33,21 @@ pub fn check_machine(
     }
 }
 
-/// Prints `ok` with a summary, or every error; exit status 1 on errors.
+/// Prints `ok` with a summary, or every error; exit status 1 on errors. TLS files (certificates,
+/// keys, CA files) and the state file's path are checked too, each reported in the same run.
 pub fn check(path: &Path) -> anyhow::Result<u8> {
     match load(path)? {
         Ok(config) => {
+            let mut failed = false;
             if let Err(error) = check_machine(path, &config, false) {
                 eprintln!("{error}");
+                failed = true;
+            }
+            if let Err(e) = handover_proxy::tls::check(&config) {
+                eprintln!("{}: {e}", path.display());
+                failed = true;
+            }
+            if failed {
                 return Ok(EXIT_ERROR);
             }
             let backends: usize = config.pools.iter().map(|p| p.backends.len()).sum();

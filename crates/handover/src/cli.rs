@@ -304,6 +304,16 @@ pub enum Command {
         #[command(flatten)]
         control: ControlArgs,
     },
+    /// List the fleet (`[fleet]` on etcd): every node, its lease, the VMs it serves, and its last
+    /// acknowledgement of each VM in migration.
+    Fleet {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// The control API of any node of the fleet.
+        #[command(flatten)]
+        control: ControlArgs,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
         /// The shell.

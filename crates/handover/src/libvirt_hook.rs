@@ -1,16 +1,22 @@
 //! `handover libvirt-hook`: libvirt's `qemu` hook. libvirt runs it synchronously with the domain
-//! name, operation, sub-operation and extra argument, and the domain XML on stdin.
+//! name, operation, sub-operation and extra argument, and the domain XML on stdin. What each call
+//! means, per libvirt version, is in `handover_sources::libvirt`; here:
 //!
-//! - `migrate begin` (on the destination, before the migration starts): prepare, and wait until
-//!   the balancers drained the VM, bounded by `--drain-timeout`; libvirt holds the migration
-//!   meanwhile. Exit 0 unless `--veto` is set and the VM could not be drained.
-//! - `started begin` (on the destination, in the migration's finish phase): completed, if the VM
-//!   was migrating.
-//! - `release end` while the VM is still migrating (a start that never succeeded): failed.
+//! - `migrate begin` (on the destination, before anything is copied): prepare, and wait until the
+//!   balancers drained the VM, bounded by `--drain-timeout`; libvirt holds the migration meanwhile.
+//!   Exit 0 unless `--veto` is set and the VM could not be drained (or handover not reached).
+//! - `started begin` (on the destination; the copy begins): started, if the VM is draining.
+//! - `release end migrated` (the source, libvirt >= 10.5): completed, if the VM is migrating.
+//! - `release end REASON` for any other reason: failed, if the VM is draining or migrating.
+//! - `release end -` (libvirt < 10.5): failed if the VM is still draining (the copy never began);
+//!   while it migrates, the hook cannot tell the source's success from the destination's failure
+//!   and leaves the end to the event watcher (`[[libvirt]]`).
 //! - Every other call returns at once.
 //!
-//! Nothing is written to stdout: for `migrate begin`, libvirt reads stdout as the (unchanged)
-//! domain XML. Messages go to stderr, which libvirt logs.
+//! An end is sent to a node whose own registry has the migration, or whose balancers hold the VM
+//! drained for a peer's migration (that node's answer is printed). Nothing is written to stdout:
+//! for `migrate begin`, libvirt reads stdout as the (unchanged) domain XML. Messages go to stderr,
+//! which libvirt logs.
 
 use std::io::Read;
 use std::time::Duration;
@@ -107,28 +113,52 @@ pub async fn hook(args: HookArgs) -> anyhow::Result<u8> {
             }
             Ok(EXIT_OK)
         }
-        HookAction::CompletedIfMigrating | HookAction::FailedIfMigrating => {
-            let notice = if action == HookAction::CompletedIfMigrating {
-                Notice::Completed
-            } else {
-                Notice::Failed
+        HookAction::StartedIfDraining
+        | HookAction::CompletedIfMigrating
+        | HookAction::FailedIfMigrating
+        | HookAction::FailedIfDraining => {
+            let (notice, applies): (Notice, &[Phase]) = match action {
+                HookAction::StartedIfDraining => (Notice::Started, &[Phase::Draining]),
+                HookAction::CompletedIfMigrating => (Notice::Completed, &[Phase::Draining, Phase::Migrating]),
+                HookAction::FailedIfDraining => (Notice::Failed, &[Phase::Draining]),
+                _ => (Notice::Failed, &[Phase::Draining, Phase::Migrating]),
             };
             let view: Result<VmView, ClientError> = client.get(&format!("/v1/vms/{vm}")).await;
-            match view {
-                Ok(view) if matches!(view.phase, Phase::Draining | Phase::Migrating) => {
-                    let reply: Result<(http::StatusCode, NoticeResponse), ClientError> =
-                        client.post(&path, &request(notice, false)).await;
-                    match reply {
-                        Ok((_, reply)) => eprintln!(
-                            "handover: {vm} {notice}: {} → {}",
-                            reply.previous_phase, reply.phase
-                        ),
-                        Err(e) => eprintln!("handover: cannot send {notice} for {vm}: {e}"),
-                    }
+            let view = match view {
+                Ok(view) => view,
+                Err(ClientError::Status { status, .. }) if status == http::StatusCode::NOT_FOUND => {
+                    return Ok(EXIT_OK);
                 }
-                Ok(_) => {}
-                Err(ClientError::Status { status, .. }) if status == http::StatusCode::NOT_FOUND => {}
-                Err(e) => eprintln!("handover: cannot reach handover for {vm}: {e}"),
+                Err(e) => {
+                    eprintln!("handover: cannot reach handover for {vm}: {e}");
+                    return Ok(EXIT_OK);
+                }
+            };
+            // A peer's migration: this node's balancers hold the VM drained, its registry does not
+            // own the migration.
+            let for_peer = view.phase == Phase::Stable
+                && view.backends.iter().any(|b| applies.contains(&b.backend.phase));
+            if action == HookAction::FailedIfDraining && view.phase == Phase::Migrating {
+                eprintln!(
+                    "handover: {} released without a reason while {vm} migrates: libvirt before \
+                     10.5 does not say whether this is the source after a switchover or a \
+                     destination that failed; the libvirt event watcher ([[libvirt]]) reports \
+                     the end",
+                    call.domain
+                );
+                return Ok(EXIT_OK);
+            }
+            if !applies.contains(&view.phase) && !for_peer {
+                return Ok(EXIT_OK);
+            }
+            let reply: Result<(http::StatusCode, NoticeResponse), ClientError> =
+                client.post(&path, &request(notice, false)).await;
+            match reply {
+                Ok((_, reply)) => eprintln!(
+                    "handover: {vm} {notice} ({} {} {}): {} → {}",
+                    call.operation, call.sub_operation, call.extra, reply.previous_phase, reply.phase
+                ),
+                Err(e) => eprintln!("handover: cannot send {notice} for {vm}: {e}"),
             }
             Ok(EXIT_OK)
         }

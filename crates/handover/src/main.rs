@@ -4,6 +4,7 @@ mod check;
 mod cli;
 mod control_listener;
 mod demo;
+mod fleet;
 mod libvirt_hook;
 mod migrate;
 mod notify;
@@ -101,6 +102,7 @@ fn main() -> ExitCode {
             Command::Testbed(command) => testbed::testbed(command).await,
             Command::LibvirtHook(args) => libvirt_hook::hook(args).await,
             Command::Status { json, control } => status::status(&control, json).await,
+            Command::Fleet { json, control } => fleet::fleet(&control, json).await,
             Command::Demo => demo::run().await,
             Command::Completions { shell } => {
                 clap_complete::generate(shell, &mut Cli::command(), "handover", &mut std::io::stdout());

@@ -34,6 +34,8 @@ pub struct Running {
     cancel: CancellationToken,
     tasks: TaskTracker,
     data_plane: DataPlane,
+    /// This node in its fleet (`[fleet]`).
+    fleet: Option<Arc<handover_fleet::FleetNode>>,
 }
 
 /// Reopens every access log file on SIGUSR1 (logrotate's `postrotate`).
@@ -80,6 +82,8 @@ pub fn default_workers() -> usize {
 /// the data plane on `workers` threads of its own, the control plane on the caller's runtime.
 pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
     let pools = Pools::new(config);
+    // Certificates, keys and CA files first: a bad one stops the start before anything listens.
+    handover_proxy::tls::check(config)?;
     let listeners = Listeners::bind(config, workers)?;
     let control_listener = handover_proxy::listeners::bind_tcp(config.control.bind)
         .and_then(tokio::net::TcpListener::from_std)
@@ -154,6 +158,21 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
 
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
+    // In a fleet: apply every migration in progress before the listeners accept.
+    let fleet = match &config.fleet {
+        Some(fleet) => Some(
+            crate::fleet::join(
+                config,
+                fleet,
+                format!("http://{control}"),
+                &coordinator,
+                &cancel,
+                &tasks,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let addresses = listeners.addresses();
     let data_plane = DataPlane::start(listeners, &pools, &cancel, &tasks)
         .context("cannot start the data-plane workers")?;
@@ -170,13 +189,16 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
     tasks.spawn(pools.clone().run_ticker(TICK, cancel.clone()));
     tasks.spawn(coordinator.clone().run(cancel.clone()));
     crate::sources::start_qmp_watchers(config, &coordinator, &cancel, &tasks);
+    crate::sources::start_libvirt_watchers(config, &coordinator, &cancel, &tasks);
 
     let access_logs = data_plane.access_logs();
     tasks.spawn(reopen_access_logs_on_sigusr1(access_logs.clone(), cancel.clone()));
-    let app = router(Arc::new(
-        ApiState::new(coordinator.clone(), config.control.token.clone())
-            .with_metrics(move |out| access_log_metrics(&access_logs, out)),
-    ));
+    let mut api = ApiState::new(coordinator.clone(), config.control.token.clone())
+        .with_metrics(move |out| access_log_metrics(&access_logs, out));
+    if let Some(fleet) = fleet.clone() {
+        api = api.with_metrics(move |out| out.push_str(&fleet.metrics()));
+    }
+    let app = router(Arc::new(api));
     let api_cancel = cancel.clone();
     tasks.spawn(async move {
         let server = axum::serve(ControlListener::new(control_listener), app)
@@ -195,6 +217,7 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
         cancel,
         tasks,
         data_plane,
+        fleet,
     })
 }
 
@@ -206,6 +229,10 @@ impl Running {
 
     /// Stops accepting, lets open connections finish for up to `grace`, then closes the rest.
     pub async fn shutdown(self, grace: Duration) {
+        if let Some(fleet) = &self.fleet {
+            // Leave at once: the fleet stops expecting this node's acknowledgements.
+            fleet.leave().await;
+        }
         self.cancel.cancel();
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {

@@ -16,7 +16,7 @@ use common::{Node, eventually, notice};
 fn config(http: &[SocketAddr], tcp: &[SocketAddr], dir: &Path, ramp: &str) -> String {
     format!(
         "[control]\nbind = \"127.0.0.1:0\"\n\n\
-         [[listeners]]\nname = \"web\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [[listeners]]\nname = \"web\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nhttp2 = true\n\
          access_log = {{ to = \"{web}\", format = \"json\" }}\n\n\
          [[listeners]]\nname = \"db\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\npool = \"q\"\n\
          access_log = {{ to = \"{db}\", template = \"{{client}} {{vm}} {{phase}} {{bytes_in}} {{bytes_out}} {{total_ms}} {{error}}\" }}\n\n\
@@ -93,6 +93,9 @@ async fn the_log_alone_proves_no_request_chose_the_vm_while_it_was_drained() {
     for client in clients {
         answered += client.await.unwrap();
     }
+    // One HTTP/2 stream (prior knowledge), logged as such.
+    let h2 = curl_h2(node.listener("web"), "/over-h2");
+    assert_eq!(h2.as_deref(), Some("200"), "curl --http2-prior-knowledge");
     // A few L4 connections too.
     for _ in 0..4 {
         let mut client = TcpClient::connect(node.listener("db")).await;
@@ -102,14 +105,28 @@ async fn the_log_alone_proves_no_request_chose_the_vm_while_it_was_drained() {
     let web = dir.path().join("web.log");
     assert!(
         eventually(Duration::from_secs(5), || async {
-            json_lines(&web).len() as u64 >= answered
+            json_lines(&web).len() as u64 > answered
         })
         .await,
-        "one line per request: {} lines for {answered} requests",
+        "one line per request: {} lines for {answered} requests and one stream",
         json_lines(&web).len()
     );
-    let lines = json_lines(&web);
-    assert_eq!(lines.len() as u64, answered, "exactly one line per request");
+    let mut lines = json_lines(&web);
+    assert_eq!(lines.len() as u64, answered + 1, "exactly one line per request");
+    let stream = lines
+        .iter()
+        .position(|l| l["protocol"] == "http2")
+        .expect("the stream's line");
+    let stream = lines.remove(stream);
+    assert_eq!(
+        (stream["status"].as_u64(), stream["target"].as_str()),
+        (Some(200), Some("/over-h2")),
+        "{stream}"
+    );
+    assert!(
+        stream["vm"].is_string() && stream["bytes_out"].as_u64().unwrap() > 0,
+        "{stream}"
+    );
     // From here on, only the log.
     fn of_vm<'a>(lines: &'a [serde_json::Value], vm: &'a str) -> impl Iterator<Item = &'a serde_json::Value> {
         lines.iter().filter(move |l| l["vm"] == vm)
@@ -229,6 +246,26 @@ async fn failures_are_logged_with_why_and_the_file_is_reopened_on_sigusr1() {
         lines[1]
     );
 
+    // An HTTP/2 stream the proxy answers itself says why too.
+    assert_eq!(
+        curl_h2(node.listener("web"), "/h2-nowhere").as_deref(),
+        Some("502")
+    );
+    assert!(eventually(Duration::from_secs(5), || async { json_lines(&web).len() == 3 }).await);
+    let stream = &json_lines(&web)[2];
+    assert_eq!(
+        (stream["protocol"].as_str(), stream["status"].as_u64()),
+        (Some("http2"), Some(502)),
+        "{stream}"
+    );
+    assert!(
+        stream["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("could be reached"),
+        "{stream}"
+    );
+
     // logrotate: the file is moved away, SIGUSR1, new lines go to a new file at the path.
     let rotated = dir.path().join("web.log.1");
     std::fs::rename(&web, &rotated).unwrap();
@@ -243,7 +280,7 @@ async fn failures_are_logged_with_why_and_the_file_is_reopened_on_sigusr1() {
     assert_eq!(client.response().await.unwrap().status, 502);
     assert!(eventually(Duration::from_secs(5), || async { json_lines(&web).len() == 1 }).await);
     assert_eq!(json_lines(&web)[0]["target"], "/after");
-    assert_eq!(json_lines(&rotated).len(), 2, "the rotated file keeps its lines");
+    assert_eq!(json_lines(&rotated).len(), 3, "the rotated file keeps its lines");
 
     // The metric of dropped lines is there (and zero: the writer kept up).
     let metrics = reqwest_metrics(&node).await;
@@ -251,6 +288,25 @@ async fn failures_are_logged_with_why_and_the_file_is_reopened_on_sigusr1() {
         metrics.contains("handover_access_log_dropped_total{listener=\"web\"} 0"),
         "{metrics}"
     );
+}
+
+/// The status of a GET over HTTP/2 by prior knowledge (curl), or `None` if curl cannot run.
+fn curl_h2(address: SocketAddr, path: &str) -> Option<String> {
+    let output = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--http2-prior-knowledge",
+            "--max-time",
+            "10",
+        ])
+        .arg(format!("http://{address}{path}"))
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 async fn reqwest_metrics(node: &Node) -> String {

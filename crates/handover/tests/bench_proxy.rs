@@ -1,5 +1,5 @@
 //! `bench/proxy` end to end, shortened: handover, real HAProxy and real nginx behind the same
-//! backends, driven by wrk and handover-loadgen, one short run each. Checks that every scenario
+//! backends, driven by wrk, h2load and handover-loadgen, one short run each (TLS and HTTP/2 too). Checks that every scenario
 //! measures every proxy (requests served, CPU counted, idle connections kept open) and that the
 //! table and the goals are written; the figures of so short a run on a busy machine mean little,
 //! so none is compared. Skipped, with the reason, where a part is missing.
@@ -13,12 +13,15 @@ use common::lb::{haproxy_available, nginx_available};
 use common::skip::skip;
 use serde_json::Value;
 
-const SCENARIOS: [&str; 5] = [
+const SCENARIOS: [&str; 8] = [
     "l7-keepalive-c32",
     "l4-keepalive-c32",
     "l7-drain-c32",
     "l7-rate",
     "idle-10k",
+    "tls-keepalive-c32",
+    "tls-handshake-c32",
+    "h2-c8-m16",
 ];
 const TARGETS: [&str; 3] = ["handover-1", "haproxy-1", "nginx-1"];
 
@@ -30,7 +33,12 @@ fn missing_part(bin_dir: &Path) -> Option<String> {
     if let Err(reason) = haproxy_available().and_then(|()| nginx_available()) {
         return Some(reason);
     }
-    for (program, arg) in [("wrk", "-v"), ("python3", "--version")] {
+    for (program, arg) in [
+        ("wrk", "-v"),
+        ("python3", "--version"),
+        ("h2load", "--version"),
+        ("openssl", "version"),
+    ] {
         if Command::new(program).arg(arg).output().is_err() {
             return Some(format!(
                 "{program} is not installed; scripts/test installs it as root"
@@ -128,4 +136,8 @@ fn bench_proxy_measures_every_proxy_in_every_scenario_and_writes_the_table() {
         "{table}"
     );
     assert!(table.contains("one backend draining ÷ without"), "{table}");
+    assert!(
+        table.contains("TLS handshakes per second (new connection per request) ≥ HAProxy's (1 worker)"),
+        "{table}"
+    );
 }

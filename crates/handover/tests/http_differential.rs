@@ -332,6 +332,7 @@ fn corpus() -> Vec<Case> {
         refuse("target-other-scheme", "target", b"GET ftp://t/ HTTP/1.1\r\nHost: t\r\n\r\n", 400),
         refuse("target-space", "target", b"GET /a b HTTP/1.1\r\nHost: t\r\n\r\n", 400),
         refuse("target-non-ascii", "target", b"GET /caf\xe9 HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+        refuse("target-utf8", "target", "GET /café HTTP/1.1\r\nHost: t\r\n\r\n".as_bytes(), 400),
         refuse("connect", "target", b"CONNECT t:443 HTTP/1.1\r\nHost: t:443\r\n\r\n", 405),
         // --- head syntax ---
         refuse("http09", "syntax", b"GET /\r\n\r\n", 400).only_as_written(),

@@ -51,7 +51,7 @@ async fn run_hook(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrate_begin_waits_for_drained_and_started_completes() {
+async fn migrate_begin_waits_for_drained_started_begin_is_started_and_release_migrated_completes() {
     let (node, _backends) = tcp_node("drain = { target = 0.0 }\nramp = { window = \"1s\" }").await;
     let mut client = TcpClient::connect(node.listener("tcp")).await;
     while client.vm != "vm-a" {
@@ -86,14 +86,16 @@ async fn migrate_begin_waits_for_drained_and_started_completes() {
         "libvirt was held until drained: {took:?}"
     );
 
+    // started begin comes before the copy: the migration has started, it has not ended.
     let (output, took) = run_hook(&node.control, &[], &["web1", "started", "begin", "-"]).await;
     assert_eq!(output.status.code(), Some(0));
     assert!(took < Duration::from_secs(3));
-    assert_eq!(node.phase("vm-a").await, "ramping");
+    assert_eq!(node.phase("vm-a").await, "migrating");
 
-    // The release that follows a successful migration changes nothing.
+    // The source's release after the switchover (libvirt >= 10.5 names the reason).
     let (output, _) = run_hook(&node.control, &[], &["web1", "release", "end", "migrated"]).await;
     assert_eq!(output.status.code(), Some(0));
+    assert_eq!(node.phase("vm-a").await, "ramping");
     let migrations: serde_json::Value = node.client(None).get("/v1/migrations").await.unwrap();
     assert_eq!(migrations[0]["end"], "completed");
     assert_eq!(migrations.as_array().unwrap().len(), 1);
@@ -128,6 +130,42 @@ async fn a_release_without_a_start_fails_the_migration() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_without_a_reason_during_the_copy_is_left_to_the_watcher_and_failed_ends_it() {
+    let (node, _backends) = tcp_node("restore = \"immediate\"").await;
+    for call in [
+        &["web1", "migrate", "begin", "-"][..],
+        &["web1", "started", "begin", "-"],
+    ] {
+        let control = node.control.clone();
+        let call: Vec<String> = call.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = call.iter().map(String::as_str).collect();
+            hook(&control, &["--drain-timeout", "2s"], &args, XML)
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(node.phase("vm-a").await, "migrating");
+    // libvirt 9.0: the source's success and the destination's failure both say `-`.
+    let (output, _) = run_hook(&node.control, &[], &["web1", "release", "end", "-"]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("event watcher"), "{stderr}");
+    assert_eq!(node.phase("vm-a").await, "migrating");
+    // libvirt >= 10.5: the destination of an aborted migration says `failed`.
+    let (output, _) = run_hook(&node.control, &[], &["web1", "release", "end", "failed"]).await;
+    assert_eq!(output.status.code(), Some(0));
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            node.phase("vm-a").await == "stable"
+        })
+        .await
+    );
+    let migrations: serde_json::Value = node.client(None).get("/v1/migrations").await.unwrap();
+    assert_eq!(migrations[0]["end"], "failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_calls_return_at_once_and_change_nothing() {
     let (node, _backends) = tcp_node("").await;
     for call in [
@@ -135,8 +173,11 @@ async fn other_calls_return_at_once_and_change_nothing() {
         &["web1", "start", "begin", "-"],
         &["web1", "stopped", "end", "-"],
         &["web1", "reconnect", "begin", "-"],
-        // A started of a VM that is not migrating (an ordinary boot) is not a completion.
+        // A started of a VM that is not migrating (an ordinary boot) is not a migration.
         &["web1", "started", "begin", "-"],
+        // Nor is the release of a VM that was shut down.
+        &["web1", "release", "end", "shutdown"],
+        &["web1", "release", "end", "-"],
     ] {
         let control = node.control.clone();
         let call: Vec<String> = call.iter().map(|s| s.to_string()).collect();

@@ -112,6 +112,7 @@ fn request_head_parsed_and_rewritten(bencher: Bencher<'_, '_>) {
     let context = RequestContext {
         client: "127.0.0.1",
         sticky_cookie: None,
+        websocket: true,
     };
     let mut out = Buffer::take();
     bencher.bench_local(|| {
@@ -130,6 +131,7 @@ Content-Type: text/plain\r\nContent-Length: 99\r\nConnection: keep-alive\r\n\r\n
         client_version: 1,
         client_keep_alive: true,
         set_cookie: None,
+        upgrade: false,
     };
     let mut out = Buffer::take();
     bencher.bench_local(|| {

@@ -19,8 +19,10 @@ use tokio::time::Instant;
 pub enum Traffic {
     /// An L4 connection.
     Tcp,
-    /// An L7 request in flight.
+    /// An L7 request in flight (HTTP/1.1, or an HTTP/2 stream).
     Http(RequestLine),
+    /// A WebSocket tunnel, from the request that opened it.
+    WebSocket(RequestLine),
 }
 
 /// Method and target of a request, kept inline (no allocation per request) and cut at
@@ -106,6 +108,9 @@ pub struct BackendRuntime {
     /// Bumped to retire every idle upstream HTTP connection (they live per worker thread, so the
     /// control plane cannot close them itself; each worker drops those of an older generation).
     idle_generation: AtomicU64,
+    /// Wakes long-lived work (tunnels, L4 connections) that must close: the pool's
+    /// `drain.long_lived` policy says the VM's time is up.
+    long_lived: tokio::sync::Notify,
 }
 
 /// Source of [`BackendRuntime::uid`].
@@ -129,6 +134,7 @@ impl BackendRuntime {
             suppressed_total: AtomicU64::new(0),
             open: Mutex::new(Slab::new()),
             idle_generation: AtomicU64::new(0),
+            long_lived: tokio::sync::Notify::new(),
         }
     }
 
@@ -202,7 +208,7 @@ impl BackendRuntime {
     ) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
         match traffic {
-            Traffic::Tcp => self.connections_total.fetch_add(1, Ordering::Relaxed),
+            Traffic::Tcp | Traffic::WebSocket(_) => self.connections_total.fetch_add(1, Ordering::Relaxed),
             Traffic::Http(_) => self.requests_total.fetch_add(1, Ordering::Relaxed),
         };
         let item = OpenItem {
@@ -229,6 +235,19 @@ impl BackendRuntime {
         self.idle_generation.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Tells the long-lived work open to this backend to close (WebSocket tunnels with a close
+    /// frame, L4 connections), and retires its idle upstream connections (HTTP/2 ones close with
+    /// GOAWAY once their streams end; busy HTTP/1.1 ones close after their response).
+    pub fn close_long_lived(&self) {
+        self.retire_idle();
+        self.long_lived.notify_waiters();
+    }
+
+    /// Completes when [`BackendRuntime::close_long_lived`] is called after this was created.
+    pub fn long_lived_closed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.long_lived.notified()
+    }
+
     /// What is still open to this backend, oldest first, at most `limit` entries.
     pub fn open_items(&self, limit: usize) -> Vec<ConnectionReport> {
         let open = self.open.lock();
@@ -245,10 +264,11 @@ impl BackendRuntime {
                 kind: match item.traffic {
                     Traffic::Tcp => "tcp".to_string(),
                     Traffic::Http(_) => "http".to_string(),
+                    Traffic::WebSocket(_) => "websocket".to_string(),
                 },
                 request: match &item.traffic {
                     Traffic::Tcp => None,
-                    Traffic::Http(line) => Some(line.text()),
+                    Traffic::Http(line) | Traffic::WebSocket(line) => Some(line.text()),
                 },
                 age_ms: u64::try_from(item.since.elapsed().as_millis()).unwrap_or(u64::MAX),
             })

@@ -8,7 +8,11 @@
 //! - [`snapshot`]: the immutable per-pool view the hot path reads.
 //! - [`backend`]: live per-backend counters and the list of what is still open to it.
 //! - [`tcp`] + [`relay`]: the L4 listener and its half-close-aware byte relay.
-//! - [`http`]: the L7 listener: its own HTTP/1.1 engine, upstream connection reuse, header rules.
+//! - [`http`]: the L7 listener: its own HTTP/1.1 engine, upstream connection reuse, header rules,
+//!   WebSocket upgrades.
+//! - [`h2`]: HTTP/2 from clients (TLS with ALPN, or cleartext prior knowledge), to HTTP/1.1 or
+//!   HTTP/2 backends.
+//! - [`tls`]: TLS termination (certificates by SNI, reloaded from disk) and TLS to backends.
 //! - [`buffer`]: I/O buffers recycled per worker.
 //! - [`shutdown`]: a worker's shutdown signal.
 //! - [`health`]: active health checks (passive ones are recorded by the listeners).
@@ -25,6 +29,7 @@ pub mod backend;
 pub mod buffer;
 pub mod descriptors;
 pub mod embedded;
+pub mod h2;
 pub mod health;
 pub mod http;
 pub mod listeners;
@@ -35,6 +40,7 @@ pub mod relay;
 pub mod shutdown;
 pub mod snapshot;
 pub mod tcp;
+pub mod tls;
 pub mod workers;
 
 pub use embedded::EmbeddedBalancer;

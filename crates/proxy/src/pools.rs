@@ -265,11 +265,25 @@ impl Pool {
         }
     }
 
-    /// Ends ejections, forgets settled VMs, and rebuilds if a weight moves with time.
+    /// Ends ejections, forgets settled VMs, rebuilds if a weight moves with time, and closes the
+    /// long-lived work of VMs drained for longer than `drain.long_lived.close_after`.
     fn tick(&self) {
         let now = Instant::now();
         let now_ms = self.now_ms();
         let mut state = self.state.lock();
+        if let Some(close_after) = self.config.drain.long_lived_close_after {
+            for (vm, entry) in &state.vms {
+                if let PhaseCommand::Drain { elapsed_ms, .. } = entry.command {
+                    let drained_for =
+                        elapsed_ms.saturating_add(millis(now.saturating_duration_since(entry.received)));
+                    if drained_for >= millis(close_after) {
+                        for backend in self.backends.iter().filter(|b| &b.vm == vm) {
+                            backend.close_long_lived();
+                        }
+                    }
+                }
+            }
+        }
         let mut changed = false;
         for health in &mut state.health {
             changed |= health.expire_ejection(now_ms);

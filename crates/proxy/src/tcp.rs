@@ -1,6 +1,7 @@
 //! The L4 listener: one backend per client connection, chosen from the pool's snapshot; a failed
 //! connect is retried on another backend. A migration notice never touches an established
-//! connection: it only changes where the *next* connection goes.
+//! connection: it only changes where the *next* connection goes — unless the pool opts in to
+//! `drain.long_lived`, which closes the VM's connections that long after its drain began.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,7 +73,16 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, route: &TcpRoute) {
                 pool.record_traffic(entry.backend.index, true);
                 let connected = started.elapsed();
                 let _ = upstream.set_nodelay(true);
-                let relayed = relay(&mut client, &mut upstream, route.idle_timeout).await;
+                // The pool's long-lived policy may close the connection (a TCP close is all L4
+                // has) once its VM has drained for long enough.
+                let closing = entry.backend.long_lived_closed();
+                let relayed = tokio::select! {
+                    relayed = relay(&mut client, &mut upstream, route.idle_timeout) => relayed,
+                    _ = closing => {
+                        debug!(listener = %route.listener, backend = %entry.address, client = %peer, "closing a connection: its VM drains and the pool closes long-lived work");
+                        Err(std::io::Error::other("closed by the pool's long-lived policy: the VM drains"))
+                    }
+                };
                 if let Err(e) = &relayed {
                     debug!(listener = %route.listener, backend = %entry.address, error = %e, "connection ended with an error");
                 }

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::error;
+use tracing::{error, warn};
 
 use handover_core::model::ListenerKind;
 
@@ -25,6 +25,7 @@ use crate::listeners::Listeners;
 use crate::pools::Pools;
 use crate::shutdown::Shutdown;
 use crate::tcp::{self, TcpRoute};
+use crate::tls::TlsServer;
 
 /// The running worker threads.
 #[derive(Debug)]
@@ -68,7 +69,7 @@ impl DataPlane {
         let mut per_worker: Vec<WorkerSockets> = (0..workers)
             .map(|_| WorkerSockets { routes: Vec::new() })
             .collect();
-        for listener in listeners.bound {
+        for (index, listener) in listeners.bound.into_iter().enumerate() {
             let config = &listener.config;
             let pool = pools
                 .pool(&config.pool)
@@ -80,13 +81,30 @@ impl DataPlane {
                     idle_timeout: config.idle_timeout,
                     access_log: access_logs.of(&config.name),
                 })),
-                ListenerKind::Http => Route::Http(Arc::new(HttpRoute {
-                    listener: config.name.clone(),
-                    pool,
-                    response_timeout: config.response_timeout,
-                    client_timeout: config.client_timeout,
-                    access_log: access_logs.of(&config.name),
-                })),
+                ListenerKind::Http => {
+                    let tls = TlsServer::for_listener(index, config).map_err(io::Error::other)?;
+                    if let Some(tls) = &tls {
+                        tls.watch(config);
+                    }
+                    let upstream_tls =
+                        crate::tls::upstream::client_config(&pool.config).map_err(io::Error::other)?;
+                    if pool.config.tls.as_ref().is_some_and(|t| t.insecure) {
+                        warn!(listener = %config.name, pool = %pool.config.name, "TLS to the backends is not verified (insecure = true): anyone on the path can pose as a backend");
+                    }
+                    let upstream_h2 = pool.config.protocol == handover_core::config::UpstreamProtocol::H2;
+                    Route::Http(Arc::new(HttpRoute {
+                        listener: config.name.clone(),
+                        pool,
+                        response_timeout: config.response_timeout,
+                        client_timeout: config.client_timeout,
+                        access_log: access_logs.of(&config.name),
+                        tls,
+                        http2: config.http2,
+                        websocket: config.websocket,
+                        upstream_tls,
+                        upstream_h2,
+                    }))
+                }
             };
             for (worker, socket) in listener.sockets.into_iter().enumerate() {
                 per_worker[worker].routes.push((route.clone(), socket));
@@ -181,12 +199,14 @@ async fn serve(
             ticks.tick().await;
             let now = Instant::now();
             shutdown.expire(now);
-            http::upstream::sweep(now, |uid| {
+            let generation_of = |uid: usize| {
                 backends
                     .get(uid)
                     .and_then(Option::as_ref)
                     .map(|backend| backend.idle_generation())
-            });
+            };
+            http::upstream::sweep(now, generation_of);
+            crate::h2::to_h2::sweep(generation_of);
         }
     };
     tokio::select! {

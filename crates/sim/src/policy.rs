@@ -40,6 +40,7 @@ impl Policy {
             shape: spec.shape,
             window: spec.drain_window.0,
             keep: spec.keep,
+            long_lived_close_after: None,
         };
         let ramp = RampPolicy {
             window: spec.ramp_window.0,

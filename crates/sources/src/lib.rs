@@ -3,7 +3,8 @@
 //!
 //! - [`qmp`]: QEMU's QMP monitor: a bounded client and a watcher that turns `MIGRATION` events and
 //!   `query-migrate` into notices and progress.
-//! - [`libvirt`]: the libvirt `qemu` hook's calls and domain-to-VM mapping.
+//! - [`libvirt`]: what libvirt's `qemu` hook calls and domain events mean, per libvirt version; the
+//!   domain-to-VM mapping; a watcher of a daemon's events (`virsh event` as a child process).
 
 pub mod libvirt;
 pub mod qmp;

@@ -58,6 +58,9 @@ impl From<CoordinatorError> for ApiError {
             CoordinatorError::UnknownVm { results, .. } => {
                 Self::new(StatusCode::NOT_FOUND, message, None, results)
             }
+            CoordinatorError::Unavailable(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, message, None, Vec::new())
+            }
             CoordinatorError::BadRequest { field, .. } => {
                 Self::new(StatusCode::BAD_REQUEST, message, Some(field), Vec::new())
             }

@@ -1,6 +1,9 @@
 //! Reading JSON bodies with errors that name the offending field (`phase: unknown variant ...`).
 
+use std::fmt::Write as _;
+
 use serde::de::DeserializeOwned;
+use serde_path_to_error::{Path, Segment};
 
 use super::ApiError;
 
@@ -14,9 +17,8 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let field = (path != ".").then_some(path);
+        let inner = e.inner().to_string();
+        let field = field_of(e.path(), &inner);
         let message = match &field {
             Some(field) => format!("{field}: {inner}"),
             None => format!("invalid JSON body: {inner}"),
@@ -27,4 +29,133 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         .end()
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: trailing characters ({e})"), None))?;
     Ok(value)
+}
+
+/// The field an error is about: where it happened, and the field it says is missing or repeated
+/// (serde reports those at the object that holds them). `None` for the body as a whole.
+fn field_of(path: &Path, message: &str) -> Option<String> {
+    let mut field = String::new();
+    for segment in path {
+        match segment {
+            Segment::Seq { index } => {
+                let _ = write!(field, "[{index}]");
+            }
+            Segment::Map { key } | Segment::Enum { variant: key } => push_key(&mut field, key),
+            // Inside something not yet known (a key still being read): the path ends here.
+            Segment::Unknown => break,
+        }
+    }
+    if let Some(name) = ["missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name)
+    {
+        push_key(&mut field, name);
+    }
+    (!field.is_empty()).then_some(field)
+}
+
+/// Appends a key to a field path: `a.b` for plain names, `a["127.0.0.1:9001"]` for a key that is
+/// empty or holds anything else, so that every key is visible and the path reads one way.
+fn push_key(field: &mut String, key: &str) {
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+    if plain {
+        if !field.is_empty() {
+            field.push('.');
+        }
+        field.push_str(key);
+    } else {
+        let quoted = serde_json::to_string(key).unwrap_or_else(|_| format!("{key:?}"));
+        let _ = write!(field, "[{quoted}]");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use handover_core::api::NoticeRequest;
+    use handover_core::migration::MigrationProgress;
+    use handover_core::phase::PhaseCommand;
+
+    use super::*;
+
+    fn field_of_error<T: DeserializeOwned + std::fmt::Debug>(body: &str) -> (Option<String>, String) {
+        let error = parse::<T>(body.as_bytes()).expect_err("the body is refused");
+        (error.body.field, error.body.error)
+    }
+
+    /// Found by the `control_api_bodies` fuzz target: `{"":0}` was refused with the field `""`
+    /// (and a message starting with ": "), which names nothing.
+    #[test]
+    fn an_empty_key_is_named_visibly() {
+        let (field, error) = field_of_error::<NoticeRequest>(r#"{"":0}"#);
+        assert_eq!(field.as_deref(), Some(r#"[""]"#));
+        assert!(error.starts_with(r#"[""]: unknown field ``"#), "{error}");
+    }
+
+    #[test]
+    fn keys_that_are_not_plain_names_are_quoted() {
+        let (field, _) = field_of_error::<NoticeRequest>(
+            r#"{"phase":"completed","addresses":{"127.0.0.1:9001":"nowhere"}}"#,
+        );
+        assert_eq!(field.as_deref(), Some(r#"addresses["127.0.0.1:9001"]"#));
+        let (field, _) = field_of_error::<NoticeRequest>(r#"{"phase":"teleport"}"#);
+        assert_eq!(field.as_deref(), Some("phase"));
+    }
+
+    /// Found by the `control_api_bodies` fuzz target: a missing field was reported without a
+    /// field, because serde reports it at the object that lacks it.
+    #[test]
+    fn a_missing_field_is_named() {
+        let (field, error) = field_of_error::<NoticeRequest>("{}");
+        assert_eq!(field.as_deref(), Some("phase"));
+        assert!(error.starts_with("phase: missing field `phase`"), "{error}");
+    }
+
+    /// Found by the `control_api_bodies` fuzz target: a field given twice was refused without a
+    /// field.
+    #[test]
+    fn a_repeated_field_is_named() {
+        let (field, error) = field_of_error::<NoticeRequest>(r#"{"phase":"prepare","phase":"f"}"#);
+        assert_eq!(field.as_deref(), Some("phase"));
+        assert!(error.starts_with("phase: duplicate field `phase`"), "{error}");
+    }
+
+    /// Found by the `control_api_bodies` fuzz target: a peer's phase command without `action`, or
+    /// with a field of the wrong type, was refused without a field.
+    #[test]
+    fn every_field_of_a_phase_command_is_named() {
+        for (body, expected) in [
+            (r#"{"elapsed_ms":1}"#, "action"),
+            (r#"{"action":"teleport"}"#, "action"),
+            (
+                r#"{"action":"drain","elapsed_ms":"x","migrating":false,"deadline_in_ms":1}"#,
+                "elapsed_ms",
+            ),
+            (
+                r#"{"action":"drain","elapsed_ms":1,"deadline_in_ms":1}"#,
+                "migrating",
+            ),
+            (r#"{"action":"ramp","elapsed_ms":1,"reason":"bored"}"#, "reason"),
+            (r#"{"action":"ramp","elapsed_ms":1}"#, "reason"),
+        ] {
+            let (field, error) = field_of_error::<PhaseCommand>(body);
+            assert_eq!(field.as_deref(), Some(expected), "{body}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_names_no_field() {
+        for body in ["true", "5", "{", "nonsense"] {
+            let (field, error) = field_of_error::<MigrationProgress>(body);
+            assert_eq!(field, None, "{body}");
+            assert!(error.starts_with("invalid JSON body: "), "{body}: {error}");
+        }
+        let (field, error) = field_of_error::<NoticeRequest>(r#"{"phase":"prepare"} x"#);
+        assert_eq!(field, None);
+        assert!(error.contains("trailing characters"), "{error}");
+    }
 }

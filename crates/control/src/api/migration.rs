@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use handover_core::api::{NoticeRequest, NoticeResponse};
@@ -16,12 +17,12 @@ use super::{ApiError, ApiState, json, vm_from_path};
 /// pending (no balancer that serves the VM could be told yet).
 pub async fn notice(
     State(state): State<Arc<ApiState>>,
-    Path(vm): Path<String>,
+    vm: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<NoticeResponse>), ApiError> {
     authorize(&state, &headers)?;
-    let vm = vm_from_path(&vm)?;
+    let vm = vm_from_path(vm)?;
     let request: NoticeRequest = json::parse(&body)?;
     let response = state.coordinator.notice(&vm, &request).await?;
     let status = if response.outcome == "queued" || response.outcome == "pending" {
@@ -35,12 +36,12 @@ pub async fn notice(
 /// Records hypervisor progress on the VM's current migration (what `handover migrate` reports).
 pub async fn progress(
     State(state): State<Arc<ApiState>>,
-    Path(vm): Path<String>,
+    vm: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers)?;
-    let vm = vm_from_path(&vm)?;
+    let vm = vm_from_path(vm)?;
     let progress: MigrationProgress = json::parse(&body)?;
     if state.coordinator.record_progress(&vm, progress) {
         Ok(Json(serde_json::json!({ "recorded": true })))

@@ -2,7 +2,7 @@
 //!
 //! Migration module: `POST /v1/vms/{vm}/migration`, `PUT /v1/vms/{vm}/migration/progress`,
 //! `GET /v1/vms`, `GET /v1/vms/{vm}`,
-//! `GET /v1/pools`, `GET /v1/migrations`, `GET /metrics`, `GET /healthz`.
+//! `GET /v1/pools`, `GET /v1/migrations`, `GET /v1/fleet`, `GET /metrics`, `GET /healthz`.
 //! Load-balancing module (what peers call): `PUT /v1/balancer/vms/{vm}`, `PUT .../addresses`,
 //! `GET /v1/balancer/vms/{vm}/drain`, `GET /v1/balancer/status`, `GET /v1/balancer/phases`.
 //!
@@ -12,6 +12,7 @@
 
 mod auth;
 mod error;
+mod fleet;
 mod json;
 mod migration;
 mod peer;
@@ -20,6 +21,8 @@ mod views;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::Path;
+use axum::extract::rejection::PathRejection;
 use axum::routing::{get, post, put};
 
 pub use error::ApiError;
@@ -80,6 +83,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/vms/{vm}/migration/progress", put(migration::progress))
         .route("/v1/pools", get(views::pools))
         .route("/v1/migrations", get(views::migrations))
+        .route("/v1/fleet", get(fleet::fleet))
         .route("/v1/balancer/vms/{vm}", put(peer::apply))
         .route("/v1/balancer/vms/{vm}/addresses", put(peer::addresses))
         .route("/v1/balancer/vms/{vm}/drain", get(peer::drain))
@@ -90,7 +94,57 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-/// Parses a VM id from a path segment.
-fn vm_from_path(vm: &str) -> Result<handover_core::model::VmId, ApiError> {
+/// The `{vm}` segment of the path as a VM id; a 400 that names `vm` when it is not one (axum's own
+/// answer to a segment that is not UTF-8 would be plain text naming no field).
+fn vm_from_path(vm: Result<Path<String>, PathRejection>) -> Result<handover_core::model::VmId, ApiError> {
+    let Path(vm) = vm.map_err(|e| {
+        ApiError::bad_request(
+            format!("vm: the path segment is not a VM id ({})", e.body_text()),
+            Some("vm"),
+        )
+    })?;
     handover_core::model::VmId::new(vm).map_err(|e| ApiError::bad_request(e.to_string(), Some("vm")))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use handover_core::api::ErrorBody;
+    use http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::Clock;
+
+    /// Found by the `control_api_bodies` fuzz target: a `{vm}` segment that is not UTF-8 once
+    /// percent-decoded got axum's plain-text 400, which names no field.
+    #[tokio::test]
+    async fn a_vm_segment_that_is_not_utf8_is_a_json_400_naming_vm() {
+        let config = handover_core::config::parse("").unwrap();
+        let app = router(Arc::new(ApiState::new(
+            Coordinator::new(&config, Vec::new(), Clock::new()),
+            None,
+        )));
+        for (method, uri) in [
+            ("POST", "/v1/vms/%FFa/migration"),
+            ("PUT", "/v1/vms/%FF/migration/progress"),
+            ("GET", "/v1/vms/%C3%28"),
+            ("PUT", "/v1/balancer/vms/%FF"),
+            ("PUT", "/v1/balancer/vms/%FF/addresses"),
+            ("GET", "/v1/balancer/vms/%FF/drain"),
+        ] {
+            let request = Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::from(r#"{"phase":"prepare"}"#))
+                .unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{method} {uri}");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let error: ErrorBody = serde_json::from_slice(&body)
+                .unwrap_or_else(|e| panic!("{method} {uri}: {e}: {}", String::from_utf8_lossy(&body)));
+            assert_eq!(error.field.as_deref(), Some("vm"), "{method} {uri}");
+        }
+    }
 }

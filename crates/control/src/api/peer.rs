@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use handover_core::api::{Applied, BalancerStatus, DrainStatus, VmPhase};
@@ -23,13 +24,13 @@ pub struct ChangedAt {
 /// node knows of a later change of the VM).
 pub async fn apply(
     State(state): State<Arc<ApiState>>,
-    Path(vm): Path<String>,
+    vm: Result<Path<String>, PathRejection>,
     query: Result<Query<ChangedAt>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Applied>, ApiError> {
     authorize(&state, &headers)?;
-    let vm = vm_from_path(&vm)?;
+    let vm = vm_from_path(vm)?;
     let Query(ChangedAt { changed_at }) = query
         .map_err(|e| ApiError::bad_request(format!("changed_at: {}", e.body_text()), Some("changed_at")))?;
     let command: PhaseCommand = json::parse(&body)?;
@@ -50,12 +51,12 @@ pub async fn phases(State(state): State<Arc<ApiState>>) -> Json<Vec<VmPhase>> {
 /// `PUT /v1/balancer/vms/{vm}/addresses`: moves a VM's backends locally.
 pub async fn addresses(
     State(state): State<Arc<ApiState>>,
-    Path(vm): Path<String>,
+    vm: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Applied>, ApiError> {
     authorize(&state, &headers)?;
-    let vm = vm_from_path(&vm)?;
+    let vm = vm_from_path(vm)?;
     let change: Readdress = json::parse(&body)?;
     Ok(Json(state.coordinator.readdress_local(&vm, &change).await))
 }
@@ -63,9 +64,9 @@ pub async fn addresses(
 /// `GET /v1/balancer/vms/{vm}/drain`: local drain status.
 pub async fn drain(
     State(state): State<Arc<ApiState>>,
-    Path(vm): Path<String>,
+    vm: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DrainStatus>, ApiError> {
-    let vm = vm_from_path(&vm)?;
+    let vm = vm_from_path(vm)?;
     Ok(Json(state.coordinator.drain_local(&vm).await))
 }
 

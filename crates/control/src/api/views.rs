@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
@@ -67,9 +68,9 @@ pub async fn vms(State(state): State<Arc<ApiState>>) -> Json<Vec<VmView>> {
 /// `GET /v1/vms/{vm}`.
 pub async fn vm(
     State(state): State<Arc<ApiState>>,
-    Path(vm): Path<String>,
+    vm: Result<Path<String>, PathRejection>,
 ) -> Result<Json<VmView>, ApiError> {
-    let vm = vm_from_path(&vm)?;
+    let vm = vm_from_path(vm)?;
     collect_vms(&state)
         .await
         .into_iter()

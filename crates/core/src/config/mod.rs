@@ -5,11 +5,13 @@
 
 pub mod access_log;
 mod error;
+mod fleet;
 mod reader;
 pub mod serde_duration;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,6 +20,7 @@ use toml::de::DeTable;
 
 pub use access_log::AccessLogConfig;
 pub use error::{ConfigError, ConfigErrors};
+pub use fleet::{DEFAULT_PREFIX, FleetConfig, valid_node_name};
 use reader::{Doc, Field, Fields};
 
 use crate::drain::DrainPolicy;
@@ -39,12 +42,16 @@ pub struct Config {
     pub migration: MigrationConfig,
     /// QEMU QMP monitors to watch for migrations.
     pub qmp: Vec<QmpConfig>,
+    /// libvirt daemons whose domain events are watched for migrations.
+    pub libvirt: Vec<LibvirtConfig>,
     /// Where runtime state (phases, ramps, health, addresses) is kept across restarts.
     pub state_file: Option<PathBuf>,
     /// HAProxy instances handover drives through their runtime API.
     pub haproxy: Vec<HaproxyConfig>,
     /// nginx instances handover drives through a generated upstream file.
     pub nginx: Vec<NginxConfig>,
+    /// A fleet of nodes sharing an etcd cluster (instead of `peers`).
+    pub fleet: Option<FleetConfig>,
 }
 
 /// Policies a driven balancer applies (the same meaning as a pool's).
@@ -196,6 +203,16 @@ pub struct QmpConfig {
     pub poll_interval: Duration,
 }
 
+/// A libvirt daemon whose domain events handover watches (`virsh event`), to learn how migrations
+/// to and from this host end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LibvirtConfig {
+    /// Connection URI (`qemu:///system`).
+    pub uri: String,
+    /// The `virsh` program (from libvirt-clients).
+    pub virsh: PathBuf,
+}
+
 /// Where the control API listens and how it is protected.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ControlConfig {
@@ -229,6 +246,69 @@ pub struct ListenerConfig {
     pub client_timeout: Duration,
     /// Where its access log goes, and in what form (none: off).
     pub access_log: Option<AccessLogConfig>,
+    /// L7: TLS termination (none: the listener speaks cleartext HTTP).
+    pub tls: Option<ListenerTls>,
+    /// L7: HTTP/2 from clients: offered by ALPN on a TLS listener, taken with prior knowledge on
+    /// a cleartext one. Default: on with TLS, off without.
+    pub http2: bool,
+    /// L7: WebSocket upgrades (HTTP/1.1 `Upgrade: websocket` on a GET) are passed to the backend
+    /// and the connections joined after its 101. Off: `Upgrade` is dropped as hop-by-hop.
+    pub websocket: bool,
+}
+
+/// A certificate and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificateFiles {
+    /// The certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Lowest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// TLS termination of a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListenerTls {
+    /// The certificates; a client's SNI picks the first that is valid for its name, the first
+    /// is the default.
+    pub certificates: Vec<CertificateFiles>,
+    /// Lowest version accepted.
+    pub min_version: TlsVersion,
+    /// How often the files are checked for changes (a changed pair is loaded without a restart).
+    #[serde(with = "serde_duration")]
+    pub reload: Duration,
+}
+
+/// The protocol a pool's backends are spoken to in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    Http1,
+    /// HTTP/2 (gRPC needs it): streams multiplexed over one connection per backend and worker.
+    H2,
+}
+
+/// TLS to a pool's backends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpstreamTls {
+    /// CA certificates (PEM) the backends' certificates are verified against; `None` with
+    /// `insecure`.
+    pub ca: Option<PathBuf>,
+    /// Skip verification (logged as a warning at start).
+    pub insecure: bool,
+    /// The name sent as SNI and verified; default: the backend's IP address.
+    pub server_name: Option<String>,
 }
 
 /// The capacity guard of a pool.
@@ -304,6 +384,10 @@ pub struct PoolConfig {
     /// blackout rather than a fault.
     #[serde(with = "serde_duration")]
     pub blackout_grace: Duration,
+    /// The protocol spoken to the backends (L7).
+    pub protocol: UpstreamProtocol,
+    /// TLS to the backends (L7).
+    pub tls: Option<UpstreamTls>,
     /// The backends.
     pub backends: Vec<BackendConfig>,
 }
@@ -369,8 +453,28 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
     let (tree, syntax_errors) = DeTable::parse_recoverable(src);
     let mut doc = Doc::new(src, syntax_errors.is_empty().then_some(&tree));
     if !syntax_errors.is_empty() {
-        for e in syntax_errors {
-            doc.error("", e.span(), format!("TOML syntax: {}", e.message()));
+        for (i, e) in syntax_errors.iter().enumerate() {
+            let message = format!("TOML syntax: {}", e.message());
+            match e.span() {
+                Some(span) => doc.error("", Some(span), message),
+                None => {
+                    let nth = syntax_errors[..=i]
+                        .iter()
+                        .filter(|o| o.span().is_none() && o.message() == e.message())
+                        .count();
+                    // toml reports errors in reading order: the placed ones around it bound it.
+                    let near = (
+                        syntax_errors[..i].iter().rev().find_map(|o| o.span()),
+                        syntax_errors[i + 1..].iter().find_map(|o| o.span()),
+                    );
+                    doc.errors.push(ConfigError {
+                        path: String::new(),
+                        line: Some(line_of_unplaced(src, e.message(), nth, near)),
+                        column: None,
+                        message,
+                    });
+                }
+            }
         }
         return Err(ConfigErrors(doc.errors));
     }
@@ -403,6 +507,10 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
         Some(field) => read_elements(&mut doc, &field, read_qmp),
         None => Some(Vec::new()),
     };
+    let libvirt = match root.get("libvirt") {
+        Some(field) => read_elements(&mut doc, &field, read_libvirt),
+        None => Some(Vec::new()),
+    };
     let state_file = match root.get("state") {
         Some(field) => read_state(&mut doc, &field).map(Some),
         None => Some(None),
@@ -415,10 +523,15 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
         Some(field) => read_elements(&mut doc, &field, read_nginx),
         None => Some(Vec::new()),
     };
+    let fleet = match root.get("fleet") {
+        Some(field) => fleet::read_fleet(&mut doc, &field).map(Some),
+        None => Some(None),
+    };
     root.finish(&mut doc);
     let listeners = listeners.unwrap_or_default();
     let (peers, qmp) = (peers.unwrap_or_default(), qmp.unwrap_or_default());
     let (haproxy, nginx) = (haproxy.unwrap_or_default(), nginx.unwrap_or_default());
+    let libvirt = libvirt.unwrap_or_default();
     check_listener_pools(&mut doc, &listeners, &pool_names);
     // Checks across sections run on every element that was read, so one run of `check` reports
     // every error, duplicates included, even when other fields are wrong.
@@ -432,6 +545,8 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
             qmp: &qmp,
             haproxy: &haproxy,
             nginx: &nginx,
+            libvirt: &libvirt,
+            fleet: fleet.as_ref().and_then(|f| f.as_ref()),
         },
     );
 
@@ -443,9 +558,11 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
             peers: all(peers)?,
             migration: migration?,
             qmp: all(qmp)?,
+            libvirt: all(libvirt)?,
             state_file: state_file?,
             haproxy: all(haproxy)?,
             nginx: all(nginx)?,
+            fleet: fleet?,
         })
     })();
     if let Some(config) = whole
@@ -472,6 +589,50 @@ fn read_elements<'a, 'i, T>(
 /// Every element, if none had errors.
 fn all<T>(elements: Vec<Option<T>>) -> Option<Vec<T>> {
     elements.into_iter().collect()
+}
+
+/// The line of a syntax error that toml reports without a position (a dotted key of too many
+/// parts): the first line whose text, up to and including it, already has `nth` errors with this
+/// message. toml reads from the start, so a longer prefix of the text has the same errors and more.
+/// The lines of the placed errors reported just before and after it (`near`) are searched first,
+/// each prefix costing a parse; the whole text when the answer is not between them.
+fn line_of_unplaced(
+    src: &str,
+    message: &str,
+    nth: usize,
+    near: (Option<Range<usize>>, Option<Range<usize>>),
+) -> usize {
+    let ends: Vec<usize> = src
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .chain([src.len()])
+        .collect();
+    let fewer = |line: usize| {
+        DeTable::parse_recoverable(&src[..ends[line]])
+            .1
+            .iter()
+            .filter(|e| e.span().is_none() && e.message() == message)
+            .count()
+            < nth
+    };
+    let last = ends.len() - 1;
+    let line_at = |offset: usize| ends.partition_point(|end| *end <= offset).min(last);
+    let low = near.0.map_or(0, |span| line_at(span.start));
+    let high = near.1.map_or(last, |span| line_at(span.start)).max(low);
+    let line = low
+        + (low..=high)
+            .collect::<Vec<_>>()
+            .partition_point(|line| fewer(*line));
+    // Inside the bounds the search relies on the line before `low` having fewer: checked when the
+    // answer is `low`.
+    if line <= high && (line > low || line == 0 || fewer(line - 1)) {
+        return line + 1;
+    }
+    (0..=last)
+        .collect::<Vec<_>>()
+        .partition_point(|line| fewer(*line))
+        .min(last)
+        + 1
 }
 
 /// Reads every element of an array of tables with `read`; `None` if any element failed.
@@ -552,19 +713,49 @@ fn read_listener(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<Listene
     let client_timeout = or_default(t.get("client_timeout"), Duration::from_secs(60), |f| {
         positive(doc, f)
     });
+    let tls_field = t.get("tls");
+    let tls = match &tls_field {
+        Some(f) => read_listener_tls(doc, f).map(Some),
+        None => Some(None),
+    };
+    let http2_field = t.get("http2");
+    let http2 = match &http2_field {
+        Some(f) => boolean(doc, f).map(Some),
+        None => Some(None),
+    };
+    let websocket_field = t.get("websocket");
+    let websocket = match &websocket_field {
+        Some(f) => boolean(doc, f),
+        None => Some(true),
+    };
     let access_log = match t.get("access_log") {
         Some(f) => access_log::read_access_log(doc, &f),
         None => Some(None),
     };
     t.finish(doc);
+    let kind = kind?;
+    if kind == ListenerKind::Tcp {
+        // A tcp listener relays bytes: TLS passes through it untouched.
+        for f in [&tls_field, &http2_field, &websocket_field].into_iter().flatten() {
+            doc.error(
+                &f.path,
+                f.span(),
+                "only http listeners have this field (a tcp listener passes TLS and every protocol through)",
+            );
+        }
+    }
+    let tls = tls?;
     Some(ListenerConfig {
         name: name?,
-        kind: kind?,
+        kind,
         bind: bind?,
         pool: pool?,
         idle_timeout: idle_timeout?,
         response_timeout: response_timeout?,
         client_timeout: client_timeout?,
+        http2: http2?.unwrap_or(tls.is_some()),
+        tls,
+        websocket: websocket?,
         access_log: access_log?,
     })
 }
@@ -578,6 +769,98 @@ fn deadline(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<Duration> {
         return None;
     }
     Some(d)
+}
+
+/// `true` or `false`.
+fn boolean(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<bool> {
+    match field.value.get_ref().as_bool() {
+        Some(b) => Some(b),
+        None => {
+            doc.error(&field.path, field.span(), "expected true or false");
+            None
+        }
+    }
+}
+
+/// A path that must not be empty.
+fn path(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<PathBuf> {
+    field.non_empty_string(doc).map(PathBuf::from)
+}
+
+fn read_listener_tls(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<ListenerTls> {
+    let mut t = Fields::of(doc, field)?;
+    let certificates = t.require(doc, "certificates").and_then(|f| {
+        let list = read_array(doc, &f, |doc, item| {
+            let mut c = Fields::of(doc, item)?;
+            let cert = c.require(doc, "cert").and_then(|f| path(doc, &f));
+            let key = c.require(doc, "key").and_then(|f| path(doc, &f));
+            c.finish(doc);
+            Some(CertificateFiles {
+                cert: cert?,
+                key: key?,
+            })
+        })?;
+        if list.is_empty() {
+            doc.error(
+                &f.path,
+                f.span(),
+                "at least one certificate: certificates = [{ cert = \"cert.pem\", key = \"key.pem\" }]",
+            );
+            return None;
+        }
+        Some(list)
+    });
+    let min_version = or_default(t.get("min_version"), TlsVersion::Tls12, |f| {
+        f.choice(doc, &[("1.2", TlsVersion::Tls12), ("1.3", TlsVersion::Tls13)])
+    });
+    let reload = or_default(t.get("reload"), Duration::from_secs(5), |f| positive(doc, f));
+    t.finish(doc);
+    Some(ListenerTls {
+        certificates: certificates?,
+        min_version: min_version?,
+        reload: reload?,
+    })
+}
+
+fn read_upstream_tls(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<UpstreamTls> {
+    let mut t = Fields::of(doc, field)?;
+    let ca = match t.get("ca") {
+        Some(f) => path(doc, &f).map(Some),
+        None => Some(None),
+    };
+    let insecure = match t.get("insecure") {
+        Some(f) => boolean(doc, &f),
+        None => Some(false),
+    };
+    let server_name = match t.get("server_name") {
+        Some(f) => f.non_empty_string(doc).map(Some),
+        None => Some(None),
+    };
+    t.finish(doc);
+    let tls = UpstreamTls {
+        ca: ca?,
+        insecure: insecure?,
+        server_name: server_name?,
+    };
+    match (&tls.ca, tls.insecure) {
+        (None, false) => {
+            doc.error(
+                &field.path,
+                field.span(),
+                "say how backends are verified: ca = \"ca.pem\", or insecure = true to skip verification",
+            );
+            None
+        }
+        (Some(_), true) => {
+            doc.error(
+                &format!("{}.insecure", field.path),
+                field.span(),
+                "insecure = true skips verification: it cannot go with ca",
+            );
+            None
+        }
+        _ => Some(tls),
+    }
 }
 
 /// A duration that must be above zero.
@@ -639,7 +922,9 @@ fn read_pool(doc: &mut Doc<'_, '_>, name: &str, field: &Field<'_, '_>) -> Option
             ],
         )
     });
-    let drain = or_default(t.get("drain"), DrainPolicy::default(), |f| read_drain(doc, f));
+    let drain = or_default(t.get("drain"), DrainPolicy::default(), |f| {
+        read_drain(doc, f, true)
+    });
     let ramp = or_default(t.get("ramp"), RampPolicy::default(), |f| read_ramp(doc, f));
     let restore = or_default(t.get("restore"), RestoreMode::Ramp, |f| {
         f.choice(
@@ -671,6 +956,16 @@ fn read_pool(doc: &mut Doc<'_, '_>, name: &str, field: &Field<'_, '_>) -> Option
     let blackout_grace = or_default(t.get("blackout_grace"), Duration::from_secs(2), |f| {
         f.duration(doc)
     });
+    let protocol = or_default(t.get("protocol"), UpstreamProtocol::Http1, |f| {
+        f.choice(
+            doc,
+            &[("http1", UpstreamProtocol::Http1), ("h2", UpstreamProtocol::H2)],
+        )
+    });
+    let tls = match t.get("tls") {
+        Some(f) => read_upstream_tls(doc, &f).map(Some),
+        None => Some(None),
+    };
     let backends = match t.require(doc, "backends") {
         Some(f) => read_elements(doc, &f, read_backend),
         None => None,
@@ -705,6 +1000,8 @@ fn read_pool(doc: &mut Doc<'_, '_>, name: &str, field: &Field<'_, '_>) -> Option
         health: health?,
         outlier: outlier?,
         blackout_grace: blackout_grace?,
+        protocol: protocol?,
+        tls: tls?,
         backends: backends?,
     };
     let path = &field.path;
@@ -713,6 +1010,13 @@ fn read_pool(doc: &mut Doc<'_, '_>, name: &str, field: &Field<'_, '_>) -> Option
             &format!("{path}.backends"),
             field.span(),
             "a pool needs at least one backend",
+        );
+    }
+    if pool.tls.is_some() && pool.protocol == UpstreamProtocol::Http1 {
+        doc.error(
+            &format!("{path}.tls"),
+            field.span(),
+            "TLS to backends is spoken in HTTP/2 only: add protocol = \"h2\" (HTTP/1.1 over TLS to backends is not supported)",
         );
     }
     if pool.drain.keep == Keep::Sessions && pool.sticky.is_none() {
@@ -725,7 +1029,9 @@ fn read_pool(doc: &mut Doc<'_, '_>, name: &str, field: &Field<'_, '_>) -> Option
     Some(pool)
 }
 
-fn read_drain(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<DrainPolicy> {
+/// A drain policy; `long_lived` is only for the embedded proxy's pools (the balancers handover
+/// drives have no such lever).
+fn read_drain(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>, long_lived: bool) -> Option<DrainPolicy> {
     let mut t = Fields::of(doc, field)?;
     let target = or_default(t.get("target"), 0.0, |f| f.number(doc, 0.0, 1.0));
     let shape = or_default(t.get("shape"), DrainShape::Step, |f| {
@@ -744,12 +1050,29 @@ fn read_drain(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<DrainPolic
             ],
         )
     });
+    let long_lived_close_after = match t.get("long_lived") {
+        Some(f) if !long_lived => {
+            doc.error(
+                &f.path,
+                f.span(),
+                "only the embedded proxy's pools can close long-lived connections",
+            );
+            None
+        }
+        Some(f) => Fields::of(doc, &f).and_then(|mut l| {
+            let close_after = l.require(doc, "close_after").and_then(|f| f.duration(doc));
+            l.finish(doc);
+            close_after.map(Some)
+        }),
+        None => Some(None),
+    };
     t.finish(doc);
     let policy = DrainPolicy {
         target: target?,
         shape: shape?,
         window: window?,
         keep: keep?,
+        long_lived_close_after: long_lived_close_after?,
     };
     if policy.shape == DrainShape::Linear && policy.window.is_zero() {
         doc.error(
@@ -1071,7 +1394,9 @@ fn read_policy(
     t: &mut Fields<'_, '_>,
     default_step: Duration,
 ) -> Option<DrivenPolicy> {
-    let drain = or_default(t.get("drain"), DrainPolicy::default(), |f| read_drain(doc, f));
+    let drain = or_default(t.get("drain"), DrainPolicy::default(), |f| {
+        read_drain(doc, f, false)
+    });
     let ramp = or_default(t.get("ramp"), RampPolicy::default(), |f| read_ramp(doc, f));
     let restore = or_default(t.get("restore"), RestoreMode::Ramp, |f| {
         f.choice(
@@ -1271,6 +1596,26 @@ fn read_qmp(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<QmpConfig> {
     })
 }
 
+fn read_libvirt(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<LibvirtConfig> {
+    let mut t = Fields::of(doc, field)?;
+    let uri = t.require(doc, "uri").and_then(|f| {
+        let text = f.non_empty_string(doc)?;
+        if text.contains(char::is_whitespace) {
+            doc.error(&f.path, f.span(), "a libvirt URI has no spaces (qemu:///system)");
+            return None;
+        }
+        Some(text)
+    });
+    let virsh = or_default(t.get("virsh"), PathBuf::from("virsh"), |f| {
+        f.non_empty_string(doc).map(PathBuf::from)
+    });
+    t.finish(doc);
+    Some(LibvirtConfig {
+        uri: uri?,
+        virsh: virsh?,
+    })
+}
+
 /// What was read of each section, for the checks across sections.
 struct Parts<'c> {
     control: Option<&'c ControlConfig>,
@@ -1281,11 +1626,14 @@ struct Parts<'c> {
     qmp: &'c [Option<QmpConfig>],
     haproxy: &'c [Option<HaproxyConfig>],
     nginx: &'c [Option<NginxConfig>],
+    libvirt: &'c [Option<LibvirtConfig>],
+    fleet: Option<&'c FleetConfig>,
 }
 
-/// Checks across sections: duplicates, and a QMP monitor of a VM nothing serves. Each runs on
-/// the elements that were read, whatever errors the others had.
+/// Checks across sections: duplicates, a QMP monitor of a VM nothing serves, and what `[fleet]`
+/// excludes. Each runs on the elements that were read, whatever errors the others had.
 fn cross_check(doc: &mut Doc<'_, '_>, parts: &Parts<'_>) {
+    fleet::cross_check(doc, parts.fleet, !parts.peers.is_empty(), parts.pools);
     let mut listener_names = HashSet::new();
     let mut binds: BTreeMap<SocketAddr, &str> = BTreeMap::new();
     for (i, listener) in parts.listeners.iter().enumerate() {
@@ -1329,6 +1677,18 @@ fn cross_check(doc: &mut Doc<'_, '_>, parts: &Parts<'_>) {
             );
         }
     }
+    let mut uris = HashSet::new();
+    for (i, libvirt) in parts.libvirt.iter().enumerate() {
+        let Some(libvirt) = libvirt else { continue };
+        if !uris.insert(&libvirt.uri) {
+            doc.error(
+                &format!("libvirt[{i}].uri"),
+                None,
+                format!("{} is already watched", libvirt.uri),
+            );
+        }
+    }
+
     check_qmp_vms_are_served(doc, parts);
     // Balancer names appear in replies and metrics: they must be unique.
     let mut names: HashSet<&str> = HashSet::from(["embedded"]);
@@ -1366,7 +1726,8 @@ fn check_qmp_vms_are_served(doc: &mut Doc<'_, '_>, parts: &Parts<'_>) {
     ) else {
         return;
     };
-    if !parts.peers.is_empty() || haproxy.iter().any(|h| h.server_name_is_vm) {
+    // Peers and a fleet's other nodes may serve it.
+    if !parts.peers.is_empty() || parts.fleet.is_some() || haproxy.iter().any(|h| h.server_name_is_vm) {
         return;
     }
     for (i, qmp) in parts.qmp.iter().enumerate() {

@@ -211,6 +211,27 @@ fn qmp_monitors_are_validated() {
 }
 
 #[test]
+fn libvirt_watchers_are_validated() {
+    let ok = parse("[[libvirt]]\nuri = \"qemu:///system\"\n\n[[libvirt]]\nuri = \"qemu+tcp://hv2/system\"\nvirsh = \"/usr/local/bin/virsh\"\n").unwrap();
+    assert_eq!(ok.libvirt.len(), 2);
+    assert_eq!(ok.libvirt[0].virsh, std::path::PathBuf::from("virsh"));
+    assert_eq!(ok.libvirt[1].uri, "qemu+tcp://hv2/system");
+    let errors = errors_of(
+        "[[libvirt]]\nuri = \"\"\n[[libvirt]]\nuri = \"qemu:///system x\"\n[[libvirt]]\nvirsh = \"v\"\n",
+    );
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["libvirt[0].uri", "libvirt[1].uri", "libvirt[2].uri"],
+        "{errors:?}"
+    );
+    assert_eq!(errors[1].line, Some(4));
+    let errors = errors_of("[[libvirt]]\nuri = \"qemu:///system\"\n[[libvirt]]\nuri = \"qemu:///system\"\n");
+    assert_eq!(errors[0].path, "libvirt[1].uri");
+    assert!(errors[0].message.contains("already watched"), "{errors:?}");
+}
+
+#[test]
 fn health_checks_parse_with_defaults_and_are_validated() {
     let src = EXAMPLE.replace(
         "deadline = \"10m\"",
@@ -367,6 +388,103 @@ fn malformed_peer_urls_are_rejected() {
     }
 }
 
+/// An http listener and one pool, with `listener` and `pool` lines added.
+fn l7(listener: &str, pool: &str) -> String {
+    format!(
+        "[[listeners]]\nname = \"web\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n{listener}\n\n\
+         [pools.web]\n{pool}\n[[pools.web.backends]]\naddress = \"127.0.0.1:9001\"\nvm = \"vm-a\"\n"
+    )
+}
+
+#[test]
+fn tls_http2_and_websocket_settings_of_an_http_listener() {
+    let config = parse(&l7(
+        "tls = { certificates = [{ cert = \"a.pem\", key = \"a.key\" }, { cert = \"b.pem\", key = \"b.key\" }], min_version = \"1.3\", reload = \"2s\" }",
+        "",
+    ))
+    .unwrap();
+    let listener = &config.listeners[0];
+    let tls = listener.tls.as_ref().unwrap();
+    assert_eq!(tls.certificates.len(), 2);
+    assert_eq!(tls.certificates[1].key, PathBuf::from("b.key"));
+    assert_eq!(tls.min_version, TlsVersion::Tls13);
+    assert_eq!(tls.reload, Duration::from_secs(2));
+    assert!(listener.http2, "HTTP/2 is offered by ALPN by default with TLS");
+    assert!(listener.websocket);
+    let plain = parse(&l7("", "")).unwrap();
+    assert!(!plain.listeners[0].http2, "no cleartext HTTP/2 unless asked");
+    assert!(plain.listeners[0].tls.is_none());
+    let h2c = parse(&l7("http2 = true\nwebsocket = false", "")).unwrap();
+    assert!(h2c.listeners[0].http2 && !h2c.listeners[0].websocket);
+}
+
+#[test]
+fn bad_tls_settings_name_their_field() {
+    let cases = [
+        ("tls = { certificates = [] }", "listeners[0].tls.certificates"),
+        (
+            "tls = { certificates = [{ cert = \"a.pem\" }] }",
+            "listeners[0].tls.certificates[0].key",
+        ),
+        (
+            "tls = { certificates = [{ cert = \"a\", key = \"b\" }], min_version = \"1.1\" }",
+            "listeners[0].tls.min_version",
+        ),
+        (
+            "tls = { certificates = [{ cert = \"a\", key = \"b\" }], reload = \"0s\" }",
+            "listeners[0].tls.reload",
+        ),
+        (
+            "tls = { certificates = [{ cert = \"a\", key = \"b\" }], sni = true }",
+            "listeners[0].tls.sni",
+        ),
+        ("http2 = \"yes\"", "listeners[0].http2"),
+    ];
+    for (line, path) in cases {
+        let errors = errors_of(&l7(line, ""));
+        assert!(errors.iter().any(|e| e.path == path), "{line}: {errors:?}");
+    }
+    let tcp = "[[listeners]]\nname = \"t\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n\
+               tls = { certificates = [{ cert = \"a\", key = \"b\" }] }\n\n[pools.web]\n\
+               [[pools.web.backends]]\naddress = \"127.0.0.1:9001\"\nvm = \"vm-a\"\n";
+    let errors = errors_of(tcp);
+    assert_eq!(errors[0].path, "listeners[0].tls");
+    assert!(errors[0].message.contains("only http listeners"), "{errors:?}");
+}
+
+#[test]
+fn a_pool_may_speak_h2_and_tls_to_its_backends() {
+    let config = parse(&l7(
+        "",
+        "protocol = \"h2\"\ntls = { ca = \"ca.pem\", server_name = \"backend.test\" }",
+    ))
+    .unwrap();
+    let pool = config.pool("web").unwrap();
+    assert_eq!(pool.protocol, UpstreamProtocol::H2);
+    let tls = pool.tls.as_ref().unwrap();
+    assert_eq!(tls.ca, Some(PathBuf::from("ca.pem")));
+    assert_eq!(tls.server_name.as_deref(), Some("backend.test"));
+    assert!(!tls.insecure);
+    assert_eq!(
+        parse(&l7("", "")).unwrap().pools[0].protocol,
+        UpstreamProtocol::Http1
+    );
+    let insecure = parse(&l7("", "protocol = \"h2\"\ntls = { insecure = true }")).unwrap();
+    assert!(insecure.pools[0].tls.as_ref().unwrap().insecure);
+    for (line, path) in [
+        ("tls = {}", "pools.web.tls"),
+        (
+            "tls = { ca = \"ca.pem\", insecure = true }",
+            "pools.web.tls.insecure",
+        ),
+        ("protocol = \"h3\"", "pools.web.protocol"),
+        ("tls = { ca = \"ca.pem\" }", "pools.web.tls"),
+    ] {
+        let errors = errors_of(&l7("", line));
+        assert!(errors.iter().any(|e| e.path == path), "{line}: {errors:?}");
+    }
+}
+
 #[test]
 fn idle_timeout_on_an_http_listener_is_an_error() {
     let errors = errors_of(
@@ -417,4 +535,64 @@ fn deadlines_are_from_a_second_to_a_week() {
     assert_eq!(errors_of(&pool("169h"))[0].path, "pools.p.deadline");
     assert!(parse(&pool("1s")).is_ok());
     assert!(parse(&pool("168h")).is_ok());
+}
+
+#[test]
+fn long_lived_work_is_closed_only_when_asked_and_only_by_pools() {
+    assert_eq!(
+        parse(&l7("", "")).unwrap().pools[0].drain.long_lived_close_after,
+        None
+    );
+    let config = parse(&l7(
+        "",
+        "drain = { target = 0.0, long_lived = { close_after = \"30s\" } }",
+    ))
+    .unwrap();
+    assert_eq!(
+        config.pools[0].drain.long_lived_close_after,
+        Some(Duration::from_secs(30))
+    );
+    let errors = errors_of(&l7("", "drain = { long_lived = { after = \"30s\" } }"));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.path == "pools.web.drain.long_lived.close_after"),
+        "{errors:?}"
+    );
+    let driven = "[[haproxy]]\nname = \"h\"\nsocket = \"/run/h.sock\"\nserver_name_is_vm = true\n\
+                  drain = { long_lived = { close_after = \"1s\" } }\n";
+    let errors = errors_of(driven);
+    assert_eq!(errors[0].path, "haproxy[0].drain.long_lived", "{errors:?}");
+}
+
+/// Found by the `config_reader` fuzz target: toml reports a dotted key of 80 or more parts as
+/// "recursion limit" without a position, and the error named neither a line nor a field.
+#[test]
+fn a_key_of_too_many_parts_is_reported_with_its_line() {
+    let errors = errors_of(&".".repeat(80));
+    let limit: Vec<&ConfigError> = errors
+        .iter()
+        .filter(|e| e.message.contains("recursion limit"))
+        .collect();
+    assert_eq!(limit.len(), 1, "{errors:?}");
+    assert_eq!(limit[0].line, Some(1));
+
+    let deep = vec!["k"; 90].join(".");
+    let src = format!("[control]\nbind = \"127.0.0.1:9090\"\n\n{deep} = 1\nname = \"x\"\n");
+    let lines: Vec<Option<usize>> = errors_of(&src)
+        .iter()
+        .filter(|e| e.message.contains("recursion limit"))
+        .map(|e| e.line)
+        .collect();
+    assert_eq!(lines, vec![Some(4)]);
+
+    // Between other syntax errors, which bound where it is looked for.
+    let src = format!("a = = 1\nb = \"\"\"\n{deep} = 0\n\"\"\"\nc = = 2\n{deep} = 1\nd = = 3\n");
+    let errors = errors_of(&src);
+    let limit: Vec<Option<usize>> = errors
+        .iter()
+        .filter(|e| e.message.contains("recursion limit"))
+        .map(|e| e.line)
+        .collect();
+    assert_eq!(limit, vec![Some(6)], "{errors:?}");
 }

@@ -16,6 +16,8 @@ use crate::model::{RestoreMode, VmId};
 use crate::phase::{EndReason, Notice, Origin, Phase, PhaseCommand, Readdress, VmState};
 use crate::time::{Millis, millis};
 
+mod adopt;
+
 /// What the registry needs to know of one local pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolTopology {
@@ -792,7 +794,7 @@ impl Registry {
     /// of the VM (an earlier run left it, and no state says why): the VM drains from `now` with its
     /// usual deadline, so `completed` or the deadline restores it. `None` when the VM is already
     /// draining, migrating or queued.
-    pub fn adopt(&mut self, vm: &VmId, now: Millis, note: String) -> Option<Transition> {
+    pub fn adopt_leftover(&mut self, vm: &VmId, now: Millis, note: String) -> Option<Transition> {
         let state = self.vms.get(vm);
         if state.is_some_and(|s| s.phase.is_drained() || s.queued_since.is_some()) {
             return None;

@@ -494,10 +494,12 @@ fn a_followed_deadline_restores_the_vm_on_this_node_only() {
 fn an_adopted_drain_is_restored_by_completed_or_its_deadline() {
     let mut reg = registry(GuardConfig::default());
     let a = vm("vm-a");
-    let t = reg.adopt(&a, 1_000, "lb had it in DRAIN".into()).unwrap();
+    let t = reg
+        .adopt_leftover(&a, 1_000, "lb had it in DRAIN".into())
+        .unwrap();
     assert_eq!((t.to, t.origin), (Phase::Draining, Origin::Adopted));
     assert_eq!(reg.vm(&a).unwrap().deadline_at, Some(61_000));
-    assert!(reg.adopt(&a, 2_000, "again".into()).is_none());
+    assert!(reg.adopt_leftover(&a, 2_000, "again".into()).is_none());
     let record = reg.migration(t.migration.unwrap()).unwrap();
     assert_eq!(record.note.as_deref(), Some("lb had it in DRAIN"));
     applied(reg.apply(&a, Notice::Completed, 3_000, NONE));

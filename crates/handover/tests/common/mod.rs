@@ -4,11 +4,15 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod h2raw;
 pub mod lb;
+pub mod libvirt;
 pub mod qemu;
 pub mod raw;
 pub mod recorder;
 pub mod skip;
+pub mod tls;
+pub mod ws;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -334,4 +338,23 @@ pub fn now_ms() -> u64 {
 /// Waits until the node's log contains `text`.
 pub async fn log_contains(node: &Node, text: &str, timeout: Duration) -> bool {
     eventually(timeout, || async { node.log().contains(text) }).await
+}
+
+/// Active connections + requests of each backend of the node's first pool, by VM.
+pub async fn active_by_vm(node: &Node) -> BTreeMap<String, u64> {
+    let pools: serde_json::Value = node.client(None).get("/v1/pools").await.unwrap_or_default();
+    pools[0]["backends"]
+        .as_array()
+        .map(|backends| {
+            backends
+                .iter()
+                .map(|b| {
+                    (
+                        b["vm"].as_str().unwrap_or_default().to_string(),
+                        b["active"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

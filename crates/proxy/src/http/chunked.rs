@@ -29,6 +29,15 @@ pub enum ChunkError {
     TrailersTooLong,
 }
 
+/// What [`ChunkedScanner::decode`] hands on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// Content of a chunk.
+    Data(&'a [u8]),
+    /// One byte of the trailer section.
+    Trailer(u8),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Hex digits of a chunk size (`digits` so far).
@@ -110,6 +119,36 @@ impl ChunkedScanner {
                     };
                     continue;
                 }
+                _ => {}
+            }
+            self.step(bytes[i])?;
+            i += 1;
+        }
+        Ok(i)
+    }
+
+    /// Like [`ChunkedScanner::advance`], and also hands the body's content to `sink`: the data of
+    /// each chunk as it passes, and the bytes of the trailer section (field lines with their
+    /// CRLFs, without the final empty line). For a proxy that must re-frame a body (HTTP/2).
+    pub fn decode(&mut self, bytes: &[u8], mut sink: impl FnMut(Piece<'_>)) -> Result<usize, ChunkError> {
+        let mut i = 0;
+        while i < bytes.len() {
+            match self.state {
+                State::Done => return Ok(i),
+                State::Data(left) => {
+                    let take = left.min((bytes.len() - i) as u64) as usize;
+                    sink(Piece::Data(&bytes[i..i + take]));
+                    i += take;
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        State::DataCr
+                    } else {
+                        State::Data(left)
+                    };
+                    continue;
+                }
+                State::TrailerStart if bytes[i] != b'\r' => sink(Piece::Trailer(bytes[i])),
+                State::Trailer | State::TrailerLf => sink(Piece::Trailer(bytes[i])),
                 _ => {}
             }
             self.step(bytes[i])?;
@@ -241,6 +280,29 @@ mod tests {
             }
         }
         Ok(None)
+    }
+
+    #[test]
+    fn decoding_hands_on_the_data_and_the_trailers_in_any_pieces() {
+        let body = b"5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nGrpc-Status: 0\r\nX-A: b\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, body.len()] {
+            let mut scanner = ChunkedScanner::new();
+            let (mut data, mut trailers, mut used) = (Vec::new(), Vec::new(), 0);
+            for piece in body.chunks(step) {
+                used += scanner
+                    .decode(piece, |p| match p {
+                        Piece::Data(d) => data.extend_from_slice(d),
+                        Piece::Trailer(b) => trailers.push(b),
+                    })
+                    .unwrap();
+                if scanner.is_done() {
+                    break;
+                }
+            }
+            assert_eq!(data, b"hello world", "step {step}");
+            assert_eq!(trailers, b"Grpc-Status: 0\r\nX-A: b\r\n", "step {step}");
+            assert_eq!(used, body.len() - 4, "step {step}");
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use super::Connection;
 use super::answers;
 use super::body::BodyCounter;
 use super::head::{self, Framing, Request, Response, ResponseContext};
-use super::logging::RequestRecord;
+use super::stream::ClientStream;
 use super::upstream::{self, Upstream};
 use crate::backend::Traffic;
 use crate::buffer::Buffer;
@@ -62,22 +62,13 @@ struct Answered {
 }
 
 /// Forwards one request; returns whether the client connection stays open. `out` holds the
-/// request head as it is forwarded. Where the listener has an access log, the request's line is
-/// gathered on the way and handed to it at the end.
-pub(super) async fn forward(conn: &mut Connection, request: Request, out: Buffer) -> bool {
-    if conn.route.access_log.is_none() {
-        return forward_inner(conn, request, out).await;
-    }
-    conn.record = Some(RequestRecord::new(
-        Some(request.line.text()),
-        request.head_len as u64,
-    ));
-    let keep = forward_inner(conn, request, out).await;
-    conn.finish_record();
-    keep
-}
-
-async fn forward_inner(conn: &mut Connection, request: Request, mut out: Buffer) -> bool {
+/// request head as it is forwarded. What the access log needs is noted in `conn.record` on the
+/// way, where the listener has one.
+pub(super) async fn forward<S: ClientStream>(
+    conn: &mut Connection<S>,
+    request: Request,
+    mut out: Buffer,
+) -> bool {
     let route = conn.route.clone();
     let pool = &route.pool;
     let started = Instant::now();
@@ -218,6 +209,23 @@ async fn forward_inner(conn: &mut Connection, request: Request, mut out: Buffer)
         .backend
         .record_latency(now.saturating_duration_since(started).as_nanos() as u64);
     pool.record_traffic(entry.backend.index, answered.response.status < 500);
+    if answered.response.switching {
+        // The request is over; the tunnel is counted as a connection of its own (and its access
+        // log line, status 101, is written when it closes).
+        drop(guard);
+        if let Some(record) = conn.record.as_mut() {
+            record.answered(101, None);
+        }
+        let Answered {
+            upstream,
+            input: mut from_backend,
+            response,
+            ..
+        } = answered;
+        from_backend.consume(response.head_len);
+        super::upgrade::tunnel(conn, &entry, request.line, upstream, out, from_backend).await;
+        return false;
+    }
     let keep = relay_response(conn, &entry, answered, out).await;
     drop(guard);
     keep
@@ -229,7 +237,7 @@ static BACKEND_FAILED: LogLimit = LogLimit::new(Duration::from_secs(1));
 /// The 502 text when no backend of `pool` could be connected to (the client is not told which
 /// addresses were tried or why they failed: the log says, with `last_error`, the last connect
 /// failure).
-fn unreachable(listener: &str, pool: &str, last_error: Option<&str>) -> String {
+pub(crate) fn unreachable(listener: &str, pool: &str, last_error: Option<&str>) -> String {
     if let Some(left_out) = BACKEND_FAILED.admit() {
         warn!(
             listener,
@@ -244,7 +252,12 @@ fn unreachable(listener: &str, pool: &str, last_error: Option<&str>) -> String {
 
 /// Answers with a local error and closes the client connection (reading what it still sends
 /// for a while, so the answer is not lost to a reset).
-async fn close_with(conn: &mut Connection, mut out: Buffer, status: u16, message: &str) -> bool {
+async fn close_with<S: ClientStream>(
+    conn: &mut Connection<S>,
+    mut out: Buffer,
+    status: u16,
+    message: &str,
+) -> bool {
     if let Some(record) = conn.record.as_mut() {
         record.answered(status, Some(message));
     }
@@ -256,8 +269,8 @@ async fn close_with(conn: &mut Connection, mut out: Buffer, status: u16, message
 
 /// Sends the request on `upstream` and reads until a final response head; interim responses go
 /// on to the client as they come. On success `out` holds the rewritten response head.
-async fn attempt(
-    conn: &mut Connection,
+async fn attempt<S: ClientStream>(
+    conn: &mut Connection<S>,
     request: &Request,
     out: &mut Buffer,
     mut upstream: Upstream,
@@ -316,6 +329,7 @@ async fn attempt(
                     client_version: request.version,
                     client_keep_alive: request.keep_alive && body.is_done() && !conn.shutdown.is_triggered(),
                     set_cookie: set_cookie.as_deref(),
+                    upgrade: request.websocket,
                 };
                 out.clear();
                 match head::parse_response(from_backend.filled(), &context, out) {
@@ -370,7 +384,7 @@ async fn attempt(
 }
 
 /// The `Set-Cookie` value that binds a new session to the chosen backend.
-fn sticky_set_cookie(conn: &Connection, request: &Request, entry: &BackendEntry) -> Option<String> {
+fn sticky_set_cookie<S>(conn: &Connection<S>, request: &Request, entry: &BackendEntry) -> Option<String> {
     let sticky = conn.route.pool.config.sticky.as_ref()?;
     (request.sticky != Some(entry.backend.index)).then(|| {
         format!(
@@ -382,8 +396,8 @@ fn sticky_set_cookie(conn: &Connection, request: &Request, entry: &BackendEntry)
 
 /// Streams the rest of the request body to the backend until it is whole, or until the backend
 /// starts answering (its first bytes are then in `from_backend`).
-async fn pump_body(
-    conn: &mut Connection,
+async fn pump_body<S: ClientStream>(
+    conn: &mut Connection<S>,
     upstream: &mut Upstream,
     body: &mut BodyCounter,
     from_backend: &mut Buffer,
@@ -456,8 +470,8 @@ fn answered(backend: &tokio::net::tcp::ReadHalf<'_>, from_backend: &mut Buffer) 
 
 /// Sends the response head (in `out`) and its body to the client; gives the backend connection
 /// back when it can carry another request. Returns whether the client connection stays open.
-async fn relay_response(
-    conn: &mut Connection,
+async fn relay_response<S: ClientStream>(
+    conn: &mut Connection<S>,
     entry: &BackendEntry,
     answered: Answered,
     mut out: Buffer,
@@ -473,7 +487,7 @@ async fn relay_response(
     if let Some(record) = conn.record.as_mut() {
         record.answered(response.status, None);
     }
-    let failed = |conn: &mut Connection, reason: &str| {
+    let failed = |conn: &mut Connection<S>, reason: &str| {
         entry.backend.record_failure();
         debug!(backend = %entry.address, reason, "response ended early");
         if let Some(record) = conn.record.as_mut() {
@@ -533,7 +547,7 @@ async fn relay_response(
 }
 
 /// The client stopped taking the response: noted for the access log; the connection closes.
-fn client_gone(conn: &mut Connection) -> bool {
+fn client_gone<S>(conn: &mut Connection<S>) -> bool {
     if let Some(record) = conn.record.as_mut() {
         record.failed("the client stopped reading the response");
     }
@@ -542,8 +556,8 @@ fn client_gone(conn: &mut Connection) -> bool {
 
 /// Answers with a local error; the connection stays open only for a bodiless request that asked
 /// for it.
-async fn refuse(
-    conn: &mut Connection,
+async fn refuse<S: ClientStream>(
+    conn: &mut Connection<S>,
     request: &Request,
     mut out: Buffer,
     status: u16,
@@ -559,8 +573,8 @@ async fn refuse(
 }
 
 /// A backend failed after the request went out: 502.
-async fn backend_failed(
-    conn: &mut Connection,
+async fn backend_failed<S: ClientStream>(
+    conn: &mut Connection<S>,
     request: &Request,
     out: Buffer,
     entry: &BackendEntry,
@@ -575,7 +589,7 @@ async fn backend_failed(
 }
 
 /// The sticky backend if the session may still go there, else the selector's pick.
-fn choose(
+pub(crate) fn choose(
     snapshot: &PoolSnapshot,
     sticky: Option<usize>,
     keep: Keep,

@@ -27,26 +27,24 @@ pub(super) enum Field {
     Expect,
     Cookie,
     ForwardedFor,
+    /// `Upgrade`: hop-by-hop, except on a WebSocket upgrade the listener allows.
+    Upgrade,
     /// `Content_Length` or `Transfer_Encoding`: a name some servers read as the framing field
     /// (CGI-style variables turn `-` into `_`). Refused.
     Lookalike,
     /// Never forwarded: `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`,
-    /// `Proxy-Authorization`, `TE`, `Trailer`, `Upgrade`.
+    /// `Proxy-Authorization`, `TE`, `Trailer`.
     HopByHop,
 }
 
 impl Field {
     /// The field a name denotes, whatever its case.
+    #[inline(always)]
     pub(super) fn of(name: &[u8]) -> Self {
         let Some(first) = name.first() else {
             return Self::Plain;
         };
         let is = |wanted: &str| name.eq_ignore_ascii_case(wanted.as_bytes());
-        let like = |wanted: &str| {
-            name.iter()
-                .zip(wanted.as_bytes())
-                .all(|(a, b)| a.eq_ignore_ascii_case(b) || (*a == b'_' && *b == b'-'))
-        };
         // Length and first letter rule out almost every other name before any comparison.
         match (name.len(), first.to_ascii_lowercase()) {
             (2, b't') if is("te") => Self::HopByHop,
@@ -54,18 +52,34 @@ impl Field {
             (6, b'e') if is("expect") => Self::Expect,
             (6, b'c') if is("cookie") => Self::Cookie,
             (7, b't') if is("trailer") => Self::HopByHop,
-            (7, b'u') if is("upgrade") => Self::HopByHop,
+            (7, b'u') if is("upgrade") => Self::Upgrade,
             (10, b'c') if is("connection") => Self::Connection,
             (10, b'k') if is("keep-alive") => Self::HopByHop,
             (14, b'c') if is("content-length") => Self::ContentLength,
-            (14, b'c') if like("content-length") => Self::Lookalike,
             (15, b'x') if is("x-forwarded-for") => Self::ForwardedFor,
             (16, b'p') if is("proxy-connection") => Self::HopByHop,
             (17, b't') if is("transfer-encoding") => Self::TransferEncoding,
-            (17, b't') if like("transfer-encoding") => Self::Lookalike,
             (18, b'p') if is("proxy-authenticate") => Self::HopByHop,
             (19, b'p') if is("proxy-authorization") => Self::HopByHop,
             _ => Self::Plain,
+        }
+    }
+
+    /// A name some servers would read as a framing field (`Content_Length`): checked apart from
+    /// [`Field::of`], on the rare names of those lengths with an underscore, so the common path
+    /// stays small.
+    fn of_lookalike(name: &[u8]) -> Self {
+        let like = |wanted: &str| {
+            name.len() == wanted.len()
+                && name
+                    .iter()
+                    .zip(wanted.as_bytes())
+                    .all(|(a, b)| a.eq_ignore_ascii_case(b) || (*a == b'_' && *b == b'-'))
+        };
+        if name.contains(&b'_') && (like("content-length") || like("transfer-encoding")) {
+            Self::Lookalike
+        } else {
+            Self::Plain
         }
     }
 
@@ -107,11 +121,16 @@ pub(super) struct Scan<'b> {
     pub host: Option<&'b [u8]>,
     /// `Expect: 100-continue`.
     pub expects_continue: bool,
+    /// `Connection` lists `upgrade`.
+    pub connection_upgrade: bool,
+    /// `Upgrade` says exactly `websocket` (one field, one protocol).
+    pub upgrade_websocket: bool,
     /// Extra names listed in `Connection` (allocates only when there are any).
     connection_names: Vec<&'b [u8]>,
 }
 
 /// `bytes` without leading and trailing spaces and tabs.
+#[inline]
 pub(super) fn trim(bytes: &[u8]) -> &[u8] {
     let start = bytes
         .iter()
@@ -158,10 +177,16 @@ impl<'b> Scan<'b> {
             hosts: 0,
             host: None,
             expects_continue: false,
+            connection_upgrade: false,
+            upgrade_websocket: false,
             connection_names: Vec::new(),
         };
+        let mut upgrades = 0;
         for (header, field) in headers.iter().zip(scan.fields.iter_mut()) {
             *field = Field::of(header.name.as_bytes());
+            if *field == Field::Plain && matches!(header.name.len(), 14 | 17) {
+                *field = Field::of_lookalike(header.name.as_bytes());
+            }
             match *field {
                 Field::ContentLength => {
                     let n = content_length(header.value).ok_or_else(|| {
@@ -194,6 +219,9 @@ impl<'b> Scan<'b> {
                             scan.close = true;
                         } else if token.eq_ignore_ascii_case(b"keep-alive") {
                             scan.keep_alive = true;
+                        } else if token.eq_ignore_ascii_case(b"upgrade") {
+                            // `Upgrade` is hop-by-hop already: a flag, not a name to look up.
+                            scan.connection_upgrade = true;
                         } else if Field::of(token).is_protected() {
                             return Err(format!(
                                 "Connection names {}, a field every hop needs",
@@ -214,8 +242,16 @@ impl<'b> Scan<'b> {
                 Field::Expect => {
                     scan.expects_continue = trim(header.value).eq_ignore_ascii_case(b"100-continue");
                 }
+                Field::Upgrade => {
+                    upgrades += 1;
+                    scan.upgrade_websocket =
+                        upgrades == 1 && trim(header.value).eq_ignore_ascii_case(b"websocket");
+                }
                 _ => {}
             }
+        }
+        if upgrades > 1 {
+            scan.upgrade_websocket = false;
         }
         Ok(scan)
     }
@@ -224,7 +260,7 @@ impl<'b> Scan<'b> {
     #[inline]
     pub(super) fn hop_by_hop(&self, index: usize, name: &str) -> bool {
         match self.fields[index] {
-            Field::HopByHop | Field::Connection => true,
+            Field::HopByHop | Field::Connection | Field::Upgrade => true,
             _ => {
                 !self.connection_names.is_empty()
                     && self
@@ -270,7 +306,7 @@ mod tests {
             ("X-Forwarded-For", Field::ForwardedFor),
             ("TE", Field::HopByHop),
             ("Trailer", Field::HopByHop),
-            ("Upgrade", Field::HopByHop),
+            ("Upgrade", Field::Upgrade),
             ("Keep-Alive", Field::HopByHop),
             ("Proxy-Connection", Field::HopByHop),
             ("Proxy-Authenticate", Field::HopByHop),
@@ -279,11 +315,16 @@ mod tests {
             ("Server", Field::Plain),
             ("Hostx", Field::Plain),
             ("Content-Lengt", Field::Plain),
+        ] {
+            assert_eq!(Field::of(name.as_bytes()), field, "{name}");
+        }
+        for (name, field) in [
             ("Content_Length", Field::Lookalike),
             ("transfer_encoding", Field::Lookalike),
             ("Transfer-Encodinx", Field::Plain),
+            ("X-Some_Header_17c", Field::Plain),
         ] {
-            assert_eq!(Field::of(name.as_bytes()), field, "{name}");
+            assert_eq!(Field::of_lookalike(name.as_bytes()), field, "{name}");
         }
     }
 

@@ -84,6 +84,9 @@ pub struct Request {
     pub expects_continue: bool,
     /// The backend index the sticky-session cookie names.
     pub sticky: Option<usize>,
+    /// A WebSocket upgrade the listener allows: `Upgrade: websocket` went on, and a 101 joins
+    /// the connections.
+    pub websocket: bool,
     /// Method and target, for drain status.
     pub line: RequestLine,
 }
@@ -95,6 +98,8 @@ pub struct RequestContext<'a> {
     pub client: &'a str,
     /// Name of the pool's sticky-session cookie.
     pub sticky_cookie: Option<&'a str>,
+    /// The listener passes WebSocket upgrades on.
+    pub websocket: bool,
 }
 
 /// What the proxy needs from a response once its head is written out.
@@ -112,6 +117,8 @@ pub struct Response {
     pub upstream_reusable: bool,
     /// The client connection stays open after this response (and said so).
     pub client_keep_alive: bool,
+    /// A 101 to a WebSocket upgrade: the connections are joined after the head.
+    pub switching: bool,
 }
 
 /// Per-request inputs of response rewriting.
@@ -125,6 +132,8 @@ pub struct ResponseContext<'a> {
     pub client_keep_alive: bool,
     /// A `Set-Cookie` value to add (sticky sessions).
     pub set_cookie: Option<&'a str>,
+    /// The request was a WebSocket upgrade the proxy passed on: a 101 may answer it.
+    pub upgrade: bool,
 }
 
 /// The backend index a sticky cookie names (`<index>-<vm>`); `fields` classifies `headers`.
@@ -228,6 +237,16 @@ pub fn parse_request(
         _ => {}
     }
     let framing = request_framing(&scan, version)?;
+    // A WebSocket handshake (RFC 6455 §4.1): a GET in HTTP/1.1 with `Connection: upgrade` and
+    // `Upgrade: websocket`. Any other upgrade (`h2c`, say) is dropped with its fields.
+    let websocket = context.websocket
+        && scan.upgrade_websocket
+        && scan.connection_upgrade
+        && version == 1
+        && method == "GET";
+    if websocket && framing != Framing::Empty {
+        return Err(RequestError::bad("a WebSocket upgrade with a body"));
+    }
 
     let absolute = match target {
         Target::Absolute { authority, .. } => Some(authority),
@@ -253,6 +272,7 @@ pub fn parse_request(
             Field::Host if absolute.is_some() => false,
             // Written once below, in one canonical form.
             Field::ContentLength | Field::TransferEncoding => false,
+            Field::Upgrade if websocket => true,
             // Folded into one header below, with the client appended.
             Field::ForwardedFor => {
                 if forwarded_for.is_some() {
@@ -298,6 +318,8 @@ pub fn parse_request(
     // HTTP/1.0 closes by default: ask the backend to keep the connection for the next request.
     w.put(if version == 0 {
         b"\r\nConnection: keep-alive\r\n\r\n"
+    } else if websocket {
+        b"\r\nConnection: Upgrade\r\n\r\n"
     } else {
         b"\r\n\r\n"
     });
@@ -320,6 +342,7 @@ pub fn parse_request(
         sticky: context
             .sticky_cookie
             .and_then(|cookie| sticky_index(headers, &scan.fields, cookie)),
+        websocket,
         line: RequestLine::new(method, raw_target),
     }))
 }
@@ -347,9 +370,12 @@ pub fn parse_response(
     };
     let headers = &*response.headers;
     if status == 101 {
-        return Err(ResponseError(
-            "101 Switching Protocols to a request without Upgrade".into(),
-        ));
+        if !context.upgrade {
+            return Err(ResponseError(
+                "101 Switching Protocols to a request without Upgrade".into(),
+            ));
+        }
+        return switching(input, head_len, version, headers, out).map(Some);
     }
     if !(100..1000).contains(&status) {
         return Err(ResponseError(format!("status {status} out of range")));
@@ -376,14 +402,11 @@ pub fn parse_response(
     let client_keep_alive = context.client_keep_alive && framing != Framing::UntilClose;
 
     let mut w = HeadWriter { out, overflow: false };
-    w.put(b"HTTP/1.1 ");
-    let code = [
-        b'0' + (status / 100) as u8,
-        b'0' + (status / 10 % 10) as u8,
-        b'0' + (status % 10) as u8,
-    ];
-    w.put(&code);
-    w.put(b" ");
+    let mut line = *b"HTTP/1.1 000 ";
+    line[9] = b'0' + (status / 100) as u8;
+    line[10] = b'0' + (status / 10 % 10) as u8;
+    line[11] = b'0' + (status % 10) as u8;
+    w.put(&line);
     w.put(response.reason.unwrap_or("").as_bytes());
     w.put(b"\r\n");
     let mut length_written = false;
@@ -414,7 +437,44 @@ pub fn parse_response(
         interim,
         upstream_reusable: persistent && framing != Framing::UntilClose,
         client_keep_alive,
+        switching: false,
     }))
+}
+
+/// The 101 that accepts a WebSocket upgrade: checked (it must say `Upgrade: websocket` and
+/// `Connection: upgrade`, in HTTP/1.1), then written with its fields as they are.
+fn switching(
+    input: &[u8],
+    head_len: usize,
+    version: u8,
+    headers: &[httparse::Header<'_>],
+    out: &mut Buffer,
+) -> Result<Response, ResponseError> {
+    let scan = Scan::of(headers).map_err(ResponseError)?;
+    if version != 1 || !scan.upgrade_websocket || !scan.connection_upgrade {
+        return Err(ResponseError(
+            "a 101 that does not switch to websocket in HTTP/1.1".into(),
+        ));
+    }
+    let mut w = HeadWriter { out, overflow: false };
+    w.put(b"HTTP/1.1 101 Switching Protocols\r\n");
+    emit_headers(&mut w, input, headers, |index, header| match scan.fields[index] {
+        Field::Upgrade => true,
+        _ => !scan.hop_by_hop(index, header.name),
+    });
+    w.put(b"Connection: Upgrade\r\n\r\n");
+    if w.overflow {
+        return Err(ResponseError("response head too large".into()));
+    }
+    Ok(Response {
+        head_len,
+        status: 101,
+        framing: Framing::Empty,
+        interim: false,
+        upstream_reusable: false,
+        client_keep_alive: false,
+        switching: true,
+    })
 }
 
 #[cfg(test)]
@@ -424,6 +484,7 @@ mod tests {
     const CLIENT: RequestContext<'static> = RequestContext {
         client: "127.0.0.1",
         sticky_cookie: Some("hv"),
+        websocket: true,
     };
 
     fn request(text: &str) -> Result<Option<(Request, String)>, RequestError> {
@@ -450,6 +511,7 @@ mod tests {
         client_version: 1,
         client_keep_alive: true,
         set_cookie: None,
+        upgrade: false,
     };
 
     #[test]
@@ -779,6 +841,73 @@ mod tests {
             .unwrap();
         assert!(resp.interim);
         assert_eq!(out, "HTTP/1.1 100 Continue\r\n\r\n");
+    }
+
+    #[test]
+    fn a_websocket_upgrade_goes_on_only_as_a_get_the_listener_allows() {
+        let upgrade = "GET /chat HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\
+                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        let (req, out) = request(upgrade).unwrap().unwrap();
+        assert!(req.websocket);
+        assert_eq!(
+            out,
+            "GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\nX-Forwarded-For: 127.0.0.1\r\nConnection: Upgrade\r\n\r\n"
+        );
+        let not_allowed = RequestContext {
+            websocket: false,
+            ..CLIENT
+        };
+        let mut out = Buffer::take();
+        let req = parse_request(upgrade.as_bytes(), &not_allowed, &mut out)
+            .unwrap()
+            .unwrap();
+        assert!(!req.websocket);
+        assert!(
+            !String::from_utf8_lossy(out.filled()).contains("Upgrade"),
+            "dropped as hop-by-hop"
+        );
+        for other in [
+            upgrade.replace("Upgrade: websocket", "Upgrade: h2c"),
+            upgrade.replace("GET /chat", "POST /chat"),
+            upgrade.replace("HTTP/1.1", "HTTP/1.0"),
+            upgrade.replace("keep-alive, Upgrade", "keep-alive"),
+            upgrade.replace("Upgrade: websocket", "Upgrade: websocket, h2c"),
+        ] {
+            let (req, out) = request(&other).unwrap().unwrap();
+            assert!(!req.websocket, "{other}");
+            assert!(!out.contains("Upgrade"), "{other}");
+        }
+        let with_body = upgrade.replace("\r\n\r\n", "\r\nContent-Length: 3\r\n\r\nabc");
+        assert_eq!(status_of(&with_body), 400);
+    }
+
+    #[test]
+    fn a_101_is_accepted_only_for_a_websocket_upgrade() {
+        let switching = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                         Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        let upgraded = ResponseContext {
+            upgrade: true,
+            ..PLAIN
+        };
+        let (resp, out) = response(switching, upgraded).unwrap().unwrap();
+        assert!(resp.switching && !resp.upstream_reusable && !resp.client_keep_alive);
+        assert_eq!(
+            out,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
+             Connection: Upgrade\r\n\r\n"
+        );
+        assert!(response(switching, PLAIN).is_err(), "no upgrade was asked for");
+        let h2c = switching.replace("Upgrade: websocket", "Upgrade: h2c");
+        assert!(response(&h2c, upgraded).is_err());
+        // A backend that declines answers as usual.
+        let (resp, _) = response(
+            "HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n",
+            upgraded,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!resp.switching);
     }
 
     #[test]

@@ -24,6 +24,13 @@
 //! - [`answers`]: responses the proxy writes itself.
 //! - [`timer`]: the per-connection deadline.
 //! - [`logging`]: what a request's access log line says, gathered while it is served.
+//! - [`stream`]: the client connection, plain TCP or TLS.
+//! - [`upgrade`]: WebSocket upgrades and the tunnel after a 101.
+//! - `to_h2`: a request to a pool that speaks HTTP/2 to its backends.
+//!
+//! A listener with neither TLS nor HTTP/2 serves every connection with the engine over a plain
+//! TCP socket, as it always did; TLS and HTTP/2 are decided per connection at accept (ALPN, or the
+//! HTTP/2 preface on a cleartext listener that allows it) and never looked at on the plain path.
 //!
 //! `LIFECYCLE.md` beside this file tells the life of a connection and a request, state by state.
 
@@ -35,8 +42,11 @@ mod fields;
 pub mod head;
 mod logging;
 mod rewrite;
+pub mod stream;
 mod target;
 mod timer;
+mod to_h2;
+pub mod upgrade;
 pub mod upstream;
 
 use std::future::poll_fn;
@@ -46,17 +56,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+#[cfg(test)]
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+pub(crate) use exchange::{choose as choose_backend, unreachable as unreachable_text};
 
 use crate::accept::accept_loop;
 use crate::access_log::AccessLog;
 use crate::buffer::Buffer;
 use crate::pools::Pool;
 use crate::shutdown::{Shutdown, ShutdownListener};
+use crate::tls::TlsServer;
+use crate::tls::upstream::UpstreamTls;
 use head::{Request, RequestContext, RequestError};
+use stream::ClientStream;
 use timer::LazyTimer;
 
 /// Settings of one L7 listener.
@@ -74,6 +91,39 @@ pub struct HttpRoute {
     pub client_timeout: Duration,
     /// One line per request, if configured.
     pub access_log: Option<AccessLog>,
+    /// TLS termination, if the listener has it.
+    pub tls: Option<TlsServer>,
+    /// HTTP/2 from clients: by ALPN with TLS, by prior knowledge without.
+    pub http2: bool,
+    /// WebSocket upgrades are passed on.
+    pub websocket: bool,
+    /// TLS to the pool's backends, if it asks for it.
+    pub upstream_tls: Option<UpstreamTls>,
+    /// The pool speaks HTTP/2 to its backends: HTTP/1.1 requests are bridged to it.
+    pub upstream_h2: bool,
+}
+
+impl HttpRoute {
+    /// A route with neither TLS nor HTTP/2 nor WebSocket (tests and benchmarks).
+    pub fn plain(
+        listener: &str,
+        pool: Arc<Pool>,
+        response_timeout: Duration,
+        client_timeout: Duration,
+    ) -> Self {
+        Self {
+            listener: listener.to_string(),
+            pool,
+            response_timeout,
+            client_timeout,
+            access_log: None,
+            tls: None,
+            http2: false,
+            websocket: false,
+            upstream_tls: None,
+            upstream_h2: false,
+        }
+    }
 }
 
 /// How long a connection closed with part of a request unread keeps reading (and dropping) what
@@ -90,18 +140,34 @@ pub async fn serve(
     shutdown: Arc<Shutdown>,
 ) {
     let name = route.listener.clone();
-    accept_loop(listener, &name, false, cancel, tasks, move |stream, peer| {
-        serve_connection(stream, peer, route.clone(), shutdown.listen())
-    })
-    .await;
+    match (route.tls.is_some(), route.http2) {
+        (false, false) => {
+            accept_loop(listener, &name, false, cancel, tasks, move |stream, peer| {
+                serve_connection(stream, peer, route.clone(), shutdown.listen())
+            })
+            .await
+        }
+        (false, true) => {
+            accept_loop(listener, &name, false, cancel, tasks, move |stream, peer| {
+                crate::h2::serve_cleartext(stream, peer, route.clone(), shutdown.listen())
+            })
+            .await
+        }
+        (true, _) => {
+            accept_loop(listener, &name, false, cancel, tasks, move |stream, peer| {
+                crate::h2::serve_tls(stream, peer, route.clone(), shutdown.listen())
+            })
+            .await
+        }
+    }
 }
 
 /// Serves one client connection. Until the client sends its first bytes the connection costs only
 /// this small task (no buffer, no HTTP state, no timer: its deadline is kept by the worker's
 /// registry): idle connections stay cheap. The request is often there already when the connection
 /// is accepted; it is read at once then.
-async fn serve_connection(
-    mut stream: TcpStream,
+pub(crate) async fn serve_connection<S: ClientStream>(
+    mut stream: S,
     peer: SocketAddr,
     route: Arc<HttpRoute>,
     mut shutdown: ShutdownListener,
@@ -118,7 +184,7 @@ async fn serve_connection(
     tokio::select! {
         biased;
         _ = &mut shutdown => return,
-        ready = poll_fn(|cx| stream.poll_read_ready(cx)) => {
+        ready = poll_fn(|cx| stream.poll_idle(cx)) => {
             if ready.is_err() {
                 return;
             }
@@ -126,6 +192,18 @@ async fn serve_connection(
     }
     shutdown.set_deadline(None);
     Box::pin(Connection::new(stream, peer, route, shutdown, None).serve()).await;
+}
+
+/// Serves a client connection whose first bytes were already read (TLS sessions, and cleartext
+/// connections looked at for the HTTP/2 preface).
+pub(crate) async fn serve_read<S: ClientStream>(
+    stream: S,
+    peer: SocketAddr,
+    route: Arc<HttpRoute>,
+    shutdown: ShutdownListener,
+    first: Option<Buffer>,
+) {
+    Box::pin(Connection::new(stream, peer, route, shutdown, first.filter(|b| !b.is_empty())).serve()).await;
 }
 
 /// What waiting for the next request gave.
@@ -139,9 +217,9 @@ enum Next {
 }
 
 /// One client connection and what it carries between requests.
-pub(crate) struct Connection {
+pub(crate) struct Connection<S> {
     /// The client socket.
-    stream: TcpStream,
+    stream: S,
     /// The client's address.
     peer: SocketAddr,
     /// The client's address as `X-Forwarded-For` shows it.
@@ -163,9 +241,9 @@ pub(crate) struct Connection {
     record: Option<Box<logging::RequestRecord>>,
 }
 
-impl Connection {
+impl<S: ClientStream> Connection<S> {
     fn new(
-        stream: TcpStream,
+        stream: S,
         peer: SocketAddr,
         route: Arc<HttpRoute>,
         shutdown: ShutdownListener,
@@ -209,7 +287,19 @@ impl Connection {
                     return;
                 }
             };
-            if !exchange::forward(&mut self, request, out).await {
+            if self.route.access_log.is_some() {
+                self.record = Some(logging::RequestRecord::new(
+                    Some(request.line.text()),
+                    request.head_len as u64,
+                ));
+            }
+            let keep = if self.route.upstream_h2 {
+                to_h2::forward(&mut self, request, out).await
+            } else {
+                exchange::forward(&mut self, request, out).await
+            };
+            self.finish_record();
+            if !keep {
                 if self.unread {
                     self.linger().await;
                 }
@@ -230,6 +320,7 @@ impl Connection {
                 let context = RequestContext {
                     client: &self.peer_text,
                     sticky_cookie: self.route.pool.config.sticky.as_ref().map(|s| s.cookie.as_str()),
+                    websocket: self.route.websocket,
                 };
                 let mut out = Buffer::take();
                 match head::parse_request(input.filled(), &context, &mut out) {
@@ -252,7 +343,7 @@ impl Connection {
                 tokio::select! {
                     biased;
                     _ = &mut self.shutdown => return Next::Closed,
-                    ready = poll_fn(|cx| stream.poll_read_ready(cx)) => {
+                    ready = poll_fn(|cx| stream.poll_idle(cx)) => {
                         if ready.is_err() {
                             return Next::Closed;
                         }
@@ -315,31 +406,12 @@ impl Connection {
             record.sent(bytes.len());
         }
         if self.writes == 1 {
-            let _ = self.stream.set_nodelay(true);
+            self.stream.nodelay();
         }
         self.writes = self.writes.saturating_add(1);
-        let mut rest = bytes;
-        // Set when the client's window is full; moved on by every write that makes progress.
-        let mut deadline = None;
-        while !rest.is_empty() {
-            match self.stream.try_write(rest) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    rest = &rest[n..];
-                    deadline = None;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let until = *deadline.get_or_insert_with(|| Instant::now() + self.route.client_timeout);
-                    tokio::select! {
-                        biased;
-                        ready = self.stream.writable() => ready?,
-                        _ = self.timer.until(until) => return Err(io::ErrorKind::TimedOut.into()),
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        self.stream
+            .send_all(bytes, &mut self.timer, self.route.client_timeout)
+            .await
     }
 }
 
@@ -353,13 +425,12 @@ mod tests {
             "[control]\nbind = \"127.0.0.1:0\"\n[pools.p]\n[[pools.p.backends]]\naddress = \"127.0.0.1:1\"\nvm = \"v\"\n",
         )
         .unwrap();
-        Arc::new(HttpRoute {
-            listener: "web".into(),
-            pool: crate::pools::Pools::new(&config).pool("p").unwrap(),
-            response_timeout: Duration::from_secs(1),
-            client_timeout: Duration::from_secs(60),
-            access_log: None,
-        })
+        Arc::new(HttpRoute::plain(
+            "web",
+            crate::pools::Pools::new(&config).pool("p").unwrap(),
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        ))
     }
 
     /// Memory per idle connection is a goal (at most HAProxy's): the state of a connection that
@@ -371,7 +442,7 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let stream = TcpStream::connect(address).await.unwrap();
         let route = route();
-        let idle = serve_connection(stream, address, route, Shutdown::new().listen());
+        let idle = serve_connection::<TcpStream>(stream, address, route, Shutdown::new().listen());
         let size = std::mem::size_of_val(&idle);
         assert!(size <= 320, "an idle connection's future is {size} bytes");
     }

@@ -15,7 +15,7 @@ pub(super) struct HeadWriter<'a> {
 
 impl HeadWriter<'_> {
     /// Appends `bytes`, or notes that they did not fit.
-    #[inline]
+    #[inline(always)]
     pub fn put(&mut self, bytes: &[u8]) {
         if self.out.room() < bytes.len() {
             self.overflow = true;
@@ -51,6 +51,7 @@ impl HeadWriter<'_> {
 /// Where a header's line lies in `input` (its CRLF included), when it is an ordinary
 /// `name: value CRLF` line there. Such lines are copied verbatim, consecutive ones in one copy;
 /// anything else (an empty value, a bare LF) is written out afresh.
+#[inline]
 fn line_span(input: &[u8], header: &httparse::Header<'_>) -> Option<(usize, usize)> {
     let base = input.as_ptr() as usize;
     let start = (header.name.as_ptr() as usize).checked_sub(base)?;
@@ -66,6 +67,7 @@ fn line_span(input: &[u8], header: &httparse::Header<'_>) -> Option<(usize, usiz
 }
 
 /// Writes the headers `keep` accepts, copying runs of consecutive kept lines from `input` whole.
+#[inline]
 pub(super) fn emit_headers<'b>(
     w: &mut HeadWriter<'_>,
     input: &[u8],

@@ -21,6 +21,10 @@ pub(super) enum Target<'a> {
 impl<'a> Target<'a> {
     /// Classifies a request target; `Err` says why it cannot be forwarded.
     pub(super) fn parse(method: &str, target: &'a str) -> Result<Self, &'static str> {
+        // Raw non-ASCII has to be percent-encoded (RFC 3986); servers disagree on what else it is.
+        if !target.is_ascii() {
+            return Err("a request target is ASCII (the rest percent-encoded)");
+        }
         if target.contains('#') {
             return Err("a request target may not carry a fragment");
         }
@@ -35,7 +39,10 @@ impl<'a> Target<'a> {
             };
         }
         let Some(rest) = ["http://", "https://"].iter().find_map(|scheme| {
-            (target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme))
+            target
+                .as_bytes()
+                .get(..scheme.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(scheme.as_bytes()))
                 .then(|| &target[scheme.len()..])
         }) else {
             return Err("the request target is not a path or an http URI");
@@ -61,58 +68,67 @@ impl<'a> Target<'a> {
     }
 }
 
+/// Bytes of a registered name or IPv4 address: unreserved, `%` (percent-encodings) and
+/// sub-delimiters (RFC 3986 §3.2.2).
+static REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    table
+};
+
 /// Whether `value` is `host[:port]` as an `http` URI's authority allows it: a registered name or
 /// IPv4 address (unreserved characters, percent-encodings, sub-delimiters), or an IP literal in
 /// brackets, then an optional port of digits. Not empty, no userinfo (RFC 9110 §4.2.1, §4.2.4).
 pub(super) fn is_authority(value: &[u8]) -> bool {
-    let (host, port) = if value.first() == Some(&b'[') {
-        let Some(close) = value.iter().position(|b| *b == b']') else {
-            return false;
+    // The common case: a registered name or IPv4 address, maybe a port.
+    if value.first() != Some(&b'[') {
+        let (host, port) = match value.iter().rposition(|b| *b == b':') {
+            Some(at) => (&value[..at], &value[at + 1..]),
+            None => (value, &[][..]),
         };
-        let literal = &value[1..close];
-        if literal.is_empty()
-            || !literal
-                .iter()
-                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
-        {
-            return false;
-        }
-        match &value[close + 1..] {
-            [] => (&value[..=close], None),
-            [b':', port @ ..] => (&value[..=close], Some(port)),
-            _ => return false,
-        }
-    } else {
-        match value.iter().rposition(|b| *b == b':') {
-            Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
-            None => (value, None),
-        }
+        return !host.is_empty()
+            && port.len() <= 5
+            && host.iter().all(|b| REG_NAME[*b as usize])
+            && port.iter().all(u8::is_ascii_digit);
+    }
+    // An IP literal: `[hex:digits.and:colons]`, then maybe a port.
+    let Some(close) = value.iter().position(|b| *b == b']') else {
+        return false;
     };
-    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
-    let host_ok = !host.is_empty()
-        && (host[0] == b'['
-            || host.iter().all(|b| {
-                b.is_ascii_alphanumeric()
-                    || matches!(
-                        b,
-                        b'-' | b'.'
-                            | b'_'
-                            | b'~'
-                            | b'%'
-                            | b'!'
-                            | b'$'
-                            | b'&'
-                            | b'\''
-                            | b'('
-                            | b')'
-                            | b'*'
-                            | b'+'
-                            | b','
-                            | b';'
-                            | b'='
-                    )
-            }));
-    host_ok && port_ok
+    let literal = &value[1..close];
+    let port_ok = match &value[close + 1..] {
+        [] => true,
+        [b':', port @ ..] => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    port_ok
+        && !literal.is_empty()
+        && literal
+            .iter()
+            .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
 }
 
 #[cfg(test)]
@@ -147,6 +163,9 @@ mod tests {
             ("GET", "http:///path"),
             ("GET", "ftp://host/"),
             ("GET", "http://ho st/"),
+            ("GET", "/caf\u{e9}"),
+            ("GET", "http:/\u{e9}x"),
+            ("GET", "https:/\u{e9}"),
         ] {
             assert!(Target::parse(method, target).is_err(), "{method} {target}");
         }

@@ -62,10 +62,11 @@ pub fn parse(line: &[u8]) -> Result<Message, MessageError> {
         return Ok(Message::Greeting(greeting.clone()));
     }
     if let Some(name) = object.get("event").and_then(Value::as_str) {
+        // Absent when QEMU says -1, and when it does not fit in microseconds since the epoch.
         let timestamp_us = object.get("timestamp").and_then(|t| {
-            let seconds = t.get("seconds")?.as_i64()?;
-            let micros = t.get("microseconds")?.as_i64()?;
-            (seconds >= 0 && micros >= 0).then(|| seconds as u64 * 1_000_000 + micros as u64)
+            let seconds = u64::try_from(t.get("seconds")?.as_i64()?).ok()?;
+            let micros = u64::try_from(t.get("microseconds")?.as_i64()?).ok()?;
+            seconds.checked_mul(1_000_000)?.checked_add(micros)
         });
         return Ok(Message::Event(Event {
             name: name.to_string(),
@@ -133,6 +134,30 @@ mod tests {
                 timestamp_us: Some(1_432_121_972_744_001),
             }))
         );
+    }
+
+    /// Found by the `qmp_message` fuzz target: seconds beyond what microseconds since the epoch
+    /// can hold overflowed (a panic with overflow checks, a wrapped timestamp without).
+    #[test]
+    fn a_timestamp_too_large_for_microseconds_is_absent() {
+        for line in [
+            br#"{"timestamp":{"seconds":96115296115253,"microseconds":7},"event":""}"#.as_slice(),
+            br#"{"timestamp":{"seconds":18446744073709,"microseconds":551616},"event":"STOP"}"#,
+        ] {
+            let Ok(Message::Event(event)) = parse(line) else {
+                panic!("an event: {}", String::from_utf8_lossy(line));
+            };
+            assert_eq!(event.timestamp_us, None);
+        }
+        let largest =
+            parse(br#"{"timestamp":{"seconds":18446744073709,"microseconds":551615},"event":"STOP"}"#);
+        assert!(matches!(
+            largest,
+            Ok(Message::Event(Event {
+                timestamp_us: Some(u64::MAX),
+                ..
+            }))
+        ));
     }
 
     #[test]

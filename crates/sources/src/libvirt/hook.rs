@@ -1,10 +1,19 @@
 //! The libvirt `qemu` hook: what each hook call means for handover, and which VM a domain is.
 //!
 //! libvirt runs `/etc/libvirt/hooks/qemu DOMAIN OPERATION SUB-OPERATION EXTRA` with the domain XML
-//! on stdin, synchronously. The only synchronous point *before* a migration is `migrate begin`,
-//! called on the destination: the hook can hold the migration there until the balancers drained
-//! the VM. `started begin` on the destination runs in the migration's finish phase (after the copy),
-//! and `release end` without a successful start means the migration did not happen.
+//! on stdin, synchronously, on both hosts of a migration (table in the parent module). What a call
+//! means:
+//!
+//! - `migrate begin` runs only on the destination, before anything is copied: the one point where
+//!   the hook can hold the migration until the balancers drained the VM.
+//! - `started begin` on the destination comes as the destination QEMU is ready to receive: the
+//!   copy begins right after it (28-41 ms later in the runs of `docs/libvirt.md`). It is
+//!   `started`, not the end.
+//! - `release end EXTRA`: the domain's resources on this host are released. From libvirt 10.5
+//!   EXTRA is the reason: `migrated` on the source after a successful switchover, `failed` on the
+//!   destination of a failed or aborted migration, `destroyed`/`shutdown`/`crashed`... otherwise.
+//!   Before 10.5 it is always `-`: before the copy began that is still a failure (the domain
+//!   went away), after it the source's success and the destination's failure look the same.
 
 use handover_core::model::VmId;
 
@@ -30,10 +39,17 @@ pub struct HookCall {
 pub enum HookAction {
     /// The VM is about to arrive here: prepare and wait until drained.
     Prepare,
-    /// The VM runs here now (if it was migrating): completed.
+    /// The copy begins: started, if the VM is draining.
+    StartedIfDraining,
+    /// The source released the VM after a successful switchover (libvirt >= 10.5): completed, if
+    /// the VM is migrating.
     CompletedIfMigrating,
-    /// The domain's resources are released (if it was still migrating, the migration failed).
+    /// The domain was released for a reason other than having migrated: failed, if the VM is
+    /// draining or migrating.
     FailedIfMigrating,
+    /// A release without a reason (libvirt < 10.5): failed if the copy has not begun; after it,
+    /// undecidable here (the event watcher decides).
+    FailedIfDraining,
     /// Nothing for handover: return at once.
     Ignore,
 }
@@ -74,10 +90,16 @@ impl HookCall {
 
     /// What this call means.
     pub fn action(&self) -> HookAction {
-        match (self.operation.as_str(), self.sub_operation.as_str()) {
-            ("migrate", "begin") => HookAction::Prepare,
-            ("started", "begin") => HookAction::CompletedIfMigrating,
-            ("release", "end") => HookAction::FailedIfMigrating,
+        match (
+            self.operation.as_str(),
+            self.sub_operation.as_str(),
+            self.extra.as_str(),
+        ) {
+            ("migrate", "begin", _) => HookAction::Prepare,
+            ("started", "begin", _) => HookAction::StartedIfDraining,
+            ("release", "end", "migrated") => HookAction::CompletedIfMigrating,
+            ("release", "end", "-" | "") => HookAction::FailedIfDraining,
+            ("release", "end", _) => HookAction::FailedIfMigrating,
             _ => HookAction::Ignore,
         }
     }
@@ -127,11 +149,28 @@ mod tests {
         );
         assert_eq!(
             call(&["web1", "started", "begin", "-"]).action(),
-            HookAction::CompletedIfMigrating
+            HookAction::StartedIfDraining
         );
+        // libvirt >= 10.5 names the reason of a release.
         assert_eq!(
             call(&["web1", "release", "end", "migrated"]).action(),
-            HookAction::FailedIfMigrating
+            HookAction::CompletedIfMigrating
+        );
+        for reason in ["failed", "destroyed", "shutdown", "crashed", "daemon"] {
+            assert_eq!(
+                call(&["web1", "release", "end", reason]).action(),
+                HookAction::FailedIfMigrating,
+                "{reason}"
+            );
+        }
+        // libvirt < 10.5 does not.
+        assert_eq!(
+            call(&["web1", "release", "end", "-"]).action(),
+            HookAction::FailedIfDraining
+        );
+        assert_eq!(
+            call(&["web1", "release", "end"]).action(),
+            HookAction::FailedIfDraining
         );
         assert_eq!(
             call(&["web1", "prepare", "begin", "-"]).action(),

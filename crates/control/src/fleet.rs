@@ -1,0 +1,24 @@
+//! The seam between the coordinator and a fleet on etcd (`handover-fleet`): in fleet mode a notice
+//! is committed to etcd by the fleet and every node's watcher applies it to its own balancers
+//! (through [`Coordinator::adopt`](crate::Coordinator::adopt)), including this node's; the
+//! coordinator's own fan-out then only tells local balancers (there are no `[[peers]]`). The
+//! fleet's metrics reach `/metrics` as an [`ApiState`](crate::api::ApiState) metric source.
+
+use handover_core::api::{NoticeRequest, NoticeResponse};
+use handover_core::balancer::BoxFuture;
+use handover_core::model::VmId;
+
+use crate::coordinator::CoordinatorError;
+
+/// What the coordinator and the API ask of a fleet.
+pub trait FleetHook: Send + Sync {
+    /// Handles a notice for the whole fleet (instead of the peers' fan-out).
+    fn notice<'a>(
+        &'a self,
+        vm: &'a VmId,
+        request: &'a NoticeRequest,
+    ) -> BoxFuture<'a, Result<NoticeResponse, CoordinatorError>>;
+
+    /// The fleet as etcd holds it (`GET /v1/fleet`, `handover fleet`), as JSON.
+    fn view(&self) -> BoxFuture<'_, Result<serde_json::Value, String>>;
+}

@@ -1,0 +1,7 @@
+//! Test kit of the fleet crate: real etcd, and a recording stand-in for a node's own balancers.
+
+#![allow(dead_code)]
+
+pub mod etcd;
+pub mod local;
+pub mod skip;

@@ -117,35 +117,24 @@ pub(super) async fn forward<S: ClientStream>(
         if let Some(record) = conn.record.as_mut() {
             record.backend = Some(entry.clone());
         }
-        let idle = if fresh_only {
-            None
-        } else {
-            upstream::checkout(&entry.backend, entry.address, started)
-        };
-        let upstream = match idle {
-            Some(upstream) => upstream,
-            None => match upstream::connect(&entry.backend, entry.address, pool.config.connect_timeout).await
-            {
-                Ok(upstream) => upstream,
-                Err(upstream::ConnectError::Io(_, io)) if crate::descriptors::is_exhaustion(&io) => {
-                    // handover's own shortage is not the backend's fault (not counted), and is
-                    // logged once per interval.
-                    if let Some(suppressed) = crate::descriptors::CONNECT_EXHAUSTED.ready() {
-                        warn!(listener = %route.listener, error = %io, suppressed, "out of descriptors for a backend connection (not counted against the backend)");
-                    }
-                    last_error = Some(format!("handover is out of descriptors ({io})"));
-                    tried.push(entry.backend.index);
-                    continue;
+        let upstream = match upstream::obtain(pool, &entry, fresh_only, started).await {
+            Ok(upstream) => upstream,
+            Err(e) if e.is_exhaustion() => {
+                // handover's own shortage is not the backend's fault (`obtain` does not count it),
+                // and is logged once per interval.
+                if let Some(suppressed) = crate::descriptors::CONNECT_EXHAUSTED.ready() {
+                    warn!(listener = %route.listener, error = %e, suppressed, "out of descriptors for a backend connection (not counted against the backend)");
                 }
-                Err(e) => {
-                    entry.backend.record_failure();
-                    pool.record_traffic(entry.backend.index, false);
-                    warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
-                    last_error = Some(e.to_string());
-                    tried.push(entry.backend.index);
-                    continue;
-                }
-            },
+                last_error = Some(format!("handover is out of descriptors ({e})"));
+                tried.push(entry.backend.index);
+                continue;
+            }
+            Err(e) => {
+                warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
+                last_error = Some(e.to_string());
+                tried.push(entry.backend.index);
+                continue;
+            }
         };
         out.truncate_to(head_len);
         match attempt(

@@ -103,6 +103,8 @@ pub struct HttpRoute {
     pub upstream_tls: Option<UpstreamTls>,
     /// The pool speaks HTTP/2 to its backends: HTTP/1.1 requests are bridged to it.
     pub upstream_h2: bool,
+    /// An HTTP/2 client connection without a stream for this long is sent GOAWAY and closed.
+    pub h2_idle_timeout: Option<Duration>,
 }
 
 impl HttpRoute {
@@ -124,6 +126,7 @@ impl HttpRoute {
             websocket: false,
             upstream_tls: None,
             upstream_h2: false,
+            h2_idle_timeout: None,
         }
     }
 }

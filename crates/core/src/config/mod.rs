@@ -1012,13 +1012,6 @@ fn read_pool(doc: &mut Doc<'_, '_>, name: &str, field: &Field<'_, '_>) -> Option
             "a pool needs at least one backend",
         );
     }
-    if pool.tls.is_some() && pool.protocol == UpstreamProtocol::Http1 {
-        doc.error(
-            &format!("{path}.tls"),
-            field.span(),
-            "TLS to backends is spoken in HTTP/2 only: add protocol = \"h2\" (HTTP/1.1 over TLS to backends is not supported)",
-        );
-    }
     if pool.drain.keep == Keep::Sessions && pool.sticky.is_none() {
         doc.error(
             &format!("{path}.drain.keep"),

@@ -7,9 +7,49 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::backends::{TcpBackend, TcpClient, vm_counts};
+use common::harness;
 use common::lb::{Haproxy, Nginx, haproxy_available, nginx_available};
-use common::skip::skip;
 use common::{Node, eventually, log_contains, notice};
+
+fn main() {
+    harness::main(vec![
+        harness::test_async(
+            "haproxy_drain_moves_new_connections_keeps_existing_ones_and_ramps_back_in_steps",
+            haproxy_drain_moves_new_connections_keeps_existing_ones_and_ramps_back_in_steps,
+        )
+        .needs(haproxy_available),
+        harness::test_async(
+            "haproxy_partial_target_gives_the_expected_share",
+            haproxy_partial_target_gives_the_expected_share,
+        )
+        .needs(haproxy_available),
+        harness::test_async(
+            "one_prepare_reaches_two_haproxies_and_a_reload_mid_migration_is_repaired_within_a_second",
+            one_prepare_reaches_two_haproxies_and_a_reload_mid_migration_is_repaired_within_a_second,
+        )
+        .needs(haproxy_available),
+        harness::test_async(
+            "a_missing_or_garbage_runtime_socket_is_a_clear_error_and_the_others_are_unaffected",
+            a_missing_or_garbage_runtime_socket_is_a_clear_error_and_the_others_are_unaffected,
+        )
+        .needs(haproxy_available),
+        harness::test_async(
+            "nginx_drain_keeps_existing_connections_and_ramps_back_through_reloads",
+            nginx_drain_keeps_existing_connections_and_ramps_back_through_reloads,
+        )
+        .needs(nginx_available),
+        harness::test_async(
+            "nginx_partial_target_gives_the_expected_share",
+            nginx_partial_target_gives_the_expected_share,
+        )
+        .needs(nginx_available),
+        harness::test_async(
+            "haproxy_reports_the_sessions_that_remain_and_when_the_vm_is_drained",
+            haproxy_reports_the_sessions_that_remain_and_when_the_vm_is_drained,
+        )
+        .needs(haproxy_available),
+    ]);
+}
 
 async fn three_backends() -> Vec<TcpBackend> {
     vec![
@@ -39,14 +79,7 @@ fn servers(backends: &[TcpBackend]) -> Vec<(&'static str, std::net::SocketAddr, 
 
 const CONTROL: &str = "[control]\nbind = \"127.0.0.1:0\"\n\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_drain_moves_new_connections_keeps_existing_ones_and_ramps_back_in_steps() {
-    if let Err(reason) = haproxy_available() {
-        return skip(
-            "haproxy_drain_moves_new_connections_keeps_existing_ones_and_ramps_back_in_steps",
-            &reason,
-        );
-    }
     let dir = tempfile::tempdir().unwrap();
     let backends = three_backends().await;
     let haproxy = Haproxy::start(dir.path(), "lb", &servers(&backends));
@@ -105,11 +138,7 @@ async fn haproxy_drain_moves_new_connections_keeps_existing_ones_and_ramps_back_
     assert!(early.iter().all(|w| *w < 128), "it starts low: {weights:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_partial_target_gives_the_expected_share() {
-    if let Err(reason) = haproxy_available() {
-        return skip("haproxy_partial_target_gives_the_expected_share", &reason);
-    }
     let dir = tempfile::tempdir().unwrap();
     let backends = three_backends().await;
     let haproxy = Haproxy::start(dir.path(), "lb", &servers(&backends));
@@ -127,14 +156,7 @@ async fn haproxy_partial_target_gives_the_expected_share() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_prepare_reaches_two_haproxies_and_a_reload_mid_migration_is_repaired_within_a_second() {
-    if let Err(reason) = haproxy_available() {
-        return skip(
-            "one_prepare_reaches_two_haproxies_and_a_reload_mid_migration_is_repaired_within_a_second",
-            &reason,
-        );
-    }
     let dir = tempfile::tempdir().unwrap();
     let backends = three_backends().await;
     let first = Haproxy::start(dir.path(), "lb1", &servers(&backends));
@@ -179,14 +201,7 @@ async fn one_prepare_reaches_two_haproxies_and_a_reload_mid_migration_is_repaire
     assert_eq!(vm_counts(second.frontend, 90, 15).await.get("vm-a"), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_garbage_runtime_socket_is_a_clear_error_and_the_others_are_unaffected() {
-    if let Err(reason) = haproxy_available() {
-        return skip(
-            "a_missing_or_garbage_runtime_socket_is_a_clear_error_and_the_others_are_unaffected",
-            &reason,
-        );
-    }
     let dir = tempfile::tempdir().unwrap();
     let backends = three_backends().await;
     let good = Haproxy::start(dir.path(), "good", &servers(&backends));
@@ -234,14 +249,7 @@ async fn a_missing_or_garbage_runtime_socket_is_a_clear_error_and_the_others_are
     assert!(good.servers()["s1"].1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_drain_keeps_existing_connections_and_ramps_back_through_reloads() {
-    if let Err(reason) = nginx_available() {
-        return skip(
-            "nginx_drain_keeps_existing_connections_and_ramps_back_through_reloads",
-            &reason,
-        );
-    }
     let dir = tempfile::tempdir().unwrap();
     let backends = three_backends().await;
     let upstream = dir.path().join("upstream.conf");
@@ -312,11 +320,7 @@ async fn nginx_drain_keeps_existing_connections_and_ramps_back_through_reloads()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_partial_target_gives_the_expected_share() {
-    if let Err(reason) = nginx_available() {
-        return skip("nginx_partial_target_gives_the_expected_share", &reason);
-    }
     let dir = tempfile::tempdir().unwrap();
     let backends = three_backends().await;
     let upstream = dir.path().join("upstream.conf");
@@ -345,14 +349,7 @@ async fn nginx_partial_target_gives_the_expected_share() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_reports_the_sessions_that_remain_and_when_the_vm_is_drained() {
-    if let Err(reason) = haproxy_available() {
-        return skip(
-            "haproxy_reports_the_sessions_that_remain_and_when_the_vm_is_drained",
-            &reason,
-        );
-    }
     let dir = tempfile::tempdir().unwrap();
     let backends = three_backends().await;
     let haproxy = Haproxy::start(dir.path(), "lb", &servers(&backends));

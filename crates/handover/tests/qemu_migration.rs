@@ -8,9 +8,44 @@ mod common;
 use std::time::Duration;
 
 use common::backends::{TcpBackend, TcpClient};
-use common::qemu::{Observer, Qemu, available, ram_image};
-use common::skip::skip;
+use common::harness;
+use common::qemu::{Observer, Qemu, ram_image};
 use common::{Node, eventually, log_contains, now_ms, tcp_config};
+
+fn main() {
+    harness::main(vec![
+        harness::test_async(
+            "the_qmp_watcher_drives_prepare_to_completed_with_progress",
+            the_qmp_watcher_drives_prepare_to_completed_with_progress,
+        )
+        .needs(common::qemu::available),
+        harness::test_async(
+            "a_migration_whose_destination_dies_ends_failed_and_restores_the_vm",
+            a_migration_whose_destination_dies_ends_failed_and_restores_the_vm,
+        )
+        .needs(common::qemu::available),
+        harness::test_async(
+            "a_migration_to_nowhere_ends_failed_and_restores_the_vm",
+            a_migration_to_nowhere_ends_failed_and_restores_the_vm,
+        )
+        .needs(common::qemu::available),
+        harness::test_async(
+            "a_qmp_socket_that_disappears_mid_migration_is_restored_at_the_deadline",
+            a_qmp_socket_that_disappears_mid_migration_is_restored_at_the_deadline,
+        )
+        .needs(common::qemu::available),
+        harness::test_async(
+            "handover_migrate_sends_migrate_only_after_the_vm_is_drained",
+            handover_migrate_sends_migrate_only_after_the_vm_is_drained,
+        )
+        .needs(common::qemu::available),
+        harness::test_async(
+            "ctrl_c_cancels_the_migration_and_restores_the_vm",
+            ctrl_c_cancels_the_migration_and_restores_the_vm,
+        )
+        .needs(common::qemu::available),
+    ]);
+}
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -73,14 +108,7 @@ async fn migration(node: &Node) -> serde_json::Value {
     migrations[0].clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_qmp_watcher_drives_prepare_to_completed_with_progress() {
-    if let Err(reason) = available() {
-        return skip(
-            "the_qmp_watcher_drives_prepare_to_completed_with_progress",
-            &reason,
-        );
-    }
     let setup = Setup::new("ramp = { window = \"2s\" }", true).await;
     let node = &setup.node;
     let observer = Observer::connect(&setup.source.observer).await;
@@ -152,14 +180,7 @@ async fn the_qmp_watcher_drives_prepare_to_completed_with_progress() {
     drop(setup.destination);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_whose_destination_dies_ends_failed_and_restores_the_vm() {
-    if let Err(reason) = available() {
-        return skip(
-            "a_migration_whose_destination_dies_ends_failed_and_restores_the_vm",
-            &reason,
-        );
-    }
     let mut setup = Setup::new("restore = \"immediate\"", true).await;
     let node = &setup.node;
     let observer = Observer::connect(&setup.source.observer).await;
@@ -193,11 +214,7 @@ async fn a_migration_whose_destination_dies_ends_failed_and_restores_the_vm() {
     assert_eq!(migration(node).await["end"], "failed");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_to_nowhere_ends_failed_and_restores_the_vm() {
-    if let Err(reason) = available() {
-        return skip("a_migration_to_nowhere_ends_failed_and_restores_the_vm", &reason);
-    }
     let setup = Setup::new("ramp = { window = \"1s\" }", true).await;
     let node = &setup.node;
     let observer = Observer::connect(&setup.source.observer).await;
@@ -228,14 +245,7 @@ async fn a_migration_to_nowhere_ends_failed_and_restores_the_vm() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qmp_socket_that_disappears_mid_migration_is_restored_at_the_deadline() {
-    if let Err(reason) = available() {
-        return skip(
-            "a_qmp_socket_that_disappears_mid_migration_is_restored_at_the_deadline",
-            &reason,
-        );
-    }
     let mut setup = Setup::new("deadline = \"4s\"\nrestore = \"immediate\"", true).await;
     let observer = Observer::connect(&setup.source.observer).await;
     observer.prepare_migration(2).await;
@@ -276,14 +286,7 @@ async fn a_qmp_socket_that_disappears_mid_migration_is_restored_at_the_deadline(
     assert!(node.log().contains("QMP connection lost"), "{}", node.log());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handover_migrate_sends_migrate_only_after_the_vm_is_drained() {
-    if let Err(reason) = available() {
-        return skip(
-            "handover_migrate_sends_migrate_only_after_the_vm_is_drained",
-            &reason,
-        );
-    }
     let setup = Setup::new("drain = { target = 0.0 }", false).await;
     let node = &setup.node;
     let observer = Observer::connect(&setup.source.observer).await;
@@ -371,11 +374,7 @@ async fn handover_migrate_sends_migrate_only_after_the_vm_is_drained() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_cancels_the_migration_and_restores_the_vm() {
-    if let Err(reason) = available() {
-        return skip("ctrl_c_cancels_the_migration_and_restores_the_vm", &reason);
-    }
     let setup = Setup::new("restore = \"immediate\"", false).await;
     let node = &setup.node;
     let observer = Observer::connect(&setup.source.observer).await;

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::harness::{self, Lack};
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -15,31 +17,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn installed(program: &str, arg: &str) -> Result<(), String> {
-    match Command::new(program).arg(arg).output() {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "{program} {arg} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        )),
-        Err(e) => Err(format!(
-            "{program} is not installed ({e}); scripts/test installs it as root"
-        )),
-    }
+/// Whether HAProxy is here and works (`haproxy -v`).
+pub fn haproxy_available() -> Result<(), Lack> {
+    harness::program("haproxy", "-v", "haproxy")
 }
 
-/// Whether HAProxy can run here.
-pub fn haproxy_available() -> Result<(), String> {
-    installed("haproxy", "-v")
-}
-
-/// Whether nginx with the stream module can run here.
-pub fn nginx_available() -> Result<(), String> {
-    installed("nginx", "-v")?;
+/// Whether nginx with the stream module is here and works (`nginx -v`).
+pub fn nginx_available() -> Result<(), Lack> {
+    harness::program("nginx", "-v", "nginx")?;
     if Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists() {
         Ok(())
     } else {
-        Err("nginx's stream module is not installed (libnginx-mod-stream)".into())
+        Err(Lack::Missing(
+            "nginx's stream module is not installed (libnginx-mod-stream)".into(),
+        ))
     }
 }
 

@@ -39,12 +39,28 @@ fn checkout() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Whether wrk is here and works: `wrk -v` prints its version but exits 1.
+fn wrk() -> Result<(), Lack> {
+    match Command::new("wrk").arg("-v").output() {
+        Ok(out) if String::from_utf8_lossy(&out.stdout).starts_with("wrk ") => Ok(()),
+        Ok(out) => Err(Lack::Broken(format!(
+            "`wrk -v` printed no version ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Lack::Missing(
+            "wrk is not installed (Debian package wrk; scripts/test installs it as root)".into(),
+        )),
+        Err(e) => Err(Lack::Broken(format!("wrk cannot run: {e}"))),
+    }
+}
+
 /// What the benchmark needs: HAProxy, nginx, wrk, python3, h2load, openssl and the load
 /// generator built beside the binary under test.
 fn bench_parts() -> Result<(), Lack> {
     haproxy_available()?;
     nginx_available()?;
-    harness::program("wrk", "-v", "wrk")?;
+    wrk()?;
     harness::program("python3", "--version", "python3")?;
     harness::program("h2load", "--version", "nghttp2-client")?;
     harness::program("openssl", "version", "openssl")?;

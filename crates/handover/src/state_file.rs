@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+#[cfg(test)]
+#[path = "state_file_tests.rs"]
+mod tests;
+
 /// Format version of the file.
 const VERSION: u32 = 1;
 /// How often the state is compared with what was last written.

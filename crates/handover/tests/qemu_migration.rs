@@ -264,9 +264,8 @@ async fn a_qmp_socket_that_disappears_mid_migration_is_restored_at_the_deadline(
     let prepared = migration(node).await["prepared_at"].as_u64().unwrap();
     drop(observer);
     setup.source.kill();
-    // No end notice can come: the VM stays drained, but not past its deadline.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(node.phase("vm-a").await, "migrating");
+    // No end notice can come: the VM stays drained until its deadline (checked below on the
+    // record's own timestamps), not past it.
     assert!(
         eventually(Duration::from_secs(8), || async {
             node.phase("vm-a").await == "stable"
@@ -279,7 +278,8 @@ async fn a_qmp_socket_that_disappears_mid_migration_is_restored_at_the_deadline(
     assert_eq!(record["end"], "deadline", "{record}");
     let ended = record["ended_at"].as_u64().unwrap();
     assert!(
-        (4000..5500).contains(&(ended - prepared)),
+        // Not before the deadline; the upper bound leaves room for a loaded machine.
+        (4000..8000).contains(&(ended - prepared)),
         "restored {} ms after prepare",
         ended - prepared
     );
@@ -316,13 +316,21 @@ async fn handover_migrate_sends_migrate_only_after_the_vm_is_drained() {
             .output()
             .unwrap()
     });
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The CLI's prepare arrived (the event); it then waits for the connection.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            node.phase("vm-a").await == "draining"
+        })
+        .await,
+        "{}",
+        node.log()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         observer.status().await,
         "none",
         "nothing may migrate while vm-a still has a connection"
     );
-    assert_eq!(node.phase("vm-a").await, "draining");
     let closed_at = now_ms();
     drop(client);
     let output = run.await.unwrap();

@@ -217,6 +217,47 @@ impl Nginx {
     }
 }
 
+impl Nginx {
+    fn master_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
+    }
+
+    /// The PIDs of the worker processes that accept connections (not those shutting down after
+    /// a reload).
+    pub fn workers(&self) -> Vec<u32> {
+        let Some(master) = self.master_pid() else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|pid| pid.parse::<u32>().ok())
+            .filter(|pid| {
+                let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let title = String::from_utf8_lossy(&title);
+                title.contains("worker process") && !title.contains("shutting down")
+            })
+            .collect()
+    }
+
+    /// Waits (at most 20 s) until a reload took effect: every accepting worker is new, none of
+    /// `before`.
+    pub async fn wait_reloaded(&self, before: &[u32]) {
+        let started = Instant::now();
+        loop {
+            let now = self.workers();
+            if !now.is_empty() && now.iter().all(|pid| !before.contains(pid)) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nginx did not reload: workers {now:?}, before {before:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
         let _ = Command::new("nginx")

@@ -24,8 +24,8 @@ fn main() {
         )
         .needs(haproxy_available),
         harness::test_async(
-            "one_prepare_reaches_two_haproxies_and_a_reload_mid_migration_is_repaired_within_a_second",
-            one_prepare_reaches_two_haproxies_and_a_reload_mid_migration_is_repaired_within_a_second,
+            "one_prepare_reaches_two_haproxies_and_a_reload_mid_migration_is_repaired_at_a_following_step",
+            one_prepare_reaches_two_haproxies_and_a_reload_mid_migration_is_repaired_at_a_following_step,
         )
         .needs(haproxy_available),
         harness::test_async(
@@ -156,7 +156,7 @@ async fn haproxy_partial_target_gives_the_expected_share() {
     );
 }
 
-async fn one_prepare_reaches_two_haproxies_and_a_reload_mid_migration_is_repaired_within_a_second() {
+async fn one_prepare_reaches_two_haproxies_and_a_reload_mid_migration_is_repaired_at_a_following_step() {
     let dir = tempfile::tempdir().unwrap();
     let backends = three_backends().await;
     let first = Haproxy::start(dir.path(), "lb1", &servers(&backends));

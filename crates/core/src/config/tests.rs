@@ -453,7 +453,7 @@ fn bad_tls_settings_name_their_field() {
 }
 
 #[test]
-fn a_pool_may_speak_h2_and_tls_to_its_backends() {
+fn a_pool_may_speak_h2_or_http1_over_tls_to_its_backends() {
     let config = parse(&l7(
         "",
         "protocol = \"h2\"\ntls = { ca = \"ca.pem\", server_name = \"backend.test\" }",
@@ -471,6 +471,13 @@ fn a_pool_may_speak_h2_and_tls_to_its_backends() {
     );
     let insecure = parse(&l7("", "protocol = \"h2\"\ntls = { insecure = true }")).unwrap();
     assert!(insecure.pools[0].tls.as_ref().unwrap().insecure);
+    // HTTP/1.1 over TLS too (the default protocol).
+    let http1 = parse(&l7("", "tls = { ca = \"ca.pem\" }")).unwrap();
+    assert_eq!(http1.pools[0].protocol, UpstreamProtocol::Http1);
+    assert_eq!(
+        http1.pools[0].tls.as_ref().unwrap().ca,
+        Some(PathBuf::from("ca.pem"))
+    );
     for (line, path) in [
         ("tls = {}", "pools.web.tls"),
         (
@@ -478,25 +485,10 @@ fn a_pool_may_speak_h2_and_tls_to_its_backends() {
             "pools.web.tls.insecure",
         ),
         ("protocol = \"h3\"", "pools.web.protocol"),
-        ("tls = { ca = \"ca.pem\" }", "pools.web.tls"),
     ] {
         let errors = errors_of(&l7("", line));
         assert!(errors.iter().any(|e| e.path == path), "{line}: {errors:?}");
     }
-}
-
-#[test]
-fn idle_timeout_on_an_http_listener_is_an_error() {
-    let errors = errors_of(
-        "[[listeners]]\nname = \"l\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nidle_timeout = \"1h\"\n[pools.p]\n[[pools.p.backends]]\naddress = \"127.0.0.1:1\"\nvm = \"vm-a\"\n",
-    );
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert_eq!(errors[0].path, "listeners[0].idle_timeout");
-    assert!(
-        errors[0].message.contains("tcp listeners only"),
-        "{}",
-        errors[0].message
-    );
 }
 
 #[test]

@@ -42,6 +42,14 @@ pub enum ConnectError {
     Tls(SocketAddr, io::Error),
 }
 
+impl ConnectError {
+    /// Whether the connect failed because handover is out of descriptors or memory (`EMFILE`,
+    /// `ENFILE`, ...): handover's problem, never the backend's.
+    pub fn is_exhaustion(&self) -> bool {
+        matches!(self, Self::Io(_, io) if crate::descriptors::is_exhaustion(io))
+    }
+}
+
 /// A connection to a backend, owned by one exchange at a time.
 #[derive(Debug)]
 pub struct Upstream {
@@ -110,8 +118,9 @@ pub fn checkin(backend: &BackendRuntime, upstream: Upstream, now: Instant) {
 
 /// A connection to `entry`'s backend for one request (over TLS with `tls`): an idle one of this
 /// worker's unless `fresh_only`, else a new one. A connect or handshake that fails counts against
-/// the backend (its failures and the pool's traffic record) and is returned for the caller to try
-/// another backend.
+/// the backend (its failures and the pool's traffic record), unless handover itself is out of
+/// descriptors ([`ConnectError::is_exhaustion`]), and is returned for the caller to try another
+/// backend.
 pub async fn obtain(
     pool: &Pool,
     entry: &BackendEntry,
@@ -124,9 +133,11 @@ pub async fn obtain(
     }
     connect(&entry.backend, entry.address, pool.config.connect_timeout, tls)
         .await
-        .inspect_err(|_| {
-            entry.backend.record_failure();
-            pool.record_traffic(entry.backend.index, false);
+        .inspect_err(|e| {
+            if !e.is_exhaustion() {
+                entry.backend.record_failure();
+                pool.record_traffic(entry.backend.index, false);
+            }
         })
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{load, write_atomic};
+use super::{check_path, load, write_atomic};
 
 #[test]
 fn a_reader_sees_the_old_or_the_new_file_whole_never_a_part() {
@@ -50,9 +50,12 @@ fn a_write_that_fails_leaves_the_previous_file_as_it_was() {
 }
 
 #[test]
-fn a_missing_parent_directory_is_created() {
+fn a_missing_parent_directory_is_created_by_the_path_check_of_run() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a/b/state.json");
+    check_path(&path, false).unwrap();
+    assert!(!dir.path().join("a").exists(), "check changes nothing");
+    check_path(&path, true).unwrap();
     write_atomic(&path, b"x").unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), b"x");
 }

@@ -28,8 +28,9 @@ pub struct NoticeRequest {
     /// Drained means at most this many connections and in-flight requests (defaults to the pools').
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<u64>,
-    /// Overrides the pools' deadline for this migration, in milliseconds.
+    /// Overrides the pools' deadline for this migration, in milliseconds (1 s to 7 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1000, maximum = 604_800_000))]
     pub deadline_ms: Option<u64>,
     /// `completed` only: the VM's new IP (every backend keeps its port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,6 +95,33 @@ pub struct BalancerResult {
     /// Whether it reached the drained threshold (after a wait).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drained: Option<bool>,
+    /// Not told yet (unreachable, or not answering): it is sent the VM's current phase as soon
+    /// as it answers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
+}
+
+/// A VM's phase on a node's migration module, as a peer fetches it when it starts
+/// (`GET /v1/balancer/phases`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VmPhase {
+    /// The VM.
+    pub vm: VmId,
+    /// What balancers must apply for it now.
+    pub command: crate::phase::PhaseCommand,
+    /// When its phase was last changed by the node that drives its migration (ms since the Unix
+    /// epoch; the registry's `changed_at`): the newer of two nodes' views wins.
+    pub since: Millis,
+}
+
+/// What a driven balancer holds for a VM that this process never told it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leftover {
+    /// The VM.
+    pub vm: VmId,
+    /// What was found (`server be/s1 in DRAIN`).
+    pub found: String,
 }
 
 /// Outcome of a wait for drained.

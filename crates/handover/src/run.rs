@@ -32,6 +32,10 @@ pub async fn run(
             return Ok(EXIT_ERROR);
         }
     };
+    if let Err(error) = crate::check::check_machine(path, &config, true) {
+        eprintln!("{error}");
+        return Ok(EXIT_ERROR);
+    }
     let running = server::start(&config, workers).await?;
     if let Some(ready_file) = ready_file {
         let ready = Ready {

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use crate::state_file;
+use crate::control_listener::ControlListener;
+use crate::state_file::{self, StateFile};
 
 /// How often the proxy recomputes weights that move with time.
 const TICK: Duration = Duration::from_millis(100);
@@ -123,9 +124,36 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
         });
     }
     let coordinator = Coordinator::new(config, slots, Clock::new());
-    // Restore phases, ramps and health before anything serves.
-    if let Some(saved) = config.state_file.as_deref().and_then(state_file::load) {
-        state_file::restore(saved, &pools, &coordinator);
+    // Restore phases, ramps and health before anything serves; from here on every change is saved
+    // before it is acknowledged.
+    let state = config.state_file.as_ref().map(|path| {
+        if let Some(saved) = state_file::load(path) {
+            state_file::restore(saved, &pools, &coordinator);
+        }
+        let file = StateFile::new(path.clone(), pools.clone(), &coordinator);
+        coordinator.set_durable(file.clone());
+        file
+    });
+    // What the peers know and what the driven balancers hold, then this node's own balancers
+    // told the current phases: all before serving.
+    coordinator.rejoin().await;
+    if let Some(file) = &state
+        && let Err(e) = file.save().await
+    {
+        tracing::error!(error = %e, "state.file: cannot be written; notices are refused until it can be");
+    }
+
+    // Everything is bound: what is left of the descriptor limit, less the control plane's
+    // reserve, is the data plane's connection budget.
+    match handover_proxy::descriptors::configure() {
+        Ok(limits) => info!(
+            limit = limits.limit,
+            open = limits.open,
+            reserve = limits.reserve,
+            connections = limits.connections,
+            "descriptor budget"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot read the descriptor limit; no connection budget"),
     }
 
     let cancel = CancellationToken::new();
@@ -155,13 +183,8 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
     for driver in nginxes {
         tasks.spawn(driver.run(cancel.clone()));
     }
-    if let Some(path) = &config.state_file {
-        tasks.spawn(state_file::run_writer(
-            path.clone(),
-            pools.clone(),
-            coordinator.clone(),
-            cancel.clone(),
-        ));
+    if let Some(file) = state {
+        tasks.spawn(state_file::run_writer(file, cancel.clone()));
     }
     tasks.spawn(pools.clone().run_ticker(TICK, cancel.clone()));
     tasks.spawn(coordinator.clone().run(cancel.clone()));
@@ -178,7 +201,7 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
     let app = router(Arc::new(api));
     let api_cancel = cancel.clone();
     tasks.spawn(async move {
-        let server = axum::serve(control_listener, app)
+        let server = axum::serve(ControlListener::new(control_listener), app)
             .with_graceful_shutdown(async move { api_cancel.cancelled().await });
         if let Err(e) = server.await {
             tracing::error!(error = %e, "control API stopped");

@@ -4,17 +4,43 @@
 //! and `handover migrate` holds QEMU's switchover until nothing is in flight to the quiescing VM (or
 //! its bound passes), then lets it go and restores QEMU's parameters. The guests are either
 //! disk-less (random RAM, nothing running) or run a tiny multiboot loop that dirties a range of
-//! pages. Skipped, with the reason, where QEMU cannot run.
+//! pages. Under the harness: reported ignored, with the reason, where QEMU cannot run (a failure
+//! under `HANDOVER_REQUIRE_ALL=1`).
 
 mod common;
 
 use std::time::Duration;
 
 use common::backends::{TcpBackend, TcpClient};
+use common::harness;
 use common::qemu::{Observer, Qemu, available, dirtying_kernel, ram_image};
-use common::skip::skip;
 use common::{Node, eventually, log_contains, now_ms, tcp_config};
 use handover_core::api::VmView;
+
+fn main() {
+    harness::main(vec![
+        harness::test_async(
+            "a_guest_dirtying_faster_than_its_copy_is_drained_fully_from_real_qmp_progress",
+            a_guest_dirtying_faster_than_its_copy_is_drained_fully_from_real_qmp_progress,
+        )
+        .needs(available),
+        harness::test_async(
+            "an_idle_guest_keeps_its_target_share_through_a_real_migration",
+            an_idle_guest_keeps_its_target_share_through_a_real_migration,
+        )
+        .needs(available),
+        harness::test_async(
+            "handover_migrate_holds_the_switchover_until_nothing_is_in_flight",
+            handover_migrate_holds_the_switchover_until_nothing_is_in_flight,
+        )
+        .needs(available),
+        harness::test_async(
+            "a_copy_shorter_than_the_lead_waits_for_quiescence_at_most_the_bound",
+            a_copy_shorter_than_the_lead_waits_for_quiescence_at_most_the_bound,
+        )
+        .needs(available),
+    ])
+}
 
 /// A source and a destination QEMU for vm-a, and a node balancing vm-a and vm-b.
 struct Setup {
@@ -140,14 +166,7 @@ async fn migration(node: &Node) -> serde_json::Value {
     migrations[0].clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_dirtying_faster_than_its_copy_is_drained_fully_from_real_qmp_progress() {
-    if let Err(reason) = available() {
-        return skip(
-            "a_guest_dirtying_faster_than_its_copy_is_drained_fully_from_real_qmp_progress",
-            &reason,
-        );
-    }
     let setup = Setup::new(
         Guest::Dirtying,
         "drain = { target = 0.5, adaptive = true }\nrestore = \"immediate\"",
@@ -228,14 +247,7 @@ async fn a_guest_dirtying_faster_than_its_copy_is_drained_fully_from_real_qmp_pr
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_guest_keeps_its_target_share_through_a_real_migration() {
-    if let Err(reason) = available() {
-        return skip(
-            "an_idle_guest_keeps_its_target_share_through_a_real_migration",
-            &reason,
-        );
-    }
     let setup = Setup::new(Guest::Idle, "drain = { target = 0.5, adaptive = true }", true).await;
     let node = &setup.node;
     let observer = Observer::connect(&setup.source.observer).await;
@@ -268,14 +280,7 @@ async fn an_idle_guest_keeps_its_target_share_through_a_real_migration() {
     assert!(steps.iter().all(|s| s["level"] == 1.0), "{record}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handover_migrate_holds_the_switchover_until_nothing_is_in_flight() {
-    if let Err(reason) = available() {
-        return skip(
-            "handover_migrate_holds_the_switchover_until_nothing_is_in_flight",
-            &reason,
-        );
-    }
     let setup = Setup::new(
         Guest::Working,
         "drain = { target = 0.5, adaptive = true, quiesce = true, quiesce_lead = \"2s\", quiesce_hold = \"20s\" }",
@@ -363,14 +368,7 @@ async fn handover_migrate_holds_the_switchover_until_nothing_is_in_flight() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_shorter_than_the_lead_waits_for_quiescence_at_most_the_bound() {
-    if let Err(reason) = available() {
-        return skip(
-            "a_copy_shorter_than_the_lead_waits_for_quiescence_at_most_the_bound",
-            &reason,
-        );
-    }
     let setup = Setup::new(
         Guest::Idle,
         "drain = { target = 0.5, adaptive = true, quiesce = true, quiesce_hold = \"2s\" }",

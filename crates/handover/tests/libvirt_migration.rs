@@ -30,14 +30,19 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::backends::{TcpBackend, TcpClient, vm_counts};
+use common::harness::{self, Lack};
 use common::libvirt::{
     DOMAIN, EventLog, Rig, data_plane_phase, free_port, guest_xml, hook_script, libvirt_node_config,
     log_eventually, migrate, migrations,
 };
-use common::skip::skip;
 use common::{Node, eventually, now_ms};
 
-const TEST: &str = "libvirt_migration";
+fn main() {
+    harness::main(vec![
+        harness::test_async("libvirt_migrations_are_drained_before_the_copy_completed_after_the_switchover_failed_when_aborted_and_vetoed_with_handover_down", libvirt_migrations_are_drained_before_the_copy_completed_after_the_switchover_failed_when_aborted_and_vetoed_with_handover_down).needs(libvirt),
+        harness::test_async("in_a_fleet_both_hosts_nodes_follow_one_libvirt_migration", in_a_fleet_both_hosts_nodes_follow_one_libvirt_migration).needs(libvirt).needs(etcd_available),
+    ]);
+}
 
 /// Node a's or b's configuration, told of the other as its peer.
 fn node_config(control_port: u16, peer: &str, backends: &[(&str, SocketAddr)], uri: &str) -> String {
@@ -49,25 +54,29 @@ fn node_config(control_port: u16, peer: &str, backends: &[(&str, SocketAddr)], u
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// What the libvirt rig needs (root, libvirtd, virsh, QEMU, iproute2, util-linux).
+fn libvirt() -> Result<(), Lack> {
+    common::libvirt::missing_part().map_or(Ok(()), |why| Err(Lack::Missing(why)))
+}
+
+/// Whether etcd and etcdctl are here and work.
+fn etcd_available() -> Result<(), Lack> {
+    harness::program("etcd", "--version", "etcd-server")?;
+    harness::program("etcdctl", "version", "etcd-client")
+}
+
 async fn libvirt_migrations_are_drained_before_the_copy_completed_after_the_switchover_failed_when_aborted_and_vetoed_with_handover_down()
  {
-    if let Some(why) = common::libvirt::missing_part() {
-        return skip(TEST, &why);
-    }
     let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let build = Command::new(checkout.join("testbed/build-guest"))
         .output()
         .unwrap();
-    if !build.status.success() {
-        return skip(
-            TEST,
-            &format!(
-                "cannot build the guest: {}",
-                String::from_utf8_lossy(&build.stderr).trim()
-            ),
-        );
-    }
+    // scripts/test builds the guest before the tests: a build that fails is a failure.
+    assert!(
+        build.status.success(),
+        "cannot build the guest (testbed/build-guest): {}",
+        String::from_utf8_lossy(&build.stderr).trim()
+    );
     let guest_dir = checkout.join("target/testbed/guest");
     let started = std::time::Instant::now();
     eprintln!("{}", common::libvirt::version());
@@ -230,8 +239,8 @@ async fn libvirt_migrations_are_drained_before_the_copy_completed_after_the_swit
                 > 0
         );
     }
-    // The end came from b's event watcher; the source's node owned no migration, and its end
-    // notices (its watcher's Stopped Migrated) changed nothing there.
+    // The end came from b's event watcher; the source's node owned no migration (it followed b's,
+    // as a peer does), and its end notices (its watcher's Stopped Migrated) changed nothing there.
     assert!(
         node_b.log().contains("libvirt: Resumed Migrated"),
         "{}",
@@ -242,7 +251,10 @@ async fn libvirt_migrations_are_drained_before_the_copy_completed_after_the_swit
         "{}",
         node_a.log()
     );
-    assert!(migrations(&node_a).await.is_empty());
+    let followed = migrations(&node_a).await;
+    assert_eq!(followed.len(), 1, "{followed:?}");
+    assert_eq!(followed[0]["note"], "followed a peer's drain", "{followed:?}");
+    assert_eq!(followed[0]["end"], "completed", "{followed:?}");
 
     // ---- 2. b → a, aborted with domjobabort while memory is copied.
     events_a.clear();
@@ -303,11 +315,12 @@ async fn libvirt_migrations_are_drained_before_the_copy_completed_after_the_swit
         "the guest stayed on b"
     );
     assert_eq!(host_a.domstate(DOMAIN), None);
-    assert_eq!(
-        migrations(&node_b).await.len(),
-        1,
-        "b's node saw only its own migration"
-    );
+    // b's node drove only its own migration; it followed a's (newest first).
+    let seen_by_b = migrations(&node_b).await;
+    assert_eq!(seen_by_b.len(), 2, "{seen_by_b:?}");
+    assert_eq!(seen_by_b[0]["note"], "followed a peer's drain", "{seen_by_b:?}");
+    assert_eq!(seen_by_b[0]["end"], "failed", "{seen_by_b:?}");
+    assert!(seen_by_b[1]["note"].is_null(), "{seen_by_b:?}");
 
     // ---- 3. b → a with a's node down: the hook vetoes, libvirt refuses.
     drop(node_a);
@@ -322,7 +335,11 @@ async fn libvirt_migrations_are_drained_before_the_copy_completed_after_the_swit
     );
     assert_eq!(host_a.domstate(DOMAIN), None);
     assert_eq!(node_b.phase("vm-a").await, "stable");
-    assert_eq!(migrations(&node_b).await.len(), 1);
+    assert_eq!(
+        migrations(&node_b).await.len(),
+        2,
+        "the vetoed migration left no record"
+    );
 
     drop(events_a);
     drop(events_b);
@@ -341,28 +358,17 @@ async fn libvirt_migrations_are_drained_before_the_copy_completed_after_the_swit
 /// and watcher and the source's watcher all tell their own node, and the fleet agrees on one
 /// migration — drained on both nodes before the copy, completed after the switchover, ramped back
 /// on both; an aborted migration is failed and restored on both.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_fleet_both_hosts_nodes_follow_one_libvirt_migration() {
-    const TEST: &str = "in_a_fleet_both_hosts_nodes_follow_one_libvirt_migration";
-    if let Some(why) = common::libvirt::missing_part() {
-        return skip(TEST, &why);
-    }
-    if let Err(why) = etcd::available() {
-        return skip(TEST, &why);
-    }
     let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let build = Command::new(checkout.join("testbed/build-guest"))
         .output()
         .unwrap();
-    if !build.status.success() {
-        return skip(
-            TEST,
-            &format!(
-                "cannot build the guest: {}",
-                String::from_utf8_lossy(&build.stderr).trim()
-            ),
-        );
-    }
+    // scripts/test builds the guest before the tests: a build that fails is a failure.
+    assert!(
+        build.status.success(),
+        "cannot build the guest (testbed/build-guest): {}",
+        String::from_utf8_lossy(&build.stderr).trim()
+    );
     let guest_dir = checkout.join("target/testbed/guest");
     let etcd = etcd::Etcd::single();
     let rig = Rig::start(&format!("{}f", std::process::id()))

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use crate::descriptors;
 use crate::pools::{Pool, Pools};
 
 /// Starts the checks of every pool that has them.
@@ -59,18 +60,36 @@ async fn check_loop(
             _ = cancel.cancelled() => return,
         }
         let address = pool.snapshot().entries[index].address;
-        let ok = check(address, &config).await;
-        if !ok {
-            debug!(pool = %pool.config.name, backend = %address, "health check failed");
+        match check(address, &config).await {
+            Some(ok) => {
+                if !ok {
+                    debug!(pool = %pool.config.name, backend = %address, "health check failed");
+                }
+                pool.record_check(index, ok);
+            }
+            None => {
+                debug!(pool = %pool.config.name, backend = %address, "health check skipped: handover is out of descriptors")
+            }
         }
-        pool.record_check(index, ok);
     }
 }
 
-/// Runs one check; `true` when it passes within the timeout.
-pub async fn check(address: SocketAddr, config: &HealthCheckConfig) -> bool {
+/// Runs one check: `Some(true)` when it passes within the timeout, `Some(false)` when it fails,
+/// `None` when it could not be run because handover itself is out of descriptors (that says
+/// nothing about the backend).
+pub async fn check(address: SocketAddr, config: &HealthCheckConfig) -> Option<bool> {
+    let exhausted = std::sync::atomic::AtomicBool::new(false);
     let run = async {
-        let stream = TcpStream::connect(address).await.ok()?;
+        let stream = match TcpStream::connect(address).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                exhausted.store(
+                    descriptors::is_exhaustion(&e),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                return None;
+            }
+        };
         match &config.check {
             CheckKind::Tcp => Some(true),
             CheckKind::Http { path, expect } => {
@@ -89,5 +108,9 @@ pub async fn check(address: SocketAddr, config: &HealthCheckConfig) -> bool {
             }
         }
     };
-    matches!(tokio::time::timeout(config.timeout, run).await, Ok(Some(true)))
+    let passed = matches!(tokio::time::timeout(config.timeout, run).await, Ok(Some(true)));
+    if !passed && exhausted.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    Some(passed)
 }

@@ -4,7 +4,7 @@
 //! `GET /v1/vms`, `GET /v1/vms/{vm}`,
 //! `GET /v1/pools`, `GET /v1/migrations`, `GET /v1/fleet`, `GET /metrics`, `GET /healthz`.
 //! Load-balancing module (what peers call): `PUT /v1/balancer/vms/{vm}`, `PUT .../addresses`,
-//! `GET /v1/balancer/vms/{vm}/drain`, `GET /v1/balancer/status`.
+//! `GET /v1/balancer/vms/{vm}/drain`, `GET /v1/balancer/status`, `GET /v1/balancer/phases`.
 //!
 //! Dashboard (see [`crate::dashboard`]): `GET /`, `GET /dashboard`, `GET /v1/events`.
 //! The contract of all of them, as OpenAPI 3.1: `GET /v1/openapi.json` (see [`openapi`]).
@@ -110,6 +110,7 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(peer::addresses))
         .routes(routes!(peer::drain))
         .routes(routes!(peer::status))
+        .routes(routes!(peer::phases))
         .merge(crate::dashboard::routes())
 }
 

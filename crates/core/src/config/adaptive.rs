@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::reader::{Doc, Fields};
-use super::{Config, positive};
+use super::{PoolConfig, positive};
 use crate::adaptive::AdaptiveDrain;
 use crate::model::VmId;
 
@@ -93,9 +93,9 @@ pub(super) fn read_adaptive(
 }
 
 /// A VM has one controller: the pools of a VM whose drain adapts or quiesces must agree.
-pub(super) fn check_one_controller_per_vm(doc: &mut Doc<'_, '_>, config: &Config) {
+pub(super) fn check_one_controller_per_vm(doc: &mut Doc<'_, '_>, pools: &[PoolConfig]) {
     let mut first: BTreeMap<&VmId, (&str, AdaptiveDrain)> = BTreeMap::new();
-    for pool in &config.pools {
+    for pool in pools {
         let adaptive = pool.drain.adaptive;
         if !adaptive.is_active() {
             continue;

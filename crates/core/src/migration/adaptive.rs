@@ -140,6 +140,9 @@ impl Registry {
             command: state.command_at(now),
             migration: Some(id),
             readdress: None,
+            // Told where the VM's other changes are: a followed or adopted VM's level stays on
+            // this node's own balancers.
+            origin: state.origin,
         })
     }
 

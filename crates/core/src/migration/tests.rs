@@ -384,3 +384,358 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_started_for_a_queued_vm_continues_its_queued_record() {
+    let guard = GuardConfig {
+        max_concurrent: Some(1),
+        on_violation: GuardAction::Queue,
+        ..GuardConfig::default()
+    };
+    let mut reg = registry(guard);
+    applied(reg.apply(&vm("vm-a"), Notice::Prepare, 0, NONE));
+    assert!(matches!(
+        reg.apply(&vm("vm-b"), Notice::Prepare, 10, NONE),
+        Ok(Outcome::Queued { .. })
+    ));
+    let t = applied(reg.apply(&vm("vm-b"), Notice::Started, 20, NONE));
+    applied(reg.apply(&vm("vm-b"), Notice::Completed, 30, NONE));
+    let records: Vec<&MigrationRecord> = reg.history().filter(|r| r.vm == vm("vm-b")).collect();
+    assert_eq!(records.len(), 1, "one migration, one record: {records:?}");
+    assert_eq!(records[0].id, t.migration.unwrap());
+    assert_eq!(records[0].queued_at, Some(10));
+    assert_eq!(records[0].ended_at, Some(30), "the record ends");
+}
+
+#[test]
+fn a_followed_drain_takes_the_peers_adaptive_level_and_a_followed_ramp_drops_it() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    let drain = |level| PhaseCommand::Drain {
+        elapsed_ms: 0,
+        migrating: true,
+        deadline_in_ms: 60_000,
+        level,
+    };
+    reg.follow(&a, drain(None), 10_000, 10_000).unwrap();
+    assert_eq!(reg.vm(&a).unwrap().level, None);
+    // The driving node's controller lowered the level: the same phase, a new share.
+    let lowered = crate::adaptive::Level::new(0.25);
+    let t = reg
+        .follow(&a, drain(Some(lowered)), 11_000, 11_000)
+        .expect("the level changed the VM's state");
+    assert_eq!(
+        (t.from, t.to, t.origin),
+        (Phase::Migrating, Phase::Migrating, Origin::Peer)
+    );
+    assert_eq!(reg.vm(&a).unwrap().level, Some(lowered));
+    match reg.command_for(&a, 11_500) {
+        PhaseCommand::Drain { level, .. } => assert_eq!(level, Some(lowered)),
+        other => panic!("expected a drain, got {other:?}"),
+    }
+    reg.follow(
+        &a,
+        PhaseCommand::Ramp {
+            elapsed_ms: 0,
+            reason: EndReason::Completed,
+        },
+        12_000,
+        12_000,
+    )
+    .unwrap();
+    assert_eq!(reg.vm(&a).unwrap().level, None);
+}
+
+#[test]
+fn following_a_peer_takes_its_phase_times_and_deadline_and_ends_with_it() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    let t = reg
+        .follow(
+            &a,
+            PhaseCommand::Drain {
+                elapsed_ms: 500,
+                migrating: false,
+                deadline_in_ms: 4_000,
+                level: None,
+            },
+            10_000,
+            10_000,
+        )
+        .unwrap();
+    assert_eq!(
+        (t.from, t.to, t.origin),
+        (Phase::Stable, Phase::Draining, Origin::Peer)
+    );
+    let state = reg.vm(&a).unwrap().clone();
+    assert_eq!(state.drain_started_at, Some(9_500));
+    assert_eq!(state.deadline_at, Some(14_000));
+    assert_eq!(state.origin, Origin::Peer);
+    // A later notice here ends the migration the peer began, and drives it from now on.
+    let end = applied(reg.apply(&a, Notice::Completed, 11_000, NONE));
+    assert_eq!((end.from, end.origin), (Phase::Draining, Origin::Local));
+    assert_eq!(reg.vm(&a).unwrap().origin, Origin::Local);
+    assert_eq!(reg.history().count(), 1);
+
+    // The peer's ramp is followed too, with the time it already ramped.
+    let b = vm("vm-b");
+    reg.follow(
+        &b,
+        PhaseCommand::Drain {
+            elapsed_ms: 0,
+            migrating: true,
+            deadline_in_ms: 60_000,
+            level: None,
+        },
+        0,
+        0,
+    );
+    assert_eq!(reg.phase(&b), Phase::Migrating);
+    let t = reg
+        .follow(
+            &b,
+            PhaseCommand::Ramp {
+                elapsed_ms: 4_000,
+                reason: EndReason::Completed,
+            },
+            20_000,
+            20_000,
+        )
+        .unwrap();
+    assert_eq!(t.to, Phase::Ramping);
+    assert_eq!(
+        reg.vm(&b).unwrap().ramp_until,
+        Some(26_000),
+        "10 s window from 16 s"
+    );
+    // A followed migration has no deadline left to enforce once it ramps.
+    assert!(reg.tick(25_000).iter().all(|t| t.vm != b));
+    assert_eq!(reg.tick(26_000).len(), 1);
+    assert_eq!(reg.phase(&b), Phase::Stable);
+}
+
+#[test]
+fn a_followed_deadline_restores_the_vm_on_this_node_only() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    reg.follow(
+        &a,
+        PhaseCommand::Drain {
+            elapsed_ms: 0,
+            migrating: false,
+            deadline_in_ms: 1_000,
+            level: None,
+        },
+        0,
+        0,
+    );
+    let expired = reg.tick(1_000);
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].cause, Cause::Deadline);
+    assert_eq!(expired[0].origin, Origin::Peer, "not told to the peers");
+}
+
+#[test]
+fn an_adopted_drain_is_restored_by_completed_or_its_deadline() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    let t = reg
+        .adopt_leftover(&a, 1_000, "lb had it in DRAIN".into())
+        .unwrap();
+    assert_eq!((t.to, t.origin), (Phase::Draining, Origin::Adopted));
+    assert_eq!(reg.vm(&a).unwrap().deadline_at, Some(61_000));
+    assert!(reg.adopt_leftover(&a, 2_000, "again".into()).is_none());
+    let record = reg.migration(t.migration.unwrap()).unwrap();
+    assert_eq!(record.note.as_deref(), Some("lb had it in DRAIN"));
+    applied(reg.apply(&a, Notice::Completed, 3_000, NONE));
+    assert_eq!(reg.phase(&a), Phase::Ramping);
+}
+
+#[test]
+fn revert_undoes_one_vm_and_leaves_the_others() {
+    let guard = GuardConfig {
+        max_concurrent: Some(1),
+        on_violation: GuardAction::Queue,
+        ..GuardConfig::default()
+    };
+    let mut reg = registry(guard);
+    applied(reg.apply(&vm("vm-a"), Notice::Prepare, 0, NONE));
+    reg.apply(&vm("vm-b"), Notice::Prepare, 5, NONE).unwrap();
+    let before_b = reg.undo_point(&vm("vm-b"));
+    let before = format!("{:?}", reg.snapshot());
+    // vm-b's queued prepare becomes a started; meanwhile a VM of no pool begins a migration.
+    applied(reg.apply(&vm("vm-b"), Notice::Started, 10, NONE));
+    applied(reg.apply(&vm("elsewhere"), Notice::Prepare, 11, NONE));
+    reg.revert(before_b);
+    let undo_x = reg.undo_point(&vm("x"));
+    applied(reg.apply(&vm("x"), Notice::Prepare, 12, NONE));
+    reg.revert(undo_x);
+    assert_eq!(reg.phase(&vm("vm-b")), Phase::Stable);
+    assert!(
+        reg.vm(&vm("vm-b")).unwrap().queued_since.is_some(),
+        "queued again"
+    );
+    assert_eq!(reg.phase(&vm("elsewhere")), Phase::Draining, "untouched");
+    assert_eq!(reg.vm(&vm("x")), None);
+    let after = reg.snapshot();
+    assert_eq!(after.queue.len(), 1);
+    assert!(after.history.iter().all(|r| r.vm != vm("x")));
+    assert!(!before.is_empty());
+    // vm-b is admitted when vm-a ends, as it would have been.
+    applied(reg.apply(&vm("vm-a"), Notice::Completed, 20, NONE));
+    assert_eq!(reg.tick(20).len(), 1);
+    assert_eq!(reg.phase(&vm("vm-b")), Phase::Draining);
+}
+
+#[test]
+fn a_followed_phase_keeps_the_time_it_changed_at_its_origin_so_an_older_one_is_told_apart() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    let drain = PhaseCommand::Drain {
+        elapsed_ms: 0,
+        migrating: false,
+        deadline_in_ms: 60_000,
+        level: None,
+    };
+    // Made at 1 000 on the peer, received at 1 500.
+    reg.follow(&a, drain, 1_500, 1_000).unwrap();
+    assert_eq!(reg.vm(&a).unwrap().since, 1_000);
+    // The peer ends it at 2 000; a drain made at 1 000 that arrives late is older.
+    reg.follow(
+        &a,
+        PhaseCommand::Ramp {
+            elapsed_ms: 0,
+            reason: EndReason::Completed,
+        },
+        2_100,
+        2_000,
+    )
+    .unwrap();
+    assert!(reg.is_newer_than(&a, 1_000));
+    assert!(!reg.is_newer_than(&a, 2_000));
+}
+
+#[test]
+fn a_ramp_ending_here_does_not_make_a_peers_later_change_look_older() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    reg.follow(
+        &a,
+        PhaseCommand::Ramp {
+            elapsed_ms: 0,
+            reason: EndReason::Completed,
+        },
+        1_000,
+        1_000,
+    );
+    // The local ramp ends at 11 000; the peer began a new migration at 10 500.
+    assert_eq!(reg.tick(11_000).len(), 1);
+    assert_eq!(reg.phase(&a), Phase::Stable);
+    assert!(!reg.is_newer_than(&a, 10_500));
+    // A notice here is a change of the view.
+    applied(reg.apply(&a, Notice::Prepare, 12_000, NONE));
+    assert!(reg.is_newer_than(&a, 11_500));
+}
+
+fn arb_readdress() -> impl Strategy<Value = Option<Readdress>> {
+    proptest::option::of((1u8..4, any::<bool>()).prop_map(|(last, explicit)| {
+        let ip = std::net::IpAddr::from([10, 0, 0, last]);
+        let mut addresses = std::collections::BTreeMap::new();
+        if explicit {
+            addresses.insert(
+                "127.0.0.1:8080".parse().unwrap(),
+                std::net::SocketAddr::new(ip, 9090),
+            );
+        }
+        Readdress {
+            new_ip: Some(ip),
+            addresses,
+        }
+    }))
+}
+
+proptest! {
+    /// Whatever notices arrive: every drain the capacity guard admits (a prepare applied at once,
+    /// or a queued one admitted later) keeps its limits (no more drained VMs than
+    /// `max_concurrent`, no fewer active ones than `min_active`; a `started` without a prepare
+    /// drains whatever the guard says, as the copy already runs); a VM's
+    /// addresses change only with an applied `completed` that carries new ones, and stay through
+    /// later phases; and a registry restored from a snapshot (through JSON, as the state file
+    /// does) at any point is the same registry and behaves the same from then on.
+    #[test]
+    fn guard_limits_readdresses_and_snapshots_hold_under_any_notice_sequence(
+        steps in proptest::collection::vec(
+            (0usize..3, arb_notice(), 0u64..30_000, arb_readdress(), any::<bool>()),
+            1..60,
+        ),
+        min_active in 0usize..3,
+        max_concurrent in proptest::option::of(1usize..3),
+        queue in any::<bool>(),
+    ) {
+        let guard = GuardConfig {
+            min_active,
+            max_concurrent,
+            on_violation: if queue { GuardAction::Queue } else { GuardAction::Refuse },
+        };
+        let mut reg = registry(guard);
+        let mut restarted = registry(guard);
+        let names = ["vm-a", "vm-b", "vm-c"];
+        let mut expected_readdress: std::collections::BTreeMap<VmId, Readdress> = Default::default();
+        let mut now = 0u64;
+        for (which, notice, dt, readdress, restart) in steps {
+            now += dt;
+            if restart {
+                // A restart: the state file's JSON, restored into a fresh registry.
+                let json = serde_json::to_string(&reg.snapshot()).unwrap();
+                restarted = registry(guard);
+                restarted.restore(serde_json::from_str(&json).unwrap());
+                prop_assert_eq!(restarted.snapshot(), reg.snapshot());
+            }
+            let ticked = reg.tick(now);
+            prop_assert_eq!(format!("{ticked:?}"), format!("{:?}", restarted.tick(now)));
+            let guard_holds = |reg: &Registry| -> Result<(), TestCaseError> {
+                let drained = names.iter().filter(|n| reg.phase(&self::vm(n)).is_drained()).count();
+                if let Some(max) = max_concurrent {
+                    prop_assert!(drained <= max, "{drained} drained, max_concurrent = {max}");
+                }
+                prop_assert!(
+                    3 - drained >= min_active,
+                    "{} active, min_active = {min_active}", 3 - drained
+                );
+                Ok(())
+            };
+            if ticked.iter().any(|t| t.to == Phase::Draining) {
+                guard_holds(&reg)?;
+            }
+            let vm = vm(names[which]);
+            let was_drained = reg.phase(&vm).is_drained();
+            let options = NoticeOptions { deadline_ms: None, readdress: readdress.clone() };
+            let result = reg.apply(&vm, notice, now, options.clone());
+            let again = restarted.apply(&vm, notice, now, options);
+            prop_assert_eq!(format!("{result:?}"), format!("{again:?}"));
+            prop_assert_eq!(reg.snapshot(), restarted.snapshot());
+            if notice == Notice::Completed
+                && was_drained
+                && matches!(result, Ok(Outcome::Applied(_)))
+                && let Some(r) = readdress.filter(|r| !r.is_empty())
+            {
+                expected_readdress.insert(vm.clone(), r);
+            }
+
+            let prepared = notice == Notice::Prepare
+                && !was_drained
+                && matches!(&result, Ok(Outcome::Applied(t)) if t.to == Phase::Draining);
+            if prepared {
+                guard_holds(&reg)?;
+            }
+            for name in names {
+                let id = self::vm(name);
+                prop_assert_eq!(
+                    reg.vm(&id).and_then(|s| s.readdress.clone()),
+                    expected_readdress.get(&id).cloned(),
+                    "addresses of {}", name
+                );
+            }
+        }
+    }
+}

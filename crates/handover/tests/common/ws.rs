@@ -14,29 +14,21 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 pub const WS: &str = "ws.py";
 /// The gRPC peer script.
 pub const GRPC: &str = "grpc_peer.py";
+/// The HTTP/1.1-over-TLS backend script.
+pub const TLS_HTTP1: &str = "tls_http1.py";
 
 fn script(name: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common")).join(name)
 }
 
-/// Whether python3 can import `module`; `Err` says what is missing.
-pub fn python_has(module: &str, package: &str) -> Result<(), String> {
-    let out = std::process::Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .map_err(|e| format!("python3: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "the Python package {package} is not installed (pip install {package})"
-        ))
-    }
+/// Whether python3 with `websockets` is here.
+pub fn available() -> Result<(), super::harness::Lack> {
+    super::harness::python_module("websockets", "websockets")
 }
 
-/// Whether python3 with `websockets` is here; `Err` says what is missing.
-pub fn available() -> Result<(), String> {
-    python_has("websockets", "websockets")
+/// Whether python3 with `grpcio` is here.
+pub fn grpc_available() -> Result<(), super::harness::Lack> {
+    super::harness::python_module("grpc", "grpcio")
 }
 
 /// A server that answers every message with `NAME:message`.
@@ -55,6 +47,11 @@ impl WsServer {
             .lines()
             .map(str::to_string)
             .collect()
+    }
+
+    /// What the server wrote to its port file's `.SUFFIX` companion (empty if nothing yet).
+    pub fn note(&self, suffix: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("port.{suffix}"))).unwrap_or_default()
     }
 
     /// Starts a WebSocket server on an ephemeral port.

@@ -277,7 +277,8 @@ impl Coordinator {
 
     /// Records hypervisor progress on a VM's current migration, and steps its adaptive drain under
     /// the VM's lock (in order with its notices): a new level is saved, then told to every balancer
-    /// the VM's changes reach (peers included) as a drain command carrying it. While the VM quiesces, every balancer is asked how much still reaches it, and
+    /// the VM's changes reach (peers included, or the fleet through etcd) as a drain command
+    /// carrying it. While the VM quiesces, every balancer is asked how much still reaches it, and
     /// the first time that is at most the drained threshold, the VM is quiesced. False when the VM
     /// has no migration.
     pub async fn record_progress(&self, vm: &VmId, progress: MigrationProgress) -> bool {
@@ -292,10 +293,10 @@ impl Coordinator {
                 let seq = book.bump(vm);
                 let changed_at = book.changed_at(vm);
                 let status = book.registry.adaptive_status(vm);
-                (delivery_of(&transition, seq, changed_at), status)
+                (delivery_of(&transition, seq, changed_at), transition, status)
             })
         };
-        if let Some((delivery, status)) = adapted {
+        if let Some((delivery, transition, status)) = adapted {
             if let Err(reason) = self.persist().await {
                 // The level is told anyway: it only ever lowers or restores a share, and the
                 // balancers' own deadline still bounds it.
@@ -305,6 +306,15 @@ impl Coordinator {
                 info!(%vm, level = %status.latest.level, decision = %status.latest.decision, lambda = ?status.latest.lambda, "adaptive drain changed the level");
             }
             self.deliver(&delivery).await;
+            let level = match transition.command {
+                PhaseCommand::Drain { level, .. } => level,
+                _ => None,
+            };
+            if let (Some(fleet), Some(level)) = (self.fleet.get(), level)
+                && let Err(reason) = fleet.publish_level(vm, level).await
+            {
+                warn!(%vm, %reason, "cannot write the adaptive level to the fleet; the other nodes keep the last one");
+            }
         }
         drop(serial);
         let (quiescing, quiesced) = {

@@ -10,6 +10,9 @@
 //!    after the re-election, and a VM is restored at its deadline.
 //! 5. All of etcd stopped: a notice fails with a clear error, deadlines restore locally, and every
 //!    node converges when etcd returns; a node paused across a compaction resyncs when resumed.
+//!
+//! And issue 16's fleet part: the adaptive drain's level, chosen by the node that hears the
+//! migration's progress, is written into the notice, so every node applies the same share.
 
 mod common;
 
@@ -54,6 +57,11 @@ fn main() {
         harness::test_async(
             "a_node_paused_across_a_compaction_resyncs_when_resumed",
             a_node_paused_across_a_compaction_resyncs_when_resumed,
+        )
+        .needs(etcd_available),
+        harness::test_async(
+            "an_adaptive_level_chosen_on_one_node_reaches_every_node_through_etcd",
+            an_adaptive_level_chosen_on_one_node_reaches_every_node_through_etcd,
         )
         .needs(etcd_available),
     ]);
@@ -439,4 +447,104 @@ async fn a_node_paused_across_a_compaction_resyncs_when_resumed() {
         a.notice("vm-a", notice("started")).await.1,
         b.log()
     );
+}
+
+/// vm-a's share of new work on a node's own pool (0 when the node cannot be asked).
+async fn share_of_vm_a(node: &Node) -> f64 {
+    let Ok(pools) = node
+        .client(None)
+        .get::<serde_json::Value>("/v1/balancer/status")
+        .await
+    else {
+        return 0.0;
+    };
+    pools["pools"][0]["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["vm"] == "vm-a")
+        .and_then(|b| b["share"].as_f64())
+        .unwrap_or_default()
+}
+
+async fn an_adaptive_level_chosen_on_one_node_reaches_every_node_through_etcd() {
+    const MIB: u64 = 1024 * 1024;
+    let etcd = Etcd::single();
+    let backends = backends().await;
+    let nodes: Vec<Node> = ["lb-1", "lb-2"]
+        .iter()
+        .map(|name| {
+            Node::start(&config(&etcd, name, &pairs(&backends)).replace(
+                "drain = { target = 0.0 }",
+                "drain = { target = 0.5, adaptive = true }",
+            ))
+        })
+        .collect();
+    let (status, reply) = until_applied(&nodes[0], "vm-a", "started", Duration::from_secs(20)).await;
+    assert_eq!(status, 200, "{reply}");
+    // Both nodes apply the target: half of vm-a's normal share.
+    let mut at_target = 0.0;
+    for node in &nodes {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                pool_phase(node, "vm-a").await == "migrating"
+            })
+            .await
+        );
+        let share = share_of_vm_a(node).await;
+        assert!(share > 0.0, "vm-a has no share on {}", node.control);
+        at_target = share;
+    }
+
+    // lb-1 hears the progress (as from `handover migrate`): 90 MiB left at 12 MiB/s while the
+    // guest dirties 8 MiB/s at the target. Its controller lowers the level.
+    let progress = serde_json::json!({
+        "status": "active",
+        "remaining_bytes": 90 * MIB,
+        "total_bytes": 128 * MIB,
+        "mbps": 12.0 * 8.0 * 1.048576,
+        "passes": 1,
+        "downtime_limit_ms": 300,
+        "max_bandwidth": 12 * MIB,
+        "dirty_probe": {"bytes_per_s": (8 * MIB) as f64, "window_ms": 1000, "at": common::now_ms()},
+    });
+    let reply: serde_json::Value = nodes[0]
+        .client(None)
+        .put("/v1/vms/vm-a/migration/progress", &progress)
+        .await
+        .unwrap();
+    assert_eq!(reply["adaptive"]["decision"], "reduce", "{reply}");
+    let level = reply["adaptive"]["level"].as_f64().unwrap();
+    assert!(level > 0.0 && level < 1.0, "{reply}");
+
+    // The level went through etcd: lb-2, which heard no progress, applies the same share.
+    let expected = level * at_target;
+    for node in &nodes {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                (share_of_vm_a(node).await - expected).abs() < 1e-3
+            })
+            .await,
+            "share {} on {}, expected {expected}",
+            share_of_vm_a(node).await,
+            node.control
+        );
+    }
+    let output = nodes[1].cli(&["fleet", "--json"]);
+    let view: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(view["notices"][0]["vm"], "vm-a", "{view}");
+    assert_eq!(view["notices"][0]["level"], level, "{view}");
+    assert_eq!(view["notices"][0]["by"], "lb-1", "{view}");
+
+    // The end of the migration reaches both and takes the level away.
+    let (status, reply) = nodes[1].notice("vm-a", notice("completed")).await;
+    assert_eq!(status, 200, "{reply}");
+    for node in &nodes {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                pool_phase(node, "vm-a").await == "stable"
+            })
+            .await
+        );
+    }
 }

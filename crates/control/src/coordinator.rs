@@ -278,9 +278,9 @@ impl Coordinator {
     /// Records hypervisor progress on a VM's current migration, and steps its adaptive drain under
     /// the VM's lock (in order with its notices): a new level is saved, then told to every balancer
     /// the VM's changes reach (peers included, or the fleet through etcd) as a drain command
-    /// carrying it. While the VM quiesces, every balancer is asked how much still reaches it, and
-    /// the first time that is at most the drained threshold, the VM is quiesced. False when the VM
-    /// has no migration.
+    /// carrying it. While the VM quiesces, every balancer is asked how much still reaches it (in a
+    /// fleet, the other nodes' acknowledgements say), and the first time that is at most the
+    /// drained threshold, the VM is quiesced. False when the VM has no migration.
     pub async fn record_progress(&self, vm: &VmId, progress: MigrationProgress) -> bool {
         if !self.book.lock().registry.record_progress(vm, progress) {
             return false;
@@ -335,13 +335,23 @@ impl Coordinator {
                 .copied()
                 .unwrap_or(0);
             let slots: Vec<&BalancerSlot> = self.slots().iter().collect();
-            let active: u64 = fanout::drain_all(&slots, vm)
+            let mut active: u64 = fanout::drain_all(&slots, vm)
                 .await
                 .into_iter()
                 .filter_map(Result::ok)
                 .filter(|s| s.serves)
                 .map(|s| s.active)
                 .sum();
+            if let Some(fleet) = self.fleet.get() {
+                // The fleet's other nodes are no slots here: their acknowledgements say.
+                match fleet.in_flight_elsewhere(vm).await {
+                    Ok(elsewhere) => active += elsewhere,
+                    Err(reason) => {
+                        warn!(%vm, %reason, "cannot read the fleet's in-flight; not judging quiescence now");
+                        return true;
+                    }
+                }
+            }
             let now = self.clock.now_ms();
             if self
                 .book

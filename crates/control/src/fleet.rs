@@ -25,6 +25,10 @@ pub trait FleetHook: Send + Sync {
     /// VM into the fleet, so every serving node applies it.
     fn publish_level<'a>(&'a self, vm: &'a VmId, level: Level) -> BoxFuture<'a, Result<(), String>>;
 
+    /// Connections and requests still reaching a VM through the other nodes of the fleet (for
+    /// quiescence), as their acknowledgements say.
+    fn in_flight_elsewhere<'a>(&'a self, vm: &'a VmId) -> BoxFuture<'a, Result<u64, String>>;
+
     /// The fleet as etcd holds it (`GET /v1/fleet`, `handover fleet`), as JSON.
     fn view(&self) -> BoxFuture<'_, Result<FleetView, String>>;
 }

@@ -15,14 +15,14 @@
 //! - [`decide`]: a notice's effect on the fleet-wide state (pure, with `core`'s registry).
 //! - [`node`]: this node's registration and lease; `watcher`: list-then-watch and
 //!   acknowledgements; `timers`: deadlines and ramp ends written to etcd; `notifier`: a notice
-//!   from commit to the last acknowledgement; `level`: the adaptive drain's level written into a
-//!   notice; [`view`]: `handover fleet`.
+//!   from commit to the last acknowledgement; `adaptive`: the adaptive drain's level written into a
+//!   notice, and the other nodes' in-flight for quiescence; [`view`]: `handover fleet`.
 //! - [`local`]: the node's own balancers as the fleet sees them; [`stats`]: `/metrics`.
 
+mod adaptive;
 pub mod decide;
 pub mod etcd;
 pub mod keys;
-mod level;
 pub mod local;
 pub mod node;
 mod notifier;

@@ -70,6 +70,10 @@ impl FleetHook for Hook {
         })
     }
 
+    fn in_flight_elsewhere<'a>(&'a self, vm: &'a VmId) -> BoxFuture<'a, Result<u64, String>> {
+        Box::pin(async move { self.0.in_flight_elsewhere(vm).await.map_err(|e| e.to_string()) })
+    }
+
     fn view(&self) -> BoxFuture<'_, Result<FleetView, String>> {
         Box::pin(async move { self.0.view().await.map_err(|e| e.to_string()) })
     }

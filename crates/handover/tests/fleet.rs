@@ -12,7 +12,8 @@
 //!    node converges when etcd returns; a node paused across a compaction resyncs when resumed.
 //!
 //! And issue 16's fleet part: the adaptive drain's level, chosen by the node that hears the
-//! migration's progress, is written into the notice, so every node applies the same share.
+//! migration's progress, is written into the notice, so every node applies the same share; and
+//! quiescence counts what the other nodes still have in flight to the VM.
 
 mod common;
 
@@ -22,7 +23,7 @@ mod etcd;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::backends::{TcpBackend, vm_counts};
+use common::backends::{TcpBackend, TcpClient, vm_counts};
 use common::harness;
 use common::{Node, eventually, notice};
 use etcd::Etcd;
@@ -62,6 +63,11 @@ fn main() {
         harness::test_async(
             "an_adaptive_level_chosen_on_one_node_reaches_every_node_through_etcd",
             an_adaptive_level_chosen_on_one_node_reaches_every_node_through_etcd,
+        )
+        .needs(etcd_available),
+        harness::test_async(
+            "quiescence_waits_for_what_another_node_still_has_in_flight_to_the_vm",
+            quiescence_waits_for_what_another_node_still_has_in_flight_to_the_vm,
         )
         .needs(etcd_available),
     ]);
@@ -547,4 +553,96 @@ async fn an_adaptive_level_chosen_on_one_node_reaches_every_node_through_etcd() 
             .await
         );
     }
+}
+
+/// What `handover migrate` reports near the end of a copy: 1 MiB left at 12 MiB/s, so the
+/// switchover is forecast well within the quiescence lead.
+fn progress_near_the_switchover() -> serde_json::Value {
+    const MIB: u64 = 1024 * 1024;
+    serde_json::json!({
+        "status": "active",
+        "remaining_bytes": MIB,
+        "total_bytes": 128 * MIB,
+        "mbps": 12.0 * 8.0 * 1.048576,
+        "passes": 3,
+        "downtime_limit_ms": 300,
+        "max_bandwidth": 12 * MIB,
+    })
+}
+
+/// What the fleet's acknowledgements say is still in flight to vm-a through `node_name`.
+async fn acked_active(asked: &Node, node_name: &str) -> Option<u64> {
+    let view: serde_json::Value = asked.client(None).get("/v1/fleet").await.ok()?;
+    view["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["node"] == node_name)?["acks"]
+        .as_array()?
+        .iter()
+        .find(|a| a["vm"] == "vm-a")?["active"]
+        .as_u64()
+}
+
+async fn quiescence_waits_for_what_another_node_still_has_in_flight_to_the_vm() {
+    let etcd = Etcd::single();
+    let backends = backends().await;
+    let nodes: Vec<Node> = ["lb-1", "lb-2"]
+        .iter()
+        .map(|name| {
+            Node::start(&config(&etcd, name, &pairs(&backends)).replace(
+                "drain = { target = 0.0 }",
+                "drain = { target = 0.5, adaptive = true, quiesce = true }",
+            ))
+        })
+        .collect();
+    // A connection to vm-a through lb-2, open before the migration (and kept through it).
+    let mut held = None;
+    for _ in 0..60 {
+        let client = TcpClient::connect(nodes[1].listener("tcp")).await;
+        if client.vm == "vm-a" {
+            held = Some(client);
+            break;
+        }
+    }
+    let mut held = held.expect("a connection to vm-a through lb-2");
+    let (status, reply) = until_applied(&nodes[0], "vm-a", "started", Duration::from_secs(20)).await;
+    assert_eq!(status, 200, "{reply}");
+    // lb-2's acknowledgement says the connection is still there.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            acked_active(&nodes[0], "lb-2").await.is_some_and(|n| n >= 1)
+        })
+        .await,
+        "lb-2 never acknowledged the open connection"
+    );
+
+    // lb-1 hears the end of the copy is near: vm-a quiesces, but is not quiesced while lb-2
+    // still carries a connection to it (lb-1 itself carries none).
+    let reply: serde_json::Value = nodes[0]
+        .client(None)
+        .put("/v1/vms/vm-a/migration/progress", &progress_near_the_switchover())
+        .await
+        .unwrap();
+    assert_eq!(reply["adaptive"]["quiescing"], true, "{reply}");
+    assert!(reply["adaptive"]["quiesced_at"].is_null(), "{reply}");
+    assert_eq!(
+        held.echo("still here").await.as_deref(),
+        Some("vm-a still here"),
+        "the connection was kept"
+    );
+
+    // Once the connection closes, the next progress finds the VM quiesced.
+    drop(held);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let reply: serde_json::Value = nodes[0]
+                .client(None)
+                .put("/v1/vms/vm-a/migration/progress", &progress_near_the_switchover())
+                .await
+                .unwrap();
+            reply["adaptive"]["quiesced_at"].is_u64()
+        })
+        .await,
+        "vm-a never quiesced after lb-2's connection closed"
+    );
 }

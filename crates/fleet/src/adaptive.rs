@@ -1,8 +1,10 @@
-//! The adaptive drain's level in a fleet: the node whose coordinator runs a VM's controller (the
-//! one that hears the hypervisor's progress) writes each new level into the VM's notice, so every
-//! serving node's watcher applies the same share, as it applies a phase. The write is a
-//! compare-and-swap on the notice's generation, so a level never overwrites a newer phase; a
-//! notice that is no longer draining or migrating takes no level.
+//! The adaptive drain in a fleet. The node whose coordinator runs a VM's controller (the one that
+//! hears the hypervisor's progress) writes each new level into the VM's notice, so every serving
+//! node's watcher applies the same share, as it applies a phase; the write is a compare-and-swap
+//! on the notice's generation, so a level never overwrites a newer phase, and a notice that is no
+//! longer draining or migrating takes no level. For quiescence, that node reads what the other
+//! serving nodes still have in flight to the VM from their acknowledgements (each node refreshes
+//! its own every 100 ms while the VM drains).
 
 use handover_core::adaptive::Level;
 use handover_core::model::VmId;
@@ -10,7 +12,7 @@ use tracing::debug;
 
 use crate::etcd::{EtcdError, get_op, mod_revision_is, put_op, range_kvs};
 use crate::node::{FleetNode, now_ms};
-use crate::records::{NoticeRecord, decode, encode};
+use crate::records::{AckRecord, NoticeRecord, decode, encode};
 
 /// Tries before a notice that keeps changing is left with its own level (the next step writes
 /// again).
@@ -49,5 +51,17 @@ impl FleetNode {
             }
         }
         Ok(false)
+    }
+
+    /// Connections and requests still reaching `vm` through the other serving nodes, as their
+    /// acknowledgements last said (a node whose lease ended has none).
+    pub async fn in_flight_elsewhere(&self, vm: &VmId) -> Result<u64, EtcdError> {
+        let (kvs, _) = self.etcd.list(&self.keys.acks_prefix(vm)).await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| decode::<AckRecord>(&kv.key, &kv.value).ok())
+            .filter(|ack| ack.node != self.name)
+            .map(|ack| ack.active)
+            .sum())
     }
 }

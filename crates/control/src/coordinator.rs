@@ -278,9 +278,9 @@ impl Coordinator {
     /// Records hypervisor progress on a VM's current migration, and steps its adaptive drain under
     /// the VM's lock (in order with its notices): a new level is saved, then told to every balancer
     /// the VM's changes reach (peers included, or the fleet through etcd) as a drain command
-    /// carrying it. While the VM quiesces, every balancer is asked how much still reaches it (in a
-    /// fleet, the other nodes' acknowledgements say), and the first time that is at most the
-    /// drained threshold, the VM is quiesced. False when the VM has no migration.
+    /// carrying it. While the VM quiesces, every balancer is asked how much still reaches it (see
+    /// [`Coordinator::in_flight`]), and the first time that is at most the drained threshold, the
+    /// VM is quiesced. False when the VM has no migration.
     pub async fn record_progress(&self, vm: &VmId, progress: MigrationProgress) -> bool {
         if !self.book.lock().registry.record_progress(vm, progress) {
             return false;
@@ -334,24 +334,11 @@ impl Coordinator {
                 .or_else(|| self.thresholds.get(vm))
                 .copied()
                 .unwrap_or(0);
-            let slots: Vec<&BalancerSlot> = self.slots().iter().collect();
-            let mut active: u64 = fanout::drain_all(&slots, vm)
-                .await
-                .into_iter()
-                .filter_map(Result::ok)
-                .filter(|s| s.serves)
-                .map(|s| s.active)
-                .sum();
-            if let Some(fleet) = self.fleet.get() {
-                // The fleet's other nodes are no slots here: their acknowledgements say.
-                match fleet.in_flight_elsewhere(vm).await {
-                    Ok(elsewhere) => active += elsewhere,
-                    Err(reason) => {
-                        warn!(%vm, %reason, "cannot read the fleet's in-flight; not judging quiescence now");
-                        return true;
-                    }
-                }
-            }
+            let Some(active) = self.in_flight(vm).await else {
+                // A balancer that serves the VM cannot be seen: its traffic is unknown, so the
+                // VM is not called quiesced (`handover migrate`'s hold ends at its bound).
+                return true;
+            };
             let now = self.clock.now_ms();
             if self
                 .book
@@ -363,6 +350,47 @@ impl Coordinator {
             }
         }
         true
+    }
+
+    /// What still reaches a VM through every balancer (and, in a fleet, the other nodes, as their
+    /// acknowledgements say), for quiescence. A balancer known to hang is not asked (as in the
+    /// wait for drained); `None` when one known to serve the VM cannot be seen, or the fleet's
+    /// acknowledgements cannot be read.
+    async fn in_flight(&self, vm: &VmId) -> Option<u64> {
+        let slots = self.slots();
+        let mut unseen = false;
+        let mut asked = Vec::new();
+        for index in 0..slots.len() {
+            if self.balancers.hung_since(index).is_some() {
+                unseen |= self.balancers.serves_known(index, vm) == Some(true);
+            } else {
+                asked.push(index);
+            }
+        }
+        let refs: Vec<&BalancerSlot> = asked.iter().map(|i| &slots[*i]).collect();
+        let mut active = 0;
+        for (index, status) in asked.iter().zip(fanout::drain_all(&refs, vm).await) {
+            match status {
+                Ok(s) if s.serves => active += s.active,
+                Ok(_) => {}
+                // A balancer that answers that it cannot tell (nginx) is left out.
+                Err(BalancerError::Rejected(_)) => {}
+                Err(_) => unseen |= self.balancers.serves_known(*index, vm) == Some(true),
+            }
+        }
+        if unseen {
+            return None;
+        }
+        if let Some(fleet) = self.fleet.get() {
+            match fleet.in_flight_elsewhere(vm).await {
+                Ok(elsewhere) => active += elsewhere,
+                Err(reason) => {
+                    warn!(%vm, %reason, "cannot read the fleet's in-flight; quiescence not judged now");
+                    return None;
+                }
+            }
+        }
+        Some(active)
     }
 
     /// Where a VM's adaptive drain stands (its current or last migration).

@@ -1,7 +1,8 @@
 //! Adaptive drain through the control API of real nodes: the level chosen from a progress report
 //! on one node travels in the drain command, so its peer's data plane applies the same share; the
 //! reply to a progress report says where the drain stands; bad progress and bad levels are refused
-//! with the field named, and change nothing.
+//! with the field named, and change nothing; a VM is not called quiesced while a peer that serves
+//! it hangs.
 
 mod common;
 
@@ -137,4 +138,60 @@ async fn bad_progress_and_bad_levels_are_refused_with_the_field_and_change_nothi
     assert!((share_of_vm_a(&node).await - 0.25).abs() < 1e-9);
     let vm: serde_json::Value = node.client(None).get("/v1/vms/vm-a").await.unwrap();
     assert!(vm.get("adaptive").is_none(), "{vm}");
+}
+
+/// What `handover migrate` reports near the end of a copy: 1 MiB left at 12 MiB/s, so the
+/// switchover is forecast well within the quiescence lead.
+fn progress_near_the_switchover() -> serde_json::Value {
+    serde_json::json!({
+        "status": "active",
+        "remaining_bytes": MIB,
+        "total_bytes": 128 * MIB,
+        "mbps": 12.0 * 8.0 * 1.048576,
+        "passes": 3,
+        "downtime_limit_ms": 300,
+        "max_bandwidth": 12 * MIB,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_is_not_called_quiesced_while_a_peer_that_serves_it_hangs() {
+    let a = TcpBackend::start("vm-a").await;
+    let b = TcpBackend::start("vm-b").await;
+    let quiescing = |peers: &[(&str, &str)]| {
+        node_config(&[("vm-a", a.address), ("vm-b", b.address)], peers)
+            .replace("adaptive = true }", "adaptive = true, quiesce = true }")
+    };
+    let node_b = Node::start(&quiescing(&[]));
+    let node_a = Node::start(&quiescing(&[("node-b", &node_b.control)]));
+    let (status, reply) = node_a.notice("vm-a", common::notice("started")).await;
+    assert_eq!(status, 200, "{reply}");
+
+    // node-b hangs: what reaches vm-a through it cannot be seen, so however little node-a
+    // itself carries (nothing), vm-a quiesces but is not quiesced.
+    node_b.signal("STOP");
+    for _ in 0..3 {
+        let reply: serde_json::Value = node_a
+            .client(None)
+            .put("/v1/vms/vm-a/migration/progress", &progress_near_the_switchover())
+            .await
+            .unwrap();
+        assert_eq!(reply["adaptive"]["quiescing"], true, "{reply}");
+        assert!(reply["adaptive"]["quiesced_at"].is_null(), "{reply}");
+    }
+
+    // Once node-b answers again (and carries nothing to vm-a), vm-a is quiesced.
+    node_b.signal("CONT");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let reply: serde_json::Value = node_a
+                .client(None)
+                .put("/v1/vms/vm-a/migration/progress", &progress_near_the_switchover())
+                .await
+                .unwrap();
+            reply["adaptive"]["quiesced_at"].is_u64()
+        })
+        .await,
+        "vm-a never quiesced after node-b answered again"
+    );
 }

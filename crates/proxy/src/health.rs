@@ -12,7 +12,6 @@ use handover_core::config::{CheckKind, HealthCheckConfig};
 use http::{Request, header};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -80,7 +79,7 @@ async fn check_loop(
 pub async fn check(address: SocketAddr, config: &HealthCheckConfig) -> Option<bool> {
     let exhausted = std::sync::atomic::AtomicBool::new(false);
     let run = async {
-        let stream = match TcpStream::connect(address).await {
+        let stream = match descriptors::connect(address).await {
             Ok(stream) => stream,
             Err(e) => {
                 exhausted.store(

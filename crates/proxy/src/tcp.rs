@@ -162,7 +162,7 @@ async fn connect(address: SocketAddr, timeout: Duration) -> Result<std::io::Resu
     let attempt = async {
         let mut pause = Duration::from_millis(10);
         loop {
-            match TcpStream::connect(address).await {
+            match descriptors::connect(address).await {
                 Err(e) if descriptors::is_exhaustion(&e) => {
                     // Still short when the time is up: say so, rather than a backend timeout.
                     if Instant::now() + pause >= deadline {

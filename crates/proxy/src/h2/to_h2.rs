@@ -16,7 +16,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -60,20 +59,41 @@ fn pooled(backend: &BackendRuntime, address: SocketAddr) -> Option<SendRequest<R
     })
 }
 
+/// Why a connection to a backend could not be opened.
+struct ConnectFailure {
+    why: String,
+    /// handover itself ran out of descriptors: not the backend's fault.
+    exhausted: bool,
+}
+
+impl From<String> for ConnectFailure {
+    fn from(why: String) -> Self {
+        Self {
+            why,
+            exhausted: false,
+        }
+    }
+}
+
 /// Opens a connection to a backend and keeps it for the worker's next streams.
 async fn connect(
     entry: &BackendEntry,
     pool: &Pool,
     tls: Option<&UpstreamTls>,
-) -> Result<SendRequest<ResponseBody>, String> {
+) -> Result<SendRequest<ResponseBody>, ConnectFailure> {
     let backend = &entry.backend;
     let generation = backend.idle_generation();
     let address = entry.address;
     let timeout = pool.config.connect_timeout;
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+    let tcp = match tokio::time::timeout(timeout, crate::descriptors::connect(address)).await {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Err(format!("connect to {address} failed: {e}")),
-        Err(_) => return Err(format!("connect to {address} timed out after {timeout:?}")),
+        Ok(Err(e)) => {
+            return Err(ConnectFailure {
+                why: format!("connect to {address} failed: {e}"),
+                exhausted: crate::descriptors::is_exhaustion(&e),
+            });
+        }
+        Err(_) => return Err(format!("connect to {address} timed out after {timeout:?}").into()),
     };
     let _ = tcp.set_nodelay(true);
     let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
@@ -207,11 +227,23 @@ pub async fn send(
             Some(sender) => sender,
             None => match connect(&entry, pool, route.upstream_tls.as_ref()).await {
                 Ok(sender) => sender,
-                Err(e) => {
+                Err(ConnectFailure { why, exhausted: true }) => {
+                    // handover's own shortage is not the backend's fault.
+                    if let Some(suppressed) = crate::descriptors::CONNECT_EXHAUSTED.ready() {
+                        warn!(listener = %route.listener, error = %why, suppressed, "out of descriptors for a backend connection (not counted against the backend)");
+                    }
+                    last_error = Some(format!("handover is out of descriptors ({why})"));
+                    tried.push(entry.backend.index);
+                    continue;
+                }
+                Err(ConnectFailure {
+                    why,
+                    exhausted: false,
+                }) => {
                     entry.backend.record_failure();
                     pool.record_traffic(entry.backend.index, false);
-                    warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
-                    last_error = Some(e);
+                    warn!(listener = %route.listener, backend = %entry.address, error = %why, "trying another backend");
+                    last_error = Some(why);
                     tried.push(entry.backend.index);
                     continue;
                 }

@@ -13,7 +13,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::backend_stream::BackendStream;
@@ -150,7 +149,7 @@ pub async fn connect(
 ) -> Result<Upstream, ConnectError> {
     let generation = backend.idle_generation();
     let deadline = Instant::now() + timeout;
-    let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(address)).await {
+    let tcp = match tokio::time::timeout_at(deadline, crate::descriptors::connect(address)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(ConnectError::Io(address, e)),
         Err(_) => return Err(ConnectError::Timeout(address, timeout)),

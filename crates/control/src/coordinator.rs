@@ -69,6 +69,20 @@ pub enum CoordinatorError {
     },
 }
 
+/// The drained threshold of each VM: the lowest of its pools'.
+fn thresholds(config: &Config) -> HashMap<VmId, u64> {
+    let mut thresholds: HashMap<VmId, u64> = HashMap::new();
+    for pool in &config.pools {
+        for backend in &pool.backends {
+            let t = thresholds
+                .entry(backend.vm.clone())
+                .or_insert(pool.drained_threshold);
+            *t = (*t).min(pool.drained_threshold);
+        }
+    }
+    thresholds
+}
+
 fn unreachable_note(results: &[BalancerResult]) -> String {
     let unreachable = results.iter().filter(|r| r.error.is_some()).count();
     if unreachable == 0 {
@@ -92,7 +106,7 @@ pub struct Coordinator {
     serial: tokio::sync::Mutex<()>,
     slots: Vec<BalancerSlot>,
     drain_timeout: Duration,
-    thresholds: HashMap<VmId, u64>,
+    thresholds: Mutex<HashMap<VmId, u64>>,
     retries: Mutex<HashMap<(usize, VmId), RetryState>>,
     wake: Notify,
     stats: Mutex<Stats>,
@@ -111,15 +125,7 @@ impl std::fmt::Debug for Coordinator {
 impl Coordinator {
     /// A coordinator over a configuration's pools and the given balancers.
     pub fn new(config: &Config, slots: Vec<BalancerSlot>, clock: Clock) -> Arc<Self> {
-        let mut thresholds: HashMap<VmId, u64> = HashMap::new();
-        for pool in &config.pools {
-            for backend in &pool.backends {
-                let t = thresholds
-                    .entry(backend.vm.clone())
-                    .or_insert(pool.drained_threshold);
-                *t = (*t).min(pool.drained_threshold);
-            }
-        }
+        let thresholds = thresholds(config);
         let defaults = RegistryDefaults {
             deadline: config.migration.deadline,
             ..RegistryDefaults::default()
@@ -130,12 +136,19 @@ impl Coordinator {
             serial: tokio::sync::Mutex::new(()),
             slots,
             drain_timeout: config.migration.drain_timeout,
-            thresholds,
+            thresholds: Mutex::new(thresholds),
             retries: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             stats: Mutex::new(Stats::default()),
             fleet: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Follows a reload: the local pools (their VMs, guards, deadlines, thresholds) are the new
+    /// configuration's; every VM keeps its phase, deadline and ramp.
+    pub fn reconfigure(&self, config: &Config) {
+        *self.thresholds.lock() = thresholds(config);
+        self.registry.lock().set_topology(Topology::from_config(config));
     }
 
     /// The clock.
@@ -340,7 +353,7 @@ impl Coordinator {
                 .min(MAX_DRAIN_TIMEOUT);
             let threshold = request
                 .threshold
-                .unwrap_or_else(|| self.thresholds.get(vm).copied().unwrap_or(0));
+                .unwrap_or_else(|| self.thresholds.lock().get(vm).copied().unwrap_or(0));
             let report = self
                 .wait_drained(vm, timeout, threshold, &mut response.balancers)
                 .await;

@@ -238,6 +238,25 @@ pub struct PoolStatus {
     pub fallback: bool,
     /// Backends.
     pub backends: Vec<BackendStatus>,
+    /// Backends a reload or the API removed that still have connections open (they get no new
+    /// work).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<RemovedBackendStatus>,
+}
+
+/// A removed backend whose connections are still open.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemovedBackendStatus {
+    /// Its address.
+    pub address: String,
+    /// Its VM.
+    pub vm: VmId,
+    /// Connections and requests still open to it.
+    pub active: u64,
+    /// Milliseconds since it was removed.
+    pub removed_ms: u64,
+    /// Milliseconds until what is still open is closed.
+    pub grace_left_ms: u64,
 }
 
 /// Everything a balancer runs.

@@ -352,6 +352,7 @@ impl Balancer for NginxBalancer {
                     algorithm: Algorithm::RoundRobin,
                     fallback: false,
                     backends,
+                    removed: Vec::new(),
                 }],
             })
         })

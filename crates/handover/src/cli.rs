@@ -276,6 +276,20 @@ pub enum Command {
         /// Worker threads of the data plane (default: one per core).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
+        /// After a reload (SIGHUP, `handover reload`) removed a backend, pool or listener, how long
+        /// its open connections may go on before they are closed.
+        #[arg(long, default_value = "30s", value_parser = duration)]
+        drain_grace: Duration,
+    },
+    /// Make a running node re-read its configuration file and apply the difference (as SIGHUP
+    /// does); prints what changed, or every error of the file (then nothing changed).
+    Reload {
+        /// Print the reply as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The control API.
+        #[command(flatten)]
+        control: ControlArgs,
     },
     /// Validate a configuration file and print every error with its field and line.
     Check {

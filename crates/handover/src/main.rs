@@ -7,8 +7,10 @@ mod fleet;
 mod libvirt_hook;
 mod migrate;
 mod notify;
+mod reload;
 mod run;
 mod server;
+mod signals;
 mod sim;
 mod sources;
 mod state_file;
@@ -87,10 +89,19 @@ fn main() -> ExitCode {
                 ready_file,
                 shutdown_grace,
                 workers,
+                drain_grace,
             } => {
                 let workers = workers.map_or_else(server::default_workers, usize::from);
-                run::run(&config, ready_file.as_deref(), shutdown_grace, workers).await
+                run::run(
+                    &config,
+                    ready_file.as_deref(),
+                    shutdown_grace,
+                    workers,
+                    drain_grace,
+                )
+                .await
             }
+            Command::Reload { json, control } => reload::reload_command(&control, json).await,
             Command::Check { config } => check::check(&config),
             Command::Notify(args) => notify::notify(args).await,
             Command::Migrate(args) => migrate::migrate(args).await,

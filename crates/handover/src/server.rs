@@ -32,7 +32,9 @@ pub struct Running {
     pub listeners: Vec<(String, SocketAddr)>,
     cancel: CancellationToken,
     tasks: TaskTracker,
-    data_plane: DataPlane,
+    data_plane: Arc<DataPlane>,
+    /// Reloads the configuration file (`SIGHUP`, `POST /v1/reload`), when the node has one.
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
     /// This node in its fleet (`[fleet]`).
     fleet: Option<Arc<handover_fleet::FleetNode>>,
 }
@@ -77,9 +79,37 @@ pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// How a node is started beyond its configuration.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Data-plane threads.
+    pub workers: usize,
+    /// The configuration file, re-read on `SIGHUP` and `POST /v1/reload` (none: no reloads).
+    pub config_path: Option<std::path::PathBuf>,
+    /// How long backends, pools and listeners a reload removed keep their connections.
+    pub drain_grace: Duration,
+}
+
+/// Default of `--drain-grace`.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+/// [`start_with`] without a configuration file (no reloads).
+pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
+    start_with(
+        config,
+        NodeOptions {
+            workers,
+            config_path: None,
+            drain_grace: DEFAULT_DRAIN_GRACE,
+        },
+    )
+    .await
+}
+
 /// Binds everything first (a port in use stops the start with nothing half-running), then serves:
 /// the data plane on `workers` threads of its own, the control plane on the caller's runtime.
-pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
+pub async fn start_with(config: &Config, options: NodeOptions) -> anyhow::Result<Running> {
+    let workers = options.workers;
     let pools = Pools::new(config);
     // Certificates, keys and CA files first: a bad one stops the start before anything listens.
     handover_proxy::tls::check(config)?;
@@ -146,8 +176,10 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
         None => None,
     };
     let addresses = listeners.addresses();
-    let data_plane = DataPlane::start(listeners, &pools, &cancel, &tasks)
-        .context("cannot start the data-plane workers")?;
+    let data_plane = Arc::new(
+        DataPlane::start(listeners, &pools, &cancel, &tasks)
+            .context("cannot start the data-plane workers")?,
+    );
     handover_proxy::health::spawn_checks(&pools, &cancel, &tasks);
     for driver in haproxies {
         tasks.spawn(driver.run(cancel.clone()));
@@ -172,6 +204,32 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
     tasks.spawn(reopen_access_logs_on_sigusr1(access_logs.clone(), cancel.clone()));
     let mut api = ApiState::new(coordinator.clone(), config.control.token.clone())
         .with_metrics(move |out| access_log_metrics(&access_logs, out));
+    let reloader = options.config_path.as_ref().map(|path| {
+        crate::reload::Reloader::new(
+            path.clone(),
+            config.clone(),
+            pools.clone(),
+            data_plane.clone(),
+            coordinator.clone(),
+            options.drain_grace,
+            control,
+        )
+    });
+    if let Some(reloader) = &reloader {
+        tasks.spawn(crate::reload::on_sighup(reloader.clone(), cancel.clone()));
+        let metrics = reloader.clone();
+        let hook = reloader.clone();
+        api =
+            api.with_metrics(move |out| metrics.metrics(out))
+                .with_reload(handover_control::api::ReloadHook(Arc::new(move || {
+                    let hook = hook.clone();
+                    Box::pin(async move {
+                        hook.reload()
+                            .await
+                            .map(|report| serde_json::to_value(report).unwrap_or_default())
+                    })
+                })));
+    }
     if let Some(fleet) = fleet.clone() {
         api = api.with_metrics(move |out| out.push_str(&fleet.metrics()));
     }
@@ -194,6 +252,7 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
         cancel,
         tasks,
         data_plane,
+        reloader,
         fleet,
     })
 }

@@ -3,6 +3,7 @@
 //! Migration module: `POST /v1/vms/{vm}/migration`, `PUT /v1/vms/{vm}/migration/progress`,
 //! `GET /v1/vms`, `GET /v1/vms/{vm}`,
 //! `GET /v1/pools`, `GET /v1/migrations`, `GET /v1/fleet`, `GET /metrics`, `GET /healthz`.
+//! Operations: `POST /v1/reload` (re-read the configuration file, apply the difference).
 //! Load-balancing module (what peers call): `PUT /v1/balancer/vms/{vm}`, `PUT .../addresses`,
 //! `GET /v1/balancer/vms/{vm}/drain`, `GET /v1/balancer/status`.
 //!
@@ -16,6 +17,7 @@ mod fleet;
 mod json;
 mod migration;
 mod peer;
+mod reload;
 mod views;
 
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use axum::extract::rejection::PathRejection;
 use axum::routing::{get, post, put};
 
 pub use error::ApiError;
+pub use reload::{ReloadFuture, ReloadHook};
 pub(crate) use views::collect_vms;
 
 use crate::coordinator::Coordinator;
@@ -41,6 +44,8 @@ pub struct ApiState {
     pub shares: Arc<crate::dashboard::ShareHistory>,
     /// More lines for `GET /metrics`, from parts the control plane does not own.
     pub extra_metrics: Vec<MetricSource>,
+    /// What `POST /v1/reload` runs, where the node has a configuration file.
+    pub reload: Option<ReloadHook>,
 }
 
 /// Writes Prometheus lines of a part of the node the control plane does not own (the data plane's
@@ -62,7 +67,14 @@ impl ApiState {
             token,
             shares: Arc::default(),
             extra_metrics: Vec::new(),
+            reload: None,
         }
+    }
+
+    /// Lets `POST /v1/reload` run `hook`.
+    pub fn with_reload(mut self, hook: ReloadHook) -> Self {
+        self.reload = Some(hook);
+        self
     }
 
     /// Adds a source of metric lines.
@@ -84,6 +96,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/pools", get(views::pools))
         .route("/v1/migrations", get(views::migrations))
         .route("/v1/fleet", get(fleet::fleet))
+        .route("/v1/reload", post(reload::reload))
         .route("/v1/balancer/vms/{vm}", put(peer::apply))
         .route("/v1/balancer/vms/{vm}/addresses", put(peer::addresses))
         .route("/v1/balancer/vms/{vm}/drain", get(peer::drain))

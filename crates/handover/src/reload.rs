@@ -1,0 +1,360 @@
+//! Reloading a running node's configuration (`SIGHUP`, `POST /v1/reload`, `handover reload`):
+//! re-read the file, validate the whole of it, refuse what cannot change without a restart, then
+//! apply only the difference — listeners bound before anything changes (a port in use, a bad
+//! certificate: nothing changes), pools changed in place, the coordinator's view of the pools
+//! replaced. Every VM keeps its phase, ramp and deadline; open connections keep going; what was
+//! removed drains for the grace.
+//!
+//! Reloads run one at a time. Each is counted in `handover_config_reloads_total{outcome}`, and the
+//! last error is kept for `/metrics` and the log.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use handover_control::Coordinator;
+use handover_core::config::Config;
+use handover_core::phase::{Phase, PhaseCommand};
+use handover_proxy::pools::PoolsChange;
+use handover_proxy::workers::ListenersChange;
+use handover_proxy::{DataPlane, Pools};
+use parking_lot::Mutex;
+use serde::Serialize;
+use tracing::{error, info};
+
+use crate::check::load;
+
+/// What a reload changed (the reply of `POST /v1/reload`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    /// `applied`, or `unchanged` when the file says what already runs.
+    pub outcome: &'static str,
+    /// Listeners added, removed, rebound, changed, and every listener's address now.
+    pub listeners: ListenersChange,
+    /// Pools and backends added, removed, changed.
+    pub pools: PoolsChange,
+    /// How long what was removed keeps its connections.
+    pub drain_grace_ms: u64,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+struct Outcomes {
+    applied: u64,
+    unchanged: u64,
+    failed: u64,
+    /// The last failure's message, and when it happened.
+    last_error: Option<(String, SystemTime)>,
+    /// When the last reload succeeded.
+    last_success: Option<SystemTime>,
+}
+
+/// Reloads one node.
+pub struct Reloader {
+    /// The configuration file.
+    path: PathBuf,
+    /// What runs now.
+    current: tokio::sync::Mutex<Config>,
+    pools: Arc<Pools>,
+    data_plane: Arc<DataPlane>,
+    coordinator: Arc<Coordinator>,
+    /// How long removed backends, pools and listeners keep their connections.
+    grace: Duration,
+    /// Rewritten with the listeners' addresses after every reload that changes them.
+    ready_file: Mutex<Option<PathBuf>>,
+    /// The control API's address (for the ready file).
+    control: std::net::SocketAddr,
+    outcomes: Mutex<Outcomes>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reloader {
+    /// A reloader of the node started from `config`, read from `path`.
+    pub fn new(
+        path: PathBuf,
+        config: Config,
+        pools: Arc<Pools>,
+        data_plane: Arc<DataPlane>,
+        coordinator: Arc<Coordinator>,
+        grace: Duration,
+        control: std::net::SocketAddr,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            path,
+            current: tokio::sync::Mutex::new(config),
+            pools,
+            data_plane,
+            coordinator,
+            grace,
+            ready_file: Mutex::new(None),
+            control,
+            outcomes: Mutex::new(Outcomes::default()),
+        })
+    }
+
+    /// Keeps `path` (the `--ready-file`) up to date with the listeners' addresses.
+    pub fn set_ready_file(&self, path: Option<PathBuf>) {
+        *self.ready_file.lock() = path;
+    }
+
+    /// Re-reads the file and applies the difference; `Err` says why nothing changed.
+    pub async fn reload(&self) -> Result<ReloadReport, String> {
+        let result = self.reload_inner().await;
+        let mut outcomes = self.outcomes.lock();
+        match &result {
+            Ok(report) => {
+                if report.outcome == "unchanged" {
+                    outcomes.unchanged += 1;
+                } else {
+                    outcomes.applied += 1;
+                }
+                outcomes.last_success = Some(SystemTime::now());
+                info!(
+                    outcome = report.outcome,
+                    listeners = ?report.listeners,
+                    pools = ?report.pools,
+                    "configuration reloaded"
+                );
+            }
+            Err(e) => {
+                outcomes.failed += 1;
+                outcomes.last_error = Some((e.clone(), SystemTime::now()));
+                error!(error = %e, "configuration reload refused; nothing changed");
+            }
+        }
+        result
+    }
+
+    async fn reload_inner(&self) -> Result<ReloadReport, String> {
+        let mut current = self.current.lock().await;
+        let next = match load(&self.path) {
+            Ok(Ok(config)) => config,
+            Ok(Err(errors)) => return Err(errors),
+            Err(e) => return Err(format!("{e:#}")),
+        };
+        restart_only(&current, &next)?;
+        if next == *current {
+            return Ok(ReloadReport {
+                outcome: "unchanged",
+                listeners: ListenersChange {
+                    addresses: self.data_plane.addresses(),
+                    ..ListenersChange::default()
+                },
+                pools: PoolsChange::default(),
+                drain_grace_ms: millis(self.grace),
+            });
+        }
+        // Everything that can fail comes first: binding new listeners, loading certificates.
+        let plan = self
+            .data_plane
+            .plan(&next)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let now = self.coordinator.clock().now_ms();
+        let phases: Vec<(handover_core::model::VmId, PhaseCommand)> = self
+            .coordinator
+            .vm_states()
+            .into_iter()
+            .filter(|(_, state)| state.phase != Phase::Stable)
+            .map(|(vm, state)| {
+                let command = state.command_at(now);
+                (vm, command)
+            })
+            .collect();
+        let pools = self.pools.reconfigure(&next, self.grace, &phases);
+        self.coordinator.reconfigure(&next);
+        let listeners = self.data_plane.reconfigure(plan, self.grace);
+        *current = next;
+        drop(current);
+        if let Some(path) = self.ready_file.lock().clone()
+            && let Err(e) = crate::run::write_ready_file(&path, self.control, &listeners.addresses)
+        {
+            error!(error = %e, "cannot rewrite the ready file after the reload");
+        }
+        Ok(ReloadReport {
+            outcome: "applied",
+            listeners,
+            pools,
+            drain_grace_ms: millis(self.grace),
+        })
+    }
+
+    /// `handover_config_reloads_total{outcome}` and the last error.
+    pub fn metrics(&self, out: &mut String) {
+        let outcomes = self.outcomes.lock();
+        out.push_str("# HELP handover_config_reloads_total Configuration reloads, by outcome (failed: nothing changed).\n");
+        out.push_str("# TYPE handover_config_reloads_total counter\n");
+        for (outcome, count) in [
+            ("applied", outcomes.applied),
+            ("unchanged", outcomes.unchanged),
+            ("failed", outcomes.failed),
+        ] {
+            out.push_str(&format!(
+                "handover_config_reloads_total{{outcome=\"{outcome}\"}} {count}\n"
+            ));
+        }
+        out.push_str("# HELP handover_config_last_reload_failed Whether the last reload was refused (1) or succeeded (0).\n");
+        out.push_str("# TYPE handover_config_last_reload_failed gauge\n");
+        let failed_last = match (&outcomes.last_error, outcomes.last_success) {
+            (Some((_, failed)), Some(ok)) => *failed > ok,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        out.push_str(&format!(
+            "handover_config_last_reload_failed {}\n",
+            u8::from(failed_last)
+        ));
+        if let Some((error, at)) = &outcomes.last_error {
+            out.push_str("# HELP handover_config_last_reload_error_info The last refused reload's error.\n");
+            out.push_str("# TYPE handover_config_last_reload_error_info gauge\n");
+            let seconds = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            out.push_str(&format!(
+                "handover_config_last_reload_error_info{{error=\"{}\",at=\"{seconds}\"}} 1\n",
+                escape_label(error)
+            ));
+        }
+    }
+}
+
+/// The sections a reload cannot change: it refuses the whole file when one differs.
+fn restart_only(current: &Config, next: &Config) -> Result<(), String> {
+    let mut differ = Vec::new();
+    if current.control.bind != next.control.bind {
+        differ.push("control.bind");
+    }
+    if current.control.token != next.control.token {
+        differ.push("control.token");
+    }
+    if current.migration != next.migration {
+        differ.push("migration");
+    }
+    if current.state_file != next.state_file {
+        differ.push("state.file");
+    }
+    if current.peers != next.peers {
+        differ.push("peers");
+    }
+    if current.fleet != next.fleet {
+        differ.push("fleet");
+    }
+    if current.haproxy != next.haproxy {
+        differ.push("haproxy");
+    }
+    if current.nginx != next.nginx {
+        differ.push("nginx");
+    }
+    if current.qmp != next.qmp {
+        differ.push("qmp");
+    }
+    if current.libvirt != next.libvirt {
+        differ.push("libvirt");
+    }
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} cannot change without a restart (a reload changes listeners and pools only); \
+             restart handover, or use `handover run --upgrade-from` to keep the listening sockets",
+            differ.join(", ")
+        ))
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Reloads on every SIGHUP until cancelled.
+pub async fn on_sighup(reloader: Arc<Reloader>, cancel: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: reload through the API (handover reload)");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading the configuration");
+                let _ = reloader.reload().await;
+            }
+        }
+    }
+}
+
+/// `handover reload`: asks the node to reload; exit 0 when it did (or nothing changed), 1 when
+/// the file was refused (the errors are printed) or the node cannot be reached.
+pub async fn reload_command(control: &crate::cli::ControlArgs, json: bool) -> anyhow::Result<u8> {
+    let client = handover_drivers::ControlClient::new(
+        &control.control,
+        control.token.clone(),
+        Duration::from_secs(30),
+    );
+    match client
+        .post::<_, serde_json::Value>("/v1/reload", &serde_json::json!({}))
+        .await
+    {
+        Ok((_, reply)) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reply)?);
+            } else {
+                print!("{}", describe(&reply));
+            }
+            Ok(crate::EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(crate::EXIT_ERROR)
+        }
+    }
+}
+
+/// The reply as lines a person reads.
+fn describe(reply: &serde_json::Value) -> String {
+    let mut out = format!("reload: {}\n", reply["outcome"].as_str().unwrap_or("applied"));
+    let lists = [
+        ("listeners added", &reply["listeners"]["added"]),
+        ("listeners removed", &reply["listeners"]["removed"]),
+        ("listeners rebound", &reply["listeners"]["rebound"]),
+        ("listeners changed", &reply["listeners"]["changed"]),
+        ("pools added", &reply["pools"]["pools_added"]),
+        ("pools removed", &reply["pools"]["pools_removed"]),
+        ("pools changed", &reply["pools"]["pools_changed"]),
+        ("backends added", &reply["pools"]["backends_added"]),
+        ("backends removed", &reply["pools"]["backends_removed"]),
+        ("backends re-weighted", &reply["pools"]["backends_reweighted"]),
+    ];
+    for (label, list) in lists {
+        let items: Vec<&str> = list
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        if !items.is_empty() {
+            out.push_str(&format!("  {label}: {}\n", items.join(", ")));
+        }
+    }
+    if let Some(addresses) = reply["listeners"]["addresses"].as_array() {
+        for pair in addresses {
+            if let (Some(name), Some(address)) = (pair[0].as_str(), pair[1].as_str()) {
+                out.push_str(&format!("  listener {name}: {address}\n"));
+            }
+        }
+    }
+    out
+}

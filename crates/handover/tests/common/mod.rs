@@ -99,6 +99,11 @@ impl Node {
         }
     }
 
+    /// The configuration file the node was started with (a test rewrites it, then reloads).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("handover.toml")
+    }
+
     /// The node's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("handover.log")).unwrap_or_default()

@@ -340,3 +340,30 @@ mod tests {
         assert!(serde_json::from_str::<NoticeRequest>(r#"{}"#).is_err());
     }
 }
+
+/// A backend of a pool set or removed through the API (`PUT`/`DELETE
+/// /v1/pools/{pool}/backends/{address}`), as one node tells another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendChange {
+    /// The pool.
+    pub pool: String,
+    /// The backend's address (its identity in the pool).
+    pub address: std::net::SocketAddr,
+    /// Its VM and weight; `None` removes it (it drains).
+    pub backend: Option<BackendSpec>,
+}
+
+/// The body of `PUT /v1/pools/{pool}/backends/{address}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    /// The VM behind the backend.
+    pub vm: VmId,
+    /// Weight, 1 to 10000.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::api::{Applied, BalancerStatus, DrainStatus};
+use crate::api::{Applied, BackendChange, BalancerStatus, DrainStatus};
 use crate::model::VmId;
 use crate::phase::{PhaseCommand, Readdress};
 
@@ -63,4 +63,16 @@ pub trait Balancer: Send + Sync {
 
     /// Every pool the balancer runs, with its backends.
     fn status(&self) -> BoxFuture<'_, Result<BalancerStatus, BalancerError>>;
+
+    /// Adds, re-weights or removes one backend of one of its pools (backends managed through the
+    /// API). Balancers that cannot take backends this way refuse.
+    fn set_backend<'a>(&'a self, change: &'a BackendChange) -> BoxFuture<'a, Result<(), BalancerError>> {
+        let _ = change;
+        Box::pin(async move {
+            Err(BalancerError::Rejected(format!(
+                "a {} balancer does not take backends through the API",
+                self.kind()
+            )))
+        })
+    }
 }

@@ -281,16 +281,6 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = duration)]
         drain_grace: Duration,
     },
-    /// Make a running node re-read its configuration file and apply the difference (as SIGHUP
-    /// does); prints what changed, or every error of the file (then nothing changed).
-    Reload {
-        /// Print the reply as JSON.
-        #[arg(long)]
-        json: bool,
-        /// The control API.
-        #[command(flatten)]
-        control: ControlArgs,
-    },
     /// Validate a configuration file and print every error with its field and line.
     Check {
         /// Configuration file (TOML).
@@ -312,6 +302,16 @@ pub enum Command {
     /// Show every VM with its phase, backends, effective weights and open connections.
     Status {
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The control API.
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Make a running node re-read its configuration file and apply the difference (as SIGHUP
+    /// does); prints what changed, or every error of the file (then nothing changed).
+    Reload {
+        /// Print the reply as JSON.
         #[arg(long)]
         json: bool,
         /// The control API.

@@ -1,5 +1,6 @@
 //! The `handover` binary: a thin edge over the library crates (argument parsing, files, exit codes).
 
+mod api_backends;
 mod check;
 mod cli;
 mod demo;

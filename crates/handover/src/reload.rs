@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use handover_control::Coordinator;
+use handover_control::api::BackendsRefusal;
+use handover_core::api::BackendChange;
 use handover_core::config::Config;
 use handover_core::phase::{Phase, PhaseCommand};
 use handover_proxy::pools::PoolsChange;
@@ -22,6 +24,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tracing::{error, info};
 
+use crate::api_backends::Overlay;
 use crate::check::load;
 
 /// What a reload changed (the reply of `POST /v1/reload`).
@@ -49,12 +52,25 @@ struct Outcomes {
     last_success: Option<SystemTime>,
 }
 
-/// Reloads one node.
+/// What a node runs: its file, the backends set through the API, and the two combined.
+#[derive(Debug)]
+struct Current {
+    /// The configuration file as last read.
+    file: Config,
+    /// Backends set or removed through the API.
+    overlay: Overlay,
+    /// The file with the overlay applied: what runs.
+    effective: Config,
+}
+
+/// Reloads one node, and applies the backends set through the API.
 pub struct Reloader {
-    /// The configuration file.
-    path: PathBuf,
-    /// What runs now.
-    current: tokio::sync::Mutex<Config>,
+    /// The configuration file (none: the node cannot reload, e.g. `handover demo`).
+    path: Option<PathBuf>,
+    /// Where the overlay is kept (beside the state file; none: not kept across restarts).
+    overlay_path: Option<PathBuf>,
+    /// What runs now; held for the whole of a reload or an API change, so they run one at a time.
+    current: tokio::sync::Mutex<Current>,
     pools: Arc<Pools>,
     data_plane: Arc<DataPlane>,
     coordinator: Arc<Coordinator>,
@@ -76,19 +92,28 @@ impl std::fmt::Debug for Reloader {
 }
 
 impl Reloader {
-    /// A reloader of the node started from `config`, read from `path`.
+    /// A reloader of the node started from `file` (read from `path`) with `overlay` applied.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        path: PathBuf,
-        config: Config,
+        path: Option<PathBuf>,
+        file: Config,
+        overlay: Overlay,
         pools: Arc<Pools>,
         data_plane: Arc<DataPlane>,
         coordinator: Arc<Coordinator>,
         grace: Duration,
         control: std::net::SocketAddr,
     ) -> Arc<Self> {
+        let overlay_path = file.state_file.as_deref().map(Overlay::path_for);
+        let effective = overlay.apply(&file);
         Arc::new(Self {
             path,
-            current: tokio::sync::Mutex::new(config),
+            overlay_path,
+            current: tokio::sync::Mutex::new(Current {
+                file,
+                overlay,
+                effective,
+            }),
             pools,
             data_plane,
             coordinator,
@@ -133,14 +158,25 @@ impl Reloader {
     }
 
     async fn reload_inner(&self) -> Result<ReloadReport, String> {
+        let Some(path) = &self.path else {
+            return Err("this node was not started from a configuration file".into());
+        };
         let mut current = self.current.lock().await;
-        let next = match load(&self.path) {
+        let file = match load(path) {
             Ok(Ok(config)) => config,
             Ok(Err(errors)) => return Err(errors),
             Err(e) => return Err(format!("{e:#}")),
         };
-        restart_only(&current, &next)?;
-        if next == *current {
+        restart_only(&current.file, &file)?;
+        let next = current.overlay.apply(&file);
+        if let Some(pool) = next.pools.iter().find(|p| p.backends.is_empty()) {
+            return Err(format!(
+                "pools.{}: no backend left once the backends removed through the API are taken out (a pool needs at least one)",
+                pool.name
+            ));
+        }
+        if next == current.effective {
+            current.file = file;
             return Ok(ReloadReport {
                 outcome: "unchanged",
                 listeners: ListenersChange {
@@ -155,22 +191,11 @@ impl Reloader {
         let plan = self
             .data_plane
             .plan(&next)
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
-        let now = self.coordinator.clock().now_ms();
-        let phases: Vec<(handover_core::model::VmId, PhaseCommand)> = self
-            .coordinator
-            .vm_states()
-            .into_iter()
-            .filter(|(_, state)| state.phase != Phase::Stable)
-            .map(|(vm, state)| {
-                let command = state.command_at(now);
-                (vm, command)
-            })
-            .collect();
-        let pools = self.pools.reconfigure(&next, self.grace, &phases);
-        self.coordinator.reconfigure(&next);
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let pools = self.apply_pools(&next);
         let listeners = self.data_plane.reconfigure(plan, self.grace);
-        *current = next;
+        current.file = file;
+        current.effective = next;
         drop(current);
         if let Some(path) = self.ready_file.lock().clone()
             && let Err(e) = crate::run::write_ready_file(&path, self.control, &listeners.addresses)
@@ -183,6 +208,81 @@ impl Reloader {
             pools,
             drain_grace_ms: millis(self.grace),
         })
+    }
+
+    /// The pools and the coordinator take `next`; every VM that is not stable keeps its command
+    /// (a backend added to it starts with it).
+    fn apply_pools(&self, next: &Config) -> PoolsChange {
+        let now = self.coordinator.clock().now_ms();
+        let phases: Vec<(handover_core::model::VmId, PhaseCommand)> = self
+            .coordinator
+            .vm_states()
+            .into_iter()
+            .filter(|(_, state)| state.phase != Phase::Stable)
+            .map(|(vm, state)| (vm, state.command_at(now)))
+            .collect();
+        let change = self.pools.reconfigure(next, self.grace, &phases);
+        self.coordinator.reconfigure(next);
+        change
+    }
+
+    /// Applies one backend set or removed through the API: checked against what runs, made
+    /// durable (when the node has a state file), then applied to the pools. Nothing changes when
+    /// it is refused.
+    pub async fn set_backend(&self, change: BackendChange) -> Result<PoolsChange, BackendsRefusal> {
+        let refuse = |status: u16, field: &'static str, message: String| BackendsRefusal {
+            status,
+            message,
+            field,
+        };
+        let mut current = self.current.lock().await;
+        let Some(pool) = current.effective.pools.iter().find(|p| p.name == change.pool) else {
+            return Err(refuse(
+                404,
+                "pool",
+                format!("no pool named {:?} on this node", change.pool),
+            ));
+        };
+        let present = pool.backends.iter().any(|b| b.address == change.address);
+        if change.backend.is_none() {
+            if !present {
+                return Err(refuse(
+                    404,
+                    "address",
+                    format!("pool {} has no backend {}", change.pool, change.address),
+                ));
+            }
+            if pool.backends.len() == 1 {
+                return Err(refuse(
+                    400,
+                    "address",
+                    format!(
+                        "{} is the last backend of pool {} (a pool needs at least one)",
+                        change.address, change.pool
+                    ),
+                ));
+            }
+        }
+        let mut overlay = current.overlay.clone();
+        overlay.record(change.clone());
+        let next = overlay.apply(&current.file);
+        if let Some(path) = &self.overlay_path {
+            overlay.save(path).map_err(|e| {
+                refuse(
+                    503,
+                    "address",
+                    format!(
+                        "cannot keep the change in {}: {e}; nothing changed",
+                        path.display()
+                    ),
+                )
+            })?;
+        }
+        let applied = self.apply_pools(&next);
+        info!(pool = %change.pool, address = %change.address, backend = ?change.backend, "backend changed through the API");
+        current.overlay = overlay;
+        current.effective = next;
+        Ok(applied)
     }
 
     /// `handover_config_reloads_total{outcome}` and the last error.

@@ -108,8 +108,16 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
 
 /// Binds everything first (a port in use stops the start with nothing half-running), then serves:
 /// the data plane on `workers` threads of its own, the control plane on the caller's runtime.
-pub async fn start_with(config: &Config, options: NodeOptions) -> anyhow::Result<Running> {
+pub async fn start_with(file: &Config, options: NodeOptions) -> anyhow::Result<Running> {
     let workers = options.workers;
+    // Backends set or removed through the API before a restart apply on top of the file.
+    let overlay = file
+        .state_file
+        .as_deref()
+        .map(|state| crate::api_backends::Overlay::load(&crate::api_backends::Overlay::path_for(state)))
+        .unwrap_or_default();
+    let effective = overlay.apply(file);
+    let config = &effective;
     let pools = Pools::new(config);
     // Certificates, keys and CA files first: a bad one stops the start before anything listens.
     handover_proxy::tls::check(config)?;
@@ -204,17 +212,27 @@ pub async fn start_with(config: &Config, options: NodeOptions) -> anyhow::Result
     tasks.spawn(reopen_access_logs_on_sigusr1(access_logs.clone(), cancel.clone()));
     let mut api = ApiState::new(coordinator.clone(), config.control.token.clone())
         .with_metrics(move |out| access_log_metrics(&access_logs, out));
-    let reloader = options.config_path.as_ref().map(|path| {
-        crate::reload::Reloader::new(
-            path.clone(),
-            config.clone(),
-            pools.clone(),
-            data_plane.clone(),
-            coordinator.clone(),
-            options.drain_grace,
-            control,
-        )
-    });
+    let reloader = crate::reload::Reloader::new(
+        options.config_path.clone(),
+        file.clone(),
+        overlay,
+        pools.clone(),
+        data_plane.clone(),
+        coordinator.clone(),
+        options.drain_grace,
+        control,
+    );
+    let backends = reloader.clone();
+    api = api.with_backends(handover_control::api::BackendsHook(Arc::new(move |change| {
+        let backends = backends.clone();
+        Box::pin(async move {
+            backends
+                .set_backend(change)
+                .await
+                .map(|change| serde_json::to_value(change).unwrap_or_default())
+        })
+    })));
+    let reloader = options.config_path.is_some().then_some(reloader);
     if let Some(reloader) = &reloader {
         tasks.spawn(crate::reload::on_sighup(reloader.clone(), cancel.clone()));
         let metrics = reloader.clone();

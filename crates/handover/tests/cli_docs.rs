@@ -11,6 +11,7 @@ fn handover(args: &[&str]) -> std::process::Output {
 
 const COMMANDS: &[&str] = &[
     "run",
+    "reload",
     "check",
     "notify",
     "migrate",

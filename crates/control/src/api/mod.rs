@@ -3,7 +3,9 @@
 //! Migration module: `POST /v1/vms/{vm}/migration`, `PUT /v1/vms/{vm}/migration/progress`,
 //! `GET /v1/vms`, `GET /v1/vms/{vm}`,
 //! `GET /v1/pools`, `GET /v1/migrations`, `GET /v1/fleet`, `GET /metrics`, `GET /healthz`.
-//! Operations: `POST /v1/reload` (re-read the configuration file, apply the difference).
+//! Operations: `POST /v1/reload` (re-read the configuration file, apply the difference),
+//! `PUT`/`DELETE /v1/pools/{pool}/backends/{address}` (backends through the API, on every peer
+//! too; a peer applies `PUT /v1/balancer/backends` locally).
 //! Load-balancing module (what peers call): `PUT /v1/balancer/vms/{vm}`, `PUT .../addresses`,
 //! `GET /v1/balancer/vms/{vm}/drain`, `GET /v1/balancer/status`.
 //!
@@ -12,6 +14,7 @@
 //! When a token is configured, every mutating call needs `Authorization: Bearer <token>`.
 
 mod auth;
+mod backends;
 mod error;
 mod fleet;
 mod json;
@@ -27,6 +30,7 @@ use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
 use axum::routing::{get, post, put};
 
+pub use backends::{BackendsFuture, BackendsHook, BackendsRefusal};
 pub use error::ApiError;
 pub use reload::{ReloadFuture, ReloadHook};
 pub(crate) use views::collect_vms;
@@ -46,6 +50,8 @@ pub struct ApiState {
     pub extra_metrics: Vec<MetricSource>,
     /// What `POST /v1/reload` runs, where the node has a configuration file.
     pub reload: Option<ReloadHook>,
+    /// What applies backends set or removed through the API, where the node has pools.
+    pub backends: Option<BackendsHook>,
 }
 
 /// Writes Prometheus lines of a part of the node the control plane does not own (the data plane's
@@ -68,7 +74,14 @@ impl ApiState {
             shares: Arc::default(),
             extra_metrics: Vec::new(),
             reload: None,
+            backends: None,
         }
+    }
+
+    /// Lets the backends API apply changes with `hook`.
+    pub fn with_backends(mut self, hook: BackendsHook) -> Self {
+        self.backends = Some(hook);
+        self
     }
 
     /// Lets `POST /v1/reload` run `hook`.
@@ -97,6 +110,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/migrations", get(views::migrations))
         .route("/v1/fleet", get(fleet::fleet))
         .route("/v1/reload", post(reload::reload))
+        .route(
+            "/v1/pools/{pool}/backends/{address}",
+            put(backends::put).delete(backends::delete),
+        )
+        .route("/v1/balancer/backends", put(backends::apply_local))
         .route("/v1/balancer/vms/{vm}", put(peer::apply))
         .route("/v1/balancer/vms/{vm}/addresses", put(peer::addresses))
         .route("/v1/balancer/vms/{vm}/drain", get(peer::drain))

@@ -1,0 +1,206 @@
+//! Backends through the API, for orchestration that does not write files:
+//! `PUT /v1/pools/{pool}/backends/{address}` (`{"vm": "...", "weight": N}`) adds or re-weights a
+//! backend, `DELETE` removes it (it drains, as a backend a reload removed). The change is applied
+//! here first (and made durable: the reply comes after), then on every peer (`PUT
+//! /v1/balancer/backends`, which applies locally only, so peers cannot loop). The pools and the
+//! file that keeps the change across restarts belong to the binary: it hands a [`BackendsHook`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use handover_core::api::{BackendChange, BackendSpec};
+use serde::Serialize;
+
+use super::auth::authorize;
+use super::{ApiError, ApiState, json};
+
+/// Why a backend change was refused here (nothing changed).
+#[derive(Debug, Clone)]
+pub struct BackendsRefusal {
+    /// 400 (bad value) or 404 (no such pool or backend).
+    pub status: u16,
+    /// What is wrong.
+    pub message: String,
+    /// The field at fault (`pool`, `address`, `vm`, `weight`).
+    pub field: &'static str,
+}
+
+/// What applying a change locally returns: what changed (JSON), or why nothing did.
+pub type BackendsFuture = Pin<Box<dyn Future<Output = Result<serde_json::Value, BackendsRefusal>> + Send>>;
+
+/// Applies one change to this node's pools and makes it durable.
+#[derive(Clone)]
+pub struct BackendsHook(pub Arc<dyn Fn(BackendChange) -> BackendsFuture + Send + Sync>);
+
+impl std::fmt::Debug for BackendsHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackendsHook")
+    }
+}
+
+/// One peer's answer.
+#[derive(Debug, Serialize)]
+pub struct PeerResult {
+    /// The peer.
+    pub name: String,
+    /// Whether it applied the change.
+    pub applied: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The reply of `PUT`/`DELETE /v1/pools/{pool}/backends/{address}`.
+#[derive(Debug, Serialize)]
+pub struct BackendsReply {
+    /// The change as applied.
+    pub change: BackendChange,
+    /// What changed on this node.
+    pub local: serde_json::Value,
+    /// Every peer's answer.
+    pub peers: Vec<PeerResult>,
+}
+
+fn path_parts(
+    parts: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, SocketAddr), ApiError> {
+    let Path((pool, address)) = parts.map_err(|e| {
+        ApiError::bad_request(
+            format!(
+                "the path is not /v1/pools/{{pool}}/backends/{{address}} ({})",
+                e.body_text()
+            ),
+            Some("address"),
+        )
+    })?;
+    let address: SocketAddr = address.parse().map_err(|_| {
+        ApiError::bad_request(
+            format!("address: invalid socket address {address:?} (IP:PORT)"),
+            Some("address"),
+        )
+    })?;
+    Ok((pool, address))
+}
+
+/// `PUT /v1/pools/{pool}/backends/{address}`.
+pub async fn put(
+    State(state): State<Arc<ApiState>>,
+    parts: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<BackendsReply>, ApiError> {
+    authorize(&state, &headers)?;
+    let (pool, address) = path_parts(parts)?;
+    let spec: BackendSpec = json::parse(&body)?;
+    check_spec(&spec)?;
+    change_everywhere(
+        &state,
+        BackendChange {
+            pool,
+            address,
+            backend: Some(spec),
+        },
+    )
+    .await
+}
+
+/// `DELETE /v1/pools/{pool}/backends/{address}`.
+pub async fn delete(
+    State(state): State<Arc<ApiState>>,
+    parts: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Json<BackendsReply>, ApiError> {
+    authorize(&state, &headers)?;
+    let (pool, address) = path_parts(parts)?;
+    change_everywhere(
+        &state,
+        BackendChange {
+            pool,
+            address,
+            backend: None,
+        },
+    )
+    .await
+}
+
+/// `PUT /v1/balancer/backends` (what a peer calls): applies the change here only.
+pub async fn apply_local(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let change: BackendChange = json::parse(&body)?;
+    if let Some(spec) = &change.backend {
+        check_spec(spec)?;
+    }
+    Ok(Json(local(&state, change).await?))
+}
+
+/// A VM id and a weight a pool accepts (as the configuration file checks them).
+fn check_spec(spec: &BackendSpec) -> Result<(), ApiError> {
+    handover_core::model::VmId::new(spec.vm.as_str())
+        .map_err(|e| ApiError::bad_request(format!("vm: {e}"), Some("vm")))?;
+    if !(1..=10000).contains(&spec.weight) {
+        return Err(ApiError::bad_request(
+            format!("weight: {} is out of range (1 to 10000)", spec.weight),
+            Some("weight"),
+        ));
+    }
+    Ok(())
+}
+
+async fn local(state: &ApiState, change: BackendChange) -> Result<serde_json::Value, ApiError> {
+    let Some(hook) = &state.backends else {
+        return Err(ApiError::not_found("this node has no pools to take backends"));
+    };
+    (hook.0)(change).await.map_err(|refusal| {
+        let message = format!("{}: {}", refusal.field, refusal.message);
+        if refusal.status == 404 {
+            ApiError::not_found(message)
+        } else {
+            ApiError::bad_request(message, Some(refusal.field))
+        }
+    })
+}
+
+async fn change_everywhere(state: &ApiState, change: BackendChange) -> Result<Json<BackendsReply>, ApiError> {
+    let applied = local(state, change.clone()).await?;
+    let peers = state
+        .coordinator
+        .slots()
+        .iter()
+        .filter(|slot| slot.is_peer)
+        .map(|slot| {
+            let change = &change;
+            async move {
+                let outcome = tokio::time::timeout(slot.timeout, slot.balancer.set_backend(change)).await;
+                let error = match outcome {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some(format!("no answer within {} ms", slot.timeout.as_millis())),
+                };
+                if let Some(error) = &error {
+                    tracing::warn!(peer = slot.balancer.name(), pool = %change.pool, address = %change.address, %error, "a peer did not take the backend change");
+                }
+                PeerResult {
+                    name: slot.balancer.name().to_string(),
+                    applied: error.is_none(),
+                    error,
+                }
+            }
+        });
+    let peers = futures_util::future::join_all(peers).await;
+    Ok(Json(BackendsReply {
+        change,
+        local: applied,
+        peers,
+    }))
+}

@@ -1,0 +1,210 @@
+//! Backends through the API on two peer nodes (real binaries): `PUT` and `DELETE
+//! /v1/pools/{pool}/backends/{address}` on one node reach the other, need the token, refuse bad
+//! input naming the field, drain what they remove, and survive a restart of both nodes.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::backends::TcpBackend;
+use common::backends::vm_counts;
+use common::lb::free_port;
+use common::{Node, eventually};
+use handover_drivers::{ClientError, ControlClient};
+
+const TOKEN: &str = "s3cret";
+
+fn config(control: u16, peer: u16, state: &Path, backends: &[(&str, SocketAddr)]) -> String {
+    let mut text = format!(
+        "[control]\nbind = \"127.0.0.1:{control}\"\ntoken = \"{TOKEN}\"\n\n[state]\nfile = \"{}\"\n\n\
+         [[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n\n\
+         [[peers]]\nname = \"peer\"\nurl = \"http://127.0.0.1:{peer}\"\ntoken = \"{TOKEN}\"\ntimeout = \"2s\"\n\n[pools.web]\n",
+        state.display()
+    );
+    for (vm, address) in backends {
+        text.push_str(&format!(
+            "\n[[pools.web.backends]]\naddress = \"{address}\"\nvm = \"{vm}\"\n"
+        ));
+    }
+    text
+}
+
+/// The backends of pool `web` on a node: (address, vm, weight).
+async fn backends(node: &Node) -> Vec<(String, String, u64)> {
+    let pools: serde_json::Value = node.client(None).get("/v1/pools").await.unwrap();
+    pools[0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["address"].as_str().unwrap().to_string(),
+                b["vm"].as_str().unwrap().to_string(),
+                b["weight"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A call's status and JSON body, errors included.
+async fn call(
+    client: &ControlClient,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let result = match method {
+        "PUT" => client
+            .put::<_, serde_json::Value>(path, &body)
+            .await
+            .map(|v| (200, v)),
+        _ => client.delete::<serde_json::Value>(path).await.map(|v| (200, v)),
+    };
+    match result {
+        Ok(pair) => pair,
+        Err(ClientError::Status { status, body }) => (
+            status.as_u16(),
+            serde_json::json!({"error": body.error, "field": body.field}),
+        ),
+        Err(e) => panic!("{method} {path}: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_set_through_the_api_reach_the_peer_drain_and_survive_a_restart() {
+    let a = TcpBackend::start("vm-a").await;
+    let b = TcpBackend::start("vm-b").await;
+    let c = TcpBackend::start("vm-c").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port_1, port_2) = (free_port(), free_port());
+    let base = [("vm-a", a.address), ("vm-b", b.address)];
+    let config_1 = config(port_1, port_2, &dir.path().join("one.json"), &base);
+    let config_2 = config(port_2, port_1, &dir.path().join("two.json"), &base);
+    let mut one = Node::start(&config_1);
+    let mut two = Node::start(&config_2);
+    let admin = one.client(Some(TOKEN));
+    let path_c = format!("/v1/pools/web/backends/{}", c.address);
+
+    // The token is required.
+    let (status, _) = call(
+        &one.client(None),
+        "PUT",
+        &path_c,
+        serde_json::json!({"vm": "vm-c"}),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // Bad input names its field and changes nothing.
+    for (path, body, expected, field) in [
+        (
+            path_c.clone(),
+            serde_json::json!({"vm": "vm-c", "weight": 0}),
+            400,
+            "weight",
+        ),
+        (path_c.clone(), serde_json::json!({"vm": "not a vm!"}), 400, "vm"),
+        (
+            path_c.clone(),
+            serde_json::json!({"vm": "vm-c", "colour": 1}),
+            400,
+            "colour",
+        ),
+        (
+            "/v1/pools/web/backends/10.0.0.1".to_string(),
+            serde_json::json!({"vm": "vm-c"}),
+            400,
+            "address",
+        ),
+        (
+            format!("/v1/pools/nope/backends/{}", c.address),
+            serde_json::json!({"vm": "vm-c"}),
+            404,
+            "",
+        ),
+    ] {
+        let (status, reply) = call(&admin, "PUT", &path, body.clone()).await;
+        assert_eq!(status, expected, "{path} {body}: {reply}");
+        if !field.is_empty() {
+            assert_eq!(reply["field"], field, "{path} {body}: {reply}");
+        }
+    }
+    assert_eq!(backends(&one).await.len(), 2);
+
+    // PUT on node one: applied there and on its peer.
+    let (status, reply) = call(
+        &admin,
+        "PUT",
+        &path_c,
+        serde_json::json!({"vm": "vm-c", "weight": 2}),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["peers"][0]["name"], "peer", "{reply}");
+    assert_eq!(reply["peers"][0]["applied"], true, "{reply}");
+    let expected_c = (c.address.to_string(), "vm-c".to_string(), 2);
+    assert!(backends(&one).await.contains(&expected_c));
+    assert!(backends(&two).await.contains(&expected_c));
+    // New connections reach vm-c through both nodes (weight 2 of 4).
+    for node in [&one, &two] {
+        let counts = vm_counts(node.listener("tcp"), 80, 8).await;
+        assert!(counts.get("vm-c").copied().unwrap_or(0) >= 20, "{counts:?}");
+    }
+    // `handover status` shows it.
+    let status_out = two.cli(&["status"]);
+    assert!(String::from_utf8_lossy(&status_out.stdout).contains(&c.address.to_string()));
+
+    // DELETE vm-a on node two: its open connection drains on both nodes, new ones go elsewhere.
+    let mut held = common::backends::TcpClient::connect(one.listener("tcp")).await;
+    while held.vm != "vm-a" {
+        held = common::backends::TcpClient::connect(one.listener("tcp")).await;
+    }
+    let path_a = format!("/v1/pools/web/backends/{}", a.address);
+    let (status, reply) = call(
+        &two.client(Some(TOKEN)),
+        "DELETE",
+        &path_a,
+        serde_json::json!(null),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["peers"][0]["applied"], true, "{reply}");
+    for node in [&one, &two] {
+        assert!(!backends(node).await.iter().any(|(_, vm, _)| vm == "vm-a"));
+        assert_eq!(vm_counts(node.listener("tcp"), 40, 8).await.get("vm-a"), None);
+    }
+    let pools: serde_json::Value = one.client(None).get("/v1/pools").await.unwrap();
+    assert_eq!(pools[0]["removed"][0]["vm"], "vm-a", "{pools}");
+    assert_eq!(
+        held.echo("still there").await.as_deref(),
+        Some("vm-a still there")
+    );
+    drop(held);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let pools: serde_json::Value = one.client(None).get("/v1/pools").await.unwrap();
+            pools[0].get("removed").is_none()
+        })
+        .await,
+        "the removed backend is forgotten once its connection ended"
+    );
+    // Deleting it again: 404, naming the address.
+    let (status, reply) = call(&admin, "DELETE", &path_a, serde_json::json!(null)).await;
+    assert_eq!(status, 404, "{reply}");
+
+    // Both nodes restart: the API's backends are still there, vm-a is still gone.
+    drop(one);
+    drop(two);
+    one = Node::start(&config_1);
+    two = Node::start(&config_2);
+    for node in [&mut one, &mut two] {
+        let now = backends(node).await;
+        assert!(now.contains(&expected_c), "{now:?}");
+        assert!(!now.iter().any(|(_, vm, _)| vm == "vm-a"), "{now:?}");
+        let counts = vm_counts(node.listener("tcp"), 40, 8).await;
+        assert_eq!(counts.get("vm-a"), None, "{counts:?}");
+        assert!(counts.contains_key("vm-c"), "{counts:?}");
+    }
+}

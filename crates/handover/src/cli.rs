@@ -280,6 +280,14 @@ pub enum Command {
         /// its open connections may go on before they are closed.
         #[arg(long, default_value = "30s", value_parser = duration)]
         drain_grace: Duration,
+        /// Answer binary upgrades on this unix socket: a new `handover run --upgrade-from` with it
+        /// takes over the listening sockets, and this process finishes its connections and exits.
+        #[arg(long)]
+        upgrade_socket: Option<PathBuf>,
+        /// Take the listening sockets over from the handover running with `--upgrade-socket` at
+        /// this path (binary upgrade without refusing a connection; docs/operations.md).
+        #[arg(long)]
+        upgrade_from: Option<PathBuf>,
     },
     /// Validate a configuration file and print every error with its field and line.
     Check {

@@ -5,6 +5,7 @@ mod check;
 mod cli;
 mod demo;
 mod fleet;
+mod handoff;
 mod libvirt_hook;
 mod migrate;
 mod notify;
@@ -17,6 +18,7 @@ mod sources;
 mod state_file;
 mod status;
 mod testbed;
+mod upgrade;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -91,14 +93,21 @@ fn main() -> ExitCode {
                 shutdown_grace,
                 workers,
                 drain_grace,
+                upgrade_socket,
+                upgrade_from,
             } => {
                 let workers = workers.map_or_else(server::default_workers, usize::from);
+                let upgrade = run::Upgrade {
+                    socket: upgrade_socket,
+                    from: upgrade_from,
+                };
                 run::run(
                     &config,
                     ready_file.as_deref(),
                     shutdown_grace,
                     workers,
                     drain_grace,
+                    upgrade,
                 )
                 .await
             }

@@ -9,6 +9,15 @@ use serde::Serialize;
 use crate::check::load;
 use crate::{EXIT_ERROR, EXIT_OK, server};
 
+/// `--upgrade-socket` and `--upgrade-from`.
+#[derive(Debug, Default)]
+pub struct Upgrade {
+    /// Where to answer a later upgrade.
+    pub socket: Option<std::path::PathBuf>,
+    /// The running process to take the sockets over from.
+    pub from: Option<std::path::PathBuf>,
+}
+
 /// What `--ready-file` contains.
 #[derive(Debug, Serialize)]
 struct Ready<'a> {
@@ -25,6 +34,7 @@ pub async fn run(
     grace: Duration,
     workers: usize,
     drain_grace: Duration,
+    upgrade: Upgrade,
 ) -> anyhow::Result<u8> {
     let config = match load(path)? {
         Ok(config) => config,
@@ -35,10 +45,23 @@ pub async fn run(
     };
     // Signals first: a SIGHUP or SIGTERM during the start must not kill the process at once.
     let signals = crate::signals::Signals::install();
+    // A binary upgrade: the running process's sockets first (it pauses its control API and saves
+    // its state file for us), then everything else as usual.
+    let (inherited, mut upgraded_from) = match &upgrade.from {
+        Some(from) => {
+            let from = from.clone();
+            let (inherited, stream) =
+                tokio::task::spawn_blocking(move || crate::upgrade::receive(&from)).await??;
+            (Some(inherited), Some(stream))
+        }
+        None => (None, None),
+    };
     let options = server::NodeOptions {
         workers,
         config_path: Some(path.to_path_buf()),
         drain_grace,
+        inherited,
+        upgrade_socket: upgrade.socket.clone(),
     };
     let running = server::start_with(&config, options).await?;
     if let Some(ready_file) = ready_file {
@@ -47,7 +70,17 @@ pub async fn run(
             reloader.set_ready_file(Some(ready_file.to_path_buf()));
         }
     }
-    signals.wait_for_stop().await;
+    if let Some(stream) = upgraded_from.as_mut() {
+        use std::io::Write;
+        stream.write_all(crate::upgrade::READY)?;
+        tracing::info!("serving in place of the process upgraded from");
+    }
+    tokio::select! {
+        _ = signals.wait_for_stop() => {}
+        _ = running.upgraded.cancelled() => {
+            tracing::info!("upgraded: finishing the open connections, then exiting");
+        }
+    }
     tracing::info!("shutting down");
     running.shutdown(grace).await;
     Ok(EXIT_OK)

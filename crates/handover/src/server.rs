@@ -37,6 +37,8 @@ pub struct Running {
     pub reloader: Option<Arc<crate::reload::Reloader>>,
     /// This node in its fleet (`[fleet]`).
     fleet: Option<Arc<handover_fleet::FleetNode>>,
+    /// Fires once a new process took this one's sockets over (`--upgrade-socket`).
+    pub upgraded: CancellationToken,
 }
 
 /// Reopens every access log file on SIGUSR1 (logrotate's `postrotate`).
@@ -80,7 +82,7 @@ pub fn default_workers() -> usize {
 }
 
 /// How a node is started beyond its configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct NodeOptions {
     /// Data-plane threads.
     pub workers: usize,
@@ -88,6 +90,10 @@ pub struct NodeOptions {
     pub config_path: Option<std::path::PathBuf>,
     /// How long backends, pools and listeners a reload removed keep their connections.
     pub drain_grace: Duration,
+    /// Sockets taken over from a running handover (`--upgrade-from`).
+    pub inherited: Option<crate::upgrade::Inherited>,
+    /// Where to answer a later binary upgrade (`--upgrade-socket`).
+    pub upgrade_socket: Option<std::path::PathBuf>,
 }
 
 /// Default of `--drain-grace`.
@@ -101,6 +107,8 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
             workers,
             config_path: None,
             drain_grace: DEFAULT_DRAIN_GRACE,
+            inherited: None,
+            upgrade_socket: None,
         },
     )
     .await
@@ -108,8 +116,20 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
 
 /// Binds everything first (a port in use stops the start with nothing half-running), then serves:
 /// the data plane on `workers` threads of its own, the control plane on the caller's runtime.
-pub async fn start_with(file: &Config, options: NodeOptions) -> anyhow::Result<Running> {
-    let workers = options.workers;
+pub async fn start_with(file: &Config, mut options: NodeOptions) -> anyhow::Result<Running> {
+    let mut inherited = options.inherited.take();
+    // The sockets taken over were made for the old process's workers: serve each of them.
+    let workers = match inherited.as_ref().and_then(|i| i.workers()) {
+        Some(old) if old != options.workers => {
+            info!(
+                workers = old,
+                asked = options.workers,
+                "taking the worker count of the process upgraded from (one per socket handed over)"
+            );
+            old
+        }
+        _ => options.workers,
+    };
     // Backends set or removed through the API before a restart apply on top of the file.
     let overlay = file
         .state_file
@@ -121,10 +141,36 @@ pub async fn start_with(file: &Config, options: NodeOptions) -> anyhow::Result<R
     let pools = Pools::new(config);
     // Certificates, keys and CA files first: a bad one stops the start before anything listens.
     handover_proxy::tls::check(config)?;
-    let listeners = Listeners::bind(config, workers)?;
-    let control_listener = handover_proxy::listeners::bind_tcp(config.control.bind)
-        .and_then(tokio::net::TcpListener::from_std)
-        .with_context(|| format!("control.bind: cannot listen on {}", config.control.bind))?;
+    let listeners = match inherited.as_mut() {
+        None => Listeners::bind(config, workers)?,
+        Some(inherited) => {
+            let mut bound = Vec::with_capacity(config.listeners.len());
+            for (index, listener) in config.listeners.iter().enumerate() {
+                match inherited.take(&listener.name, listener.bind) {
+                    Some(taken) => {
+                        info!(listener = %listener.name, address = %taken.address, "listener taken over from the running process");
+                        bound.push(handover_proxy::listeners::BoundListener {
+                            config: listener.clone(),
+                            address: taken.address,
+                            sockets: taken.sockets,
+                        });
+                    }
+                    None => bound.push(handover_proxy::listeners::bind_listener(
+                        index, listener, workers,
+                    )?),
+                }
+            }
+            Listeners { bound, workers }
+        }
+    };
+    let control_listener = match inherited.take().map(|i| i.control) {
+        Some((bind, socket)) if bind == config.control.bind => {
+            socket.set_nonblocking(true)?;
+            socket
+        }
+        _ => handover_proxy::listeners::bind_tcp(config.control.bind)
+            .with_context(|| format!("control.bind: cannot listen on {}", config.control.bind))?,
+    };
     let control = control_listener.local_addr()?;
 
     // The embedded proxy is a balancer when it has pools; a node with none is a pure migration
@@ -195,14 +241,17 @@ pub async fn start_with(file: &Config, options: NodeOptions) -> anyhow::Result<R
     for driver in nginxes {
         tasks.spawn(driver.run(cancel.clone()));
     }
-    if let Some(path) = &config.state_file {
-        tasks.spawn(state_file::run_writer(
+    let writer = config.state_file.as_ref().map(|path| {
+        let writer = crate::handoff::StateWriter::new(
             path.clone(),
             pools.clone(),
             coordinator.clone(),
-            cancel.clone(),
-        ));
-    }
+            &cancel,
+            &tasks,
+        );
+        writer.start();
+        writer
+    });
     tasks.spawn(pools.clone().run_ticker(TICK, cancel.clone()));
     tasks.spawn(coordinator.clone().run(cancel.clone()));
     crate::sources::start_qmp_watchers(config, &coordinator, &cancel, &tasks);
@@ -252,14 +301,19 @@ pub async fn start_with(file: &Config, options: NodeOptions) -> anyhow::Result<R
         api = api.with_metrics(move |out| out.push_str(&fleet.metrics()));
     }
     let app = router(Arc::new(api));
-    let api_cancel = cancel.clone();
-    tasks.spawn(async move {
-        let server = axum::serve(control_listener, app)
-            .with_graceful_shutdown(async move { api_cancel.cancelled().await });
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "control API stopped");
-        }
-    });
+    let control_server =
+        crate::handoff::ControlServer::new(config.control.bind, control_listener, app, &cancel, &tasks);
+    control_server.start().context("cannot serve the control API")?;
+    let upgraded = CancellationToken::new();
+    if let Some(path) = options.upgrade_socket.clone() {
+        let handoff = Arc::new(crate::handoff::Handoff {
+            control: control_server.clone(),
+            writer: writer.clone(),
+            data_plane: data_plane.clone(),
+            upgraded: upgraded.clone(),
+        });
+        tasks.spawn(crate::handoff::serve_upgrades(path, handoff, cancel.clone()));
+    }
     info!(%control, "control API listening");
     for (name, address) in &addresses {
         info!(listener = %name, %address, workers = data_plane.workers(), "listening");
@@ -272,6 +326,7 @@ pub async fn start_with(file: &Config, options: NodeOptions) -> anyhow::Result<R
         data_plane,
         reloader,
         fleet,
+        upgraded,
     })
 }
 

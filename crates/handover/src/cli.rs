@@ -300,7 +300,7 @@ pub enum Command {
     /// Migrate a VM with QEMU after draining it: prepare, wait for drained, then QMP `migrate`,
     /// follow it with a progress bar, and send completed or failed. Ctrl-C cancels the migration.
     Migrate(MigrateArgs),
-    /// The libvirt `qemu` hook: install as /etc/libvirt/hooks/qemu (see the README).
+    /// The libvirt `qemu` hook: install as /etc/libvirt/hooks/qemu (see docs/integrations.md).
     LibvirtHook(HookArgs),
     /// Simulate live migrations under load behind handover's policies (deterministic).
     Sim(SimArgs),

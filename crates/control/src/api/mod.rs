@@ -120,7 +120,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/balancer/vms/{vm}/drain", get(peer::drain))
         .route("/v1/balancer/status", get(peer::status))
         .merge(crate::dashboard::router())
-        .fallback(|| async { ApiError::not_found("no such endpoint; see the README's API section") })
+        .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
         .with_state(state)
 }
 

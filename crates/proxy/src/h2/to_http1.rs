@@ -106,30 +106,14 @@ pub async fn forward(
         let guard = entry
             .backend
             .track(client.peer, entry.address, Traffic::Http(checked.line), started);
-        let idle = if fresh_only {
-            None
-        } else {
-            upstream::checkout(&entry.backend, entry.address, started)
-        };
-        let upstream = match idle {
-            Some(upstream) => upstream,
-            None => match upstream::connect(
-                &entry.backend,
-                entry.address,
-                pool.snapshot().config.connect_timeout,
-            )
-            .await
-            {
-                Ok(upstream) => upstream,
-                Err(e) => {
-                    entry.backend.record_failure();
-                    pool.record_traffic(&entry.backend, false);
-                    warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
-                    last_error = Some(e.to_string());
-                    tried.push(entry.index);
-                    continue;
-                }
-            },
+        let upstream = match upstream::obtain(pool, &entry, fresh_only, started).await {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
+                last_error = Some(e.to_string());
+                tried.push(entry.index);
+                continue;
+            }
         };
         let reused = upstream.reused;
         let set_cookie = config.sticky.as_ref().and_then(|sticky| {

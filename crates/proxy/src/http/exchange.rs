@@ -117,30 +117,14 @@ pub(super) async fn forward<S: ClientStream>(
         if let Some(record) = conn.record.as_mut() {
             record.backend = Some(entry.clone());
         }
-        let idle = if fresh_only {
-            None
-        } else {
-            upstream::checkout(&entry.backend, entry.address, started)
-        };
-        let upstream = match idle {
-            Some(upstream) => upstream,
-            None => match upstream::connect(
-                &entry.backend,
-                entry.address,
-                pool.snapshot().config.connect_timeout,
-            )
-            .await
-            {
-                Ok(upstream) => upstream,
-                Err(e) => {
-                    entry.backend.record_failure();
-                    pool.record_traffic(&entry.backend, false);
-                    warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
-                    last_error = Some(e.to_string());
-                    tried.push(entry.index);
-                    continue;
-                }
-            },
+        let upstream = match upstream::obtain(pool, &entry, fresh_only, started).await {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
+                last_error = Some(e.to_string());
+                tried.push(entry.index);
+                continue;
+            }
         };
         out.truncate_to(head_len);
         match attempt(

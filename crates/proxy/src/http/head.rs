@@ -410,12 +410,28 @@ pub fn parse_response(
     w.put(response.reason.unwrap_or("").as_bytes());
     w.put(b"\r\n");
     let mut length_written = false;
+    let mut length_rewritten = false;
     emit_headers(&mut w, input, headers, |index, header| match scan.fields[index] {
         // A length beside a transfer coding is dropped (RFC 9112 §6.3); repeated equal lengths
-        // go on as one.
-        Field::ContentLength => !codings.present && !std::mem::replace(&mut length_written, true),
+        // go on as one, and a list of equal lengths (`5, 5`) as the one length it says
+        // (RFC 9110 §8.6), written after the other fields.
+        Field::ContentLength => {
+            if codings.present || std::mem::replace(&mut length_written, true) {
+                false
+            } else if header.value.iter().all(u8::is_ascii_digit) {
+                true
+            } else {
+                length_rewritten = true;
+                false
+            }
+        }
         _ => !scan.hop_by_hop(index, header.name),
     });
+    if let (true, Some(length)) = (length_rewritten, scan.content_length) {
+        w.put(b"Content-Length: ");
+        w.number(length);
+        w.put(b"\r\n");
+    }
     if !interim {
         if let Some(cookie) = context.set_cookie {
             w.header(b"Set-Cookie", cookie.as_bytes());
@@ -782,6 +798,18 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_response_length_list_goes_on_as_the_one_length_it_says() {
+        let (resp, out) = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nA: b\r\ncontent-length: 5\r\n\r\n",
+            PLAIN,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(resp.framing, Framing::Length(5));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nA: b\r\nContent-Length: 5\r\n\r\n");
     }
 
     #[test]

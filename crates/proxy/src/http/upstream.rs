@@ -17,6 +17,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::backend::BackendRuntime;
+use crate::pools::Pool;
+use crate::snapshot::BackendEntry;
 
 /// At most this many idle connections are kept per backend and worker.
 const MAX_IDLE_PER_BACKEND: usize = 256;
@@ -112,6 +114,30 @@ pub fn checkin(backend: &BackendRuntime, upstream: Upstream, now: Instant) {
             list.push(Idle { upstream, since: now });
         }
     });
+}
+
+/// A connection to `entry`'s backend for one request: an idle one of this worker's unless
+/// `fresh_only`, else a new one. A connect that fails counts against the backend (its failures and
+/// the pool's traffic record) and is returned for the caller to try another backend.
+pub async fn obtain(
+    pool: &Pool,
+    entry: &BackendEntry,
+    fresh_only: bool,
+    now: Instant,
+) -> Result<Upstream, ConnectError> {
+    if !fresh_only && let Some(upstream) = checkout(&entry.backend, entry.address, now) {
+        return Ok(upstream);
+    }
+    connect(
+        &entry.backend,
+        entry.address,
+        pool.snapshot().config.connect_timeout,
+    )
+    .await
+    .inspect_err(|_| {
+        entry.backend.record_failure();
+        pool.record_traffic(&entry.backend, false);
+    })
 }
 
 /// Opens a new connection.

@@ -372,6 +372,8 @@ async fn fifty_reloads_under_load_fail_nothing_and_keep_a_draining_vm_draining()
     let mut applied = 0;
     let mut vm_d_served = 0;
     let mut extra_served = 0;
+    let mut extra_kept = None;
+    let mut kept_after_removal = 0;
     for i in 0..50 {
         match i % 5 {
             0 => {
@@ -405,15 +407,21 @@ async fn fifty_reloads_under_load_fail_nothing_and_keep_a_draining_vm_draining()
             let drained = removed(&node, "tcp").await;
             assert_eq!(drained, vec![(tcp[2].address.to_string(), 2)], "{drained:?}");
         }
-        if let Some(extra) = shape.extra {
-            let _ = extra;
+        if shape.extra.is_some() {
             // The new listener serves at once.
             let address = addresses["extra"];
             let mut sender = connect(address).await.expect("the new listener accepts");
             assert_eq!(get(&mut sender).await.as_deref(), Ok("extra"));
             extra_served += 1;
+            extra_kept = Some(sender);
         } else {
             assert!(!addresses.contains_key("extra"), "{addresses:?}");
+            // A keep-alive connection made through the removed listener goes on, served by
+            // its removed pool, until the grace passes.
+            if let Some(mut sender) = extra_kept.take() {
+                assert_eq!(get(&mut sender).await.as_deref(), Ok("extra"), "reload {i}");
+                kept_after_removal += 1;
+            }
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
         if shape.web.iter().any(|(_, vm, _)| *vm == "vm-d") {
@@ -433,6 +441,7 @@ async fn fifty_reloads_under_load_fail_nothing_and_keep_a_draining_vm_draining()
         extra_served, 20,
         "the extra listener is configured after 20 of the reloads"
     );
+    assert_eq!(kept_after_removal, 10, "the extra listener was removed 10 times");
 
     // A last reload adds vm-d again: with vm-c draining it gets about a third of new requests.
     shape.web.push((web[3].address, "vm-d", 1));

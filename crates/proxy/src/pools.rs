@@ -845,30 +845,31 @@ impl Pool {
         }
     }
 
-    /// A reload removed the whole pool: every backend drains for up to `grace`.
+    /// A reload removed the whole pool: no listener routes new connections to it any more; the
+    /// connections already made through a removed or re-pointed listener keep it, and its
+    /// backends (tracked as removed) until they end or `grace` passes.
     fn retire(&self, grace: Duration) {
         let now = Instant::now();
         let mut state = self.state.lock();
-        let backends = std::mem::take(&mut state.backends);
-        let addresses = std::mem::take(&mut state.addresses);
-        for (backend, address) in backends.into_iter().zip(addresses) {
-            backend.retire_idle();
-            state.removed.push(Removed::new(backend, address, now, grace));
-        }
-        state.health.clear();
-        state.vms.clear();
-        self.rebuild(&mut state);
+        let retiring: Vec<Removed> = state
+            .backends
+            .iter()
+            .zip(state.addresses.iter())
+            .map(|(backend, address)| Removed::new(backend.clone(), *address, now, grace))
+            .collect();
+        state.removed.extend(retiring);
     }
 
     /// The configured backends and the removed ones that still drain.
     fn backends_and_removed(&self) -> Vec<Arc<BackendRuntime>> {
         let state = self.state.lock();
-        state
-            .backends
-            .iter()
-            .cloned()
-            .chain(state.removed.iter().map(|r| r.backend.clone()))
-            .collect()
+        let mut all: Vec<Arc<BackendRuntime>> = state.backends.clone();
+        for removed in &state.removed {
+            if !all.iter().any(|b| Arc::ptr_eq(b, &removed.backend)) {
+                all.push(removed.backend.clone());
+            }
+        }
+        all
     }
 }
 /// How a VM's backend takes part in a pool, given the last command and the time.

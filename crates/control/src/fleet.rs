@@ -4,6 +4,7 @@
 //! coordinator's own fan-out then only tells local balancers (there are no `[[peers]]`). The
 //! fleet's metrics reach `/metrics` as an [`ApiState`](crate::api::ApiState) metric source.
 
+use handover_core::api::fleet::FleetView;
 use handover_core::api::{NoticeRequest, NoticeResponse};
 use handover_core::balancer::BoxFuture;
 use handover_core::model::VmId;
@@ -20,5 +21,5 @@ pub trait FleetHook: Send + Sync {
     ) -> BoxFuture<'a, Result<NoticeResponse, CoordinatorError>>;
 
     /// The fleet as etcd holds it (`GET /v1/fleet`, `handover fleet`), as JSON.
-    fn view(&self) -> BoxFuture<'_, Result<serde_json::Value, String>>;
+    fn view(&self) -> BoxFuture<'_, Result<FleetView, String>>;
 }

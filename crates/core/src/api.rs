@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod fleet;
+
 use crate::migration::{MigrationProgress, MigrationRecord};
 use crate::model::{Algorithm, VmId};
 use crate::phase::{Notice, Phase};
@@ -12,6 +14,7 @@ use crate::time::Millis;
 
 /// Body of `POST /v1/vms/{vm}/migration`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NoticeRequest {
     /// The notice: prepare, started, completed, failed or cancelled.
@@ -30,9 +33,11 @@ pub struct NoticeRequest {
     pub deadline_ms: Option<u64>,
     /// `completed` only: the VM's new IP (every backend keeps its port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::optional_ip_address))]
     pub new_ip: Option<std::net::IpAddr>,
     /// `completed` only: explicit moves, configured address → new address.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::socket_address_map))]
     pub addresses: std::collections::BTreeMap<std::net::SocketAddr, std::net::SocketAddr>,
 }
 
@@ -53,6 +58,7 @@ impl NoticeRequest {
 
 /// What one balancer did with a notice.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BalancerResult {
     /// Balancer name.
     pub name: String,
@@ -80,6 +86,7 @@ pub struct BalancerResult {
 
 /// Outcome of a wait for drained.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DrainReport {
     /// Every balancer serving the VM reached the threshold.
     pub drained: bool,
@@ -98,6 +105,7 @@ pub struct DrainReport {
 
 /// Reply of `POST /v1/vms/{vm}/migration`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NoticeResponse {
     /// The VM.
     pub vm: VmId,
@@ -123,6 +131,7 @@ pub struct NoticeResponse {
 
 /// Error body of every failed API call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// What went wrong.
     pub error: String,
@@ -136,6 +145,7 @@ pub struct ErrorBody {
 
 /// A backend of a VM as a balancer reports it after applying a command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackendReport {
     /// Pool (or HAProxy backend) name.
     pub pool: String,
@@ -153,6 +163,7 @@ pub struct BackendReport {
 
 /// What a balancer answers to a command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Applied {
     /// Whether the balancer serves this VM (nothing was changed if not).
     pub serves: bool,
@@ -162,6 +173,7 @@ pub struct Applied {
 
 /// A connection or request still reaching a draining VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConnectionReport {
     /// Balancer that carries it (filled in by the coordinator).
     #[serde(default)]
@@ -183,6 +195,7 @@ pub struct ConnectionReport {
 
 /// How much traffic reaches a VM through one balancer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DrainStatus {
     /// Whether the balancer serves the VM.
     pub serves: bool,
@@ -194,6 +207,7 @@ pub struct DrainStatus {
 
 /// One backend in a status report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackendStatus {
     /// Index in the pool's configuration.
     pub index: usize,
@@ -229,6 +243,7 @@ pub struct BackendStatus {
 
 /// One pool in a status report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolStatus {
     /// Pool name.
     pub name: String,
@@ -246,6 +261,7 @@ pub struct PoolStatus {
 
 /// A removed backend whose connections are still open.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RemovedBackendStatus {
     /// Its address.
     pub address: String,
@@ -261,6 +277,7 @@ pub struct RemovedBackendStatus {
 
 /// Everything a balancer runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BalancerStatus {
     /// Pools.
     pub pools: Vec<PoolStatus>,
@@ -268,6 +285,7 @@ pub struct BalancerStatus {
 
 /// One VM in `GET /v1/vms`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VmView {
     /// VM id.
     pub vm: VmId,
@@ -290,6 +308,7 @@ pub struct VmView {
 
 /// A backend of a VM in `GET /v1/vms`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VmBackendView {
     /// Pool.
     pub pool: String,
@@ -300,6 +319,7 @@ pub struct VmBackendView {
 
 /// One migration in `GET /v1/migrations`, with time spent per phase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MigrationView {
     /// The record.
     #[serde(flatten)]
@@ -344,10 +364,12 @@ mod tests {
 /// A backend of a pool set or removed through the API (`PUT`/`DELETE
 /// /v1/pools/{pool}/backends/{address}`), as one node tells another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackendChange {
     /// The pool.
     pub pool: String,
     /// The backend's address (its identity in the pool).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "10.0.0.7:8080"))]
     pub address: std::net::SocketAddr,
     /// Its VM and weight; `None` removes it (it drains).
     pub backend: Option<BackendSpec>,
@@ -355,6 +377,7 @@ pub struct BackendChange {
 
 /// The body of `PUT /v1/pools/{pool}/backends/{address}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BackendSpec {
     /// The VM behind the backend.

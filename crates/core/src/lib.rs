@@ -15,6 +15,7 @@
 //!   applies a phase, and reports drain status. Every driver implements it.
 //! - [`api`]: the JSON shapes of the control API, shared by the server and its clients.
 //! - [`time`] and [`units`]: milliseconds and human durations, byte quantities.
+//! - `openapi` (feature `openapi`): schemas of the API values the `ToSchema` derive cannot describe.
 
 pub mod api;
 pub mod balancer;
@@ -24,6 +25,8 @@ pub mod drain;
 pub mod health;
 pub mod migration;
 pub mod model;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod phase;
 pub mod ramp;
 pub mod selection;

@@ -17,6 +17,27 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct VmId(String);
 
+/// A VM id in the OpenAPI document: a string with the rules of [`VmId::new`] (written by hand,
+/// because the derive cannot give a newtype a pattern).
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for VmId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "Identifier of a virtual machine: 1 to 128 letters, digits, '.', '_', '-' or ':'.",
+            ))
+            .min_length(Some(1))
+            .max_length(Some(Self::MAX_LEN))
+            .pattern(Some(Self::PATTERN))
+            .examples([serde_json::json!("vm-a")])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for VmId {}
+
 /// Why a string is not a valid VM id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VmIdError {
@@ -34,6 +55,9 @@ pub enum VmIdError {
 impl VmId {
     /// Longest accepted id.
     pub const MAX_LEN: usize = 128;
+
+    /// The accepted ids as a regular expression (ECMA-262, as JSON Schema reads it).
+    pub const PATTERN: &'static str = "^[A-Za-z0-9._:-]+$";
 
     /// Validates and wraps an id.
     pub fn new(id: impl Into<String>) -> Result<Self, VmIdError> {
@@ -86,6 +110,7 @@ pub enum ListenerKind {
 
 /// Backend selection algorithm of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     /// Smooth weighted round robin (nginx's algorithm), lock-free through a precomputed schedule.

@@ -18,6 +18,7 @@ use crate::time::Millis;
 
 /// A notice about a VM's migration, from the API, the CLI or an event source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Notice {
     /// The VM is about to migrate: reduce new work sent to it.
@@ -77,6 +78,7 @@ impl FromStr for Notice {
 
 /// Where a VM is in its migration lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Full share of new work.
@@ -114,6 +116,7 @@ impl fmt::Display for Phase {
 
 /// How a migration ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum EndReason {
     /// The VM runs at its destination.
@@ -148,6 +151,7 @@ impl fmt::Display for EndReason {
 /// On the wire: `{"action": "drain", "elapsed_ms": ..., "migrating": ..., "deadline_in_ms": ...}`,
 /// `{"action": "ramp", "elapsed_ms": ..., "reason": ...}` or `{"action": "stable"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "action", rename_all = "lowercase")]
 pub enum PhaseCommand {
     /// Reduce new work per each pool's drain policy; keep existing connections.
@@ -229,12 +233,15 @@ impl PhaseCommand {
 /// networking). Applied to the *configured* addresses of the VM's backends, so applying it again is
 /// harmless.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Readdress {
     /// The VM's new IP: every backend of the VM keeps its port and takes this IP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::optional_ip_address))]
     pub new_ip: Option<std::net::IpAddr>,
     /// Explicit moves, configured address → new address (take precedence over `new_ip`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::socket_address_map))]
     pub addresses: std::collections::BTreeMap<std::net::SocketAddr, std::net::SocketAddr>,
 }
 

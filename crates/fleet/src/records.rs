@@ -1,9 +1,8 @@
 //! The JSON values stored under the keys of `keys`: what a node registers, the fleet's notice of
 //! a VM, and a node's acknowledgement of it.
 
-use handover_core::api::BackendReport;
 use handover_core::model::{RestoreMode, VmId};
-use handover_core::phase::{Notice, Phase, VmState};
+use handover_core::phase::{Notice, VmState};
 use handover_core::time::Millis;
 use serde::{Deserialize, Serialize};
 
@@ -65,30 +64,9 @@ pub struct NoticeRecord {
     pub at: Millis,
 }
 
-/// A node's acknowledgement of a VM's notice (`vm/<vm>/acks/<node>`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AckRecord {
-    /// The node.
-    pub node: String,
-    /// The notice generation it applied.
-    pub generation: i64,
-    /// The phase its balancers now apply.
-    pub phase: Phase,
-    /// Whether every one of its balancers that serves the VM took the command.
-    pub applied: bool,
-    /// Open connections plus in-flight requests to the VM through this node.
-    pub active: u64,
-    /// Whether `active` is at or under the node's drained threshold.
-    pub drained: bool,
-    /// Why a balancer of the node could not apply it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// When it was written.
-    pub at: Millis,
-    /// The node's backends of the VM.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub backends: Vec<BackendReport>,
-}
+/// A node's acknowledgement of a VM's notice (`vm/<vm>/acks/<node>`); its JSON is also part of the
+/// control API's `GET /v1/fleet`, so the type lives with the API's shapes in core.
+pub use handover_core::api::fleet::AckRecord;
 
 /// Decodes a record, naming the key when it is not what handover writes.
 pub fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], value: &[u8]) -> Result<T, String> {

@@ -3,77 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use handover_core::model::VmId;
-use handover_core::phase::{Notice, Phase};
-use handover_core::time::Millis;
-use serde::{Deserialize, Serialize};
-
 use crate::etcd::EtcdError;
 use crate::node::FleetNode;
 use crate::records::{AckRecord, NodeRecord, NoticeRecord, decode};
 
-/// The whole fleet, as etcd holds it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FleetView {
-    /// The node that answered.
-    pub answered_by: String,
-    /// The etcd members it uses.
-    pub etcd: Vec<String>,
-    /// Every registered node, by name.
-    pub nodes: Vec<NodeView>,
-    /// Every VM in migration.
-    pub notices: Vec<NoticeView>,
-}
-
-/// One registered node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeView {
-    /// Its name.
-    pub node: String,
-    /// Its control API.
-    pub control: String,
-    /// Its lease (hex, as etcdctl prints it).
-    pub lease: String,
-    /// Seconds left on the lease (`None`: expired).
-    pub lease_ttl_s: Option<i64>,
-    /// When it registered.
-    pub registered_at: Millis,
-    /// The VMs it serves.
-    pub vms: Vec<VmId>,
-    /// Its last acknowledgement of each VM in migration.
-    pub acks: Vec<AckView>,
-}
-
-/// A node's acknowledgement of one VM's notice.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AckView {
-    /// The VM.
-    pub vm: VmId,
-    /// The acknowledgement.
-    #[serde(flatten)]
-    pub ack: AckRecord,
-    /// Whether it acknowledges the notice's current generation.
-    pub current: bool,
-}
-
-/// A VM in migration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NoticeView {
-    /// The VM.
-    pub vm: VmId,
-    /// Its fleet-wide phase.
-    pub phase: Phase,
-    /// The last notice.
-    pub notice: Option<Notice>,
-    /// The notice's generation (etcd mod revision).
-    pub generation: i64,
-    /// Who wrote it.
-    pub by: String,
-    /// When.
-    pub at: Millis,
-    /// Its deadline (drained phases).
-    pub deadline_at: Option<Millis>,
-}
+pub use handover_core::api::fleet::{AckView, FleetView, NodeView, NoticeView};
 
 impl FleetNode {
     /// Reads the fleet from etcd.

@@ -59,11 +59,8 @@ impl FleetHook for Hook {
         })
     }
 
-    fn view(&self) -> BoxFuture<'_, Result<serde_json::Value, String>> {
-        Box::pin(async move {
-            let view = self.0.view().await.map_err(|e| e.to_string())?;
-            serde_json::to_value(view).map_err(|e| e.to_string())
-        })
+    fn view(&self) -> BoxFuture<'_, Result<FleetView, String>> {
+        Box::pin(async move { self.0.view().await.map_err(|e| e.to_string()) })
     }
 }
 

@@ -15,7 +15,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use handover_core::api::{BackendChange, BackendSpec};
+use handover_core::api::{BackendChange, BackendSpec, ErrorBody};
 use serde::Serialize;
 
 use super::auth::authorize;
@@ -90,6 +90,24 @@ fn path_parts(
 }
 
 /// `PUT /v1/pools/{pool}/backends/{address}`.
+#[utoipa::path(
+    put,
+    path = "/v1/pools/{pool}/backends/{address}",
+    tag = "operations",
+    params(
+        ("pool" = String, Path, description = "The pool"),
+        ("address" = String, Path, description = "The backend's address, IP:PORT"),
+    ),
+    request_body(content = BackendSpec, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Applied here (and what each peer answered)", body = Object),
+        (status = 400, description = "The address, VM id or weight is not valid; `field` names it", body = ErrorBody),
+        (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such pool on this node", body = ErrorBody),
+        (status = 413, description = "The body is longer than 2 MiB", body = ErrorBody),
+    )
+)]
 pub async fn put(
     State(state): State<Arc<ApiState>>,
     parts: Result<Path<(String, String)>, PathRejection>,
@@ -112,6 +130,22 @@ pub async fn put(
 }
 
 /// `DELETE /v1/pools/{pool}/backends/{address}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/pools/{pool}/backends/{address}",
+    tag = "operations",
+    params(
+        ("pool" = String, Path, description = "The pool"),
+        ("address" = String, Path, description = "The backend's address, IP:PORT"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Removed here (it drains), and what each peer answered", body = Object),
+        (status = 400, description = "The address is not valid, or it is the pool's last backend; `field` names it", body = ErrorBody),
+        (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such pool or backend on this node", body = ErrorBody),
+    )
+)]
 pub async fn delete(
     State(state): State<Arc<ApiState>>,
     parts: Result<Path<(String, String)>, PathRejection>,
@@ -131,6 +165,20 @@ pub async fn delete(
 }
 
 /// `PUT /v1/balancer/backends` (what a peer calls): applies the change here only.
+#[utoipa::path(
+    put,
+    path = "/v1/balancer/backends",
+    tag = "peer",
+    request_body(content = BackendChange, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Applied on this node only", body = Object),
+        (status = 400, description = "The body is not valid; `field` names what", body = ErrorBody),
+        (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such pool or backend on this node", body = ErrorBody),
+        (status = 413, description = "The body is longer than 2 MiB", body = ErrorBody),
+    )
+)]
 pub async fn apply_local(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,

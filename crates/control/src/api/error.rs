@@ -44,6 +44,11 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, error, None, Vec::new())
     }
 
+    /// 405 for a method the path does not serve.
+    pub fn method_not_allowed(error: impl Into<String>) -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, error, None, Vec::new())
+    }
+
     /// 404.
     pub fn not_found(error: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, error, None, Vec::new())

@@ -7,10 +7,23 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 
+use handover_core::api::ErrorBody;
+use handover_core::api::fleet::FleetView;
+
 use super::{ApiError, ApiState};
 
 /// Every node with its lease, VMs and acknowledgements; every notice.
-pub async fn fleet(State(state): State<Arc<ApiState>>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/v1/fleet",
+    tag = "fleet",
+    responses(
+        (status = 200, description = "The fleet as etcd holds it (what `handover fleet` prints)", body = FleetView),
+        (status = 404, description = "This node is not in a fleet", body = ErrorBody),
+        (status = 503, description = "The fleet's etcd cannot be reached", body = ErrorBody),
+    )
+)]
+pub async fn fleet(State(state): State<Arc<ApiState>>) -> Result<Json<FleetView>, ApiError> {
     let Some(fleet) = state.coordinator.fleet() else {
         return Err(ApiError::not_found(
             "this node is not in a fleet (no [fleet] section in its configuration)",
@@ -20,7 +33,7 @@ pub async fn fleet(State(state): State<Arc<ApiState>>) -> Result<Json<serde_json
         Ok(view) => Ok(Json(view)),
         Err(e) => Err(ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            body: handover_core::api::ErrorBody {
+            body: ErrorBody {
                 error: format!("the fleet's etcd cannot be reached: {e}"),
                 field: None,
                 balancers: Vec::new(),

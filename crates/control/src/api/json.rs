@@ -1,11 +1,31 @@
 //! Reading JSON bodies with errors that name the offending field (`phase: unknown variant ...`).
+//!
+//! A number with a zero fraction (`502.0`) is an integer: JSON Schema (and so the OpenAPI document)
+//! counts it as one, and encoders such as Python's `json` write whole floats that way, while serde
+//! refuses it for an integer field. [`parse`] blanks such fractions before reading (`502.0` →
+//! `502  `, so that every position in an error message stays right).
 
 use std::fmt::Write as _;
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use serde::de::DeserializeOwned;
 use serde_path_to_error::{Path, Segment};
 
 use super::ApiError;
+
+/// The body of a request, or the error that reading it met (413 over axum's limit of 2 MiB) as
+/// an [`ApiError`], where axum's own answer would be plain text.
+pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| ApiError {
+        status: rejection.status(),
+        body: handover_core::api::ErrorBody {
+            error: format!("the request body cannot be read: {}", rejection.body_text()),
+            field: None,
+            balancers: Vec::new(),
+        },
+    })
+}
 
 /// Parses a JSON body; an error names the field path and the position in the body.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -15,7 +35,8 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             None,
         ));
     }
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let body = whole_numbers(body);
+    let mut deserializer = serde_json::Deserializer::from_slice(&body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let inner = e.inner().to_string();
         let field = field_of(e.path(), &inner);
@@ -29,6 +50,58 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         .end()
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: trailing characters ({e})"), None))?;
     Ok(value)
+}
+
+/// The body with the zero fraction of every number outside strings blanked (`7.00` → `7   `); a
+/// number with an exponent or another fraction is left as it is.
+fn whole_numbers(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !body.contains(&b'.') {
+        return std::borrow::Cow::Borrowed(body);
+    }
+    let mut out = body.to_vec();
+    let (mut i, mut in_string) = (0, false);
+    while i < out.len() {
+        let byte = out[i];
+        if in_string {
+            match byte {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if byte == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if !byte.is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        // A number: its integer digits, then perhaps `.` and a fraction, then perhaps an exponent.
+        while i < out.len() && out[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i < out.len() && out[i] == b'.' {
+            let dot = i;
+            let mut end = dot + 1;
+            while end < out.len() && out[end] == b'0' {
+                end += 1;
+            }
+            let followed_by_number =
+                end < out.len() && (out[end].is_ascii_digit() || matches!(out[end], b'e' | b'E'));
+            if end > dot + 1 && !followed_by_number {
+                out[dot..end].fill(b' ');
+            }
+            i = end;
+            while i < out.len() && (out[i].is_ascii_alphanumeric() || matches!(out[i], b'+' | b'-' | b'.')) {
+                i += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The field an error is about: where it happened, and the field it says is missing or repeated
@@ -145,6 +218,25 @@ mod tests {
             let (field, error) = field_of_error::<PhaseCommand>(body);
             assert_eq!(field.as_deref(), Some(expected), "{body}: {error}");
         }
+    }
+
+    /// Found by schemathesis: `"setup_time_ms": 502.0` is an integer to JSON Schema (and to the
+    /// OpenAPI document) but serde refused it.
+    #[test]
+    fn a_whole_number_written_with_a_zero_fraction_is_an_integer() {
+        let progress: MigrationProgress =
+            parse(br#"{"setup_time_ms": 502.0, "passes": 3.000, "mbps": 1.5, "status": "a 1.0 b"}"#).unwrap();
+        assert_eq!(progress.setup_time_ms, Some(502));
+        assert_eq!(progress.passes, Some(3));
+        assert_eq!(progress.mbps, Some(1.5));
+        assert_eq!(progress.status.as_deref(), Some("a 1.0 b"));
+        let (field, error) = field_of_error::<MigrationProgress>(r#"{"passes": 2.5}"#);
+        assert_eq!(field.as_deref(), Some("passes"), "{error}");
+        let (field, _) = field_of_error::<MigrationProgress>(r#"{"status": "\"", "passes": 2.05}"#);
+        assert_eq!(field.as_deref(), Some("passes"));
+        let (field, _) = field_of_error::<MigrationProgress>(r#"{"passes": 1.0e3}"#);
+        assert_eq!(field.as_deref(), Some("passes"));
+        assert!(parse::<MigrationProgress>(b"{\"passes\": 1.}").is_err());
     }
 
     #[test]

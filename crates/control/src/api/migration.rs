@@ -4,25 +4,46 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use handover_core::api::{NoticeRequest, NoticeResponse};
+use handover_core::api::{ErrorBody, NoticeRequest, NoticeResponse};
 use handover_core::migration::MigrationProgress;
+use handover_core::model::VmId;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::auth::authorize;
 use super::{ApiError, ApiState, json, vm_from_path};
 
 /// Applies a notice; 200 when applied or unchanged, 202 when queued by the capacity guard.
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{vm}/migration",
+    tag = "migration",
+    params(("vm" = VmId, Path, description = "The VM about to migrate, migrating or done")),
+    request_body(content = NoticeRequest, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Applied, or unchanged (`outcome`); every balancer asked, with its answer", body = NoticeResponse),
+        (status = 202, description = "A prepare queued by the capacity guard (`outcome: queued`)", body = NoticeResponse),
+        (status = 400, description = "The body or `vm` is not valid; `field` names what", body = ErrorBody),
+        (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 413, description = "The body is longer than 2 MiB", body = ErrorBody),
+        (status = 404, description = "No balancer serves the VM; `balancers` lists what each answered", body = ErrorBody),
+        (status = 409, description = "Refused: by the capacity guard, or no migration in progress for this notice", body = ErrorBody),
+        (status = 503, description = "The fleet's etcd cannot take the notice", body = ErrorBody),
+    )
+)]
 pub async fn notice(
     State(state): State<Arc<ApiState>>,
     vm: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<NoticeResponse>), ApiError> {
     authorize(&state, &headers)?;
     let vm = vm_from_path(vm)?;
-    let request: NoticeRequest = json::parse(&body)?;
+    let request: NoticeRequest = json::parse(&json::body(body)?)?;
     let response = state.coordinator.notice(&vm, &request).await?;
     let status = if response.outcome == "queued" {
         StatusCode::ACCEPTED
@@ -32,18 +53,40 @@ pub async fn notice(
     Ok((status, Json(response)))
 }
 
+/// Reply of `PUT /v1/vms/{vm}/migration/progress`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProgressRecorded {
+    /// Always true: the progress was recorded.
+    pub recorded: bool,
+}
+
 /// Records hypervisor progress on the VM's current migration (what `handover migrate` reports).
+#[utoipa::path(
+    put,
+    path = "/v1/vms/{vm}/migration/progress",
+    tag = "migration",
+    params(("vm" = VmId, Path, description = "The migrating VM")),
+    request_body(content = MigrationProgress, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Recorded on the VM's current or last migration", body = ProgressRecorded),
+        (status = 400, description = "The body or `vm` is not valid; `field` names what", body = ErrorBody),
+        (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 413, description = "The body is longer than 2 MiB", body = ErrorBody),
+        (status = 404, description = "The VM has no migration", body = ErrorBody),
+    )
+)]
 pub async fn progress(
     State(state): State<Arc<ApiState>>,
     vm: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ProgressRecorded>, ApiError> {
     authorize(&state, &headers)?;
     let vm = vm_from_path(vm)?;
-    let progress: MigrationProgress = json::parse(&body)?;
+    let progress: MigrationProgress = json::parse(&json::body(body)?)?;
     if state.coordinator.record_progress(&vm, progress) {
-        Ok(Json(serde_json::json!({ "recorded": true })))
+        Ok(Json(ProgressRecorded { recorded: true }))
     } else {
         Err(ApiError::not_found(format!(
             "VM {vm} has no migration to record progress on"

@@ -10,6 +10,7 @@
 //! `GET /v1/balancer/vms/{vm}/drain`, `GET /v1/balancer/status`.
 //!
 //! Dashboard (see [`crate::dashboard`]): `GET /`, `GET /dashboard`, `GET /v1/events`.
+//! The contract of all of them, as OpenAPI 3.1: `GET /v1/openapi.json` (see [`openapi`]).
 //!
 //! When a token is configured, every mutating call needs `Authorization: Bearer <token>`.
 
@@ -19,6 +20,7 @@ mod error;
 mod fleet;
 mod json;
 mod migration;
+pub mod openapi;
 mod peer;
 mod reload;
 mod views;
@@ -28,7 +30,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
-use axum::routing::{get, post, put};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use backends::{BackendsFuture, BackendsHook, BackendsRefusal};
 pub use error::ApiError;
@@ -97,31 +100,45 @@ impl ApiState {
     }
 }
 
-/// The whole router.
+/// The whole router: every route of [`routes`], then a JSON 404 for anything else.
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(views::metrics))
-        .route("/v1/vms", get(views::vms))
-        .route("/v1/vms/{vm}", get(views::vm))
-        .route("/v1/vms/{vm}/migration", post(migration::notice))
-        .route("/v1/vms/{vm}/migration/progress", put(migration::progress))
-        .route("/v1/pools", get(views::pools))
-        .route("/v1/migrations", get(views::migrations))
-        .route("/v1/fleet", get(fleet::fleet))
-        .route("/v1/reload", post(reload::reload))
-        .route(
-            "/v1/pools/{pool}/backends/{address}",
-            put(backends::put).delete(backends::delete),
-        )
-        .route("/v1/balancer/backends", put(backends::apply_local))
-        .route("/v1/balancer/vms/{vm}", put(peer::apply))
-        .route("/v1/balancer/vms/{vm}/addresses", put(peer::addresses))
-        .route("/v1/balancer/vms/{vm}/drain", get(peer::drain))
-        .route("/v1/balancer/status", get(peer::status))
-        .merge(crate::dashboard::router())
-        .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
+    let (router, _) = routes().split_for_parts();
+    router
+        .fallback(|| async {
+            ApiError::not_found("no such endpoint; see GET /v1/openapi.json or docs/api.md")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::method_not_allowed(
+                "this path does not serve this method (the Allow header lists those it does)",
+            )
+        })
         .with_state(state)
+}
+
+/// Every route of the control API with its OpenAPI operation: the one list both the router and
+/// the document ([`openapi::document`]) are built from. A route joins it only through
+/// [`routes!`], which takes a handler with a `#[utoipa::path]` (method, path, parameters,
+/// bodies and replies), so a route cannot be served without being described.
+pub(crate) fn routes() -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(views::healthz))
+        .routes(routes!(views::metrics))
+        .routes(routes!(openapi::serve))
+        .routes(routes!(views::vms))
+        .routes(routes!(views::vm))
+        .routes(routes!(migration::notice))
+        .routes(routes!(migration::progress))
+        .routes(routes!(views::pools))
+        .routes(routes!(views::migrations))
+        .routes(routes!(fleet::fleet))
+        .routes(routes!(peer::apply))
+        .routes(routes!(peer::addresses))
+        .routes(routes!(peer::drain))
+        .routes(routes!(peer::status))
+        .routes(routes!(reload::reload))
+        .routes(routes!(backends::put, backends::delete))
+        .routes(routes!(backends::apply_local))
+        .merge(crate::dashboard::routes())
 }
 
 /// The `{vm}` segment of the path as a VM id; a 400 that names `vm` when it is not one (axum's own
@@ -176,5 +193,62 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{method} {uri}: {e}: {}", String::from_utf8_lossy(&body)));
             assert_eq!(error.field.as_deref(), Some("vm"), "{method} {uri}");
         }
+    }
+
+    fn app() -> Router {
+        let config = handover_core::config::parse("").unwrap();
+        router(Arc::new(ApiState::new(
+            Coordinator::new(&config, Vec::new(), Clock::new()),
+            None,
+        )))
+    }
+
+    /// axum's own 405 had an empty body, which is not the error body the document promises.
+    #[tokio::test]
+    async fn a_method_the_path_does_not_serve_is_a_json_405_with_allow() {
+        let request = Request::builder()
+            .method("DELETE")
+            .uri("/v1/vms")
+            .body(Body::empty())
+            .unwrap();
+        let response = app().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let allow = response
+            .headers()
+            .get("allow")
+            .expect("an Allow header")
+            .to_str()
+            .unwrap();
+        assert!(allow.contains("GET"), "{allow}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let error: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert!(
+            error.error.contains("does not serve this method"),
+            "{}",
+            error.error
+        );
+    }
+
+    /// axum's own answer to a body over its 2 MiB limit was plain text.
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_a_json_413() {
+        let mut body = br#"{"phase":"prepare","note":""#.to_vec();
+        body.resize(3 << 20, b'x');
+        let request = Request::builder()
+            .method("POST")
+            .uri("/v1/vms/vm-a/migration")
+            .header("content-length", body.len())
+            .body(Body::from(body))
+            .unwrap();
+        let response = app().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let error: ErrorBody = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&body)));
+        assert!(
+            error.error.starts_with("the request body cannot be read"),
+            "{}",
+            error.error
+        );
     }
 }

@@ -5,42 +5,81 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use handover_core::api::{Applied, BalancerStatus, DrainStatus};
+use handover_core::api::{Applied, BalancerStatus, DrainStatus, ErrorBody};
+use handover_core::model::VmId;
 use handover_core::phase::{PhaseCommand, Readdress};
 
 use super::auth::authorize;
 use super::{ApiError, ApiState, json, vm_from_path};
 
 /// `PUT /v1/balancer/vms/{vm}`: applies a phase command locally.
+#[utoipa::path(
+    put,
+    path = "/v1/balancer/vms/{vm}",
+    tag = "peer",
+    params(("vm" = VmId, Path, description = "The VM")),
+    request_body(content = PhaseCommand, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Applied to this node's own balancers (`serves: false`: none serves the VM, nothing changed)", body = Applied),
+        (status = 400, description = "The body or `vm` is not valid; `field` names what", body = ErrorBody),
+        (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 413, description = "The body is longer than 2 MiB", body = ErrorBody),
+    )
+)]
 pub async fn apply(
     State(state): State<Arc<ApiState>>,
     vm: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Applied>, ApiError> {
     authorize(&state, &headers)?;
     let vm = vm_from_path(vm)?;
-    let command: PhaseCommand = json::parse(&body)?;
+    let command: PhaseCommand = json::parse(&json::body(body)?)?;
     Ok(Json(state.coordinator.apply_local(&vm, command).await))
 }
 
 /// `PUT /v1/balancer/vms/{vm}/addresses`: moves a VM's backends locally.
+#[utoipa::path(
+    put,
+    path = "/v1/balancer/vms/{vm}/addresses",
+    tag = "peer",
+    params(("vm" = VmId, Path, description = "The VM")),
+    request_body(content = Readdress, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Moved on this node's own balancers", body = Applied),
+        (status = 400, description = "The body or `vm` is not valid; `field` names what", body = ErrorBody),
+        (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 413, description = "The body is longer than 2 MiB", body = ErrorBody),
+    )
+)]
 pub async fn addresses(
     State(state): State<Arc<ApiState>>,
     vm: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Applied>, ApiError> {
     authorize(&state, &headers)?;
     let vm = vm_from_path(vm)?;
-    let change: Readdress = json::parse(&body)?;
+    let change: Readdress = json::parse(&json::body(body)?)?;
     Ok(Json(state.coordinator.readdress_local(&vm, &change).await))
 }
 
 /// `GET /v1/balancer/vms/{vm}/drain`: local drain status.
+#[utoipa::path(
+    get,
+    path = "/v1/balancer/vms/{vm}/drain",
+    tag = "peer",
+    params(("vm" = VmId, Path, description = "The VM")),
+    responses(
+        (status = 200, description = "Connections and requests still reaching the VM through this node", body = DrainStatus),
+        (status = 400, description = "`vm` is not a VM id", body = ErrorBody),
+    )
+)]
 pub async fn drain(
     State(state): State<Arc<ApiState>>,
     vm: Result<Path<String>, PathRejection>,
@@ -50,6 +89,12 @@ pub async fn drain(
 }
 
 /// `GET /v1/balancer/status`: local pools.
+#[utoipa::path(
+    get,
+    path = "/v1/balancer/status",
+    tag = "peer",
+    responses((status = 200, description = "This node's pools", body = BalancerStatus))
+)]
 pub async fn status(State(state): State<Arc<ApiState>>) -> Json<BalancerStatus> {
     Json(state.coordinator.local_status().await)
 }

@@ -10,6 +10,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 
+use handover_core::api::ErrorBody;
+
 use super::auth::authorize;
 use super::{ApiError, ApiState};
 
@@ -26,6 +28,18 @@ impl std::fmt::Debug for ReloadHook {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/reload",
+    tag = "operations",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Applied (or unchanged): what changed, and every listener's address", body = Object),
+        (status = 400, description = "The file is not valid or changes what needs a restart; nothing changed (`field`: `config`)", body = ErrorBody),
+        (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 404, description = "This node was not started from a configuration file", body = ErrorBody),
+    )
+)]
 /// `POST /v1/reload`: 200 with what changed; 400 naming the file's errors when it is not valid
 /// (nothing changed); 404 where the node cannot reload (no file: a node embedded in a test).
 pub async fn reload(

@@ -8,7 +8,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use handover_core::api::{MigrationView, PoolStatus, VmBackendView, VmView};
+use handover_core::api::{ErrorBody, MigrationView, PoolStatus, VmBackendView, VmView};
 use handover_core::model::VmId;
 use handover_core::phase::Phase;
 
@@ -60,12 +60,40 @@ pub(crate) async fn collect_vms(state: &ApiState) -> Vec<VmView> {
     views.into_values().collect()
 }
 
+/// `GET /healthz`: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "The node is up", content_type = "text/plain", body = String, example = "ok\n"))
+)]
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
 /// `GET /v1/vms`.
+#[utoipa::path(
+    get,
+    path = "/v1/vms",
+    tag = "views",
+    responses((status = 200, description = "Every VM known to the migration registry or to a local pool", body = Vec<VmView>))
+)]
 pub async fn vms(State(state): State<Arc<ApiState>>) -> Json<Vec<VmView>> {
     Json(collect_vms(&state).await)
 }
 
 /// `GET /v1/vms/{vm}`.
+#[utoipa::path(
+    get,
+    path = "/v1/vms/{vm}",
+    tag = "views",
+    params(("vm" = VmId, Path, description = "The VM")),
+    responses(
+        (status = 200, description = "The VM", body = VmView),
+        (status = 400, description = "`vm` is not a VM id", body = ErrorBody),
+        (status = 404, description = "No local pool serves the VM and it has no migration record", body = ErrorBody),
+    )
+)]
 pub async fn vm(
     State(state): State<Arc<ApiState>>,
     vm: Result<Path<String>, PathRejection>,
@@ -84,11 +112,23 @@ pub async fn vm(
 }
 
 /// `GET /v1/pools`.
+#[utoipa::path(
+    get,
+    path = "/v1/pools",
+    tag = "views",
+    responses((status = 200, description = "Every local pool with its backends", body = Vec<PoolStatus>))
+)]
 pub async fn pools(State(state): State<Arc<ApiState>>) -> Json<Vec<PoolStatus>> {
     Json(state.coordinator.local_status().await.pools)
 }
 
 /// `GET /v1/migrations`: newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/migrations",
+    tag = "views",
+    responses((status = 200, description = "Every migration this node recorded, newest first, with the time spent in each phase", body = Vec<MigrationView>))
+)]
 pub async fn migrations(State(state): State<Arc<ApiState>>) -> Json<Vec<MigrationView>> {
     let now = state.coordinator.clock().now_ms();
     Json(
@@ -103,6 +143,17 @@ pub async fn migrations(State(state): State<Arc<ApiState>>) -> Json<Vec<Migratio
 }
 
 /// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((
+        status = 200,
+        description = "Prometheus text exposition format 0.0.4 (`handover_*` metrics; see the README's Metrics section)",
+        content_type = "text/plain",
+        body = String
+    ))
+)]
 pub async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
     let local = state.coordinator.local_status().await;
     let vms = state.coordinator.vm_states();

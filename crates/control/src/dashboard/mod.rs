@@ -15,14 +15,14 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Redirect};
-use axum::routing::get;
+use axum::response::{IntoResponse, Redirect, Response};
 use futures_util::Stream;
 use handover_core::api::{MigrationView, PoolStatus, VmView};
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use history::ShareHistory;
 
@@ -55,41 +55,67 @@ struct Snapshot {
     sample: Option<history::Sample>,
 }
 
-/// The dashboard's routes (merged into the API router).
-pub fn router() -> Router<Arc<ApiState>> {
-    Router::new()
-        .route("/", get(|| async { Redirect::temporary("/dashboard") }))
-        .route(
-            "/dashboard",
-            get(asset(
-                "text/html; charset=utf-8",
-                include_str!("assets/index.html"),
-            )),
-        )
-        .route(
-            "/dashboard/app.js",
-            get(asset(
-                "text/javascript; charset=utf-8",
-                include_str!("assets/app.js"),
-            )),
-        )
-        .route(
-            "/dashboard/style.css",
-            get(asset("text/css; charset=utf-8", include_str!("assets/style.css"))),
-        )
-        .route("/v1/events", get(events))
+/// The dashboard's routes (merged into the API's list, [`crate::api`]).
+pub(crate) fn routes() -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::new()
+        .routes(routes!(root))
+        .routes(routes!(page))
+        .routes(routes!(script))
+        .routes(routes!(stylesheet))
+        .routes(routes!(events))
 }
 
-/// A handler that serves one embedded file.
-fn asset(
-    content_type: &'static str,
-    body: &'static str,
-) -> impl Fn() -> std::future::Ready<axum::response::Response> + Clone + Send + 'static {
-    move || {
-        std::future::ready(
-            ([(CONTENT_TYPE, content_type), (CACHE_CONTROL, "no-cache")], body).into_response(),
-        )
-    }
+/// `GET /`: to the dashboard.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "dashboard",
+    responses((
+        status = 307,
+        description = "To the dashboard",
+        headers(("location" = String, description = "`/dashboard`"))
+    ))
+)]
+async fn root() -> Redirect {
+    Redirect::temporary("/dashboard")
+}
+
+/// `GET /dashboard`: the page.
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    tag = "dashboard",
+    responses((status = 200, description = "The dashboard's page (read-only, no token needed)", content_type = "text/html", body = String))
+)]
+async fn page() -> Response {
+    asset("text/html; charset=utf-8", include_str!("assets/index.html"))
+}
+
+/// `GET /dashboard/app.js`: the page's script.
+#[utoipa::path(
+    get,
+    path = "/dashboard/app.js",
+    tag = "dashboard",
+    responses((status = 200, description = "The dashboard's script", content_type = "text/javascript", body = String))
+)]
+async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", include_str!("assets/app.js"))
+}
+
+/// `GET /dashboard/style.css`: the page's style sheet.
+#[utoipa::path(
+    get,
+    path = "/dashboard/style.css",
+    tag = "dashboard",
+    responses((status = 200, description = "The dashboard's style sheet", content_type = "text/css", body = String))
+)]
+async fn stylesheet() -> Response {
+    asset("text/css; charset=utf-8", include_str!("assets/style.css"))
+}
+
+/// One embedded file.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(CONTENT_TYPE, content_type), (CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
 async fn snapshot(state: &ApiState) -> Snapshot {
@@ -126,6 +152,20 @@ async fn snapshot(state: &ApiState) -> Snapshot {
 }
 
 /// `GET /v1/events`: the history, then a snapshot every [`PUSH_EVERY`].
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "dashboard",
+    responses((
+        status = 200,
+        description = "Server-sent events that never end: first `history` (the share of new work of \
+every VM over the last minutes, one sample a second), then `snapshot` every half second (every \
+pool, VM, recent migration and balancer, and the newest share sample); each event's `data` is one \
+JSON object",
+        content_type = "text/event-stream",
+        body = String
+    ))
+)]
 async fn events(
     axum::extract::State(state): axum::extract::State<Arc<ApiState>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {

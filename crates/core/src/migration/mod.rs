@@ -182,6 +182,7 @@ pub enum NoticeError {
 
 /// Live progress of a migration, in the names of QEMU's `query-migrate` where they overlap.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MigrationProgress {
     /// QEMU's migration status (`setup`, `active`, `completed`...).
     pub status: Option<String>,
@@ -209,6 +210,7 @@ pub struct MigrationProgress {
 
 /// One migration of one VM, with the timestamp of every phase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MigrationRecord {
     /// Unique id (per handover process).
     pub id: u64,

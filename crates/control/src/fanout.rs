@@ -1,15 +1,15 @@
-//! Telling every balancer at once, each bounded by its own timeout, so that one slow or dead
-//! balancer never delays the others past its timeout.
+//! The balancers the coordinator drives, each with its own timeout, and the calls it makes to them:
+//! every call bounded, calls to different balancers at once, so that one slow or dead balancer
+//! never delays the others past its timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use handover_core::api::{BalancerResult, DrainStatus};
+use handover_core::api::{Applied, BalancerResult, DrainStatus};
 use handover_core::balancer::{Balancer, BalancerError};
 use handover_core::model::VmId;
 use handover_core::phase::{PhaseCommand, Readdress};
-use tokio::time::Instant;
 
 /// A balancer and how long it may take to answer.
 #[derive(Clone)]
@@ -32,66 +32,64 @@ impl std::fmt::Debug for BalancerSlot {
     }
 }
 
-/// Applies a command (and an address change, if any) on one balancer within its timeout.
-pub async fn apply_one(
+/// Applies a command made at `changed_at`, then the address change if there is one, on one
+/// balancer. Not bounded here: the caller bounds it with the slot's timeout.
+pub async fn call(
     slot: &BalancerSlot,
     vm: &VmId,
     command: PhaseCommand,
+    changed_at: handover_core::time::Millis,
     readdress: Option<&Readdress>,
-) -> BalancerResult {
-    let started = Instant::now();
-    let call = async {
-        let applied = slot.balancer.apply(vm, command).await?;
-        match readdress {
-            Some(change) if applied.serves => slot.balancer.set_addresses(vm, change).await,
-            _ => Ok(applied),
-        }
-    };
-    let outcome = match tokio::time::timeout(slot.timeout, call).await {
-        Ok(result) => result,
-        Err(_) => Err(BalancerError::Timeout(slot.timeout.as_millis() as u64)),
-    };
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    let name = slot.balancer.name().to_string();
-    let kind = slot.balancer.kind().to_string();
-    match outcome {
-        Ok(applied) => BalancerResult {
-            name,
-            kind,
-            serves: Some(applied.serves),
-            applied: applied.serves,
-            error: None,
-            elapsed_ms,
-            backends: applied.backends,
-            active: None,
-            drained: None,
-        },
-        Err(error) => BalancerResult {
-            name,
-            kind,
-            serves: None,
-            applied: false,
-            error: Some(error.to_string()),
-            elapsed_ms,
-            backends: Vec::new(),
-            active: None,
-            drained: None,
-        },
+) -> Result<Applied, BalancerError> {
+    let applied = slot.balancer.apply_changed_at(vm, command, changed_at).await?;
+    match readdress {
+        Some(change) if applied.serves => slot.balancer.set_addresses(vm, change).await,
+        _ => Ok(applied),
     }
 }
 
-/// Applies a command on every balancer in parallel; results come back in slot order.
-pub async fn apply_all(
-    slots: &[BalancerSlot],
-    vm: &VmId,
-    command: PhaseCommand,
-    readdress: Option<&Readdress>,
-) -> Vec<BalancerResult> {
-    join_all(slots.iter().map(|slot| apply_one(slot, vm, command, readdress))).await
+/// The result of a call that answered.
+pub fn answered(slot: &BalancerSlot, applied: Applied, elapsed: Duration) -> BalancerResult {
+    BalancerResult {
+        name: slot.balancer.name().to_string(),
+        kind: slot.balancer.kind().to_string(),
+        serves: Some(applied.serves),
+        applied: applied.serves,
+        error: None,
+        elapsed_ms: elapsed.as_millis() as u64,
+        backends: applied.backends,
+        active: None,
+        drained: None,
+        pending: false,
+    }
 }
 
-/// Asks every balancer in parallel how much traffic still reaches a VM.
-pub async fn drain_all(slots: &[BalancerSlot], vm: &VmId) -> Vec<Result<DrainStatus, BalancerError>> {
+/// The result for a balancer that was not told (an error, or not called): `serves` is what is
+/// known without its answer; `pending` when it gets the phase later.
+pub fn not_told(
+    slot: &BalancerSlot,
+    error: Option<String>,
+    serves: Option<bool>,
+    pending: bool,
+    elapsed: Duration,
+) -> BalancerResult {
+    BalancerResult {
+        name: slot.balancer.name().to_string(),
+        kind: slot.balancer.kind().to_string(),
+        serves,
+        applied: false,
+        error,
+        elapsed_ms: elapsed.as_millis() as u64,
+        backends: Vec::new(),
+        active: None,
+        drained: None,
+        pending,
+    }
+}
+
+/// Asks the given balancers in parallel how much traffic still reaches a VM, each within its
+/// timeout; results in the order given.
+pub async fn drain_all(slots: &[&BalancerSlot], vm: &VmId) -> Vec<Result<DrainStatus, BalancerError>> {
     join_all(slots.iter().map(|slot| async move {
         match tokio::time::timeout(slot.timeout, slot.balancer.drain_status(vm)).await {
             Ok(result) => result,

@@ -82,6 +82,33 @@ pub struct BalancerResult {
     /// Whether it reached the drained threshold (after a wait).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drained: Option<bool>,
+    /// Not told yet (unreachable, or not answering): it is sent the VM's current phase as soon
+    /// as it answers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
+}
+
+/// A VM's phase on a node's migration module, as a peer fetches it when it starts
+/// (`GET /v1/balancer/phases`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VmPhase {
+    /// The VM.
+    pub vm: VmId,
+    /// What balancers must apply for it now.
+    pub command: crate::phase::PhaseCommand,
+    /// When its phase was last changed by the node that drives its migration (ms since the Unix
+    /// epoch; the registry's `changed_at`): the newer of two nodes' views wins.
+    pub since: Millis,
+}
+
+/// What a driven balancer holds for a VM that this process never told it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leftover {
+    /// The VM.
+    pub vm: VmId,
+    /// What was found (`server be/s1 in DRAIN`).
+    pub found: String,
 }
 
 /// Outcome of a wait for drained.
@@ -369,7 +396,7 @@ pub struct BackendChange {
     /// The pool.
     pub pool: String,
     /// The backend's address (its identity in the pool).
-    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "10.0.0.7:8080"))]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::SocketAddress))]
     pub address: std::net::SocketAddr,
     /// Its VM and weight; `None` removes it (it drains).
     pub backend: Option<BackendSpec>,
@@ -384,6 +411,7 @@ pub struct BackendSpec {
     pub vm: VmId,
     /// Weight, 1 to 10000.
     #[serde(default = "default_weight")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10000, default = 1))]
     pub weight: u32,
 }
 

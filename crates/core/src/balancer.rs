@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::api::{Applied, BackendChange, BalancerStatus, DrainStatus};
+use crate::api::{Applied, BackendChange, BalancerStatus, DrainStatus, Leftover, VmPhase};
 use crate::model::VmId;
 use crate::phase::{PhaseCommand, Readdress};
 
@@ -50,6 +50,19 @@ pub trait Balancer: Send + Sync {
         command: PhaseCommand,
     ) -> BoxFuture<'a, Result<Applied, BalancerError>>;
 
+    /// Applies the desired state of one VM, as changed at `changed_at` (ms since the epoch) by the
+    /// node that drives its migration. A remote node uses it to refuse a command older than what
+    /// it knows (one that was in flight while it was frozen); others ignore it.
+    fn apply_changed_at<'a>(
+        &'a self,
+        vm: &'a VmId,
+        command: PhaseCommand,
+        changed_at: crate::time::Millis,
+    ) -> BoxFuture<'a, Result<Applied, BalancerError>> {
+        let _ = changed_at;
+        self.apply(vm, command)
+    }
+
     /// Moves the VM's backends to new addresses (after a migration that changed its IP). Open
     /// connections to the old addresses are kept; new work goes to the new ones.
     fn set_addresses<'a>(
@@ -74,5 +87,24 @@ pub trait Balancer: Send + Sync {
                 self.kind()
             )))
         })
+    }
+
+    /// Whether it serves the VM as far as its configuration says, without asking it (`None`: only
+    /// an answer can tell, as for a remote node). A balancer known to serve a VM that cannot be
+    /// reached is told later, never taken for one that does not serve it.
+    fn serves_known(&self, _vm: &VmId) -> Option<bool> {
+        None
+    }
+
+    /// What it finds changed for a VM that this process never told it (a drain left by an earlier
+    /// run that died), read once at start so that the registry can adopt it.
+    fn leftovers(&self) -> BoxFuture<'_, Result<Vec<Leftover>, BalancerError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// The phase of every VM its migration module knows (a remote handover node), so that a node
+    /// that starts learns what happened while it was down. `None` for a plain balancer.
+    fn phases(&self) -> BoxFuture<'_, Result<Option<Vec<VmPhase>>, BalancerError>> {
+        Box::pin(async { Ok(None) })
     }
 }

@@ -147,6 +147,11 @@ impl fmt::Display for EndReason {
     }
 }
 
+/// Longest deadline a migration may have (configured, in a notice, or in a peer's command): a live
+/// migration that has not ended after a week has failed, and a larger value could keep a VM drained
+/// for ever.
+pub const MAX_DEADLINE_MS: u64 = 7 * 24 * 3600 * 1000;
+
 /// What a balancer must do for a VM: the whole desired state, so applying it twice is harmless.
 /// On the wire: `{"action": "drain", "elapsed_ms": ..., "migrating": ..., "deadline_in_ms": ...}`,
 /// `{"action": "ramp", "elapsed_ms": ..., "reason": ...}` or `{"action": "stable"}`.
@@ -218,6 +223,22 @@ impl<'de> Deserialize<'de> for PhaseCommand {
 }
 
 impl PhaseCommand {
+    /// Checks a command that came from outside (the peer API): the time left to the deadline must
+    /// be between 1 ms and [`MAX_DEADLINE_MS`]. Returns the offending field and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let PhaseCommand::Drain { deadline_in_ms, .. } = self
+            && !(1..=MAX_DEADLINE_MS).contains(deadline_in_ms)
+        {
+            return Err((
+                "deadline_in_ms",
+                format!(
+                    "deadline_in_ms: {deadline_in_ms} is out of range; expected 1 to {MAX_DEADLINE_MS} (7 days)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The phase a balancer shows for a VM under this command.
     pub fn phase(&self) -> Phase {
         match self {
@@ -263,6 +284,33 @@ impl Readdress {
     }
 }
 
+/// Who drives a VM's current migration on this node, which decides who its deadline is enforced on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// A notice reached this node (API, CLI, an event source): it tells every balancer, its peers
+    /// included, and restores the VM on all of them at the deadline.
+    #[default]
+    Local,
+    /// A peer told this node's balancers (peer API, or the phases fetched at start): this node follows
+    /// the peer and, at the deadline, restores only its own balancers.
+    Peer,
+    /// Found on a driven balancer at start (a drain an earlier run left behind, with no state saying
+    /// why): restored on this node's own balancers at the deadline.
+    Adopted,
+}
+
+impl Origin {
+    /// Whether a change of this VM is told to this node's own balancers only.
+    pub fn is_local_only(self) -> bool {
+        self != Origin::Local
+    }
+
+    fn is_local(&self) -> bool {
+        *self == Origin::Local
+    }
+}
+
 /// The registry's record of one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmState {
@@ -270,6 +318,11 @@ pub struct VmState {
     pub phase: Phase,
     /// When the current phase began.
     pub since: Millis,
+    /// When the VM's phase was last changed by the node that drives its migration (a notice
+    /// there, or its deadline): what two nodes compare to tell the newer view. Local consequences
+    /// on a node that follows (its ramp ending, its own enforcement of the deadline) leave it.
+    #[serde(default)]
+    pub changed_at: Millis,
     /// When the current drain began (draining and migrating only).
     pub drain_started_at: Option<Millis>,
     /// When the VM is restored if no end notice comes (draining and migrating only).
@@ -287,6 +340,9 @@ pub struct VmState {
     /// The VM's addresses changed with its last completed migration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readdress: Option<Readdress>,
+    /// Who drives the current migration on this node.
+    #[serde(default, skip_serializing_if = "Origin::is_local")]
+    pub origin: Origin,
 }
 
 impl VmState {
@@ -295,6 +351,7 @@ impl VmState {
         Self {
             phase: Phase::Stable,
             since: now,
+            changed_at: now,
             drain_started_at: None,
             deadline_at: None,
             ramp_started_at: None,
@@ -303,6 +360,7 @@ impl VmState {
             migration: None,
             queued_since: None,
             readdress: None,
+            origin: Origin::Local,
         }
     }
 
@@ -312,7 +370,9 @@ impl VmState {
             Phase::Draining | Phase::Migrating => PhaseCommand::Drain {
                 elapsed_ms: now.saturating_sub(self.drain_started_at.unwrap_or(self.since)),
                 migrating: self.phase == Phase::Migrating,
-                deadline_in_ms: self.deadline_at.map_or(0, |d| d.saturating_sub(now)),
+                // Never 0: a peer refuses a drain with no time left (the deadline's own transition
+                // follows within the registry's next tick).
+                deadline_in_ms: self.deadline_at.map_or(1, |d| d.saturating_sub(now).max(1)),
             },
             Phase::Ramping => PhaseCommand::Ramp {
                 elapsed_ms: now.saturating_sub(self.ramp_started_at.unwrap_or(self.since)),
@@ -401,6 +461,20 @@ mod tests {
             r#"{"action":"drain","elapsed_ms":5,"migrating":true,"deadline_in_ms":100}"#
         );
         assert_eq!(serde_json::from_str::<PhaseCommand>(&json).unwrap(), command);
+    }
+
+    #[test]
+    fn a_peer_command_with_no_time_or_a_week_and_more_left_is_refused() {
+        let drain = |deadline_in_ms| PhaseCommand::Drain {
+            elapsed_ms: 0,
+            migrating: false,
+            deadline_in_ms,
+        };
+        assert_eq!(drain(0).validate().unwrap_err().0, "deadline_in_ms");
+        assert!(drain(u64::MAX).validate().unwrap_err().1.contains("out of range"));
+        assert!(drain(1).validate().is_ok());
+        assert!(drain(MAX_DEADLINE_MS).validate().is_ok());
+        assert!(PhaseCommand::Stable.validate().is_ok());
     }
 
     #[test]

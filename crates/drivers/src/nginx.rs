@@ -252,6 +252,10 @@ impl Balancer for NginxBalancer {
         "nginx"
     }
 
+    fn serves_known(&self, vm: &VmId) -> Option<bool> {
+        Some(self.serves(vm))
+    }
+
     fn apply<'a>(
         &'a self,
         vm: &'a VmId,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use handover_core::api::{Applied, BalancerStatus, DrainStatus};
+use handover_core::api::{Applied, BalancerStatus, DrainStatus, VmPhase};
 use handover_core::balancer::{Balancer, BalancerError, BoxFuture};
 use handover_core::config::PeerConfig;
 use handover_core::model::VmId;
@@ -78,6 +78,23 @@ impl Balancer for PeerBalancer {
         })
     }
 
+    fn apply_changed_at<'a>(
+        &'a self,
+        vm: &'a VmId,
+        command: PhaseCommand,
+        changed_at: handover_core::time::Millis,
+    ) -> BoxFuture<'a, Result<Applied, BalancerError>> {
+        Box::pin(async move {
+            self.client
+                .put(
+                    &format!("/v1/balancer/vms/{vm}?changed_at={changed_at}"),
+                    &command,
+                )
+                .await
+                .map_err(to_balancer_error)
+        })
+    }
+
     fn set_addresses<'a>(
         &'a self,
         vm: &'a VmId,
@@ -105,6 +122,16 @@ impl Balancer for PeerBalancer {
             self.client
                 .get("/v1/balancer/status")
                 .await
+                .map_err(to_balancer_error)
+        })
+    }
+
+    fn phases(&self) -> BoxFuture<'_, Result<Option<Vec<VmPhase>>, BalancerError>> {
+        Box::pin(async move {
+            self.client
+                .get("/v1/balancer/phases")
+                .await
+                .map(Some)
                 .map_err(to_balancer_error)
         })
     }

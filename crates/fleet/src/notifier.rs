@@ -418,6 +418,7 @@ impl FleetNode {
                         backends: ack.backends.clone(),
                         active: threshold.map(|_| ack.active),
                         drained: threshold.map(|t| ack.active <= t),
+                        pending: false,
                     }
                 }
                 None => {
@@ -437,6 +438,7 @@ impl FleetNode {
                         backends: Vec::new(),
                         active: None,
                         drained: None,
+                        pending: false,
                     }
                 }
             };

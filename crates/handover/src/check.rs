@@ -19,13 +19,35 @@ pub fn load(path: &Path) -> anyhow::Result<Result<handover_core::config::Config,
     }))
 }
 
+/// What the configuration needs from this machine: a usable state file path (`run` makes its
+/// missing directories: `create`).
+pub fn check_machine(
+    path: &Path,
+    config: &handover_core::config::Config,
+    create: bool,
+) -> Result<(), String> {
+    match &config.state_file {
+        Some(file) => crate::state_file::check_path(file, create)
+            .map_err(|e| format!("{}: state.file: {e}", path.display())),
+        None => Ok(()),
+    }
+}
+
 /// Prints `ok` with a summary, or every error; exit status 1 on errors. TLS files (certificates,
-/// keys, CA files) are read too.
+/// keys, CA files) and the state file's path are checked too, each reported in the same run.
 pub fn check(path: &Path) -> anyhow::Result<u8> {
     match load(path)? {
         Ok(config) => {
+            let mut failed = false;
+            if let Err(error) = check_machine(path, &config, false) {
+                eprintln!("{error}");
+                failed = true;
+            }
             if let Err(e) = handover_proxy::tls::check(&config) {
                 eprintln!("{}: {e}", path.display());
+                failed = true;
+            }
+            if failed {
                 return Ok(EXIT_ERROR);
             }
             let backends: usize = config.pools.iter().map(|p| p.backends.len()).sum();

@@ -8,13 +8,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use handover_control::Coordinator;
-use handover_proxy::{DataPlane, Pools};
+use handover_proxy::DataPlane;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
+
+use crate::state_file::StateFile;
 
 /// How long the old process waits for the new one to say it serves.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -59,7 +60,8 @@ impl ControlServer {
         let stop = token.clone();
         let app = self.app.clone();
         let handle = self.tasks.spawn(async move {
-            let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+            let server = axum::serve(crate::control_listener::ControlListener::new(listener), app)
+                .with_graceful_shutdown(stop.cancelled_owned());
             if let Err(e) = server.await {
                 error!(error = %e, "control API stopped");
             }
@@ -80,9 +82,7 @@ impl ControlServer {
 
 /// The state file's writer, stoppable (it saves once more as it stops) and restartable.
 pub struct StateWriter {
-    path: PathBuf,
-    pools: Arc<Pools>,
-    coordinator: Arc<Coordinator>,
+    file: Arc<StateFile>,
     cancel: CancellationToken,
     tasks: TaskTracker,
     running: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
@@ -90,17 +90,9 @@ pub struct StateWriter {
 
 impl StateWriter {
     /// A writer of `path`, not running yet.
-    pub fn new(
-        path: PathBuf,
-        pools: Arc<Pools>,
-        coordinator: Arc<Coordinator>,
-        cancel: &CancellationToken,
-        tasks: &TaskTracker,
-    ) -> Arc<Self> {
+    pub fn new(file: Arc<StateFile>, cancel: &CancellationToken, tasks: &TaskTracker) -> Arc<Self> {
         Arc::new(Self {
-            path,
-            pools,
-            coordinator,
+            file,
             cancel: cancel.clone(),
             tasks: tasks.clone(),
             running: Mutex::new(None),
@@ -110,12 +102,9 @@ impl StateWriter {
     /// Saves whenever the state changes, until the node stops or [`StateWriter::stop`].
     pub fn start(&self) {
         let token = self.cancel.child_token();
-        let handle = self.tasks.spawn(crate::state_file::run_writer(
-            self.path.clone(),
-            self.pools.clone(),
-            self.coordinator.clone(),
-            token.clone(),
-        ));
+        let handle = self
+            .tasks
+            .spawn(crate::state_file::run_writer(self.file.clone(), token.clone()));
         *self.running.lock() = Some((token, handle));
     }
 

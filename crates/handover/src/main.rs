@@ -3,6 +3,7 @@
 mod api_backends;
 mod check;
 mod cli;
+mod control_listener;
 mod demo;
 mod fleet;
 mod handoff;
@@ -36,6 +37,9 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_NOT_DRAINED: u8 = 3;
 /// Exit status: the capacity guard queued the prepare.
 pub const EXIT_QUEUED: u8 = 4;
+/// Exit status: accepted, but no balancer that serves the VM could be told yet (each gets it as
+/// soon as it answers).
+pub const EXIT_PENDING: u8 = 5;
 /// Exit status: `migrate` was interrupted (Ctrl-C) and the migration cancelled.
 pub const EXIT_INTERRUPTED: u8 = 130;
 

@@ -7,10 +7,11 @@ use handover_core::api::{NoticeRequest, NoticeResponse};
 use handover_drivers::{ClientError, ControlClient};
 
 use crate::cli::NotifyArgs;
-use crate::{EXIT_ERROR, EXIT_NOT_DRAINED, EXIT_OK, EXIT_QUEUED};
+use crate::{EXIT_ERROR, EXIT_NOT_DRAINED, EXIT_OK, EXIT_PENDING, EXIT_QUEUED};
 
 /// Sends the notice; exit 0 when applied (and drained, if asked), 3 when the drain timed out,
-/// 4 when queued by the capacity guard, 1 on any error.
+/// 4 when queued by the capacity guard, 5 when no balancer that serves the VM could be told yet,
+/// 1 on any error.
 pub async fn notify(args: NotifyArgs) -> anyhow::Result<u8> {
     let request = NoticeRequest {
         wait_drained: args.wait_drained,
@@ -66,6 +67,9 @@ fn exit_code(response: &NoticeResponse) -> u8 {
     if response.outcome == "queued" {
         return EXIT_QUEUED;
     }
+    if response.outcome == "pending" {
+        return EXIT_PENDING;
+    }
     match &response.drain {
         Some(drain) if !drain.drained => EXIT_NOT_DRAINED,
         _ => EXIT_OK,
@@ -86,6 +90,7 @@ fn print_response(r: &NoticeResponse) {
     }
     for b in &r.balancers {
         let state = match (&b.error, b.serves) {
+            (Some(e), _) if b.pending => format!("PENDING {e}"),
             (Some(e), _) => format!("ERROR {e}"),
             (None, Some(false)) => "does not serve this VM".to_string(),
             (None, _) => format!(

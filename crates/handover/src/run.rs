@@ -43,6 +43,10 @@ pub async fn run(
             return Ok(EXIT_ERROR);
         }
     };
+    if let Err(error) = crate::check::check_machine(path, &config, true) {
+        eprintln!("{error}");
+        return Ok(EXIT_ERROR);
+    }
     // Signals first: a SIGHUP or SIGTERM during the start must not kill the process at once.
     let signals = crate::signals::Signals::install();
     // A binary upgrade: the running process's sockets first (it pauses its control API and saves

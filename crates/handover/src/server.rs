@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use crate::state_file;
+use crate::state_file::{self, StateFile};
 
 /// How often the proxy recomputes weights that move with time.
 const TICK: Duration = Duration::from_millis(100);
@@ -207,9 +207,36 @@ pub async fn start_with(file: &Config, mut options: NodeOptions) -> anyhow::Resu
         });
     }
     let coordinator = Coordinator::new(config, slots, Clock::new());
-    // Restore phases, ramps and health before anything serves.
-    if let Some(saved) = config.state_file.as_deref().and_then(state_file::load) {
-        state_file::restore(saved, &pools, &coordinator);
+    // Restore phases, ramps and health before anything serves; from here on every change is saved
+    // before it is acknowledged.
+    let state = config.state_file.as_ref().map(|path| {
+        if let Some(saved) = state_file::load(path) {
+            state_file::restore(saved, &pools, &coordinator);
+        }
+        let file = StateFile::new(path.clone(), pools.clone(), &coordinator);
+        coordinator.set_durable(file.clone());
+        file
+    });
+    // What the peers know and what the driven balancers hold, then this node's own balancers
+    // told the current phases: all before serving.
+    coordinator.rejoin().await;
+    if let Some(file) = &state
+        && let Err(e) = file.save().await
+    {
+        tracing::error!(error = %e, "state.file: cannot be written; notices are refused until it can be");
+    }
+
+    // Everything is bound: what is left of the descriptor limit, less the control plane's
+    // reserve, is the data plane's connection budget.
+    match handover_proxy::descriptors::configure() {
+        Ok(limits) => info!(
+            limit = limits.limit,
+            open = limits.open,
+            reserve = limits.reserve,
+            connections = limits.connections,
+            "descriptor budget"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot read the descriptor limit; no connection budget"),
     }
 
     let cancel = CancellationToken::new();
@@ -241,14 +268,8 @@ pub async fn start_with(file: &Config, mut options: NodeOptions) -> anyhow::Resu
     for driver in nginxes {
         tasks.spawn(driver.run(cancel.clone()));
     }
-    let writer = config.state_file.as_ref().map(|path| {
-        let writer = crate::handoff::StateWriter::new(
-            path.clone(),
-            pools.clone(),
-            coordinator.clone(),
-            &cancel,
-            &tasks,
-        );
+    let writer = state.map(|file| {
+        let writer = crate::handoff::StateWriter::new(file, &cancel, &tasks);
         writer.start();
         writer
     });

@@ -56,7 +56,7 @@ fn missing_part(bin_dir: &Path) -> Option<String> {
 
 #[test]
 fn bench_proxy_measures_every_proxy_in_every_scenario_and_writes_the_table() {
-    let bin_dir = Path::new(common::binary())
+    let bin_dir = Path::new(&common::binary())
         .parent()
         .expect("binary directory")
         .to_path_buf();

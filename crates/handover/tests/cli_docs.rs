@@ -120,7 +120,7 @@ fn the_example_systemd_unit_verifies() {
     )
     .unwrap();
     let unit = unit
-        .replace("/usr/local/bin/handover", common::binary())
+        .replace("/usr/local/bin/handover", &common::binary())
         .replace("/etc/handover/handover.toml", config.to_str().unwrap());
     let path = dir.path().join("handover.service");
     std::fs::write(&path, unit).unwrap();

@@ -2,7 +2,8 @@
 //! (HTTP/1.1 and HTTP/2 by ALPN), a certificate per SNI name, a certificate replaced on disk and
 //! served without a restart, h2load over TLS, cleartext HTTP/2 by prior knowledge where a listener
 //! allows it, and HTTP/2 streams balanced one by one: a draining VM gets no new stream while
-//! streams in flight to it finish. Certificates are made by `openssl` at test time.
+//! streams in flight to it finish; an HTTP/2 connection without a stream for the listener's
+//! `idle_timeout` gets GOAWAY and is closed. Certificates are made by `openssl` at test time.
 
 mod common;
 
@@ -488,4 +489,59 @@ async fn http11_clients_reach_a_pool_that_speaks_http2() {
         log.contains("Re-using existing connection"),
         "one connection: {log}"
     );
+}
+
+/// A node whose listener `h2c` takes HTTP/2 by prior knowledge, with `extra` in its section.
+fn h2c_node(addresses: &[SocketAddr], extra: &str) -> Node {
+    Node::start(&format!(
+        "[control]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nname = \"h2c\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nhttp2 = true\n{extra}\n\n{}",
+        pool_toml("p", "", addresses)
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_without_a_stream_for_idle_timeout_gets_goaway_and_is_closed() {
+    use common::h2raw::{H2Raw, Outcome, fields};
+    let backends = three_backends().await;
+    let addresses: Vec<_> = backends.iter().map(|b| b.address).collect();
+    let node = h2c_node(&addresses, "idle_timeout = \"1s\"");
+    let get = |path: &str| {
+        fields(&[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "proxy.test"),
+            (":path", path),
+        ])
+    };
+    // A stream open for longer than the timeout keeps the connection: it is answered.
+    let mut client = H2Raw::connect(node.listener("h2c")).await;
+    let id = client.send(&get("/slow?ms=2500"), &[]).await;
+    let outcome = client.outcome(id, Duration::from_secs(20)).await;
+    assert!(matches!(outcome, Outcome::Answered(_)), "{outcome:?}");
+    // Idle from the end of that stream on: GOAWAY and the close come after the timeout, not before.
+    let answered = std::time::Instant::now();
+    assert_eq!(
+        client.closed_within(Duration::from_secs(10)).await,
+        Some(true),
+        "GOAWAY, then the close"
+    );
+    let idle = answered.elapsed();
+    assert!(idle >= Duration::from_millis(800), "closed after {idle:?}");
+    // A connection that never opens a stream is closed the same way.
+    let mut silent = H2Raw::connect(node.listener("h2c")).await;
+    assert_eq!(silent.closed_within(Duration::from_secs(10)).await, Some(true));
+    // Without the setting, an idle connection stays open and takes the next stream.
+    let node = h2c_node(&addresses, "");
+    let mut client = H2Raw::connect(node.listener("h2c")).await;
+    let id = client.send(&get("/"), &[]).await;
+    assert!(matches!(
+        client.outcome(id, Duration::from_secs(10)).await,
+        Outcome::Answered(_)
+    ));
+    assert_eq!(client.closed_within(Duration::from_millis(2500)).await, None);
+    let id = client.send(&get("/"), &[]).await;
+    assert!(matches!(
+        client.outcome(id, Duration::from_secs(10)).await,
+        Outcome::Answered(_)
+    ));
 }

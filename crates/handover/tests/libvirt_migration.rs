@@ -230,8 +230,8 @@ async fn libvirt_migrations_are_drained_before_the_copy_completed_after_the_swit
                 > 0
         );
     }
-    // The end came from b's event watcher; the source's node owned no migration, and its end
-    // notices (its watcher's Stopped Migrated) changed nothing there.
+    // The end came from b's event watcher; the source's node owned no migration (it followed b's,
+    // as a peer does), and its end notices (its watcher's Stopped Migrated) changed nothing there.
     assert!(
         node_b.log().contains("libvirt: Resumed Migrated"),
         "{}",
@@ -242,7 +242,10 @@ async fn libvirt_migrations_are_drained_before_the_copy_completed_after_the_swit
         "{}",
         node_a.log()
     );
-    assert!(migrations(&node_a).await.is_empty());
+    let followed = migrations(&node_a).await;
+    assert_eq!(followed.len(), 1, "{followed:?}");
+    assert_eq!(followed[0]["note"], "followed a peer's drain", "{followed:?}");
+    assert_eq!(followed[0]["end"], "completed", "{followed:?}");
 
     // ---- 2. b → a, aborted with domjobabort while memory is copied.
     events_a.clear();
@@ -303,11 +306,12 @@ async fn libvirt_migrations_are_drained_before_the_copy_completed_after_the_swit
         "the guest stayed on b"
     );
     assert_eq!(host_a.domstate(DOMAIN), None);
-    assert_eq!(
-        migrations(&node_b).await.len(),
-        1,
-        "b's node saw only its own migration"
-    );
+    // b's node drove only its own migration; it followed a's (newest first).
+    let seen_by_b = migrations(&node_b).await;
+    assert_eq!(seen_by_b.len(), 2, "{seen_by_b:?}");
+    assert_eq!(seen_by_b[0]["note"], "followed a peer's drain", "{seen_by_b:?}");
+    assert_eq!(seen_by_b[0]["end"], "failed", "{seen_by_b:?}");
+    assert!(seen_by_b[1]["note"].is_null(), "{seen_by_b:?}");
 
     // ---- 3. b → a with a's node down: the hook vetoes, libvirt refuses.
     drop(node_a);
@@ -322,7 +326,11 @@ async fn libvirt_migrations_are_drained_before_the_copy_completed_after_the_swit
     );
     assert_eq!(host_a.domstate(DOMAIN), None);
     assert_eq!(node_b.phase("vm-a").await, "stable");
-    assert_eq!(migrations(&node_b).await.len(), 1);
+    assert_eq!(
+        migrations(&node_b).await.len(),
+        2,
+        "the vetoed migration left no record"
+    );
 
     drop(events_a);
     drop(events_b);

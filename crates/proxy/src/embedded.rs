@@ -41,6 +41,10 @@ impl Balancer for EmbeddedBalancer {
         "embedded"
     }
 
+    fn serves_known(&self, vm: &VmId) -> Option<bool> {
+        Some(self.pools.serves(vm))
+    }
+
     fn apply<'a>(
         &'a self,
         vm: &'a VmId,

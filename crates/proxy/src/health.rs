@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use crate::descriptors;
 use crate::pools::{Pool, Pools};
 
 /// Starts the checks of every pool (present and future: a reload may add pools or backends, or
@@ -82,11 +83,17 @@ async fn pool_checks(pool: Arc<Pool>, cancel: CancellationToken) {
             let Some(address) = address else { continue };
             let (pool, config) = (pool.clone(), config.clone());
             tokio::spawn(async move {
-                let ok = check(address, &config).await;
-                if !ok {
-                    debug!(pool = %pool.name, backend = %address, "health check failed");
+                match check(address, &config).await {
+                    Some(ok) => {
+                        if !ok {
+                            debug!(pool = %pool.name, backend = %address, "health check failed");
+                        }
+                        pool.record_check(&backend, ok);
+                    }
+                    None => {
+                        debug!(pool = %pool.name, backend = %address, "health check skipped: handover is out of descriptors")
+                    }
                 }
-                pool.record_check(&backend, ok);
             });
         }
         tokio::select! {
@@ -96,10 +103,22 @@ async fn pool_checks(pool: Arc<Pool>, cancel: CancellationToken) {
     }
 }
 
-/// Runs one check; `true` when it passes within the timeout.
-pub async fn check(address: SocketAddr, config: &HealthCheckConfig) -> bool {
+/// Runs one check: `Some(true)` when it passes within the timeout, `Some(false)` when it fails,
+/// `None` when it could not be run because handover itself is out of descriptors (that says
+/// nothing about the backend).
+pub async fn check(address: SocketAddr, config: &HealthCheckConfig) -> Option<bool> {
+    let exhausted = std::sync::atomic::AtomicBool::new(false);
     let run = async {
-        let stream = TcpStream::connect(address).await.ok()?;
+        let stream = match TcpStream::connect(address).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                exhausted.store(
+                    descriptors::is_exhaustion(&e),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                return None;
+            }
+        };
         match &config.check {
             CheckKind::Tcp => Some(true),
             CheckKind::Http { path, expect } => {
@@ -118,5 +137,9 @@ pub async fn check(address: SocketAddr, config: &HealthCheckConfig) -> bool {
             }
         }
     };
-    matches!(tokio::time::timeout(config.timeout, run).await, Ok(Some(true)))
+    let passed = matches!(tokio::time::timeout(config.timeout, run).await, Ok(Some(true)));
+    if !passed && exhausted.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    Some(passed)
 }

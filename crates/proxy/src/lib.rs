@@ -17,6 +17,7 @@
 //! - [`buffer`]: I/O buffers recycled per worker.
 //! - [`shutdown`]: a worker's shutdown signal.
 //! - [`health`]: active health checks (passive ones are recorded by the listeners).
+//! - [`descriptors`]: the data plane's descriptor budget; running out is never a backend's fault.
 //! - [`listeners`]: binds every listener before any starts, a socket per worker.
 //! - [`workers`]: the data plane's threads, a single-threaded runtime each.
 //! - [`embedded`]: the proxy as a balancer.
@@ -27,6 +28,7 @@ mod accept;
 pub mod access_log;
 pub mod backend;
 pub mod buffer;
+pub mod descriptors;
 pub mod embedded;
 pub mod h2;
 pub mod health;

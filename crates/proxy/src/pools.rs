@@ -67,6 +67,9 @@ struct PoolState {
     health: Vec<HealthState>,
     /// What the current snapshot was built from (a tick that finds the same rebuilds nothing).
     basis: Vec<EntryBasis>,
+    /// A weight was moving at the last tick: the next one publishes where it stopped (a ramp's
+    /// last step is the one that reaches full weight).
+    was_moving: bool,
 }
 
 /// What one backend's snapshot entry is built from: its weight input (phase share, health, slow
@@ -130,6 +133,7 @@ impl Pool {
             addresses: config.backends.iter().map(|b| b.address).collect(),
             health: vec![HealthState::default(); config.backends.len()],
             basis: Vec::new(),
+            was_moving: false,
         };
         let epoch = Instant::now();
         state.basis = basis(&state, epoch);
@@ -351,7 +355,8 @@ impl Pool {
                 .is_some_and(|e| effective(&config, Some(e), now).moving)
                 || recovery_factor(&config, &state.health[i], now_ms).1
         });
-        if changed || moving {
+        let settling = std::mem::replace(&mut state.was_moving, moving) && !moving;
+        if changed || moving || settling {
             // A drain is "moving" until its deadline even when its share is constant, and a
             // settled VM leaves the same weights behind: publish only when what the snapshot
             // shows would change (a tick never moves addresses).

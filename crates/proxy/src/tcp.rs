@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 use crate::accept::accept_loop;
 use crate::access_log::{AccessLog, Entry};
 use crate::backend::Traffic;
+use crate::descriptors::{self, CONNECT_EXHAUSTED};
 use crate::pools::Pool;
 use crate::random;
 use crate::relay::relay;
@@ -66,11 +67,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, route: &TcpRoute) {
                 .track(peer, entry.address, Traffic::Tcp, Instant::now());
             (entry, guard)
         };
-        let connect = tokio::time::timeout(
-            pool.snapshot().config.connect_timeout,
-            TcpStream::connect(entry.address),
-        )
-        .await;
+        let connect = connect(entry.address, pool.snapshot().config.connect_timeout).await;
         match connect {
             Ok(Ok(mut upstream)) => {
                 pool.record_traffic(&entry.backend, true);
@@ -112,6 +109,14 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, route: &TcpRoute) {
                 }
                 return;
             }
+            Ok(Err(e)) if descriptors::is_exhaustion(&e) => {
+                // handover's own shortage: not the backend's fault, and no other backend would do
+                // better now.
+                if let Some(suppressed) = CONNECT_EXHAUSTED.ready() {
+                    warn!(listener = %route.listener, error = %e, suppressed, "out of descriptors for a backend connection; closing the client connection (not counted against the backend)");
+                }
+                return;
+            }
             Ok(Err(e)) => {
                 entry.backend.record_failure();
                 pool.record_traffic(&entry.backend, false);
@@ -147,5 +152,31 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, route: &TcpRoute) {
                 None => "no backend could take the connection".into(),
             }),
         });
+    }
+}
+
+/// Connects within `timeout`. Running out of descriptors is waited out (10 ms, doubling) within
+/// the same timeout: a connection that ends elsewhere frees one.
+async fn connect(address: SocketAddr, timeout: Duration) -> Result<std::io::Result<TcpStream>, ()> {
+    let deadline = Instant::now() + timeout;
+    let attempt = async {
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match TcpStream::connect(address).await {
+                Err(e) if descriptors::is_exhaustion(&e) => {
+                    // Still short when the time is up: say so, rather than a backend timeout.
+                    if Instant::now() + pause >= deadline {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => Ok(result),
+        Err(_) => Err(()),
     }
 }

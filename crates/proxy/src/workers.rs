@@ -311,6 +311,7 @@ impl DataPlane {
                     websocket: config.websocket,
                     upstream_tls,
                     upstream_h2,
+                    h2_idle_timeout: config.idle_timeout,
                 }))
             }
         })

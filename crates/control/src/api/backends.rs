@@ -96,7 +96,7 @@ fn path_parts(
     tag = "operations",
     params(
         ("pool" = String, Path, description = "The pool"),
-        ("address" = String, Path, description = "The backend's address, IP:PORT"),
+        ("address" = handover_core::openapi::SocketAddress, Path, description = "The backend's address, IP:PORT or [IPv6]:PORT"),
     ),
     request_body(content = BackendSpec, content_type = "application/json"),
     security(("bearer" = [])),
@@ -136,7 +136,7 @@ pub async fn put(
     tag = "operations",
     params(
         ("pool" = String, Path, description = "The pool"),
-        ("address" = String, Path, description = "The backend's address, IP:PORT"),
+        ("address" = handover_core::openapi::SocketAddress, Path, description = "The backend's address, IP:PORT or [IPv6]:PORT"),
     ),
     security(("bearer" = [])),
     responses(

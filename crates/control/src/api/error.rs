@@ -69,6 +69,12 @@ impl From<CoordinatorError> for ApiError {
             CoordinatorError::BadRequest { field, .. } => {
                 Self::new(StatusCode::BAD_REQUEST, message, Some(field), Vec::new())
             }
+            CoordinatorError::Unidentified { results, .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, message, None, results)
+            }
+            CoordinatorError::NotSaved { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, message, None, Vec::new())
+            }
         }
     }
 }

@@ -16,7 +16,8 @@ use utoipa::ToSchema;
 use super::auth::authorize;
 use super::{ApiError, ApiState, json, vm_from_path};
 
-/// Applies a notice; 200 when applied or unchanged, 202 when queued by the capacity guard.
+/// Applies a notice; 200 when applied or unchanged, 202 when queued by the capacity guard or
+/// pending (no balancer that serves the VM could be told yet).
 #[utoipa::path(
     post,
     path = "/v1/vms/{vm}/migration",
@@ -26,13 +27,13 @@ use super::{ApiError, ApiState, json, vm_from_path};
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Applied, or unchanged (`outcome`); every balancer asked, with its answer", body = NoticeResponse),
-        (status = 202, description = "A prepare queued by the capacity guard (`outcome: queued`)", body = NoticeResponse),
+        (status = 202, description = "A prepare queued by the capacity guard (`outcome: queued`), or a notice kept but not told yet to any balancer that serves the VM (`outcome: pending`; sent as soon as one answers)", body = NoticeResponse),
         (status = 400, description = "The body or `vm` is not valid; `field` names what", body = ErrorBody),
         (status = 401, description = "The token is missing or wrong", body = ErrorBody),
         (status = 413, description = "The body is longer than 2 MiB", body = ErrorBody),
         (status = 404, description = "No balancer serves the VM; `balancers` lists what each answered", body = ErrorBody),
         (status = 409, description = "Refused: by the capacity guard, or no migration in progress for this notice", body = ErrorBody),
-        (status = 503, description = "The fleet's etcd cannot take the notice", body = ErrorBody),
+        (status = 503, description = "Nothing was applied: the fleet's etcd cannot take the notice, the state file cannot be written, or no balancer that answered serves the VM while some could not be asked", body = ErrorBody),
     )
 )]
 pub async fn notice(
@@ -45,7 +46,7 @@ pub async fn notice(
     let vm = vm_from_path(vm)?;
     let request: NoticeRequest = json::parse(&json::body(body)?)?;
     let response = state.coordinator.notice(&vm, &request).await?;
-    let status = if response.outcome == "queued" {
+    let status = if response.outcome == "queued" || response.outcome == "pending" {
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK

@@ -7,7 +7,7 @@
 //! `PUT`/`DELETE /v1/pools/{pool}/backends/{address}` (backends through the API, on every peer
 //! too; a peer applies `PUT /v1/balancer/backends` locally).
 //! Load-balancing module (what peers call): `PUT /v1/balancer/vms/{vm}`, `PUT .../addresses`,
-//! `GET /v1/balancer/vms/{vm}/drain`, `GET /v1/balancer/status`.
+//! `GET /v1/balancer/vms/{vm}/drain`, `GET /v1/balancer/status`, `GET /v1/balancer/phases`.
 //!
 //! Dashboard (see [`crate::dashboard`]): `GET /`, `GET /dashboard`, `GET /v1/events`.
 //! The contract of all of them, as OpenAPI 3.1: `GET /v1/openapi.json` (see [`openapi`]).
@@ -138,6 +138,7 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(reload::reload))
         .routes(routes!(backends::put, backends::delete))
         .routes(routes!(backends::apply_local))
+        .routes(routes!(peer::phases))
         .merge(crate::dashboard::routes())
 }
 

@@ -102,7 +102,7 @@ pub fn document(token_required: bool) -> Value {
     document
 }
 
-/// Gives every unsigned integer its maximum, and its format the usual spelling (the derive says
+/// Gives every unsigned integer its maximum (unless its field has a tighter one), and its format the usual spelling (the derive says
 /// only `minimum: 0`, and spells `uint64` as `u-int64`, which no reader knows).
 fn bound_unsigned_integers(value: &mut Value) {
     match value {
@@ -116,7 +116,7 @@ fn bound_unsigned_integers(value: &mut Value) {
             };
             if let Some((format, maximum)) = bound {
                 map.insert("format".into(), format.into());
-                map.insert("maximum".into(), maximum.into());
+                map.entry("maximum").or_insert(maximum.into());
             }
             map.values_mut().for_each(bound_unsigned_integers);
         }

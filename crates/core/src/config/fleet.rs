@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::reader::{Doc, Field, Fields};
-use super::{Config, GuardAction, or_default, positive};
+use super::{GuardAction, PoolConfig, or_default, positive};
 
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "/handover";
@@ -229,18 +229,23 @@ pub fn valid_node_name(name: &str) -> bool {
 
 /// What fleet mode excludes: `[[peers]]` (the fleet finds every node itself) and a capacity guard
 /// that queues (a queue would have to live in etcd; refuse works).
-pub(super) fn cross_check(doc: &mut Doc<'_, '_>, config: &Config) {
-    if config.fleet.is_none() {
+pub(super) fn cross_check(
+    doc: &mut Doc<'_, '_>,
+    fleet: Option<&FleetConfig>,
+    has_peers: bool,
+    pools: Option<&[PoolConfig]>,
+) {
+    if fleet.is_none() {
         return;
     }
-    if !config.peers.is_empty() {
+    if has_peers {
         doc.error(
             "peers",
             None,
             "[[peers]] and [fleet] exclude each other: in a fleet every node is found through etcd",
         );
     }
-    for pool in &config.pools {
+    for pool in pools.unwrap_or_default() {
         if pool.guard.on_violation == GuardAction::Queue {
             doc.error(
                 &format!("pools.{}.guard.on_violation", pool.name),

@@ -488,7 +488,7 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
         }),
     };
     let listeners = match root.get("listeners") {
-        Some(field) => read_array(&mut doc, &field, read_listener),
+        Some(field) => read_elements(&mut doc, &field, read_listener),
         None => Some(Vec::new()),
     };
     let (pools, pool_names) = match root.get("pools") {
@@ -496,7 +496,7 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
         None => (Some(Vec::new()), Vec::new()),
     };
     let peers = match root.get("peers") {
-        Some(field) => read_array(&mut doc, &field, read_peer),
+        Some(field) => read_elements(&mut doc, &field, read_peer),
         None => Some(Vec::new()),
     };
     let migration = match root.get("migration") {
@@ -504,11 +504,11 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
         None => Some(MigrationConfig::default()),
     };
     let qmp = match root.get("qmp") {
-        Some(field) => read_array(&mut doc, &field, read_qmp),
+        Some(field) => read_elements(&mut doc, &field, read_qmp),
         None => Some(Vec::new()),
     };
     let libvirt = match root.get("libvirt") {
-        Some(field) => read_array(&mut doc, &field, read_libvirt),
+        Some(field) => read_elements(&mut doc, &field, read_libvirt),
         None => Some(Vec::new()),
     };
     let state_file = match root.get("state") {
@@ -516,11 +516,11 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
         None => Some(None),
     };
     let haproxy = match root.get("haproxy") {
-        Some(field) => read_array(&mut doc, &field, read_haproxy),
+        Some(field) => read_elements(&mut doc, &field, read_haproxy),
         None => Some(Vec::new()),
     };
     let nginx = match root.get("nginx") {
-        Some(field) => read_array(&mut doc, &field, read_nginx),
+        Some(field) => read_elements(&mut doc, &field, read_nginx),
         None => Some(Vec::new()),
     };
     let fleet = match root.get("fleet") {
@@ -528,35 +528,67 @@ pub fn parse(src: &str) -> Result<Config, ConfigErrors> {
         None => Some(None),
     };
     root.finish(&mut doc);
-    if let Some(listeners) = &listeners {
-        check_listener_pools(&mut doc, listeners, &pool_names);
-    }
+    let listeners = listeners.unwrap_or_default();
+    let (peers, qmp) = (peers.unwrap_or_default(), qmp.unwrap_or_default());
+    let (haproxy, nginx) = (haproxy.unwrap_or_default(), nginx.unwrap_or_default());
+    let libvirt = libvirt.unwrap_or_default();
+    check_listener_pools(&mut doc, &listeners, &pool_names);
+    // Checks across sections run on every element that was read, so one run of `check` reports
+    // every error, duplicates included, even when other fields are wrong.
+    cross_check(
+        &mut doc,
+        &Parts {
+            control: control.as_ref(),
+            listeners: &listeners,
+            pools: pools.as_deref(),
+            peers: &peers,
+            qmp: &qmp,
+            haproxy: &haproxy,
+            nginx: &nginx,
+            libvirt: &libvirt,
+            fleet: fleet.as_ref().and_then(|f| f.as_ref()),
+        },
+    );
 
-    // Every section read without errors: check the whole.
     let whole = (|| {
         Some(Config {
             control: control?,
-            listeners: listeners?,
+            listeners: all(listeners)?,
             pools: pools?,
-            peers: peers?,
+            peers: all(peers)?,
             migration: migration?,
-            qmp: qmp?,
-            libvirt: libvirt?,
+            qmp: all(qmp)?,
+            libvirt: all(libvirt)?,
             state_file: state_file?,
-            haproxy: haproxy?,
-            nginx: nginx?,
+            haproxy: all(haproxy)?,
+            nginx: all(nginx)?,
             fleet: fleet?,
         })
     })();
-    if let Some(config) = whole {
-        cross_check(&mut doc, &config);
-        if doc.errors.is_empty() {
-            return Ok(config);
-        }
+    if let Some(config) = whole
+        && doc.errors.is_empty()
+    {
+        return Ok(config);
     }
     doc.errors
         .sort_by_key(|e| (e.line.unwrap_or(0), e.column.unwrap_or(0)));
     Err(ConfigErrors(doc.errors))
+}
+
+/// Reads every element of an array of tables with `read`, keeping each at its index (`None` where
+/// it had errors); `None` when the field is not an array.
+fn read_elements<'a, 'i, T>(
+    doc: &mut Doc<'_, '_>,
+    field: &Field<'a, 'i>,
+    read: impl Fn(&mut Doc<'_, '_>, &Field<'a, 'i>) -> Option<T>,
+) -> Option<Vec<Option<T>>> {
+    let items = field.array(doc)?;
+    Some(items.iter().map(|item| read(doc, item)).collect())
+}
+
+/// Every element, if none had errors.
+fn all<T>(elements: Vec<Option<T>>) -> Option<Vec<T>> {
+    elements.into_iter().collect()
 }
 
 /// The line of a syntax error that toml reports without a position (a dotted key of too many
@@ -660,7 +692,19 @@ fn read_listener(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<Listene
     let bind = t.require(doc, "bind").and_then(|f| f.socket_addr(doc));
     let pool = t.require(doc, "pool").and_then(|f| f.non_empty_string(doc));
     let idle_timeout = match t.get("idle_timeout") {
-        Some(f) => f.duration(doc).map(Some),
+        Some(f) => f.duration(doc).map(|d| {
+            if kind == Some(ListenerKind::Http) {
+                // Reported, and the listener still read so its name and bind are checked too.
+                doc.error(
+                    &f.path,
+                    f.span(),
+                    "applies to tcp listeners only; an http listener closes idle client connections after client_timeout",
+                );
+                None
+            } else {
+                Some(d)
+            }
+        }),
         None => Some(None),
     };
     let response_timeout = or_default(t.get("response_timeout"), Duration::from_secs(60), |f| {
@@ -714,6 +758,17 @@ fn read_listener(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<Listene
         websocket: websocket?,
         access_log: access_log?,
     })
+}
+
+/// A migration deadline: at least a second, at most a week (what notices and peers accept).
+fn deadline(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<Duration> {
+    let d = field.duration(doc)?;
+    let ms = d.as_millis();
+    if !(1000..=u128::from(crate::phase::MAX_DEADLINE_MS)).contains(&ms) {
+        doc.error(&field.path, field.span(), "must be from 1s to 168h (7 days)");
+        return None;
+    }
+    Some(d)
 }
 
 /// `true` or `false`.
@@ -877,7 +932,7 @@ fn read_pool(doc: &mut Doc<'_, '_>, name: &str, field: &Field<'_, '_>) -> Option
             &[("ramp", RestoreMode::Ramp), ("immediate", RestoreMode::Immediate)],
         )
     });
-    let deadline = or_default(t.get("deadline"), Duration::from_secs(600), |f| positive(doc, f));
+    let deadline = or_default(t.get("deadline"), Duration::from_secs(600), |f| deadline(doc, f));
     let drained_threshold = or_default(t.get("drained_threshold"), 0, |f| {
         f.integer(doc, 0, 1_000_000).map(|v| v as u64)
     });
@@ -912,10 +967,24 @@ fn read_pool(doc: &mut Doc<'_, '_>, name: &str, field: &Field<'_, '_>) -> Option
         None => Some(None),
     };
     let backends = match t.require(doc, "backends") {
-        Some(f) => read_array(doc, &f, read_backend),
+        Some(f) => read_elements(doc, &f, read_backend),
         None => None,
     };
     t.finish(doc);
+    // Duplicates among the backends that were read, whatever else is wrong with the pool.
+    let mut seen = HashSet::new();
+    for (i, backend) in backends.iter().flatten().enumerate() {
+        if let Some(backend) = backend
+            && !seen.insert(backend.address)
+        {
+            doc.error(
+                &format!("pools.{name}.backends[{i}].address"),
+                None,
+                format!("duplicate backend address {} in pool {name:?}", backend.address),
+            );
+        }
+    }
+    let backends = backends.and_then(all);
     let pool = PoolConfig {
         name: name.to_string(),
         algorithm: algorithm?,
@@ -941,13 +1010,6 @@ fn read_pool(doc: &mut Doc<'_, '_>, name: &str, field: &Field<'_, '_>) -> Option
             &format!("{path}.backends"),
             field.span(),
             "a pool needs at least one backend",
-        );
-    }
-    if pool.tls.is_some() && pool.protocol == UpstreamProtocol::Http1 {
-        doc.error(
-            &format!("{path}.tls"),
-            field.span(),
-            "TLS to backends is spoken in HTTP/2 only: add protocol = \"h2\" (HTTP/1.1 over TLS to backends is not supported)",
         );
     }
     if pool.drain.keep == Keep::Sessions && pool.sticky.is_none() {
@@ -1244,16 +1306,50 @@ pub fn normalize_peer_url(text: &str) -> Result<String, String> {
     let (host, port) = authority
         .rsplit_once(':')
         .ok_or_else(|| format!("invalid URL {text:?}: the port is missing (http://HOST:PORT)"))?;
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!("invalid URL {text:?}: expected http://HOST:PORT"));
+    if !valid_host(host) {
+        return Err(format!(
+            "invalid URL {text:?}: {host:?} is not a host name, an IPv4 address or an [IPv6] address"
+        ));
+    }
+    // Digits only: `str::parse` would take "+80".
+    let port_ok = !port.is_empty()
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u16>().is_ok_and(|p| p > 0);
+    if !port_ok {
+        return Err(format!(
+            "invalid URL {text:?}: the port {port:?} is not a number from 1 to 65535"
+        ));
     }
     Ok(format!("http://{authority}"))
+}
+
+/// A DNS name (letters, digits, '-', dot-separated labels of 1 to 63), an IPv4 address, or an
+/// IPv6 address in brackets.
+fn valid_host(host: &str) -> bool {
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        // All digits and dots but not an IPv4 address (e.g. 10.0.0.300) is a typo, not a name.
+        && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
 fn read_migration(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<MigrationConfig> {
     let mut t = Fields::of(doc, field)?;
     let defaults = MigrationConfig::default();
-    let deadline = or_default(t.get("deadline"), defaults.deadline, |f| positive(doc, f));
+    let deadline = or_default(t.get("deadline"), defaults.deadline, |f| deadline(doc, f));
     let drain_timeout = or_default(t.get("drain_timeout"), defaults.drain_timeout, |f| {
         positive(doc, f)
     });
@@ -1265,8 +1361,9 @@ fn read_migration(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<Migrat
 }
 
 /// Every listener must name a pool of the file.
-fn check_listener_pools(doc: &mut Doc<'_, '_>, listeners: &[ListenerConfig], pools: &[String]) {
+fn check_listener_pools(doc: &mut Doc<'_, '_>, listeners: &[Option<ListenerConfig>], pools: &[String]) {
     for (i, listener) in listeners.iter().enumerate() {
+        let Some(listener) = listener else { continue };
         if !pools.contains(&listener.pool) {
             let mut known: Vec<&str> = pools.iter().map(String::as_str).collect();
             known.sort_unstable();
@@ -1512,12 +1609,28 @@ fn read_libvirt(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<LibvirtC
     })
 }
 
-/// Checks that need the whole file: duplicates.
-fn cross_check(doc: &mut Doc<'_, '_>, config: &Config) {
-    fleet::cross_check(doc, config);
+/// What was read of each section, for the checks across sections.
+struct Parts<'c> {
+    control: Option<&'c ControlConfig>,
+    listeners: &'c [Option<ListenerConfig>],
+    /// `None` when a pool had errors (the VMs they serve are then not all known).
+    pools: Option<&'c [PoolConfig]>,
+    peers: &'c [Option<PeerConfig>],
+    qmp: &'c [Option<QmpConfig>],
+    haproxy: &'c [Option<HaproxyConfig>],
+    nginx: &'c [Option<NginxConfig>],
+    libvirt: &'c [Option<LibvirtConfig>],
+    fleet: Option<&'c FleetConfig>,
+}
+
+/// Checks across sections: duplicates, a QMP monitor of a VM nothing serves, and what `[fleet]`
+/// excludes. Each runs on the elements that were read, whatever errors the others had.
+fn cross_check(doc: &mut Doc<'_, '_>, parts: &Parts<'_>) {
+    fleet::cross_check(doc, parts.fleet, !parts.peers.is_empty(), parts.pools);
     let mut listener_names = HashSet::new();
     let mut binds: BTreeMap<SocketAddr, &str> = BTreeMap::new();
-    for (i, listener) in config.listeners.iter().enumerate() {
+    for (i, listener) in parts.listeners.iter().enumerate() {
+        let Some(listener) = listener else { continue };
         let path = format!("listeners[{i}]");
         if !listener_names.insert(listener.name.as_str()) {
             doc.error(
@@ -1535,7 +1648,10 @@ fn cross_check(doc: &mut Doc<'_, '_>, config: &Config) {
                 format!("{} is already used by listener {other:?}", listener.bind),
             );
         }
-        if listener.bind == config.control.bind && listener.bind.port() != 0 {
+        if let Some(control) = parts.control
+            && listener.bind == control.bind
+            && listener.bind.port() != 0
+        {
             doc.error(
                 &format!("{path}.bind"),
                 None,
@@ -1543,23 +1659,9 @@ fn cross_check(doc: &mut Doc<'_, '_>, config: &Config) {
             );
         }
     }
-    for pool in &config.pools {
-        let mut seen = HashSet::new();
-        for (i, backend) in pool.backends.iter().enumerate() {
-            if !seen.insert(backend.address) {
-                doc.error(
-                    &format!("pools.{}.backends[{i}].address", pool.name),
-                    None,
-                    format!(
-                        "duplicate backend address {} in pool {:?}",
-                        backend.address, pool.name
-                    ),
-                );
-            }
-        }
-    }
     let mut watched = HashSet::new();
-    for (i, qmp) in config.qmp.iter().enumerate() {
+    for (i, qmp) in parts.qmp.iter().enumerate() {
+        let Some(qmp) = qmp else { continue };
         if !watched.insert(&qmp.vm) {
             doc.error(
                 &format!("qmp[{i}].vm"),
@@ -1569,7 +1671,8 @@ fn cross_check(doc: &mut Doc<'_, '_>, config: &Config) {
         }
     }
     let mut uris = HashSet::new();
-    for (i, libvirt) in config.libvirt.iter().enumerate() {
+    for (i, libvirt) in parts.libvirt.iter().enumerate() {
+        let Some(libvirt) = libvirt else { continue };
         if !uris.insert(&libvirt.uri) {
             doc.error(
                 &format!("libvirt[{i}].uri"),
@@ -1578,30 +1681,62 @@ fn cross_check(doc: &mut Doc<'_, '_>, config: &Config) {
             );
         }
     }
+
+    check_qmp_vms_are_served(doc, parts);
     // Balancer names appear in replies and metrics: they must be unique.
     let mut names: HashSet<&str> = HashSet::from(["embedded"]);
-    let named = config
+    let named = parts
         .peers
         .iter()
         .enumerate()
-        .map(|(i, p)| (format!("peers[{i}].name"), p.name.as_str()))
+        .filter_map(|(i, p)| p.as_ref().map(|p| (format!("peers[{i}].name"), p.name.as_str())))
+        .chain(parts.haproxy.iter().enumerate().filter_map(|(i, h)| {
+            h.as_ref()
+                .map(|h| (format!("haproxy[{i}].name"), h.name.as_str()))
+        }))
         .chain(
-            config
-                .haproxy
-                .iter()
-                .enumerate()
-                .map(|(i, h)| (format!("haproxy[{i}].name"), h.name.as_str())),
-        )
-        .chain(
-            config
+            parts
                 .nginx
                 .iter()
                 .enumerate()
-                .map(|(i, n)| (format!("nginx[{i}].name"), n.name.as_str())),
+                .filter_map(|(i, n)| n.as_ref().map(|n| (format!("nginx[{i}].name"), n.name.as_str()))),
         );
     for (path, name) in named {
         if !names.insert(name) {
             doc.error(&path, None, format!("balancer name {name:?} is already used"));
+        }
+    }
+}
+
+/// A QMP monitor's VM must be served by something this node knows of: a pool, a `[[haproxy]]`
+/// `vms` entry or an `[[nginx]]` server. With peers (or `server_name_is_vm`) it may be served
+/// where this file cannot tell, so nothing is said then; nor when a section had errors.
+fn check_qmp_vms_are_served(doc: &mut Doc<'_, '_>, parts: &Parts<'_>) {
+    let Some(pools) = parts.pools else { return };
+    let (Some(haproxy), Some(nginx)) = (
+        parts.haproxy.iter().cloned().collect::<Option<Vec<_>>>(),
+        parts.nginx.iter().cloned().collect::<Option<Vec<_>>>(),
+    ) else {
+        return;
+    };
+    // Peers and a fleet's other nodes may serve it.
+    if !parts.peers.is_empty() || parts.fleet.is_some() || haproxy.iter().any(|h| h.server_name_is_vm) {
+        return;
+    }
+    for (i, qmp) in parts.qmp.iter().enumerate() {
+        let Some(qmp) = qmp else { continue };
+        let vm = &qmp.vm;
+        let served = pools.iter().any(|p| p.backends.iter().any(|b| &b.vm == vm))
+            || haproxy.iter().any(|h| h.vms.iter().any(|(_, v)| v == vm))
+            || nginx.iter().any(|n| n.servers.iter().any(|s| &s.vm == vm));
+        if !served {
+            doc.error(
+                &format!("qmp[{i}].vm"),
+                None,
+                format!(
+                    "no pool, [[haproxy]] vms entry or [[nginx]] server serves {vm}, and there are no peers: its migrations would reach no balancer"
+                ),
+            );
         }
     }
 }

@@ -192,17 +192,20 @@ fn a_pool_without_backends_is_rejected() {
 
 #[test]
 fn qmp_monitors_are_validated() {
-    let ok = parse("[[qmp]]\nsocket = \"/run/vm-a.qmp\"\nvm = \"vm-a\"\n\n[[qmp]]\nsocket = \"tcp:127.0.0.1:4444\"\nvm = \"vm-b\"\npoll_interval = \"250ms\"\n").unwrap();
+    // The VMs are served by a peer (this file cannot tell which: nothing is said).
+    let peer = "\n[[peers]]\nurl = \"http://127.0.0.1:9091\"\n";
+    let ok = parse(&format!("[[qmp]]\nsocket = \"/run/vm-a.qmp\"\nvm = \"vm-a\"\n\n[[qmp]]\nsocket = \"tcp:127.0.0.1:4444\"\nvm = \"vm-b\"\npoll_interval = \"250ms\"\n{peer}")).unwrap();
     assert_eq!(ok.qmp.len(), 2);
     assert_eq!(ok.qmp[0].poll_interval, Duration::from_secs(1));
     assert_eq!(ok.qmp[1].poll_interval, Duration::from_millis(250));
-    let errors = errors_of(
-        "[[qmp]]\nsocket = \"tcp:nowhere\"\nvm = \"vm-a\"\n[[qmp]]\nsocket = \"/x\"\nvm = \"vm-a\"\n",
-    );
+    let errors = errors_of(&format!(
+        "[[qmp]]\nsocket = \"tcp:nowhere\"\nvm = \"vm-a\"\n[[qmp]]\nsocket = \"/x\"\nvm = \"vm-a\"\n{peer}"
+    ));
     assert_eq!(errors[0].path, "qmp[0].socket");
     assert_eq!(errors[0].line, Some(2));
-    let errors =
-        errors_of("[[qmp]]\nsocket = \"/a\"\nvm = \"vm-a\"\n[[qmp]]\nsocket = \"/b\"\nvm = \"vm-a\"\n");
+    let errors = errors_of(&format!(
+        "[[qmp]]\nsocket = \"/a\"\nvm = \"vm-a\"\n[[qmp]]\nsocket = \"/b\"\nvm = \"vm-a\"\n{peer}"
+    ));
     assert_eq!(errors[0].path, "qmp[1].vm");
     assert_eq!(errors[0].line, Some(6));
 }
@@ -351,6 +354,40 @@ fn listener_timeouts_default_to_a_minute_and_must_be_positive() {
     );
 }
 
+#[test]
+fn a_qmp_monitor_of_a_vm_nothing_serves_is_an_error() {
+    let errors = errors_of(
+        "[[listeners]]\nname = \"l\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\n[[pools.p.backends]]\naddress = \"127.0.0.1:1\"\nvm = \"vm-a\"\n[[qmp]]\nsocket = \"/a\"\nvm = \"vm-typo\"\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "qmp[0].vm");
+    assert!(errors[0].message.contains("no pool"), "{}", errors[0].message);
+}
+
+#[test]
+fn malformed_peer_urls_are_rejected() {
+    for url in [
+        "http://node b:9090",
+        "http://host:+80",
+        "http://host:0",
+        "http://user@host:80",
+        "http://host:80#x",
+        "http://10.0.0.300:80",
+        "http://-host:80",
+        "http://[::1:80",
+    ] {
+        assert!(normalize_peer_url(url).is_err(), "{url} accepted");
+    }
+    for url in [
+        "http://node-b:9090",
+        "http://10.0.0.3:80/",
+        "http://[::1]:9090",
+        "http://a.b.c:1",
+    ] {
+        assert!(normalize_peer_url(url).is_ok(), "{url} refused");
+    }
+}
+
 /// An http listener and one pool, with `listener` and `pool` lines added.
 fn l7(listener: &str, pool: &str) -> String {
     format!(
@@ -416,7 +453,7 @@ fn bad_tls_settings_name_their_field() {
 }
 
 #[test]
-fn a_pool_may_speak_h2_and_tls_to_its_backends() {
+fn a_pool_may_speak_h2_or_http1_over_tls_to_its_backends() {
     let config = parse(&l7(
         "",
         "protocol = \"h2\"\ntls = { ca = \"ca.pem\", server_name = \"backend.test\" }",
@@ -434,6 +471,13 @@ fn a_pool_may_speak_h2_and_tls_to_its_backends() {
     );
     let insecure = parse(&l7("", "protocol = \"h2\"\ntls = { insecure = true }")).unwrap();
     assert!(insecure.pools[0].tls.as_ref().unwrap().insecure);
+    // HTTP/1.1 over TLS too (the default protocol).
+    let http1 = parse(&l7("", "tls = { ca = \"ca.pem\" }")).unwrap();
+    assert_eq!(http1.pools[0].protocol, UpstreamProtocol::Http1);
+    assert_eq!(
+        http1.pools[0].tls.as_ref().unwrap().ca,
+        Some(PathBuf::from("ca.pem"))
+    );
     for (line, path) in [
         ("tls = {}", "pools.web.tls"),
         (
@@ -441,11 +485,62 @@ fn a_pool_may_speak_h2_and_tls_to_its_backends() {
             "pools.web.tls.insecure",
         ),
         ("protocol = \"h3\"", "pools.web.protocol"),
-        ("tls = { ca = \"ca.pem\" }", "pools.web.tls"),
     ] {
         let errors = errors_of(&l7("", line));
         assert!(errors.iter().any(|e| e.path == path), "{line}: {errors:?}");
     }
+}
+
+#[test]
+fn idle_timeout_on_an_http_listener_is_an_error() {
+    let errors = errors_of(
+        "[[listeners]]\nname = \"l\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nidle_timeout = \"1h\"\n[pools.p]\n[[pools.p.backends]]\naddress = \"127.0.0.1:1\"\nvm = \"vm-a\"\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "listeners[0].idle_timeout");
+    assert!(
+        errors[0].message.contains("tcp listeners only"),
+        "{}",
+        errors[0].message
+    );
+}
+
+#[test]
+fn every_error_is_reported_in_one_run_duplicates_included() {
+    // A bad field in a pool and in a listener, and duplicates elsewhere: all at once.
+    let errors = errors_of(
+        "[[listeners]]\nname = \"l\"\nkind = \"tcp\"\nbind = \"127.0.0.1:7001\"\npool = \"p\"\n\
+         [[listeners]]\nname = \"l\"\nkind = \"tcp\"\nbind = \"127.0.0.1:7001\"\npool = \"p\"\n\
+         [[listeners]]\nname = \"m\"\nkind = \"tcp\"\nbind = \"nowhere\"\npool = \"p\"\n\
+         [pools.p]\nalgorithm = \"fastest\"\n\
+         [[pools.p.backends]]\naddress = \"127.0.0.1:1\"\nvm = \"vm-a\"\n\
+         [[pools.p.backends]]\naddress = \"127.0.0.1:1\"\nvm = \"vm-b\"\n\
+         [[peers]]\nname = \"x\"\nurl = \"http://a:1\"\n[[peers]]\nname = \"x\"\nurl = \"http://b:1\"\n",
+    );
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    for expected in [
+        "listeners[1].name",
+        "listeners[1].bind",
+        "listeners[2].bind",
+        "pools.p.algorithm",
+        "pools.p.backends[1].address",
+        "peers[1].name",
+    ] {
+        assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
+    }
+}
+
+#[test]
+fn deadlines_are_from_a_second_to_a_week() {
+    let pool = |deadline: &str| {
+        format!(
+            "[pools.p]\ndeadline = \"{deadline}\"\n[[pools.p.backends]]\naddress = \"127.0.0.1:1\"\nvm = \"vm-a\"\n"
+        )
+    };
+    assert_eq!(errors_of(&pool("500ms"))[0].path, "pools.p.deadline");
+    assert_eq!(errors_of(&pool("169h"))[0].path, "pools.p.deadline");
+    assert!(parse(&pool("1s")).is_ok());
+    assert!(parse(&pool("168h")).is_ok());
 }
 
 #[test]

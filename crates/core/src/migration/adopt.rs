@@ -74,6 +74,7 @@ impl Registry {
         let to = state.phase;
         let command = state.command_at(now);
         let readdress = state.readdress.clone();
+        let origin = state.origin;
         self.vms.insert(vm.clone(), state);
         (to != from).then(|| Transition {
             vm: vm.clone(),
@@ -87,6 +88,7 @@ impl Registry {
             command,
             migration: id,
             readdress,
+            origin,
         })
     }
 }

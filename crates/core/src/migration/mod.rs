@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, GuardAction, GuardConfig};
 use crate::model::{RestoreMode, VmId};
-use crate::phase::{EndReason, Notice, Phase, PhaseCommand, Readdress, VmState};
+use crate::phase::{EndReason, Notice, Origin, Phase, PhaseCommand, Readdress, VmState};
 use crate::time::{Millis, millis};
 
 mod adopt;
@@ -111,6 +111,10 @@ pub enum Cause {
     RampDone,
     /// A queued prepare was admitted by the capacity guard.
     Dequeued,
+    /// A peer's command, followed (the peer drives the migration).
+    Peer,
+    /// A drain found on a driven balancer at start, adopted.
+    Adopted,
 }
 
 /// A change of a VM's phase, with the command every balancer must now apply.
@@ -130,6 +134,8 @@ pub struct Transition {
     pub migration: Option<u64>,
     /// New addresses every balancer must use for the VM.
     pub readdress: Option<Readdress>,
+    /// Who drives the migration: only [`Origin::Local`] transitions are told to peers.
+    pub origin: Origin,
 }
 
 impl Transition {
@@ -236,6 +242,10 @@ pub struct MigrationRecord {
     pub stable_at: Option<Millis>,
     /// Latest progress from the hypervisor.
     pub progress: Option<MigrationProgress>,
+    /// How this node learned of the migration, when not from a notice (followed from a peer,
+    /// adopted from a driven balancer at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl MigrationRecord {
@@ -253,6 +263,7 @@ impl MigrationRecord {
             end: None,
             stable_at: None,
             progress: None,
+            note: None,
         }
     }
 
@@ -277,6 +288,28 @@ pub struct QueuedPrepare {
     pub vm: VmId,
     /// Its options.
     pub options: NoticeOptions,
+}
+
+/// One VM's entry as it was, for [`Registry::revert`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmUndo {
+    vm: VmId,
+    state: Option<VmState>,
+    queued: Option<QueuedPrepare>,
+    record: Option<MigrationRecord>,
+    next_id: u64,
+}
+
+impl VmUndo {
+    /// The VM.
+    pub fn vm(&self) -> &VmId {
+        &self.vm
+    }
+
+    /// Its state as it was (`None`: the registry had not seen it).
+    pub fn state(&self) -> Option<&VmState> {
+        self.state.as_ref()
+    }
 }
 
 /// Everything a registry holds, to be saved and restored across restarts.
@@ -402,8 +435,27 @@ impl Registry {
         self.clone().apply(vm, notice, now, options)
     }
 
-    /// Applies a notice. On error nothing changed.
+    /// Applies a notice. On error nothing changed. A VM a notice moves is driven from this node
+    /// from then on ([`Origin::Local`]), whoever drove it before.
     pub fn apply(
+        &mut self,
+        vm: &VmId,
+        notice: Notice,
+        now: Millis,
+        options: NoticeOptions,
+    ) -> Result<Outcome, NoticeError> {
+        let outcome = self.apply_notice(vm, notice, now, options)?;
+        if let Outcome::Applied(transition) = &outcome
+            && let Some(state) = self.vms.get_mut(vm)
+        {
+            state.origin = Origin::Local;
+            state.changed_at = now;
+            debug_assert_eq!(transition.origin, Origin::Local);
+        }
+        Ok(outcome)
+    }
+
+    fn apply_notice(
         &mut self,
         vm: &VmId,
         notice: Notice,
@@ -448,6 +500,7 @@ impl Registry {
                         &options,
                         false,
                         Cause::Notice(notice),
+                        None,
                     ))),
                 }
             }
@@ -468,10 +521,13 @@ impl Registry {
                     command: state.command_at(now),
                     migration: id,
                     readdress: None,
+                    origin: Origin::Local,
                 }))
             }
             // The copy already runs: drain now whatever the guard says; it can only delay what has not begun.
             (Notice::Started, Phase::Stable | Phase::Ramping) => {
+                // A queued prepare's record becomes this migration's (it must not stay open for ever).
+                let queued_record = if queued { state.migration } else { None };
                 self.unqueue(vm);
                 Ok(Outcome::Applied(self.begin_drain(
                     vm,
@@ -479,6 +535,7 @@ impl Registry {
                     &options,
                     true,
                     Cause::Notice(notice),
+                    queued_record,
                 )))
             }
             (Notice::Completed | Notice::Failed | Notice::Cancelled, Phase::Draining | Phase::Migrating) => {
@@ -488,6 +545,7 @@ impl Registry {
                     _ => EndReason::Cancelled,
                 };
                 let mut transition = self.end(vm, reason, now, Cause::Notice(notice));
+                transition.origin = Origin::Local;
                 if let Some(readdress) = options
                     .readdress
                     .filter(|r| !r.is_empty() && reason == EndReason::Completed)
@@ -540,7 +598,15 @@ impl Registry {
             .map(|(vm, _)| vm.clone())
             .collect();
         for vm in expired {
-            transitions.push(self.end(&vm, EndReason::Deadline, now, Cause::Deadline));
+            let transition = self.end(&vm, EndReason::Deadline, now, Cause::Deadline);
+            // The driving node's deadline is a change its peers are told of; a follower's own
+            // enforcement of it is not.
+            if transition.origin == Origin::Local
+                && let Some(state) = self.vms.get_mut(&vm)
+            {
+                state.changed_at = now;
+            }
+            transitions.push(transition);
         }
         let ramped: Vec<VmId> = self
             .vms
@@ -551,10 +617,14 @@ impl Registry {
         for vm in ramped {
             let state = self.vms.get_mut(&vm).expect("listed above");
             let id = state.migration;
+            let origin = state.origin;
             *state = VmState {
                 migration: id,
                 queued_since: state.queued_since,
                 readdress: state.readdress.take(),
+                origin,
+                // A ramp ending is every node's own consequence, not a new view.
+                changed_at: state.changed_at,
                 ..VmState::stable(now)
             };
             if let Some(id) = id {
@@ -568,6 +638,7 @@ impl Registry {
                 command: PhaseCommand::Stable,
                 migration: id,
                 readdress: None,
+                origin,
             });
         }
         transitions.extend(self.admit_queued(now));
@@ -597,6 +668,203 @@ impl Registry {
         false
     }
 
+    /// Follows a peer's command for a VM (the peer API): the registry takes the phase, times and
+    /// deadline the command describes, so that this node's own deadline, retries and later notices
+    /// agree with the node that drives the migration. `at` is when the change was made on that
+    /// node (ms since the epoch), kept as the VM's `changed_at` so that the newer of two views
+    /// can be told apart later. The capacity guard is not asked: the driving node already admitted the
+    /// migration. Returns the transition, or `None` when the VM already is where the command puts
+    /// it (times are still taken from the command). See [`Registry::is_newer_than`] to refuse a
+    /// command older than what the registry holds.
+    pub fn follow(
+        &mut self,
+        vm: &VmId,
+        command: PhaseCommand,
+        now: Millis,
+        at: Millis,
+    ) -> Option<Transition> {
+        let state = self.vms.get(vm).cloned().unwrap_or_else(|| VmState::stable(now));
+        let from = state.phase;
+        let queued_record = state.queued_since.and(state.migration);
+        let mut next = state.clone();
+        next.origin = Origin::Peer;
+        next.queued_since = None;
+        match command {
+            PhaseCommand::Drain {
+                elapsed_ms,
+                migrating,
+                deadline_in_ms,
+            } => {
+                let began = now.saturating_sub(elapsed_ms);
+                let id = match (from.is_drained(), state.migration) {
+                    (true, Some(id)) => id,
+                    _ => queued_record.unwrap_or_else(|| self.new_record(vm)),
+                };
+                self.unqueue(vm);
+                let record = self.record_mut(id);
+                record.prepared_at.get_or_insert(began);
+                if migrating {
+                    record.started_at.get_or_insert(now);
+                }
+                if record.note.is_none() && !from.is_drained() {
+                    record.note = Some("followed a peer's drain".to_string());
+                }
+                next.phase = if migrating {
+                    Phase::Migrating
+                } else {
+                    Phase::Draining
+                };
+                next.drain_started_at = Some(began);
+                next.deadline_at = Some(now.saturating_add(deadline_in_ms));
+                next.ramp_started_at = None;
+                next.ramp_until = None;
+                next.end_reason = None;
+                next.migration = Some(id);
+            }
+            PhaseCommand::Ramp { elapsed_ms, reason } => {
+                let ended = now.saturating_sub(elapsed_ms);
+                let until = ended.saturating_add(self.ramp_ms_of(vm, reason));
+                if from.is_drained()
+                    && let Some(id) = state.migration
+                {
+                    let record = self.record_mut(id);
+                    record.ended_at = Some(ended);
+                    record.end = Some(reason);
+                }
+                next.drain_started_at = None;
+                next.deadline_at = None;
+                next.end_reason = Some(reason);
+                if until > now {
+                    next.phase = Phase::Ramping;
+                    next.ramp_started_at = Some(ended);
+                    next.ramp_until = Some(until);
+                } else {
+                    next.phase = Phase::Stable;
+                    next.ramp_started_at = None;
+                    next.ramp_until = None;
+                }
+                self.unqueue(vm);
+            }
+            PhaseCommand::Stable => {
+                if from == Phase::Stable && queued_record.is_none() {
+                    return None;
+                }
+                if from != Phase::Stable
+                    && let Some(id) = state.migration
+                {
+                    let record = self.record_mut(id);
+                    record.ended_at.get_or_insert(now);
+                    record.stable_at = Some(now);
+                }
+                self.unqueue(vm);
+                next = VmState {
+                    migration: state.migration,
+                    readdress: state.readdress.clone(),
+                    origin: Origin::Peer,
+                    ..VmState::stable(now)
+                };
+            }
+        }
+        let to = next.phase;
+        if to != from {
+            next.since = at.min(now);
+        }
+        next.changed_at = at;
+        if to == Phase::Stable
+            && from != Phase::Stable
+            && let Some(id) = next.migration
+        {
+            self.record_mut(id).stable_at = Some(now);
+        }
+        let migration = next.migration;
+        let changed = next != state;
+        self.vms.insert(vm.clone(), next);
+        changed.then(|| Transition {
+            vm: vm.clone(),
+            from,
+            to,
+            cause: Cause::Peer,
+            command,
+            migration,
+            readdress: None,
+            origin: Origin::Peer,
+        })
+    }
+
+    /// Whether the registry's view of a VM was changed (by a notice, or by what it followed) after
+    /// `at`: a command made at `at` elsewhere is then older than what this node knows (one in
+    /// flight while this process was frozen, say) and must not be applied over it.
+    pub fn is_newer_than(&self, vm: &VmId, at: Millis) -> bool {
+        self.vms.get(vm).is_some_and(|s| s.changed_at > at)
+    }
+
+    /// Adopts a drain found on a driven balancer at start, when the registry knows of no migration
+    /// of the VM (an earlier run left it, and no state says why): the VM drains from `now` with its
+    /// usual deadline, so `completed` or the deadline restores it. `None` when the VM is already
+    /// draining, migrating or queued.
+    pub fn adopt_leftover(&mut self, vm: &VmId, now: Millis, note: String) -> Option<Transition> {
+        let state = self.vms.get(vm);
+        if state.is_some_and(|s| s.phase.is_drained() || s.queued_since.is_some()) {
+            return None;
+        }
+        let options = NoticeOptions::default();
+        let mut transition = self.begin_drain(vm, now, &options, false, Cause::Adopted, None);
+        transition.origin = Origin::Adopted;
+        let state = self.vms.get_mut(vm).expect("just drained");
+        state.origin = Origin::Adopted;
+        if let Some(id) = transition.migration {
+            self.record_mut(id).note = Some(note);
+        }
+        Some(transition)
+    }
+
+    /// What a VM's entry is now, to undo a change of it with [`Registry::revert`].
+    pub fn undo_point(&self, vm: &VmId) -> VmUndo {
+        let state = self.vms.get(vm).cloned();
+        VmUndo {
+            vm: vm.clone(),
+            record: state
+                .as_ref()
+                .and_then(|s| s.migration)
+                .and_then(|id| self.migration(id).cloned()),
+            state,
+            queued: self.queue.iter().find(|q| &q.vm == vm).cloned(),
+            next_id: self.next_id,
+        }
+    }
+
+    /// Undoes every change of one VM since `undo` was taken (a VM no balancer serves, or a change
+    /// that could not be saved): its state, its place in the guard's queue and its migration record
+    /// come back, and records opened for it since are dropped. Other VMs are not touched.
+    pub fn revert(&mut self, undo: VmUndo) {
+        let VmUndo {
+            vm,
+            state,
+            queued,
+            record,
+            next_id,
+        } = undo;
+        match state {
+            Some(state) => {
+                self.vms.insert(vm.clone(), state);
+            }
+            None => {
+                self.vms.remove(&vm);
+            }
+        }
+        self.queue.retain(|q| q.vm != vm);
+        if let Some(queued) = queued {
+            self.queue.push_back(queued);
+        }
+        self.history.retain(|r| r.id < next_id || r.vm != vm);
+        if let Some(record) = record
+            && let Some(slot) = self.history.iter_mut().find(|r| r.id == record.id)
+        {
+            *slot = record;
+        }
+    }
+
+    /// Drains a VM; `reuse` is the record of the prepare the guard had queued, if any.
     fn begin_drain(
         &mut self,
         vm: &VmId,
@@ -604,16 +872,10 @@ impl Registry {
         options: &NoticeOptions,
         migrating: bool,
         cause: Cause,
+        reuse: Option<u64>,
     ) -> Transition {
         let from = self.phase(vm);
-        let existing = self.vms.get(vm).and_then(|s| {
-            if s.queued_since.is_some() {
-                s.migration
-            } else {
-                None
-            }
-        });
-        let id = existing.unwrap_or_else(|| self.new_record(vm));
+        let id = reuse.unwrap_or_else(|| self.new_record(vm));
         let deadline = options.deadline_ms.unwrap_or_else(|| self.deadline_ms_of(vm));
         let state = VmState {
             phase: if migrating {
@@ -622,6 +884,7 @@ impl Registry {
                 Phase::Draining
             },
             since: now,
+            changed_at: now,
             drain_started_at: Some(now),
             deadline_at: Some(now.saturating_add(deadline)),
             ramp_started_at: None,
@@ -631,6 +894,7 @@ impl Registry {
             queued_since: None,
             // The VM keeps the addresses its last migration gave it.
             readdress: self.vms.get(vm).and_then(|s| s.readdress.clone()),
+            origin: Origin::Local,
         };
         let record = self.record_mut(id);
         record.prepared_at = Some(now);
@@ -648,6 +912,7 @@ impl Registry {
             command,
             migration: Some(id),
             readdress: None,
+            origin: Origin::Local,
         }
     }
 
@@ -670,6 +935,7 @@ impl Registry {
             state.ramp_until = None;
         }
         let to = state.phase;
+        let origin = state.origin;
         if let Some(id) = id {
             let record = self.record_mut(id);
             record.ended_at = Some(now);
@@ -691,6 +957,7 @@ impl Registry {
             command,
             migration: id,
             readdress: None,
+            origin,
         }
     }
 
@@ -701,7 +968,8 @@ impl Registry {
             let vm = self.queue[i].vm.clone();
             if self.guard_violation(&vm).is_none() {
                 let queued = self.queue.remove(i).expect("index checked");
-                admitted.push(self.begin_drain(&vm, now, &queued.options, false, Cause::Dequeued));
+                let record = self.vms.get(&vm).and_then(|s| s.migration);
+                admitted.push(self.begin_drain(&vm, now, &queued.options, false, Cause::Dequeued, record));
             } else {
                 i += 1;
             }

@@ -381,3 +381,212 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_started_for_a_queued_vm_continues_its_queued_record() {
+    let guard = GuardConfig {
+        max_concurrent: Some(1),
+        on_violation: GuardAction::Queue,
+        ..GuardConfig::default()
+    };
+    let mut reg = registry(guard);
+    applied(reg.apply(&vm("vm-a"), Notice::Prepare, 0, NONE));
+    assert!(matches!(
+        reg.apply(&vm("vm-b"), Notice::Prepare, 10, NONE),
+        Ok(Outcome::Queued { .. })
+    ));
+    let t = applied(reg.apply(&vm("vm-b"), Notice::Started, 20, NONE));
+    applied(reg.apply(&vm("vm-b"), Notice::Completed, 30, NONE));
+    let records: Vec<&MigrationRecord> = reg.history().filter(|r| r.vm == vm("vm-b")).collect();
+    assert_eq!(records.len(), 1, "one migration, one record: {records:?}");
+    assert_eq!(records[0].id, t.migration.unwrap());
+    assert_eq!(records[0].queued_at, Some(10));
+    assert_eq!(records[0].ended_at, Some(30), "the record ends");
+}
+
+#[test]
+fn following_a_peer_takes_its_phase_times_and_deadline_and_ends_with_it() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    let t = reg
+        .follow(
+            &a,
+            PhaseCommand::Drain {
+                elapsed_ms: 500,
+                migrating: false,
+                deadline_in_ms: 4_000,
+            },
+            10_000,
+            10_000,
+        )
+        .unwrap();
+    assert_eq!(
+        (t.from, t.to, t.origin),
+        (Phase::Stable, Phase::Draining, Origin::Peer)
+    );
+    let state = reg.vm(&a).unwrap().clone();
+    assert_eq!(state.drain_started_at, Some(9_500));
+    assert_eq!(state.deadline_at, Some(14_000));
+    assert_eq!(state.origin, Origin::Peer);
+    // A later notice here ends the migration the peer began, and drives it from now on.
+    let end = applied(reg.apply(&a, Notice::Completed, 11_000, NONE));
+    assert_eq!((end.from, end.origin), (Phase::Draining, Origin::Local));
+    assert_eq!(reg.vm(&a).unwrap().origin, Origin::Local);
+    assert_eq!(reg.history().count(), 1);
+
+    // The peer's ramp is followed too, with the time it already ramped.
+    let b = vm("vm-b");
+    reg.follow(
+        &b,
+        PhaseCommand::Drain {
+            elapsed_ms: 0,
+            migrating: true,
+            deadline_in_ms: 60_000,
+        },
+        0,
+        0,
+    );
+    assert_eq!(reg.phase(&b), Phase::Migrating);
+    let t = reg
+        .follow(
+            &b,
+            PhaseCommand::Ramp {
+                elapsed_ms: 4_000,
+                reason: EndReason::Completed,
+            },
+            20_000,
+            20_000,
+        )
+        .unwrap();
+    assert_eq!(t.to, Phase::Ramping);
+    assert_eq!(
+        reg.vm(&b).unwrap().ramp_until,
+        Some(26_000),
+        "10 s window from 16 s"
+    );
+    // A followed migration has no deadline left to enforce once it ramps.
+    assert!(reg.tick(25_000).iter().all(|t| t.vm != b));
+    assert_eq!(reg.tick(26_000).len(), 1);
+    assert_eq!(reg.phase(&b), Phase::Stable);
+}
+
+#[test]
+fn a_followed_deadline_restores_the_vm_on_this_node_only() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    reg.follow(
+        &a,
+        PhaseCommand::Drain {
+            elapsed_ms: 0,
+            migrating: false,
+            deadline_in_ms: 1_000,
+        },
+        0,
+        0,
+    );
+    let expired = reg.tick(1_000);
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].cause, Cause::Deadline);
+    assert_eq!(expired[0].origin, Origin::Peer, "not told to the peers");
+}
+
+#[test]
+fn an_adopted_drain_is_restored_by_completed_or_its_deadline() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    let t = reg
+        .adopt_leftover(&a, 1_000, "lb had it in DRAIN".into())
+        .unwrap();
+    assert_eq!((t.to, t.origin), (Phase::Draining, Origin::Adopted));
+    assert_eq!(reg.vm(&a).unwrap().deadline_at, Some(61_000));
+    assert!(reg.adopt_leftover(&a, 2_000, "again".into()).is_none());
+    let record = reg.migration(t.migration.unwrap()).unwrap();
+    assert_eq!(record.note.as_deref(), Some("lb had it in DRAIN"));
+    applied(reg.apply(&a, Notice::Completed, 3_000, NONE));
+    assert_eq!(reg.phase(&a), Phase::Ramping);
+}
+
+#[test]
+fn revert_undoes_one_vm_and_leaves_the_others() {
+    let guard = GuardConfig {
+        max_concurrent: Some(1),
+        on_violation: GuardAction::Queue,
+        ..GuardConfig::default()
+    };
+    let mut reg = registry(guard);
+    applied(reg.apply(&vm("vm-a"), Notice::Prepare, 0, NONE));
+    reg.apply(&vm("vm-b"), Notice::Prepare, 5, NONE).unwrap();
+    let before_b = reg.undo_point(&vm("vm-b"));
+    let before = format!("{:?}", reg.snapshot());
+    // vm-b's queued prepare becomes a started; meanwhile a VM of no pool begins a migration.
+    applied(reg.apply(&vm("vm-b"), Notice::Started, 10, NONE));
+    applied(reg.apply(&vm("elsewhere"), Notice::Prepare, 11, NONE));
+    reg.revert(before_b);
+    let undo_x = reg.undo_point(&vm("x"));
+    applied(reg.apply(&vm("x"), Notice::Prepare, 12, NONE));
+    reg.revert(undo_x);
+    assert_eq!(reg.phase(&vm("vm-b")), Phase::Stable);
+    assert!(
+        reg.vm(&vm("vm-b")).unwrap().queued_since.is_some(),
+        "queued again"
+    );
+    assert_eq!(reg.phase(&vm("elsewhere")), Phase::Draining, "untouched");
+    assert_eq!(reg.vm(&vm("x")), None);
+    let after = reg.snapshot();
+    assert_eq!(after.queue.len(), 1);
+    assert!(after.history.iter().all(|r| r.vm != vm("x")));
+    assert!(!before.is_empty());
+    // vm-b is admitted when vm-a ends, as it would have been.
+    applied(reg.apply(&vm("vm-a"), Notice::Completed, 20, NONE));
+    assert_eq!(reg.tick(20).len(), 1);
+    assert_eq!(reg.phase(&vm("vm-b")), Phase::Draining);
+}
+
+#[test]
+fn a_followed_phase_keeps_the_time_it_changed_at_its_origin_so_an_older_one_is_told_apart() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    let drain = PhaseCommand::Drain {
+        elapsed_ms: 0,
+        migrating: false,
+        deadline_in_ms: 60_000,
+    };
+    // Made at 1 000 on the peer, received at 1 500.
+    reg.follow(&a, drain, 1_500, 1_000).unwrap();
+    assert_eq!(reg.vm(&a).unwrap().since, 1_000);
+    // The peer ends it at 2 000; a drain made at 1 000 that arrives late is older.
+    reg.follow(
+        &a,
+        PhaseCommand::Ramp {
+            elapsed_ms: 0,
+            reason: EndReason::Completed,
+        },
+        2_100,
+        2_000,
+    )
+    .unwrap();
+    assert!(reg.is_newer_than(&a, 1_000));
+    assert!(!reg.is_newer_than(&a, 2_000));
+}
+
+#[test]
+fn a_ramp_ending_here_does_not_make_a_peers_later_change_look_older() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    reg.follow(
+        &a,
+        PhaseCommand::Ramp {
+            elapsed_ms: 0,
+            reason: EndReason::Completed,
+        },
+        1_000,
+        1_000,
+    );
+    // The local ramp ends at 11 000; the peer began a new migration at 10 500.
+    assert_eq!(reg.tick(11_000).len(), 1);
+    assert_eq!(reg.phase(&a), Phase::Stable);
+    assert!(!reg.is_newer_than(&a, 10_500));
+    // A notice here is a change of the view.
+    applied(reg.apply(&a, Notice::Prepare, 12_000, NONE));
+    assert!(reg.is_newer_than(&a, 11_500));
+}

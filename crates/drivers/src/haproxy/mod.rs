@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use handover_core::api::{
-    Applied, BackendReport, BackendStatus, BalancerStatus, ConnectionReport, DrainStatus, PoolStatus,
+    Applied, BackendReport, BackendStatus, BalancerStatus, ConnectionReport, DrainStatus, Leftover,
+    PoolStatus,
 };
 use handover_core::balancer::{Balancer, BalancerError, BoxFuture};
 use handover_core::config::{HaproxyConfig, ServerKey};
@@ -272,6 +273,40 @@ impl Balancer for HaproxyBalancer {
         "haproxy"
     }
 
+    fn serves_known(&self, vm: &VmId) -> Option<bool> {
+        if self.config.vms.iter().any(|(_, v)| v == vm) {
+            Some(true)
+        } else if self.config.server_name_is_vm {
+            None
+        } else {
+            Some(false)
+        }
+    }
+
+    fn leftovers(&self) -> BoxFuture<'_, Result<Vec<Leftover>, BalancerError>> {
+        Box::pin(async move {
+            let mut inner = self.inner.lock().await;
+            let servers = self.servers().await?;
+            let mut found = Vec::new();
+            for server in &servers {
+                let Some(vm) = self.vm_of(&mut inner, server) else {
+                    continue;
+                };
+                if server.draining || server.weight != server.initial_weight {
+                    // Its backend is restored to the configured weights when its VMs are stable.
+                    inner.touched.insert(server.backend.clone());
+                }
+                if server.draining {
+                    found.push(Leftover {
+                        vm,
+                        found: format!("server {}/{} in DRAIN", server.backend, server.server),
+                    });
+                }
+            }
+            Ok(found)
+        })
+    }
+
     fn apply<'a>(
         &'a self,
         vm: &'a VmId,
@@ -279,6 +314,10 @@ impl Balancer for HaproxyBalancer {
     ) -> BoxFuture<'a, Result<Applied, BalancerError>> {
         Box::pin(async move {
             let mut inner = self.inner.lock().await;
+            if self.serves_known(vm) == Some(true) {
+                // Kept even if HAProxy cannot be reached now: the next step applies it.
+                inner.desired.set(vm, command);
+            }
             let servers = self.servers().await?;
             let serves = servers
                 .iter()

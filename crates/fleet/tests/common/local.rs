@@ -59,6 +59,7 @@ impl LocalNode for Recording {
                 backends: Vec::new(),
                 active: None,
                 drained: None,
+                pending: false,
             }]
         })
     }

@@ -185,6 +185,45 @@ impl H2Raw {
     }
 }
 
+impl H2Raw {
+    /// Reads frames (answering SETTINGS and PING) until the server closes the connection:
+    /// `Some(whether a GOAWAY came first)`, or `None` if it is still open after `limit`.
+    pub async fn closed_within(&mut self, limit: Duration) -> Option<bool> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut goaway = false;
+        loop {
+            while self.input.len() >= 9 {
+                let length = u32::from_be_bytes([0, self.input[0], self.input[1], self.input[2]]) as usize;
+                if self.input.len() < 9 + length {
+                    break;
+                }
+                let (kind, flags) = (self.input[3], self.input[4]);
+                let payload: Vec<u8> = self.input[9..9 + length].to_vec();
+                self.input.drain(..9 + length);
+                match kind {
+                    SETTINGS if flags & ACK == 0 => {
+                        let _ = self.stream.write_all(&frame(SETTINGS, ACK, 0, &[])).await;
+                    }
+                    PING if flags & ACK == 0 => {
+                        let _ = self.stream.write_all(&frame(PING, ACK, 0, &payload)).await;
+                    }
+                    GOAWAY => goaway = true,
+                    _ => {}
+                }
+            }
+            let mut buffer = [0u8; 16384];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut buffer)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    self.ended = true;
+                    return Some(goaway);
+                }
+                Ok(Ok(n)) => self.input.extend_from_slice(&buffer[..n]),
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
 /// `(name, value)` pairs from text.
 pub fn fields(pairs: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
     pairs

@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 use handover_core::api::{NoticeRequest, VmView};
 use handover_drivers::{ClientError, ControlClient};
 
-/// Path of the binary under test.
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_handover")
+/// Path of the binary under test: this build's, or `HANDOVER_TEST_BIN` (to run a test against
+/// another build, e.g. to see a fault test fail on the code before its fix).
+pub fn binary() -> String {
+    std::env::var("HANDOVER_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_handover").to_string())
 }
 
 /// A running `handover run` process.
@@ -47,17 +48,35 @@ struct Ready {
 impl Node {
     /// Starts `handover run` on this configuration and waits until it listens.
     pub fn start(config: &str) -> Node {
-        Self::start_with(config, &[])
+        Self::spawn(config, &[], None)
     }
 
     /// The same with more arguments to `handover run` (`--workers 1`, say).
     pub fn start_with(config: &str, args: &[&str]) -> Node {
+        Self::spawn(config, args, None)
+    }
+
+    /// Starts `handover run` with at most `nofile` open descriptors (soft and hard limit, set by
+    /// util-linux's `prlimit` before it executes the binary, so the pid is handover's).
+    pub fn start_limited(config: &str, nofile: Option<u64>) -> Node {
+        Self::spawn(config, &[], nofile)
+    }
+
+    fn spawn(config: &str, args: &[&str], nofile: Option<u64>) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("handover.toml");
         std::fs::write(&config_path, config).unwrap();
         let ready: PathBuf = dir.path().join("ready.json");
         let log = std::fs::File::create(dir.path().join("handover.log")).unwrap();
-        let child = Command::new(binary())
+        let mut command = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&config_path)
             .arg("--ready-file")
@@ -107,6 +126,26 @@ impl Node {
     /// The node's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("handover.log")).unwrap_or_default()
+    }
+
+    /// The node's log so far without its colours (`key=value` fields read as such).
+    pub fn plain_log(&self) -> String {
+        let log = self.log();
+        let mut plain = String::with_capacity(log.len());
+        let mut chars = log.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // An SGR sequence: ESC [ ... m
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                plain.push(c);
+            }
+        }
+        plain
     }
 
     /// Address of a listener.
@@ -164,6 +203,17 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process at once (SIGKILL: no shutdown, no last state write) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Asks the node to stop gracefully (SIGTERM), without waiting.
     pub fn terminate(&self) {
         self.signal("TERM");
@@ -203,6 +253,15 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        // Never signal a pid that was already reaped (it may belong to another process by now).
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // A stopped process cannot act on SIGTERM.
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())

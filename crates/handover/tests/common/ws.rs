@@ -14,6 +14,8 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 pub const WS: &str = "ws.py";
 /// The gRPC peer script.
 pub const GRPC: &str = "grpc_peer.py";
+/// The HTTP/1.1-over-TLS backend script.
+pub const TLS_HTTP1: &str = "tls_http1.py";
 
 fn script(name: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common")).join(name)
@@ -55,6 +57,11 @@ impl WsServer {
             .lines()
             .map(str::to_string)
             .collect()
+    }
+
+    /// What the server wrote to its port file's `.SUFFIX` companion (empty if nothing yet).
+    pub fn note(&self, suffix: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("port.{suffix}"))).unwrap_or_default()
     }
 
     /// Starts a WebSocket server on an ephemeral port.

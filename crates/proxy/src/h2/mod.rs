@@ -10,16 +10,19 @@
 //! picks its backend from the pool's current snapshot exactly as an HTTP/1.1 request does, so a
 //! draining VM gets no new stream while streams in flight to it finish. Every request meets the
 //! same edge rules ([`request`]), then goes to the backend in the protocol its pool speaks:
-//! HTTP/1.1 ([`to_http1`]) or HTTP/2 ([`to_h2`]). When the worker shuts down, the connection
-//! sends GOAWAY and ends once its streams are done.
+//! HTTP/1.1 ([`to_http1`]) or HTTP/2 ([`to_h2`]). When the worker shuts down, or the connection
+//! has had no stream for the listener's `idle_timeout` ([`idle`]), it sends GOAWAY and ends once
+//! its streams are done.
 //!
 //! - [`request`]: the edge rules for an HTTP/2 request.
 //! - [`to_http1`]: a stream forwarded to an HTTP/1.1 backend (the upstream pool of the engine).
 //! - [`to_h2`]: a request forwarded to an HTTP/2 backend over the worker's connection to it.
 //! - [`body`]: response bodies (streamed from a backend, or the proxy's own answers).
 //! - [`logging`]: a stream's access log line, handed over when its response body ends.
+//! - [`idle`]: the streams a connection has open, for its idle timeout.
 
 pub mod body;
+pub mod idle;
 mod logging;
 pub mod request;
 pub mod to_h2;
@@ -30,6 +33,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -112,20 +116,36 @@ pub(crate) async fn serve_tls(
     }
 }
 
-/// Serves an HTTP/2 connection until the client closes it, or the worker shuts down (GOAWAY,
-/// then the streams in flight finish).
+/// Serves an HTTP/2 connection until the client closes it, the worker shuts down, or it has had
+/// no stream for the listener's `idle_timeout` (then GOAWAY, and the streams in flight finish).
 async fn serve_h2<I>(io: I, peer: SocketAddr, route: Arc<HttpRoute>, mut shutdown: ShutdownListener)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let idle_timeout = route.h2_idle_timeout;
+    let activity = idle_timeout.map(|_| idle::Activity::new());
     let context = Arc::new(ClientContext {
         peer_text: peer.ip().to_string(),
         route,
         peer,
     });
+    let streams = activity.clone();
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let context = context.clone();
-        async move { Ok::<_, Infallible>(forward(request, context).await) }
+        let open = streams.as_ref().map(idle::Activity::stream);
+        async move {
+            let response = forward(request, context).await;
+            Ok::<_, Infallible>(match open {
+                None => response,
+                Some(open) => response.map(|body| {
+                    idle::Counted {
+                        body,
+                        stream: Some(open),
+                    }
+                    .boxed_unsync()
+                }),
+            })
+        }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
@@ -135,17 +155,36 @@ where
         .keep_alive_timeout(Duration::from_secs(20));
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(e) = result {
-                debug!(client = %peer, error = %e, "HTTP/2 connection ended with an error");
+    loop {
+        // When the connection will have been idle long enough, if it has no stream now.
+        let idle_at = match (&activity, idle_timeout) {
+            (Some(activity), Some(timeout)) => activity.idle_until(timeout),
+            _ => None,
+        };
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    debug!(client = %peer, error = %e, "HTTP/2 connection ended with an error");
+                }
+                return;
+            }
+            _ = &mut shutdown => break,
+            // The last stream ended: the idle time starts now.
+            () = async { activity.as_ref().expect("guarded").quiet().await }, if activity.is_some() && idle_at.is_none() => {}
+            () = tokio::time::sleep_until(idle_at.unwrap_or_else(tokio::time::Instant::now)), if idle_at.is_some() => {
+                // A stream may have started meanwhile: then the loop waits for its end.
+                if let (Some(activity), Some(timeout)) = (&activity, idle_timeout)
+                    && activity.idle_until(timeout).is_some_and(|at| at <= tokio::time::Instant::now())
+                {
+                    debug!(client = %peer, ?timeout, "closing an idle HTTP/2 connection");
+                    break;
+                }
             }
         }
-        _ = &mut shutdown => {
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
-        }
     }
+    // GOAWAY; the streams in flight finish, then the connection closes.
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
 }
 
 /// One stream: to the backend in the protocol its pool speaks; with its access log line where the

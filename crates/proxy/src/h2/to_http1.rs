@@ -18,7 +18,6 @@ use bytes::Bytes;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -28,6 +27,7 @@ use super::body::{BoxError, ChannelBody, ResponseBody, answer};
 use super::request;
 use crate::backend::{ActiveGuard, Traffic};
 use crate::buffer::Buffer;
+use crate::http::backend_stream::BackendWrite;
 use crate::http::body::BodyCounter;
 use crate::http::chunked::{ChunkedScanner, Piece};
 use crate::http::head::{self, Framing, RequestContext, ResponseContext};
@@ -106,7 +106,9 @@ pub async fn forward(
         let guard = entry
             .backend
             .track(client.peer, entry.address, Traffic::Http(checked.line), started);
-        let upstream = match upstream::obtain(pool, &entry, fresh_only, started).await {
+        let upstream = match upstream::obtain(pool, &entry, route.upstream_tls.as_ref(), fresh_only, started)
+            .await
+        {
             Ok(upstream) => upstream,
             Err(e) => {
                 warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
@@ -215,7 +217,7 @@ impl Upload {
     async fn step(
         &mut self,
         frame: Option<Result<Frame<Bytes>, hyper::Error>>,
-        backend: &mut tokio::net::tcp::WriteHalf<'_>,
+        backend: &mut BackendWrite<'_>,
     ) -> Result<(), String> {
         let write_error = |e: std::io::Error| format!("backend write: {e}");
         match frame {
@@ -225,7 +227,7 @@ impl Upload {
                     Framing::Length(_) if self.left > 0 => {
                         return Err("less DATA than content-length".into());
                     }
-                    Framing::Chunked => backend.write_all(b"0\r\n\r\n").await.map_err(write_error)?,
+                    Framing::Chunked => backend.send(b"0\r\n\r\n").await.map_err(write_error)?,
                     _ => {}
                 }
             }
@@ -238,13 +240,13 @@ impl Upload {
                             return Err("more DATA than content-length".into());
                         }
                         self.left -= data.len() as u64;
-                        backend.write_all(&data).await.map_err(write_error)?;
+                        backend.send(&data).await.map_err(write_error)?;
                     }
                     Framing::Chunked => {
                         let size = format!("{:x}\r\n", data.len());
-                        backend.write_all(size.as_bytes()).await.map_err(write_error)?;
-                        backend.write_all(&data).await.map_err(write_error)?;
-                        backend.write_all(b"\r\n").await.map_err(write_error)?;
+                        backend.send(size.as_bytes()).await.map_err(write_error)?;
+                        backend.send(&data).await.map_err(write_error)?;
+                        backend.send(b"\r\n").await.map_err(write_error)?;
                     }
                     _ => return Err("DATA on a request without a body".into()),
                 },
@@ -265,7 +267,7 @@ impl Upload {
                                 text.extend_from_slice(b"\r\n");
                             }
                             text.extend_from_slice(b"\r\n");
-                            backend.write_all(&text).await.map_err(write_error)?;
+                            backend.send(&text).await.map_err(write_error)?;
                         }
                         Framing::Length(_) if self.left > 0 => {
                             return Err("less DATA than content-length".into());
@@ -374,7 +376,7 @@ async fn exchange(x: Exchange) {
             _ => 0,
         },
     };
-    if let Err(e) = upstream.stream.write_all(&head).await {
+    if let Err(e) = upstream.stream.send(&head).await {
         let status = if reused { STALE } else { 502 };
         let _ = head_tx.send(Err((status, format!("the backend failed to answer ({e})"))));
         return;

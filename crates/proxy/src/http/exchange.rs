@@ -14,10 +14,8 @@
 //! the backend's fault: the request goes again on a new connection when it can be replayed (its
 //! body was here whole, and its method is idempotent unless nothing could be written at all).
 
-use std::io;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -117,8 +115,19 @@ pub(super) async fn forward<S: ClientStream>(
         if let Some(record) = conn.record.as_mut() {
             record.backend = Some(entry.clone());
         }
-        let upstream = match upstream::obtain(pool, &entry, fresh_only, started).await {
+        let tls = route.upstream_tls.as_ref();
+        let upstream = match upstream::obtain(pool, &entry, tls, fresh_only, started).await {
             Ok(upstream) => upstream,
+            Err(e) if e.is_exhaustion() => {
+                // handover's own shortage is not the backend's fault (`obtain` does not count it),
+                // and is logged once per interval.
+                if let Some(suppressed) = crate::descriptors::CONNECT_EXHAUSTED.ready() {
+                    warn!(listener = %route.listener, error = %e, suppressed, "out of descriptors for a backend connection (not counted against the backend)");
+                }
+                last_error = Some(format!("handover is out of descriptors ({e})"));
+                tried.push(entry.index);
+                continue;
+            }
             Err(e) => {
                 warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
                 last_error = Some(e.to_string());
@@ -269,9 +278,9 @@ async fn attempt<S: ClientStream>(
     }
     let fits = here.min(out.room());
     out.extend(&input.filled()[..fits]);
-    let mut written = upstream.stream.write_all(out.filled()).await;
+    let mut written = upstream.stream.send(out.filled()).await;
     if written.is_ok() && fits < here {
-        written = upstream.stream.write_all(&input.filled()[fits..here]).await;
+        written = upstream.stream.send(&input.filled()[fits..here]).await;
     }
     if let Err(e) = written {
         return Err(if reused {
@@ -384,7 +393,7 @@ async fn pump_body<S: ClientStream>(
 ) -> Result<(), Failure> {
     let client_timeout = conn.route.client_timeout;
     let input = conn.input.get_or_insert_with(Buffer::take);
-    let (backend_read, mut backend_write) = upstream.stream.split();
+    let (mut backend_read, mut backend_write) = upstream.stream.split();
     let timer = &mut conn.timer;
     let record = &mut conn.record;
     loop {
@@ -399,13 +408,12 @@ async fn pump_body<S: ClientStream>(
                 .map_err(|e| Failure::BadRequest(format!("request body: {e}")))?;
             tokio::select! {
                 biased;
-                ready = backend_read.readable() => {
-                    ready.map_err(|e| Failure::Backend(e.to_string()))?;
-                    if answered(&backend_read, from_backend)? {
+                arrival = backend_read.arrival(from_backend) => {
+                    if answered(arrival)? {
                         return Ok(());
                     }
                 }
-                written = backend_write.write_all(&input.filled()[..n]) => {
+                written = backend_write.send(&input.filled()[..n]) => {
                     written.map_err(|e| Failure::Backend(e.to_string()))?;
                     input.consume(n);
                     if let Some(record) = record.as_mut() {
@@ -419,9 +427,8 @@ async fn pump_body<S: ClientStream>(
         }
         tokio::select! {
             biased;
-            ready = backend_read.readable() => {
-                ready.map_err(|e| Failure::Backend(e.to_string()))?;
-                if answered(&backend_read, from_backend)? {
+            arrival = backend_read.arrival(from_backend) => {
+                if answered(arrival)? {
                     return Ok(());
                 }
             }
@@ -435,15 +442,15 @@ async fn pump_body<S: ClientStream>(
     }
 }
 
-/// After the backend socket reported readable: whether it really sent something (read into
-/// `from_backend`). A stale readiness reads nothing and is cleared.
-fn answered(backend: &tokio::net::tcp::ReadHalf<'_>, from_backend: &mut Buffer) -> Result<bool, Failure> {
-    match from_backend.try_read_from(backend) {
-        Ok(0) => Err(Failure::Backend(
+/// After [`BackendRead::arrival`](super::backend_stream::BackendRead::arrival): whether the backend really sent something (read into
+/// `from_backend`); a stale readiness read nothing.
+fn answered(arrival: std::io::Result<Option<usize>>) -> Result<bool, Failure> {
+    match arrival {
+        Ok(Some(0)) => Err(Failure::Backend(
             "connection closed while the request body was sent".into(),
         )),
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Ok(Some(_)) => Ok(true),
+        Ok(None) => Ok(false),
         Err(e) => Err(Failure::Backend(e.to_string())),
     }
 }

@@ -21,6 +21,7 @@
 //! - [`chunked`] + [`body`]: where a body ends.
 //! - [`exchange`]: forwarding one request and its response.
 //! - [`upstream`]: backend connections and the per-worker idle lists.
+//! - [`backend_stream`]: a backend connection's socket, plain TCP or TLS.
 //! - [`answers`]: responses the proxy writes itself.
 //! - [`timer`]: the per-connection deadline.
 //! - [`logging`]: what a request's access log line says, gathered while it is served.
@@ -35,6 +36,7 @@
 //! `LIFECYCLE.md` beside this file tells the life of a connection and a request, state by state.
 
 mod answers;
+pub mod backend_stream;
 pub mod body;
 pub mod chunked;
 mod exchange;
@@ -101,6 +103,8 @@ pub struct HttpRoute {
     pub upstream_tls: Option<UpstreamTls>,
     /// The pool speaks HTTP/2 to its backends: HTTP/1.1 requests are bridged to it.
     pub upstream_h2: bool,
+    /// An HTTP/2 client connection without a stream for this long is sent GOAWAY and closed.
+    pub h2_idle_timeout: Option<Duration>,
 }
 
 impl HttpRoute {
@@ -122,6 +126,7 @@ impl HttpRoute {
             websocket: false,
             upstream_tls: None,
             upstream_h2: false,
+            h2_idle_timeout: None,
         }
     }
 }

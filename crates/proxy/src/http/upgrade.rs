@@ -153,13 +153,7 @@ pub(super) async fn tunnel<S: ClientStream>(
         to_client.clear();
         if !to_backend.is_empty() && !closed_backend {
             let n = up.advance(to_backend.filled(), close_by.is_some());
-            if n > 0
-                && upstream
-                    .stream
-                    .write_all(&to_backend.filled()[..n])
-                    .await
-                    .is_err()
-            {
+            if n > 0 && upstream.stream.send(&to_backend.filled()[..n]).await.is_err() {
                 return;
             }
         }
@@ -171,7 +165,7 @@ pub(super) async fn tunnel<S: ClientStream>(
             }
             if !closed_backend && up.at_boundary() {
                 closed_backend = true;
-                let _ = upstream.stream.write_all(&masked_close()).await;
+                let _ = upstream.stream.send(&masked_close()).await;
             }
             if (closed_client || client_done) && (closed_backend || backend_done) {
                 // Both were told: wait (bounded) for their answers, then close.
@@ -207,7 +201,7 @@ pub(super) async fn tunnel<S: ClientStream>(
             read = to_backend.read_from(&mut conn.stream), if !client_done => {
                 if !matches!(read, Ok(n) if n > 0) {
                     client_done = true;
-                    let _ = upstream.stream.shutdown().await;
+                    let _ = upstream.stream.close().await;
                 }
             }
             read = to_client.read_from(&mut upstream.stream), if !backend_done => {

@@ -1,4 +1,5 @@
-//! Upstream HTTP/1.1 connections: opened with a timeout, and kept idle for reuse per worker thread
+//! Upstream HTTP/1.1 connections: opened with a timeout (and a TLS handshake where the pool asks
+//! for it: the session is kept with the connection), and kept idle for reuse per worker thread
 //! and per backend, newest first. A connection is registered with its worker's event loop, so it
 //! is only ever reused by that worker: the idle lists are thread-local and need no lock.
 //!
@@ -10,15 +11,16 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::backend_stream::BackendStream;
 use crate::backend::BackendRuntime;
 use crate::pools::Pool;
 use crate::snapshot::BackendEntry;
+use crate::tls::upstream::UpstreamTls;
 
 /// At most this many idle connections are kept per backend and worker.
 const MAX_IDLE_PER_BACKEND: usize = 256;
@@ -35,13 +37,24 @@ pub enum ConnectError {
     /// The TCP connect failed.
     #[error("connect to {0} failed: {1}")]
     Io(SocketAddr, io::Error),
+    /// The TLS handshake failed (an unverified certificate, a backend that does not speak TLS).
+    #[error("TLS handshake with {0} failed: {1}")]
+    Tls(SocketAddr, io::Error),
+}
+
+impl ConnectError {
+    /// Whether the connect failed because handover is out of descriptors or memory (`EMFILE`,
+    /// `ENFILE`, ...): handover's problem, never the backend's.
+    pub fn is_exhaustion(&self) -> bool {
+        matches!(self, Self::Io(_, io) if crate::descriptors::is_exhaustion(io))
+    }
 }
 
 /// A connection to a backend, owned by one exchange at a time.
 #[derive(Debug)]
 pub struct Upstream {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The socket, or the TLS session over it.
+    pub stream: BackendStream,
     /// Where it goes.
     pub address: SocketAddr,
     /// Came from the idle list (its peer may have closed it just before the request was sent).
@@ -60,36 +73,23 @@ thread_local! {
     static IDLE: RefCell<Vec<Vec<Idle>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Whether the peer closed the connection or sent bytes nobody asked for. Readiness is checked
-/// first; a read is only tried when the socket reports readable.
-fn peer_spoke(stream: &TcpStream) -> bool {
-    let mut context = Context::from_waker(Waker::noop());
-    match stream.poll_read_ready(&mut context) {
-        Poll::Pending => false,
-        Poll::Ready(Err(_)) => true,
-        // Readable is also what a fully read response can leave behind: one read tells.
-        Poll::Ready(Ok(())) => {
-            !matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-        }
-    }
-}
-
 impl Idle {
-    fn usable(&self, backend: &BackendRuntime, address: SocketAddr, now: Instant) -> bool {
+    fn usable(&mut self, backend: &BackendRuntime, address: SocketAddr, tls: bool, now: Instant) -> bool {
         self.upstream.address == address
             && self.upstream.generation == backend.idle_generation()
+            && self.upstream.stream.is_tls() == tls
             && now.saturating_duration_since(self.since) < MAX_IDLE_AGE
-            && !peer_spoke(&self.upstream.stream)
+            && !self.upstream.stream.peer_spoke()
     }
 }
 
-/// The newest usable idle connection to `address`, if this worker has one.
-pub fn checkout(backend: &BackendRuntime, address: SocketAddr, now: Instant) -> Option<Upstream> {
+/// The newest usable idle connection to `address` (TLS or not, as asked), if this worker has one.
+pub fn checkout(backend: &BackendRuntime, address: SocketAddr, tls: bool, now: Instant) -> Option<Upstream> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(backend.uid)?;
-        while let Some(candidate) = list.pop() {
-            if candidate.usable(backend, address, now) {
+        while let Some(mut candidate) = list.pop() {
+            if candidate.usable(backend, address, tls, now) {
                 let mut upstream = candidate.upstream;
                 upstream.reused = true;
                 return Some(upstream);
@@ -116,45 +116,61 @@ pub fn checkin(backend: &BackendRuntime, upstream: Upstream, now: Instant) {
     });
 }
 
-/// A connection to `entry`'s backend for one request: an idle one of this worker's unless
-/// `fresh_only`, else a new one. A connect that fails counts against the backend (its failures and
-/// the pool's traffic record) and is returned for the caller to try another backend.
+/// A connection to `entry`'s backend for one request (over TLS with `tls`): an idle one of this
+/// worker's unless `fresh_only`, else a new one. A connect or handshake that fails counts against
+/// the backend (its failures and the pool's traffic record), unless handover itself is out of
+/// descriptors ([`ConnectError::is_exhaustion`]), and is returned for the caller to try another
+/// backend.
 pub async fn obtain(
     pool: &Pool,
     entry: &BackendEntry,
+    tls: Option<&UpstreamTls>,
     fresh_only: bool,
     now: Instant,
 ) -> Result<Upstream, ConnectError> {
-    if !fresh_only && let Some(upstream) = checkout(&entry.backend, entry.address, now) {
+    if !fresh_only && let Some(upstream) = checkout(&entry.backend, entry.address, tls.is_some(), now) {
         return Ok(upstream);
     }
     connect(
         &entry.backend,
         entry.address,
         pool.snapshot().config.connect_timeout,
+        tls,
     )
     .await
-    .inspect_err(|_| {
-        entry.backend.record_failure();
-        pool.record_traffic(&entry.backend, false);
+    .inspect_err(|e| {
+        if !e.is_exhaustion() {
+            entry.backend.record_failure();
+            pool.record_traffic(&entry.backend, false);
+        }
     })
 }
 
-/// Opens a new connection.
+/// Opens a new connection; with `tls`, the handshake is done too, within the same `timeout`.
 pub async fn connect(
     backend: &BackendRuntime,
     address: SocketAddr,
     timeout: Duration,
+    tls: Option<&UpstreamTls>,
 ) -> Result<Upstream, ConnectError> {
     let generation = backend.idle_generation();
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+    let deadline = Instant::now() + timeout;
+    let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(address)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(ConnectError::Io(address, e)),
         Err(_) => return Err(ConnectError::Timeout(address, timeout)),
     };
     // Requests go out in one write when they can; a body streamed in pieces must not wait for
     // acknowledgements (Nagle).
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let stream = match tls {
+        None => BackendStream::Plain(tcp),
+        Some(tls) => match tokio::time::timeout_at(deadline, tls.connect(address, tcp)).await {
+            Ok(Ok(session)) => BackendStream::Tls(Box::new(session)),
+            Ok(Err(e)) => return Err(ConnectError::Tls(address, e)),
+            Err(_) => return Err(ConnectError::Timeout(address, timeout)),
+        },
+    };
     Ok(Upstream {
         stream,
         address,
@@ -173,10 +189,10 @@ pub fn sweep(now: Instant, generation_of: impl Fn(usize) -> Option<u64>) -> usiz
         for (uid, list) in idle.iter_mut().enumerate() {
             let before = list.len();
             let generation = generation_of(uid);
-            list.retain(|entry| {
+            list.retain_mut(|entry| {
                 Some(entry.upstream.generation) == generation
                     && now.saturating_duration_since(entry.since) < MAX_IDLE_AGE
-                    && !peer_spoke(&entry.upstream.stream)
+                    && !entry.upstream.stream.peer_spoke()
             });
             closed += before - list.len();
         }

@@ -1,6 +1,6 @@
 //! QEMU's migration vocabulary: the `MIGRATION` event's status, its meaning for handover, and
 //! `query-migrate` replies as [`MigrationProgress`]. Unknown statuses (from newer QEMUs) are kept as
-//! text and ignored, never an error.
+//! text and ignored, never an error, and never taken for a running migration.
 
 use std::fmt;
 
@@ -27,10 +27,24 @@ pub enum MigrationStatus {
     Cancelling,
     /// Cancelled; the VM stays at the source.
     Cancelled,
-    /// Any other status (`pre-switchover`, `device`, `wait-unplug`, `colo`, postcopy recovery, or
-    /// one this version does not know).
+    /// Another status QEMU documents, all of them during a migration (`pre-switchover`, `device`,
+    /// `wait-unplug`, `colo`, postcopy recovery).
     Other(String),
+    /// A status this version does not know: ignored (it says nothing about whether a migration
+    /// runs).
+    Unknown(String),
 }
+
+/// The statuses of `qapi/migration.json` besides those with a variant of their own.
+const OTHER_STATUSES: [&str; 7] = [
+    "pre-switchover",
+    "device",
+    "wait-unplug",
+    "colo",
+    "postcopy-paused",
+    "postcopy-recover",
+    "postcopy-recover-setup",
+];
 
 impl MigrationStatus {
     /// Parses QEMU's status string.
@@ -44,7 +58,8 @@ impl MigrationStatus {
             "failed" => Self::Failed,
             "cancelling" => Self::Cancelling,
             "cancelled" => Self::Cancelled,
-            other => Self::Other(other.to_string()),
+            other if OTHER_STATUSES.contains(&other) => Self::Other(other.to_string()),
+            unknown => Self::Unknown(unknown.to_string()),
         }
     }
 
@@ -56,15 +71,15 @@ impl MigrationStatus {
             Self::Completed => Some(Notice::Completed),
             Self::Failed => Some(Notice::Failed),
             Self::Cancelled => Some(Notice::Cancelled),
-            Self::None | Self::Cancelling | Self::Other(_) => None,
+            Self::None | Self::Cancelling | Self::Other(_) | Self::Unknown(_) => None,
         }
     }
 
-    /// A migration is under way (not none, not finished).
+    /// A migration is under way (not none, not finished; an unknown status says nothing).
     pub fn is_running(&self) -> bool {
         !matches!(
             self,
-            Self::None | Self::Completed | Self::Failed | Self::Cancelled
+            Self::None | Self::Completed | Self::Failed | Self::Cancelled | Self::Unknown(_)
         )
     }
 }
@@ -80,7 +95,7 @@ impl fmt::Display for MigrationStatus {
             Self::Failed => "failed",
             Self::Cancelling => "cancelling",
             Self::Cancelled => "cancelled",
-            Self::Other(other) => other,
+            Self::Other(other) | Self::Unknown(other) => other,
         };
         f.write_str(text)
     }
@@ -132,9 +147,15 @@ mod tests {
             Some(Notice::Cancelled)
         );
         let future = MigrationStatus::parse("quantum-tunnelling");
-        assert_eq!(future, MigrationStatus::Other("quantum-tunnelling".into()));
+        assert_eq!(future, MigrationStatus::Unknown("quantum-tunnelling".into()));
         assert_eq!(future.notice(), None);
-        assert!(future.is_running());
+        assert!(
+            !future.is_running(),
+            "an unknown status is not taken as a migration"
+        );
+        let known = MigrationStatus::parse("pre-switchover");
+        assert_eq!(known, MigrationStatus::Other("pre-switchover".into()));
+        assert!(known.is_running());
     }
 
     #[test]

@@ -106,7 +106,9 @@ impl QmpWatcher {
         match client.execute("query-migrate", None).await {
             Ok(reply) => {
                 let status = status_of(&reply);
-                if tracker.running && status == MigrationStatus::None {
+                // Only a migration its balancers were told of can have failed.
+                let notified = matches!(tracker.last_notice, Some(Notice::Prepare | Notice::Started));
+                if tracker.running && notified && status == MigrationStatus::None {
                     warn!(vm = %self.vm, "a new QEMU answers: the migration in progress is gone");
                     self.send(sink, tracker, Notice::Failed).await;
                     tracker.running = false;
@@ -165,6 +167,10 @@ impl QmpWatcher {
         tracker: &mut Tracker,
     ) {
         if tracker.status.as_ref() == Some(&status) {
+            return;
+        }
+        if let MigrationStatus::Unknown(name) = &status {
+            warn!(vm = %self.vm, status = %name, "unknown migration status ignored");
             return;
         }
         debug!(vm = %self.vm, %status, "migration status");

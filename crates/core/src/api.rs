@@ -28,8 +28,9 @@ pub struct NoticeRequest {
     /// Drained means at most this many connections and in-flight requests (defaults to the pools').
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<u64>,
-    /// Overrides the pools' deadline for this migration, in milliseconds.
+    /// Overrides the pools' deadline for this migration, in milliseconds (1 s to 7 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1000, maximum = 604_800_000))]
     pub deadline_ms: Option<u64>,
     /// `completed` only: the VM's new IP (every backend keeps its port).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -165,7 +165,9 @@ pub enum PhaseCommand {
         elapsed_ms: u64,
         /// Whether the memory copy has begun.
         migrating: bool,
-        /// Restore by yourself if no further command arrives within this many milliseconds.
+        /// Restore by yourself if no further command arrives within this many milliseconds
+        /// (1 to [`MAX_DEADLINE_MS`], 7 days).
+        #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 604_800_000))]
         deadline_in_ms: u64,
     },
     /// Bring the VM back per each pool's ramp (or at once where `restore = "immediate"` and the

@@ -102,8 +102,9 @@ pub fn document(token_required: bool) -> Value {
     document
 }
 
-/// Gives every unsigned integer its maximum (unless its field has a tighter one), and its format the usual spelling (the derive says
-/// only `minimum: 0`, and spells `uint64` as `u-int64`, which no reader knows).
+/// Gives every unsigned integer its maximum (unless its field says a lower one, as the deadlines
+/// and weights do), and its format the usual spelling (the derive says only `minimum: 0`, and spells `uint64`
+/// as `u-int64`, which no reader knows).
 fn bound_unsigned_integers(value: &mut Value) {
     match value {
         Value::Object(map) => {
@@ -116,7 +117,7 @@ fn bound_unsigned_integers(value: &mut Value) {
             };
             if let Some((format, maximum)) = bound {
                 map.insert("format".into(), format.into());
-                map.entry("maximum").or_insert(maximum.into());
+                map.entry("maximum").or_insert_with(|| maximum.into());
             }
             map.values_mut().for_each(bound_unsigned_integers);
         }
@@ -299,6 +300,7 @@ mod tests {
             ("get", "/dashboard/style.css"),
             ("get", "/healthz"),
             ("get", "/metrics"),
+            ("get", "/v1/balancer/phases"),
             ("get", "/v1/balancer/status"),
             ("put", "/v1/balancer/vms/{vm}"),
             ("put", "/v1/balancer/vms/{vm}/addresses"),

@@ -9,9 +9,9 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::etcd::{self, Etcd};
+use common::etcd::Etcd;
+use common::harness;
 use common::local::Recording;
-use common::skip::skip;
 use handover_core::api::NoticeRequest;
 use handover_core::config::{Config, parse};
 use handover_core::model::VmId;
@@ -19,6 +19,53 @@ use handover_core::phase::{Notice, Phase};
 use handover_fleet::{FleetNode, NoticeFailure};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+fn main() {
+    harness::main(vec![
+        harness::test_async(
+            "a_prepare_reaches_every_serving_node_and_the_reply_lists_each_acknowledgement",
+            a_prepare_reaches_every_serving_node_and_the_reply_lists_each_acknowledgement,
+        )
+        .needs(etcd_available),
+        harness::test_async(
+            "racing_prepares_are_ordered_by_etcd_and_applied_once",
+            racing_prepares_are_ordered_by_etcd_and_applied_once,
+        )
+        .needs(etcd_available),
+        harness::test_async(
+            "a_node_that_joins_during_a_migration_applies_it_before_join_returns",
+            a_node_that_joins_during_a_migration_applies_it_before_join_returns,
+        )
+        .needs(etcd_available),
+        harness::test_async(
+            "a_watch_from_a_compacted_revision_lists_again_and_converges",
+            a_watch_from_a_compacted_revision_lists_again_and_converges,
+        )
+        .needs(etcd_available),
+        harness::test_async(
+            "a_notice_while_etcd_is_down_fails_clearly_and_changes_nothing",
+            a_notice_while_etcd_is_down_fails_clearly_and_changes_nothing,
+        )
+        .needs(etcd_available),
+        harness::test_async(
+            "tls_and_user_password_are_taken_as_etcdctl_takes_them",
+            tls_and_user_password_are_taken_as_etcdctl_takes_them,
+        )
+        .needs(etcd_available)
+        .needs(openssl),
+    ]);
+}
+
+/// Whether etcd and etcdctl are here and work.
+fn etcd_available() -> Result<(), harness::Lack> {
+    harness::program("etcd", "--version", "etcd-server")?;
+    harness::program("etcdctl", "version", "etcd-client")
+}
+
+/// Whether openssl (the test's certificates) is here and works.
+fn openssl() -> Result<(), harness::Lack> {
+    harness::program("openssl", "version", "openssl")
+}
 
 fn config(endpoints: &str, extra: &str) -> Config {
     parse(&format!(
@@ -84,14 +131,7 @@ async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool 
     check()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepare_reaches_every_serving_node_and_the_reply_lists_each_acknowledgement() {
-    if let Err(reason) = etcd::available() {
-        return skip(
-            "a_prepare_reaches_every_serving_node_and_the_reply_lists_each_acknowledgement",
-            &reason,
-        );
-    }
     let etcd = Etcd::single();
     let config = config(&etcd.toml_endpoints(), "");
     let nodes = [
@@ -146,11 +186,7 @@ async fn a_prepare_reaches_every_serving_node_and_the_reply_lists_each_acknowled
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_prepares_are_ordered_by_etcd_and_applied_once() {
-    if let Err(reason) = etcd::available() {
-        return skip("racing_prepares_are_ordered_by_etcd_and_applied_once", &reason);
-    }
     let etcd = Etcd::single();
     let config = config(&etcd.toml_endpoints(), "");
     let a = TestNode::start(&config, "lb-1").await;
@@ -171,14 +207,7 @@ async fn racing_prepares_are_ordered_by_etcd_and_applied_once() {
     b.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_joins_during_a_migration_applies_it_before_join_returns() {
-    if let Err(reason) = etcd::available() {
-        return skip(
-            "a_node_that_joins_during_a_migration_applies_it_before_join_returns",
-            &reason,
-        );
-    }
     let etcd = Etcd::single();
     let config = config(&etcd.toml_endpoints(), "");
     let first = TestNode::start(&config, "lb-1").await;
@@ -203,14 +232,7 @@ async fn a_node_that_joins_during_a_migration_applies_it_before_join_returns() {
     first.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_from_a_compacted_revision_lists_again_and_converges() {
-    if let Err(reason) = etcd::available() {
-        return skip(
-            "a_watch_from_a_compacted_revision_lists_again_and_converges",
-            &reason,
-        );
-    }
     let etcd = Etcd::single();
     let config = config(&etcd.toml_endpoints(), "");
     let sender = TestNode::start(&config, "lb-1").await;
@@ -254,14 +276,7 @@ async fn a_watch_from_a_compacted_revision_lists_again_and_converges() {
     sender.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notice_while_etcd_is_down_fails_clearly_and_changes_nothing() {
-    if let Err(reason) = etcd::available() {
-        return skip(
-            "a_notice_while_etcd_is_down_fails_clearly_and_changes_nothing",
-            &reason,
-        );
-    }
     let mut etcd = Etcd::single();
     let config = config(&etcd.toml_endpoints(), "");
     let node = TestNode::start(&config, "lb-1").await;
@@ -297,15 +312,8 @@ async fn a_notice_while_etcd_is_down_fails_clearly_and_changes_nothing() {
     node.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_user_password_are_taken_as_etcdctl_takes_them() {
-    if let Err(reason) = etcd::available() {
-        return skip("tls_and_user_password_are_taken_as_etcdctl_takes_them", &reason);
-    }
-    let etcd = match Etcd::single_tls() {
-        Ok(etcd) => etcd,
-        Err(reason) => return skip("tls_and_user_password_are_taken_as_etcdctl_takes_them", &reason),
-    };
+    let etcd = Etcd::single_tls().unwrap_or_else(|e| panic!("etcd with TLS: {e}"));
     etcd.etcdctl(&["user", "add", "root:rootpw"]).unwrap();
     etcd.etcdctl(&["user", "add", "lb:lbpw"]).unwrap();
     etcd.etcdctl(&["role", "add", "handover"]).unwrap();

@@ -24,6 +24,10 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+#[cfg(test)]
+#[path = "state_file_tests.rs"]
+mod tests;
+
 /// Format version of the file.
 const VERSION: u32 = 1;
 /// How often the state is compared with what was last written.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::backends::TcpBackend;
 use common::backends::vm_counts;
+use common::harness;
 use common::lb::free_port;
 use common::{Node, eventually};
 use handover_drivers::{ClientError, ControlClient};
@@ -72,7 +73,13 @@ async fn call(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+fn main() {
+    harness::main(vec![harness::test_async(
+        "backends_set_through_the_api_reach_the_peer_drain_and_survive_a_restart",
+        backends_set_through_the_api_reach_the_peer_drain_and_survive_a_restart,
+    )])
+}
+
 async fn backends_set_through_the_api_reach_the_peer_drain_and_survive_a_restart() {
     let a = TcpBackend::start("vm-a").await;
     let b = TcpBackend::start("vm-b").await;

@@ -9,9 +9,19 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::harness::{self, Lack};
 use common::lb::{haproxy_available, nginx_available};
-use common::skip::skip;
 use serde_json::Value;
+
+fn main() {
+    harness::main(vec![
+        harness::test(
+            "bench_proxy_measures_every_proxy_in_every_scenario_and_writes_the_table",
+            bench_proxy_measures_every_proxy_in_every_scenario_and_writes_the_table,
+        )
+        .needs(bench_parts),
+    ]);
+}
 
 const SCENARIOS: [&str; 8] = [
     "l7-keepalive-c32",
@@ -29,43 +39,47 @@ fn checkout() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn missing_part(bin_dir: &Path) -> Option<String> {
-    if let Err(reason) = haproxy_available().and_then(|()| nginx_available()) {
-        return Some(reason);
+/// Whether wrk is here and works: `wrk -v` prints its version but exits 1.
+fn wrk() -> Result<(), Lack> {
+    match Command::new("wrk").arg("-v").output() {
+        Ok(out) if String::from_utf8_lossy(&out.stdout).starts_with("wrk ") => Ok(()),
+        Ok(out) => Err(Lack::Broken(format!(
+            "`wrk -v` printed no version ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Lack::Missing(
+            "wrk is not installed (Debian package wrk; scripts/test installs it as root)".into(),
+        )),
+        Err(e) => Err(Lack::Broken(format!("wrk cannot run: {e}"))),
     }
-    for (program, arg) in [
-        ("wrk", "-v"),
-        ("python3", "--version"),
-        ("h2load", "--version"),
-        ("openssl", "version"),
-    ] {
-        if Command::new(program).arg(arg).output().is_err() {
-            return Some(format!(
-                "{program} is not installed; scripts/test installs it as root"
-            ));
-        }
-    }
-    if !bin_dir.join("handover-loadgen").exists() {
-        return Some(format!(
-            "handover-loadgen is not built in {} (cargo build -p handover-loadgen; scripts/test builds it)",
-            bin_dir.display()
-        ));
-    }
-    None
 }
 
-#[test]
+/// What the benchmark needs: HAProxy, nginx, wrk, python3, h2load, openssl and the load
+/// generator built beside the binary under test.
+fn bench_parts() -> Result<(), Lack> {
+    haproxy_available()?;
+    nginx_available()?;
+    wrk()?;
+    harness::program("python3", "--version", "python3")?;
+    harness::program("h2load", "--version", "nghttp2-client")?;
+    harness::program("openssl", "version", "openssl")?;
+    let binary = common::binary();
+    let bin_dir = Path::new(&binary).parent().expect("binary directory");
+    if !bin_dir.join("handover-loadgen").exists() {
+        return Err(Lack::Missing(format!(
+            "handover-loadgen is not built in {} (cargo build -p handover-loadgen; scripts/test builds it)",
+            bin_dir.display()
+        )));
+    }
+    Ok(())
+}
+
 fn bench_proxy_measures_every_proxy_in_every_scenario_and_writes_the_table() {
     let bin_dir = Path::new(&common::binary())
         .parent()
         .expect("binary directory")
         .to_path_buf();
-    if let Some(reason) = missing_part(&bin_dir) {
-        return skip(
-            "bench_proxy_measures_every_proxy_in_every_scenario_and_writes_the_table",
-            &reason,
-        );
-    }
     let out = tempfile::tempdir().expect("temporary directory");
     let output = Command::new("python3")
         .arg(checkout().join("bench/proxy.py"))

@@ -3,7 +3,31 @@
 
 mod common;
 
+use common::harness;
+
 use std::process::{Command, Stdio};
+
+fn main() {
+    harness::main(vec![
+        harness::test(
+            "completions_cover_every_command_and_bash_parses_them",
+            completions_cover_every_command_and_bash_parses_them,
+        ),
+        harness::test(
+            "man_pages_render_for_handover_and_each_command",
+            man_pages_render_for_handover_and_each_command,
+        ),
+        harness::test(
+            "the_example_systemd_unit_verifies",
+            the_example_systemd_unit_verifies,
+        )
+        .needs(systemd_analyze),
+        harness::test_async(
+            "process_logs_have_no_colour_off_a_terminal_and_are_json_on_request",
+            process_logs_have_no_colour_off_a_terminal_and_are_json_on_request,
+        ),
+    ]);
+}
 
 fn handover(args: &[&str]) -> std::process::Output {
     Command::new(common::binary()).args(args).output().unwrap()
@@ -22,7 +46,6 @@ const COMMANDS: &[&str] = &[
     "demo",
 ];
 
-#[test]
 fn completions_cover_every_command_and_bash_parses_them() {
     for shell in ["bash", "zsh", "fish"] {
         let output = handover(&["completions", shell]);
@@ -64,7 +87,6 @@ fn completions_cover_every_command_and_bash_parses_them() {
     assert!(!handover(&["completions", "tcsh"]).status.success());
 }
 
-#[test]
 fn man_pages_render_for_handover_and_each_command() {
     let page = handover(&["man"]);
     assert!(page.status.success());
@@ -102,16 +124,17 @@ fn man_pages_render_for_handover_and_each_command() {
     }
 }
 
-#[test]
+/// Whether systemd-analyze is here and works.
+fn systemd_analyze() -> Result<(), harness::Lack> {
+    harness::program("systemd-analyze", "--version", "systemd")
+}
+
 fn the_example_systemd_unit_verifies() {
     let unit = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/handover.service"
     ))
     .unwrap();
-    if Command::new("systemd-analyze").arg("--version").output().is_err() {
-        return common::skip::skip("the_example_systemd_unit_verifies", "systemd-analyze is missing");
-    }
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("handover.toml");
     std::fs::copy(
@@ -143,7 +166,6 @@ fn the_example_systemd_unit_verifies() {
     assert!(ours.is_empty(), "systemd-analyze verify: {stderr}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_logs_have_no_colour_off_a_terminal_and_are_json_on_request() {
     let config = "[control]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nname = \"web\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\n[pools.p]\n[[pools.p.backends]]\naddress = \"127.0.0.1:9\"\nvm = \"vm-a\"\n";
     let text = common::Node::start(config);

@@ -16,37 +16,40 @@ use std::time::Duration;
 
 use common::Node;
 use common::backends::{HttpBackend, HttpClient};
-use common::skip::skip;
+use common::harness::{self, Lack};
 
-const TEST: &str = "the_dashboard_follows_a_migration_live_in_a_browser";
+fn main() {
+    harness::main(vec![
+        harness::test_async(
+            "the_dashboard_follows_a_migration_live_in_a_browser",
+            the_dashboard_follows_a_migration_live_in_a_browser,
+        )
+        .needs(browser),
+    ]);
+}
 
 fn script_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard")
 }
 
-/// Why Chromium and Playwright cannot run here, if they cannot.
-fn browser_missing() -> Option<String> {
+/// Whether Chromium, node and Playwright are here.
+fn browser() -> Result<(), Lack> {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if !Path::new(&chromium).exists() {
-        return Some(format!("{chromium} is missing (apt-get install chromium)"));
+        return Err(Lack::Missing(format!(
+            "{chromium} is missing (apt-get install chromium)"
+        )));
     }
     if !script_dir().join("node_modules/playwright-core").exists() {
-        return Some(format!(
+        return Err(Lack::Missing(format!(
             "playwright-core is not installed (npm install --prefix {})",
             script_dir().display()
-        ));
+        )));
     }
-    if Command::new("node").arg("--version").output().is_err() {
-        return Some("node is missing".into());
-    }
-    None
+    harness::program("node", "--version", "nodejs")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_follows_a_migration_live_in_a_browser() {
-    if let Some(reason) = browser_missing() {
-        return skip(TEST, &reason);
-    }
     let backends = [
         HttpBackend::start("vm-a").await,
         HttpBackend::start("vm-b").await,

@@ -20,9 +20,44 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::backends::{TcpBackend, vm_counts};
-use common::skip::skip;
+use common::harness;
 use common::{Node, eventually, notice};
 use etcd::Etcd;
+
+fn main() {
+    harness::main(vec![
+        harness::test_async(
+            "a_prepare_to_one_node_drains_the_vm_on_all_three_and_completed_ramps_it_back",
+            a_prepare_to_one_node_drains_the_vm_on_all_three_and_completed_ramps_it_back,
+        )
+        .needs(etcd_available),
+        harness::test_async(
+            "a_node_started_after_the_prepare_sends_none_of_its_first_1000_connections_to_the_vm",
+            a_node_started_after_the_prepare_sends_none_of_its_first_1000_connections_to_the_vm,
+        )
+        .needs(etcd_available),
+        harness::test_async(
+            "a_node_killed_during_a_migration_is_reported_within_ack_timeout_and_converges_when_restarted",
+            a_node_killed_during_a_migration_is_reported_within_ack_timeout_and_converges_when_restarted,
+        )
+        .needs(etcd_available),
+        harness::test_async(
+            "notices_complete_after_the_etcd_leader_is_killed_and_deadlines_still_restore",
+            notices_complete_after_the_etcd_leader_is_killed_and_deadlines_still_restore,
+        )
+        .needs(etcd_available),
+        harness::test_async(
+            "with_etcd_stopped_notices_fail_deadlines_restore_locally_and_nodes_converge_when_it_returns",
+            with_etcd_stopped_notices_fail_deadlines_restore_locally_and_nodes_converge_when_it_returns,
+        )
+        .needs(etcd_available),
+        harness::test_async(
+            "a_node_paused_across_a_compaction_resyncs_when_resumed",
+            a_node_paused_across_a_compaction_resyncs_when_resumed,
+        )
+        .needs(etcd_available),
+    ]);
+}
 
 /// A node named `name` in front of the given backends, in the fleet on `etcd`; ack_timeout is
 /// generous (a busy machine) except where a test measures it.
@@ -100,21 +135,13 @@ fn names(reply: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-fn available(test: &str) -> bool {
-    match etcd::available() {
-        Ok(()) => true,
-        Err(reason) => {
-            skip(test, &reason);
-            false
-        }
-    }
+/// Whether etcd and etcdctl are here and work.
+fn etcd_available() -> Result<(), harness::Lack> {
+    harness::program("etcd", "--version", "etcd-server")?;
+    harness::program("etcdctl", "version", "etcd-client")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepare_to_one_node_drains_the_vm_on_all_three_and_completed_ramps_it_back() {
-    if !available("a_prepare_to_one_node_drains_the_vm_on_all_three_and_completed_ramps_it_back") {
-        return;
-    }
     let etcd = Etcd::single();
     let backends = backends().await;
     let nodes: Vec<Node> = ["lb-1", "lb-2", "lb-3"]
@@ -194,11 +221,7 @@ async fn a_prepare_to_one_node_drains_the_vm_on_all_three_and_completed_ramps_it
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_started_after_the_prepare_sends_none_of_its_first_1000_connections_to_the_vm() {
-    if !available("a_node_started_after_the_prepare_sends_none_of_its_first_1000_connections_to_the_vm") {
-        return;
-    }
     let etcd = Etcd::single();
     let backends = backends().await;
     let first = Node::start(&config(&etcd, "lb-1", &pairs(&backends)));
@@ -210,13 +233,7 @@ async fn a_node_started_after_the_prepare_sends_none_of_its_first_1000_connectio
     assert_eq!(counts.values().sum::<usize>(), 1000, "{counts:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_during_a_migration_is_reported_within_ack_timeout_and_converges_when_restarted() {
-    if !available(
-        "a_node_killed_during_a_migration_is_reported_within_ack_timeout_and_converges_when_restarted",
-    ) {
-        return;
-    }
     let etcd = Etcd::single();
     let backends = backends().await;
     let a = Node::start(&config_with(&etcd, "lb-1", &pairs(&backends), "1s"));
@@ -260,11 +277,7 @@ async fn a_node_killed_during_a_migration_is_reported_within_ack_timeout_and_con
     assert_eq!(vm_counts(c.listener("tcp"), 30, 10).await.get("vm-a"), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notices_complete_after_the_etcd_leader_is_killed_and_deadlines_still_restore() {
-    if !available("notices_complete_after_the_etcd_leader_is_killed_and_deadlines_still_restore") {
-        return;
-    }
     let mut etcd = Etcd::cluster(3);
     let backends = backends().await;
     let a = Node::start(&config(&etcd, "lb-1", &pairs(&backends)));
@@ -320,13 +333,7 @@ async fn notices_complete_after_the_etcd_leader_is_killed_and_deadlines_still_re
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_etcd_stopped_notices_fail_deadlines_restore_locally_and_nodes_converge_when_it_returns() {
-    if !available(
-        "with_etcd_stopped_notices_fail_deadlines_restore_locally_and_nodes_converge_when_it_returns",
-    ) {
-        return;
-    }
     let mut etcd = Etcd::single();
     let backends = backends().await;
     let a = Node::start(&config(&etcd, "lb-1", &pairs(&backends)));
@@ -391,11 +398,7 @@ async fn with_etcd_stopped_notices_fail_deadlines_restore_locally_and_nodes_conv
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_paused_across_a_compaction_resyncs_when_resumed() {
-    if !available("a_node_paused_across_a_compaction_resyncs_when_resumed") {
-        return;
-    }
     let etcd = Etcd::single();
     let backends = backends().await;
     let a = Node::start(&config(&etcd, "lb-1", &pairs(&backends)));

@@ -8,9 +8,30 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::skip::skip;
-use common::ws::{GRPC, WsClient, WsServer, python_has};
+use common::harness;
+use common::ws::{GRPC, WsClient, WsServer};
 use common::{Node, notice, pool_toml};
+
+fn main() {
+    harness::main(vec![
+        harness::test_async(
+            "grpc_unary_and_bidirectional_streaming_calls_pass_through",
+            grpc_unary_and_bidirectional_streaming_calls_pass_through,
+        )
+        .needs(common::ws::grpc_available),
+        harness::test_async(
+            "new_calls_avoid_a_draining_vm_and_a_stream_in_flight_to_it_finishes",
+            new_calls_avoid_a_draining_vm_and_a_stream_in_flight_to_it_finishes,
+        )
+        .needs(common::ws::grpc_available),
+        harness::test_async(
+            "tls_to_grpc_backends_is_verified_against_the_pools_ca",
+            tls_to_grpc_backends_is_verified_against_the_pools_ca,
+        )
+        .needs(common::ws::grpc_available)
+        .needs(common::tls::openssl_available),
+    ]);
+}
 
 fn setup(pool: &str) -> (Node, Vec<WsServer>) {
     let servers = vec![
@@ -51,21 +72,7 @@ async fn open_chat(client: &mut WsClient, id: &str) -> String {
     vm.to_string()
 }
 
-fn present(test: &str) -> bool {
-    match python_has("grpc", "grpcio") {
-        Ok(()) => true,
-        Err(reason) => {
-            skip(test, &reason);
-            false
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_and_bidirectional_streaming_calls_pass_through() {
-    if !present("grpc_unary_and_bidirectional_streaming_calls_pass_through") {
-        return;
-    }
     let (node, _servers) = setup("");
     let mut client = WsClient::start_script(GRPC, &node.listener("grpc").to_string());
     let by_vm = unary_calls(&mut client, 9).await;
@@ -86,11 +93,7 @@ async fn grpc_unary_and_bidirectional_streaming_calls_pass_through() {
     assert_eq!(client.ask("end c1").await, "ended c1 OK");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_calls_avoid_a_draining_vm_and_a_stream_in_flight_to_it_finishes() {
-    if !present("new_calls_avoid_a_draining_vm_and_a_stream_in_flight_to_it_finishes") {
-        return;
-    }
     let (node, _servers) = setup("");
     let mut client = WsClient::start_script(GRPC, &node.listener("grpc").to_string());
     let mut on_a = None;
@@ -143,15 +146,7 @@ async fn new_calls_avoid_a_draining_vm_and_a_stream_in_flight_to_it_finishes() {
     assert_eq!(status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_grpc_backends_is_verified_against_the_pools_ca() {
-    let test = "tls_to_grpc_backends_is_verified_against_the_pools_ca";
-    if !present(test) {
-        return;
-    }
-    if let Err(reason) = common::tls::tool("openssl", "openssl") {
-        return skip(test, &reason);
-    }
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = common::tls::ca_and_leaf(dir.path(), "backend.test", "backend").unwrap();
     let (other, _, _) = common::tls::ca_and_leaf(dir.path(), "backend.test", "other").unwrap();

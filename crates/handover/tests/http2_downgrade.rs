@@ -19,8 +19,36 @@ use std::time::Duration;
 
 use common::Node;
 use common::h2raw::{H2Raw, Outcome, Part, fields};
+use common::harness;
 use common::recorder::Recorder;
-use common::skip::skip;
+
+fn main() {
+    harness::main(vec![
+        harness::test_async(
+            "downgraded_http2_requests_hold_against_hyper",
+            downgraded_http2_requests_hold_against_hyper,
+        ),
+        harness::test_async(
+            "downgraded_http2_requests_hold_against_python_http_server",
+            downgraded_http2_requests_hold_against_python_http_server,
+        )
+        .needs(common::recorder::python_stdlib),
+        harness::test_async(
+            "downgraded_http2_requests_hold_against_aiohttp",
+            downgraded_http2_requests_hold_against_aiohttp,
+        )
+        .needs(common::recorder::aiohttp),
+        harness::test_async(
+            "downgraded_http2_requests_hold_against_gunicorn",
+            downgraded_http2_requests_hold_against_gunicorn,
+        )
+        .needs(common::recorder::gunicorn),
+        harness::test(
+            "every_downgrade_case_is_named_once_and_every_class_documented",
+            every_downgrade_case_is_named_once_and_every_class_documented,
+        ),
+    ]);
+}
 
 /// What the proxy must do with a case.
 #[derive(Debug, Clone)]
@@ -645,7 +673,7 @@ async fn corpus_holds_against(kind: &'static str, test: &str) {
         "hyper" => Recorder::hyper().await,
         python => match Recorder::python(python) {
             Ok(backend) => backend,
-            Err(reason) => return skip(test, &reason),
+            Err(reason) => panic!("{test}: the {python} backend cannot start: {reason}"),
         },
     };
     let node = Node::start_with(&config(backend.address()), &["--workers", "1"]);
@@ -666,12 +694,10 @@ async fn corpus_holds_against(kind: &'static str, test: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downgraded_http2_requests_hold_against_hyper() {
     corpus_holds_against("hyper", "downgraded_http2_requests_hold_against_hyper").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downgraded_http2_requests_hold_against_python_http_server() {
     corpus_holds_against(
         "stdlib",
@@ -680,17 +706,14 @@ async fn downgraded_http2_requests_hold_against_python_http_server() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downgraded_http2_requests_hold_against_aiohttp() {
     corpus_holds_against("aiohttp", "downgraded_http2_requests_hold_against_aiohttp").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downgraded_http2_requests_hold_against_gunicorn() {
     corpus_holds_against("gunicorn", "downgraded_http2_requests_hold_against_gunicorn").await;
 }
 
-#[test]
 fn every_downgrade_case_is_named_once_and_every_class_documented() {
     let cases = corpus();
     let mut names: Vec<&str> = cases.iter().map(|c| c.name).collect();

@@ -19,9 +19,34 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::Node;
+use common::harness;
 use common::raw::{RawClient, Received};
 use common::recorder::{Record, Recorder};
-use common::skip::skip;
+
+fn main() {
+    harness::main(vec![
+        harness::test_async("the_corpus_holds_against_hyper", the_corpus_holds_against_hyper),
+        harness::test_async(
+            "the_corpus_holds_against_python_http_server",
+            the_corpus_holds_against_python_http_server,
+        )
+        .needs(common::recorder::python_stdlib),
+        harness::test_async(
+            "the_corpus_holds_against_aiohttp",
+            the_corpus_holds_against_aiohttp,
+        )
+        .needs(common::recorder::aiohttp),
+        harness::test_async(
+            "the_corpus_holds_against_gunicorn",
+            the_corpus_holds_against_gunicorn,
+        )
+        .needs(common::recorder::gunicorn),
+        harness::test(
+            "every_case_name_is_unique_and_every_class_documented",
+            every_case_name_is_unique_and_every_class_documented,
+        ),
+    ]);
+}
 
 /// What the proxy must do with a case.
 #[derive(Debug, Clone)]
@@ -558,7 +583,7 @@ async fn corpus_holds_against(kind: &'static str, test: &str) {
         "hyper" => Recorder::hyper().await,
         python => match Recorder::python(python) {
             Ok(backend) => backend,
-            Err(reason) => return skip(test, &reason),
+            Err(reason) => panic!("{test}: the {python} backend cannot start: {reason}"),
         },
     };
     let node = Node::start_with(&config(backend.address()), &["--workers", "1"]);
@@ -618,27 +643,22 @@ async fn corpus_holds_against(kind: &'static str, test: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_corpus_holds_against_hyper() {
     corpus_holds_against("hyper", "the_corpus_holds_against_hyper").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_corpus_holds_against_python_http_server() {
     corpus_holds_against("stdlib", "the_corpus_holds_against_python_http_server").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_corpus_holds_against_aiohttp() {
     corpus_holds_against("aiohttp", "the_corpus_holds_against_aiohttp").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_corpus_holds_against_gunicorn() {
     corpus_holds_against("gunicorn", "the_corpus_holds_against_gunicorn").await;
 }
 
-#[test]
 fn every_case_name_is_unique_and_every_class_documented() {
     let cases = corpus();
     let mut names: Vec<&str> = cases.iter().map(|c| c.name).collect();

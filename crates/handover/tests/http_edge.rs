@@ -10,9 +10,25 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::Node;
+use common::harness;
 use common::raw::{Plan, RawBackend, RawClient, ok};
 use common::recorder::Recorder;
-use common::skip::skip;
+
+fn main() {
+    let mut tests = smuggling_tests();
+    tests.extend([
+        harness::test_async(
+            "host_is_required_and_never_stripped_and_lengths_arrive_as_one",
+            host_is_required_and_never_stripped_and_lengths_arrive_as_one,
+        ),
+        harness::test_async("a_stalled_head_or_body_gets_408", a_stalled_head_or_body_gets_408),
+        harness::test_async(
+            "errors_sent_to_clients_name_no_backend_address",
+            errors_sent_to_clients_name_no_backend_address,
+        ),
+    ]);
+    harness::main(tests);
+}
 
 fn config(addresses: &[SocketAddr], listener_extra: &str) -> String {
     format!(
@@ -49,7 +65,7 @@ async fn get(node: &Node, path: &str) -> (u16, Option<u64>, String) {
 async fn nothing_is_smuggled(kind: &'static str, test: &str, attack: &[u8]) {
     let backend = match recorder(kind).await {
         Ok(backend) => backend,
-        Err(reason) => return skip(test, &reason),
+        Err(reason) => panic!("{test}: the {kind} backend cannot start: {reason}"),
     };
     // One worker: every request shares its idle list, so the attack's backend connection is the
     // one the victims reuse.
@@ -97,13 +113,29 @@ const CONNECTION_CONTENT_LENGTH: &[u8] = b"POST / HTTP/1.1\r\nHost: t\r\nConnect
 
 const CONNECTION_TRANSFER_ENCODING: &[u8] = b"POST / HTTP/1.1\r\nHost: t\r\nConnection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n28\r\nGET /other?SMUGGLED HTTP/1.1\r\nX-Ignore: \r\n0\r\n\r\n";
 
+/// One test per backend and attack, and `smuggling_tests()`, their list for the harness; a Python
+/// backend needs its module.
 macro_rules! smuggling_tests {
-    ($($name:ident: $kind:literal, $attack:expr;)*) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            nothing_is_smuggled($kind, stringify!($name), $attack).await;
+    ($($name:ident: $kind:literal, $attack:expr;)*) => {
+        $(
+            async fn $name() {
+                nothing_is_smuggled($kind, stringify!($name), $attack).await;
+            }
+        )*
+        fn smuggling_tests() -> Vec<harness::Test> {
+            vec![$(recorder_needs($kind, harness::test_async(stringify!($name), $name)),)*]
         }
-    )*};
+    };
+}
+
+/// `test` with what the recorder of `kind` needs.
+fn recorder_needs(kind: &str, test: harness::Test) -> harness::Test {
+    match kind {
+        "stdlib" => test.needs(common::recorder::python_stdlib),
+        "aiohttp" => test.needs(common::recorder::aiohttp),
+        "gunicorn" => test.needs(common::recorder::gunicorn),
+        _ => test,
+    }
 }
 
 smuggling_tests! {
@@ -130,7 +162,6 @@ async fn exchange(node: &Node, request: &[u8]) -> common::raw::Received {
     client.response().await.expect("an answer")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_is_required_and_never_stripped_and_lengths_arrive_as_one() {
     let (node, backend) = raw_node("").await;
     for (request, status) in [
@@ -165,7 +196,6 @@ async fn host_is_required_and_never_stripped_and_lengths_arrive_as_one() {
     assert_eq!(seen[0].header("host").as_deref(), Some("t"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_head_or_body_gets_408() {
     let (node, backend) = raw_node("client_timeout = \"1s\"").await;
     // Part of a head, then nothing.
@@ -198,7 +228,6 @@ async fn a_stalled_head_or_body_gets_408() {
     assert_eq!((answer.status, answer.text().as_str()), (200, "fine"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_sent_to_clients_name_no_backend_address() {
     // A backend that is not there: 502.
     let closed = {

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::backends::{HttpBackend, HttpClient};
-use common::{Node, notice, pool_toml};
+use common::{Node, eventually, notice, pool_toml};
 
 async fn three_backends() -> Vec<HttpBackend> {
     vec![
@@ -35,11 +35,19 @@ async fn inflight_requests_finish_and_new_requests_go_elsewhere() {
     for _ in 0..6 {
         slow.push(tokio::spawn(async move {
             let mut client = HttpClient::connect(proxy).await;
-            let answer = client.get("/slow?ms=1500").await;
+            let answer = client.get("/slow?ms=4000").await;
             (client, answer)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every slow request has reached its backend (the event, not a fixed pause).
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            common::active_by_vm(&node).await.values().sum::<u64>() == 6
+        })
+        .await,
+        "six requests in flight: {:?}",
+        common::active_by_vm(&node).await
+    );
     let (status, reply) = node.notice("vm-a", notice("prepare")).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(

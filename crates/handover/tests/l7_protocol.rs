@@ -304,8 +304,8 @@ async fn a_garbled_response_is_a_502_and_the_log_says_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_idle_connections_and_finishes_the_request_in_flight() {
-    let (mut node, _backend) = node_with(|seen| Plan {
-        delay: Duration::from_millis(if seen.head.contains("/slow") { 600 } else { 0 }),
+    let (mut node, backend) = node_with(|seen| Plan {
+        delay: Duration::from_millis(if seen.head.contains("/slow") { 700 } else { 0 }),
         ..Plan::answer(ok("done"))
     })
     .await;
@@ -314,7 +314,13 @@ async fn shutdown_closes_idle_connections_and_finishes_the_request_in_flight() {
     assert_eq!(idle.response().await.unwrap().status, 200);
     let mut busy = RawClient::connect(node.listener("web")).await;
     busy.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The slow request reached the backend (the event) before the shutdown begins; it is
+    // answered 700 ms later, inside the node's 1 s shutdown grace.
+    let started = std::time::Instant::now();
+    while !backend.requests().iter().any(|r| r.head.contains("/slow")) {
+        assert!(started.elapsed() < 10 * SECOND, "the slow request never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     node.terminate();
     assert!(
         idle.closed_within(SECOND / 2).await,

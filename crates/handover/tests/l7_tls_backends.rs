@@ -13,12 +13,53 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::skip::skip;
+use common::harness;
 use common::ws::{TLS_HTTP1, WsServer};
 use common::{Node, pool_toml};
 
+fn main() {
+    harness::main(vec![
+        harness::test_async(
+            "http1_backends_over_tls_are_verified_and_their_sessions_reused_across_requests",
+            http1_backends_over_tls_are_verified_and_their_sessions_reused_across_requests,
+        )
+        .needs(common::tls::openssl_available)
+        .needs(common::tls::curl_available),
+        harness::test_async(
+            "a_backend_whose_certificate_the_pools_ca_did_not_sign_gets_no_request",
+            a_backend_whose_certificate_the_pools_ca_did_not_sign_gets_no_request,
+        )
+        .needs(common::tls::openssl_available)
+        .needs(common::tls::curl_available),
+        harness::test_async(
+            "insecure_tls_to_http1_backends_works_and_is_warned_about_at_startup",
+            insecure_tls_to_http1_backends_works_and_is_warned_about_at_startup,
+        )
+        .needs(common::tls::openssl_available)
+        .needs(common::tls::curl_available),
+        harness::test_async(
+            "a_tls_session_the_backend_closed_while_idle_is_not_reused",
+            a_tls_session_the_backend_closed_while_idle_is_not_reused,
+        )
+        .needs(common::tls::openssl_available)
+        .needs(common::tls::curl_available),
+        harness::test_async(
+            "a_draining_vm_gets_no_new_request_over_tls",
+            a_draining_vm_gets_no_new_request_over_tls,
+        )
+        .needs(common::tls::openssl_available)
+        .needs(common::tls::curl_available),
+        harness::test_async(
+            "a_websocket_upgrade_runs_over_a_tls_backend_connection",
+            a_websocket_upgrade_runs_over_a_tls_backend_connection,
+        )
+        .needs(common::tls::openssl_available)
+        .needs(common::tls::curl_available),
+    ]);
+}
+
 /// Three TLS backends (vm-a, vm-b, vm-c) with a certificate for `backend.test` from their CA, and
-/// another CA that did not sign it. `None` (after reporting the skip) without openssl or curl.
+/// another CA that did not sign it.
 struct Backends {
     servers: Vec<WsServer>,
     ca: PathBuf,
@@ -26,13 +67,7 @@ struct Backends {
     _dir: tempfile::TempDir,
 }
 
-fn backends(test: &str) -> Option<Backends> {
-    for (tool, package) in [("openssl", "openssl"), ("curl", "curl")] {
-        if let Err(reason) = common::tls::tool(tool, package) {
-            skip(test, &reason);
-            return None;
-        }
-    }
+fn backends() -> Backends {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = common::tls::ca_and_leaf(dir.path(), "backend.test", "backend").unwrap();
     let (other_ca, _, _) = common::tls::ca_and_leaf(dir.path(), "backend.test", "other").unwrap();
@@ -40,12 +75,12 @@ fn backends(test: &str) -> Option<Backends> {
         .iter()
         .map(|vm| WsServer::start_script_with(TLS_HTTP1, vm, &[cert.as_path(), key.as_path()]))
         .collect();
-    Some(Backends {
+    Backends {
         servers,
         ca,
         other_ca,
         _dir: dir,
-    })
+    }
 }
 
 impl Backends {
@@ -99,10 +134,8 @@ fn vm_of(body: &str) -> &str {
     body.split(' ').next().unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_backends_over_tls_are_verified_and_their_sessions_reused_across_requests() {
-    let test = "http1_backends_over_tls_are_verified_and_their_sessions_reused_across_requests";
-    let Some(backends) = backends(test) else { return };
+    let backends = backends();
     let node = backends.node(&backends.verified(&backends.ca));
     let answers = get_all(&node, &["/r"; 12]);
     assert_eq!(answers.len(), 12, "{answers:?}");
@@ -140,10 +173,8 @@ async fn http1_backends_over_tls_are_verified_and_their_sessions_reused_across_r
     assert!(!node.log().contains("not verified"), "{}", node.log());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_whose_certificate_the_pools_ca_did_not_sign_gets_no_request() {
-    let test = "a_backend_whose_certificate_the_pools_ca_did_not_sign_gets_no_request";
-    let Some(backends) = backends(test) else { return };
+    let backends = backends();
     let node = backends.node(&backends.verified(&backends.other_ca));
     let answers = get_all(&node, &["/r"; 3]);
     assert_eq!(answers.len(), 3, "{answers:?}");
@@ -171,10 +202,8 @@ async fn a_backend_whose_certificate_the_pools_ca_did_not_sign_gets_no_request()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insecure_tls_to_http1_backends_works_and_is_warned_about_at_startup() {
-    let test = "insecure_tls_to_http1_backends_works_and_is_warned_about_at_startup";
-    let Some(backends) = backends(test) else { return };
+    let backends = backends();
     let node = backends.node("{ insecure = true }");
     assert!(
         common::log_contains(&node, "not verified", Duration::from_secs(5)).await,
@@ -194,10 +223,8 @@ async fn insecure_tls_to_http1_backends_works_and_is_warned_about_at_startup() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_session_the_backend_closed_while_idle_is_not_reused() {
-    let test = "a_tls_session_the_backend_closed_while_idle_is_not_reused";
-    let Some(backends) = backends(test) else { return };
+    let backends = backends();
     let node = backends.node(&backends.verified(&backends.ca));
     // Each backend answers and then closes its session without a word, as an idle timeout does.
     let first = get_all(&node, &["/close"; 3]);
@@ -215,10 +242,8 @@ async fn a_tls_session_the_backend_closed_while_idle_is_not_reused() {
     assert!(next.iter().all(|(_, body)| body.contains("conn=2 ")), "{next:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_vm_gets_no_new_request_over_tls() {
-    let test = "a_draining_vm_gets_no_new_request_over_tls";
-    let Some(backends) = backends(test) else { return };
+    let backends = backends();
     let node = backends.node(&backends.verified(&backends.ca));
     let before = get_all(&node, &["/r"; 6]);
     assert!(before.iter().any(|(_, b)| vm_of(b) == "vm-a"), "{before:?}");
@@ -241,10 +266,8 @@ async fn a_draining_vm_gets_no_new_request_over_tls() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_upgrade_runs_over_a_tls_backend_connection() {
-    let test = "a_websocket_upgrade_runs_over_a_tls_backend_connection";
-    let Some(backends) = backends(test) else { return };
+    let backends = backends();
     let node = backends.node(&backends.verified(&backends.ca));
     let mut client = tokio::net::TcpStream::connect(node.listener("web"))
         .await

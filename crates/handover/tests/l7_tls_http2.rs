@@ -14,11 +14,60 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::backends::HttpBackend;
-use common::skip::skip;
-use common::tls::{curl_get, self_signed, tool};
+use common::harness;
+use common::tls::{curl_get, self_signed};
 use common::{Node, eventually, notice, pool_toml};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+
+fn main() {
+    harness::main(vec![
+        harness::test_async(
+            "https_speaks_http11_and_http2_by_alpn_with_a_certificate_per_sni_name",
+            https_speaks_http11_and_http2_by_alpn_with_a_certificate_per_sni_name,
+        )
+        .needs(common::tls::openssl_available)
+        .needs(common::tls::curl_available),
+        harness::test_async(
+            "a_certificate_replaced_on_disk_is_served_without_a_restart",
+            a_certificate_replaced_on_disk_is_served_without_a_restart,
+        )
+        .needs(common::tls::openssl_available)
+        .needs(common::tls::curl_available),
+        harness::test_async(
+            "h2load_over_tls_completes_every_request_spread_over_the_pool",
+            h2load_over_tls_completes_every_request_spread_over_the_pool,
+        )
+        .needs(common::tls::openssl_available)
+        .needs(common::tls::curl_available)
+        .needs(common::tls::h2load_available),
+        harness::test_async(
+            "cleartext_http2_by_prior_knowledge_only_where_the_listener_allows_it",
+            cleartext_http2_by_prior_knowledge_only_where_the_listener_allows_it,
+        )
+        .needs(common::tls::openssl_available)
+        .needs(common::tls::curl_available),
+        harness::test_async(
+            "http2_streams_avoid_a_draining_vm_while_streams_in_flight_to_it_finish",
+            http2_streams_avoid_a_draining_vm_while_streams_in_flight_to_it_finish,
+        ),
+        harness::test(
+            "bad_tls_files_are_named_by_check_and_stop_run",
+            bad_tls_files_are_named_by_check_and_stop_run,
+        )
+        .needs(common::tls::openssl_available),
+        harness::test_async(
+            "http11_clients_reach_a_pool_that_speaks_http2",
+            http11_clients_reach_a_pool_that_speaks_http2,
+        )
+        .needs(common::tls::openssl_available)
+        .needs(common::tls::curl_available),
+        harness::test_async(
+            "an_http2_connection_without_a_stream_for_idle_timeout_gets_goaway_and_is_closed",
+            an_http2_connection_without_a_stream_for_idle_timeout_gets_goaway_and_is_closed,
+        ),
+    ]);
+}
 
 async fn three_backends() -> Vec<HttpBackend> {
     vec![
@@ -47,17 +96,6 @@ fn config(dir: &Path, backends: &[SocketAddr]) -> Result<String, String> {
     ))
 }
 
-/// Whether openssl and curl are here; records the skip otherwise.
-fn clients_present(test: &str, more: &[(&str, &str)]) -> bool {
-    for (program, package) in [("openssl", "openssl"), ("curl", "curl")].iter().chain(more) {
-        if let Err(reason) = tool(program, package) {
-            skip(test, &reason);
-            return false;
-        }
-    }
-    true
-}
-
 /// `https://NAME:PORT/` resolved to the listener, verified against `ca`.
 fn https(name: &str, address: SocketAddr, ca: &Path, path: &str, version: &str) -> (String, u16, String) {
     let resolve = format!("{name}:{}:127.0.0.1", address.port());
@@ -72,12 +110,7 @@ fn https(name: &str, address: SocketAddr, ca: &Path, path: &str, version: &str) 
     ])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_speaks_http11_and_http2_by_alpn_with_a_certificate_per_sni_name() {
-    let test = "https_speaks_http11_and_http2_by_alpn_with_a_certificate_per_sni_name";
-    if !clients_present(test, &[]) {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let backends = three_backends().await;
     let addresses: Vec<_> = backends.iter().map(|b| b.address).collect();
@@ -138,12 +171,7 @@ async fn https_speaks_http11_and_http2_by_alpn_with_a_certificate_per_sni_name()
     assert_ne!(status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
-    let test = "a_certificate_replaced_on_disk_is_served_without_a_restart";
-    if !clients_present(test, &[]) {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let backends = three_backends().await;
     let addresses: Vec<_> = backends.iter().map(|b| b.address).collect();
@@ -181,12 +209,7 @@ async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
     assert!(!node.exited_within(Duration::from_millis(10)));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2load_over_tls_completes_every_request_spread_over_the_pool() {
-    let test = "h2load_over_tls_completes_every_request_spread_over_the_pool";
-    if !clients_present(test, &[("h2load", "nghttp2-client")]) {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let backends = three_backends().await;
     let addresses: Vec<_> = backends.iter().map(|b| b.address).collect();
@@ -221,12 +244,7 @@ async fn h2load_over_tls_completes_every_request_spread_over_the_pool() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleartext_http2_by_prior_knowledge_only_where_the_listener_allows_it() {
-    let test = "cleartext_http2_by_prior_knowledge_only_where_the_listener_allows_it";
-    if !clients_present(test, &[]) {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let backends = three_backends().await;
     let addresses: Vec<_> = backends.iter().map(|b| b.address).collect();
@@ -287,7 +305,6 @@ async fn h2_get(
     (status, String::from_utf8_lossy(&body).trim().to_string())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_avoid_a_draining_vm_while_streams_in_flight_to_it_finish() {
     let backends = three_backends().await;
     let addresses: Vec<_> = backends.iter().map(|b| b.address).collect();
@@ -336,14 +353,7 @@ async fn http2_streams_avoid_a_draining_vm_while_streams_in_flight_to_it_finish(
     assert_eq!(status, 200);
 }
 
-#[test]
 fn bad_tls_files_are_named_by_check_and_stop_run() {
-    if tool("openssl", "openssl").is_err() {
-        return skip(
-            "bad_tls_files_are_named_by_check_and_stop_run",
-            "openssl is not installed",
-        );
-    }
     let dir = tempfile::tempdir().unwrap();
     let (a_cert, _) = self_signed(dir.path(), "a.test", "a").unwrap();
     let (_, b_key) = self_signed(dir.path(), "b.test", "b").unwrap();
@@ -445,11 +455,7 @@ async fn h2_only_backend(name: &'static str) -> SocketAddr {
     address
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http11_clients_reach_a_pool_that_speaks_http2() {
-    if !clients_present("http11_clients_reach_a_pool_that_speaks_http2", &[]) {
-        return;
-    }
     let backends = vec![h2_only_backend("vm-a").await, h2_only_backend("vm-b").await];
     let text = format!(
         "[control]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nname = \"web\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\n{}",
@@ -499,7 +505,6 @@ fn h2c_node(addresses: &[SocketAddr], extra: &str) -> Node {
     ))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_without_a_stream_for_idle_timeout_gets_goaway_and_is_closed() {
     use common::h2raw::{H2Raw, Outcome, fields};
     let backends = three_backends().await;

@@ -30,14 +30,19 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::backends::{TcpBackend, TcpClient, vm_counts};
+use common::harness::{self, Lack};
 use common::libvirt::{
     DOMAIN, EventLog, Rig, data_plane_phase, free_port, guest_xml, hook_script, libvirt_node_config,
     log_eventually, migrate, migrations,
 };
-use common::skip::skip;
 use common::{Node, eventually, now_ms};
 
-const TEST: &str = "libvirt_migration";
+fn main() {
+    harness::main(vec![
+        harness::test_async("libvirt_migrations_are_drained_before_the_copy_completed_after_the_switchover_failed_when_aborted_and_vetoed_with_handover_down", libvirt_migrations_are_drained_before_the_copy_completed_after_the_switchover_failed_when_aborted_and_vetoed_with_handover_down).needs(libvirt),
+        harness::test_async("in_a_fleet_both_hosts_nodes_follow_one_libvirt_migration", in_a_fleet_both_hosts_nodes_follow_one_libvirt_migration).needs(libvirt).needs(etcd_available),
+    ]);
+}
 
 /// Node a's or b's configuration, told of the other as its peer.
 fn node_config(control_port: u16, peer: &str, backends: &[(&str, SocketAddr)], uri: &str) -> String {
@@ -49,25 +54,29 @@ fn node_config(control_port: u16, peer: &str, backends: &[(&str, SocketAddr)], u
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// What the libvirt rig needs (root, libvirtd, virsh, QEMU, iproute2, util-linux).
+fn libvirt() -> Result<(), Lack> {
+    common::libvirt::missing_part().map_or(Ok(()), |why| Err(Lack::Missing(why)))
+}
+
+/// Whether etcd and etcdctl are here and work.
+fn etcd_available() -> Result<(), Lack> {
+    harness::program("etcd", "--version", "etcd-server")?;
+    harness::program("etcdctl", "version", "etcd-client")
+}
+
 async fn libvirt_migrations_are_drained_before_the_copy_completed_after_the_switchover_failed_when_aborted_and_vetoed_with_handover_down()
  {
-    if let Some(why) = common::libvirt::missing_part() {
-        return skip(TEST, &why);
-    }
     let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let build = Command::new(checkout.join("testbed/build-guest"))
         .output()
         .unwrap();
-    if !build.status.success() {
-        return skip(
-            TEST,
-            &format!(
-                "cannot build the guest: {}",
-                String::from_utf8_lossy(&build.stderr).trim()
-            ),
-        );
-    }
+    // scripts/test builds the guest before the tests: a build that fails is a failure.
+    assert!(
+        build.status.success(),
+        "cannot build the guest (testbed/build-guest): {}",
+        String::from_utf8_lossy(&build.stderr).trim()
+    );
     let guest_dir = checkout.join("target/testbed/guest");
     let started = std::time::Instant::now();
     eprintln!("{}", common::libvirt::version());
@@ -349,28 +358,17 @@ async fn libvirt_migrations_are_drained_before_the_copy_completed_after_the_swit
 /// and watcher and the source's watcher all tell their own node, and the fleet agrees on one
 /// migration — drained on both nodes before the copy, completed after the switchover, ramped back
 /// on both; an aborted migration is failed and restored on both.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_fleet_both_hosts_nodes_follow_one_libvirt_migration() {
-    const TEST: &str = "in_a_fleet_both_hosts_nodes_follow_one_libvirt_migration";
-    if let Some(why) = common::libvirt::missing_part() {
-        return skip(TEST, &why);
-    }
-    if let Err(why) = etcd::available() {
-        return skip(TEST, &why);
-    }
     let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let build = Command::new(checkout.join("testbed/build-guest"))
         .output()
         .unwrap();
-    if !build.status.success() {
-        return skip(
-            TEST,
-            &format!(
-                "cannot build the guest: {}",
-                String::from_utf8_lossy(&build.stderr).trim()
-            ),
-        );
-    }
+    // scripts/test builds the guest before the tests: a build that fails is a failure.
+    assert!(
+        build.status.success(),
+        "cannot build the guest (testbed/build-guest): {}",
+        String::from_utf8_lossy(&build.stderr).trim()
+    );
     let guest_dir = checkout.join("target/testbed/guest");
     let etcd = etcd::Etcd::single();
     let rig = Rig::start(&format!("{}f", std::process::id()))

@@ -17,7 +17,37 @@ use std::time::{Duration, Instant};
 
 use common::Node;
 use common::backends::TcpBackend;
-use common::skip::skip;
+use common::harness;
+
+fn main() {
+    harness::main(vec![
+        harness::test_async(
+            "schemathesis_finds_nothing_on_a_node_without_a_token",
+            schemathesis_finds_nothing_on_a_node_without_a_token,
+        )
+        .needs(schemathesis_available),
+        harness::test_async(
+            "schemathesis_finds_nothing_on_a_node_with_a_token",
+            schemathesis_finds_nothing_on_a_node_with_a_token,
+        )
+        .needs(schemathesis_available),
+        harness::test_async(
+            "the_fleet_view_of_a_real_fleet_matches_the_document",
+            the_fleet_view_of_a_real_fleet_matches_the_document,
+        )
+        .needs(schemathesis_available)
+        .needs(etcd_available),
+        harness::test_async(
+            "the_served_document_is_valid_openapi_with_every_route",
+            the_served_document_is_valid_openapi_with_every_route,
+        )
+        .needs(validator_available),
+        harness::test_async(
+            "the_event_stream_starts_with_the_share_history",
+            the_event_stream_starts_with_the_share_history,
+        ),
+    ]);
+}
 
 const TOKEN: &str = "s3cret-token";
 
@@ -49,22 +79,20 @@ async fn fleet_node(etcd: &etcd::Etcd, name: &str) -> (Node, Vec<TcpBackend>) {
     (Node::start(&config), backends)
 }
 
-/// Whether a Python module can be imported (the real part this test needs).
-fn python_module(module: &str) -> Result<(), String> {
-    match Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .output()
-    {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "the Python module {module} is not installed (scripts/test pip-installs it): {}",
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .last()
-                .unwrap_or_default()
-        )),
-        Err(e) => Err(format!("python3 cannot run ({e})")),
-    }
+/// Whether schemathesis is here (from PyPI; scripts/test pip-installs it).
+fn schemathesis_available() -> Result<(), harness::Lack> {
+    harness::python_module("schemathesis", "schemathesis")
+}
+
+/// Whether openapi-spec-validator is here (from PyPI; scripts/test pip-installs it).
+fn validator_available() -> Result<(), harness::Lack> {
+    harness::python_module("openapi_spec_validator", "openapi-spec-validator")
+}
+
+/// Whether etcd and etcdctl are here and work.
+fn etcd_available() -> Result<(), harness::Lack> {
+    harness::program("etcd", "--version", "etcd-server")?;
+    harness::program("etcdctl", "version", "etcd-client")
 }
 
 /// Runs schemathesis against the node, bounded in examples and time; panics with its report on
@@ -145,24 +173,14 @@ fn schemathesis_once(node: &Node, token: Option<&str>, extra: &[&str]) -> (bool,
     (output.status.success(), report)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_nothing_on_a_node_without_a_token() {
-    const TEST: &str = "schemathesis_finds_nothing_on_a_node_without_a_token";
-    if let Err(reason) = python_module("schemathesis") {
-        return skip(TEST, &reason);
-    }
     let (node, _backends) = node(None).await;
     tokio::task::spawn_blocking(move || schemathesis(&node, None))
         .await
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_nothing_on_a_node_with_a_token() {
-    const TEST: &str = "schemathesis_finds_nothing_on_a_node_with_a_token";
-    if let Err(reason) = python_module("schemathesis") {
-        return skip(TEST, &reason);
-    }
     let (node, _backends) = node(Some(TOKEN)).await;
     // The contract itself needs no token.
     node.client(None).get_text("/v1/openapi.json").await.unwrap();
@@ -173,12 +191,7 @@ async fn schemathesis_finds_nothing_on_a_node_with_a_token() {
 
 /// `GET /v1/fleet` answers what etcd holds: nodes, their leases and acknowledgements, notices. Its
 /// schema (core's `api::fleet`) is checked on a real fleet with a VM in migration.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fleet_view_of_a_real_fleet_matches_the_document() {
-    const TEST: &str = "the_fleet_view_of_a_real_fleet_matches_the_document";
-    if let Err(reason) = python_module("schemathesis").and_then(|()| etcd::available()) {
-        return skip(TEST, &reason);
-    }
     let etcd = etcd::Etcd::single();
     let (first, _first_backends) = fleet_node(&etcd, "lb-1").await;
     let (second, _second_backends) = fleet_node(&etcd, "lb-2").await;
@@ -210,12 +223,7 @@ async fn the_fleet_view_of_a_real_fleet_matches_the_document() {
     .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_served_document_is_valid_openapi_with_every_route() {
-    const TEST: &str = "the_served_document_is_valid_openapi_with_every_route";
-    if let Err(reason) = python_module("openapi_spec_validator") {
-        return skip(TEST, &reason);
-    }
     for token in [None, Some(TOKEN)] {
         let (node, _backends) = node(token).await;
         let body = node.client(None).get_text("/v1/openapi.json").await.unwrap();
@@ -250,7 +258,6 @@ async fn the_served_document_is_valid_openapi_with_every_route() {
 
 /// `GET /v1/events` never ends, so schemathesis leaves it out; its status, content type and first
 /// event are what the document says.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_starts_with_the_share_history() {
     let (node, _backends) = node(Some(TOKEN)).await;
     let address = node.control.trim_start_matches("http://").to_string();

@@ -8,9 +8,44 @@ mod common;
 use std::time::Duration;
 
 use common::backends::{TcpBackend, TcpClient};
-use common::qemu::{Observer, Qemu, available, ram_image};
-use common::skip::skip;
+use common::harness;
+use common::qemu::{Observer, Qemu, ram_image};
 use common::{Node, eventually, log_contains, now_ms, tcp_config};
+
+fn main() {
+    harness::main(vec![
+        harness::test_async(
+            "the_qmp_watcher_drives_prepare_to_completed_with_progress",
+            the_qmp_watcher_drives_prepare_to_completed_with_progress,
+        )
+        .needs(common::qemu::available),
+        harness::test_async(
+            "a_migration_whose_destination_dies_ends_failed_and_restores_the_vm",
+            a_migration_whose_destination_dies_ends_failed_and_restores_the_vm,
+        )
+        .needs(common::qemu::available),
+        harness::test_async(
+            "a_migration_to_nowhere_ends_failed_and_restores_the_vm",
+            a_migration_to_nowhere_ends_failed_and_restores_the_vm,
+        )
+        .needs(common::qemu::available),
+        harness::test_async(
+            "a_qmp_socket_that_disappears_mid_migration_is_restored_at_the_deadline",
+            a_qmp_socket_that_disappears_mid_migration_is_restored_at_the_deadline,
+        )
+        .needs(common::qemu::available),
+        harness::test_async(
+            "handover_migrate_sends_migrate_only_after_the_vm_is_drained",
+            handover_migrate_sends_migrate_only_after_the_vm_is_drained,
+        )
+        .needs(common::qemu::available),
+        harness::test_async(
+            "ctrl_c_cancels_the_migration_and_restores_the_vm",
+            ctrl_c_cancels_the_migration_and_restores_the_vm,
+        )
+        .needs(common::qemu::available),
+    ]);
+}
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -73,14 +108,7 @@ async fn migration(node: &Node) -> serde_json::Value {
     migrations[0].clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_qmp_watcher_drives_prepare_to_completed_with_progress() {
-    if let Err(reason) = available() {
-        return skip(
-            "the_qmp_watcher_drives_prepare_to_completed_with_progress",
-            &reason,
-        );
-    }
     let setup = Setup::new("ramp = { window = \"2s\" }", true).await;
     let node = &setup.node;
     let observer = Observer::connect(&setup.source.observer).await;
@@ -152,14 +180,7 @@ async fn the_qmp_watcher_drives_prepare_to_completed_with_progress() {
     drop(setup.destination);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_whose_destination_dies_ends_failed_and_restores_the_vm() {
-    if let Err(reason) = available() {
-        return skip(
-            "a_migration_whose_destination_dies_ends_failed_and_restores_the_vm",
-            &reason,
-        );
-    }
     let mut setup = Setup::new("restore = \"immediate\"", true).await;
     let node = &setup.node;
     let observer = Observer::connect(&setup.source.observer).await;
@@ -193,11 +214,7 @@ async fn a_migration_whose_destination_dies_ends_failed_and_restores_the_vm() {
     assert_eq!(migration(node).await["end"], "failed");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_to_nowhere_ends_failed_and_restores_the_vm() {
-    if let Err(reason) = available() {
-        return skip("a_migration_to_nowhere_ends_failed_and_restores_the_vm", &reason);
-    }
     let setup = Setup::new("ramp = { window = \"1s\" }", true).await;
     let node = &setup.node;
     let observer = Observer::connect(&setup.source.observer).await;
@@ -228,14 +245,7 @@ async fn a_migration_to_nowhere_ends_failed_and_restores_the_vm() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qmp_socket_that_disappears_mid_migration_is_restored_at_the_deadline() {
-    if let Err(reason) = available() {
-        return skip(
-            "a_qmp_socket_that_disappears_mid_migration_is_restored_at_the_deadline",
-            &reason,
-        );
-    }
     let mut setup = Setup::new("deadline = \"4s\"\nrestore = \"immediate\"", true).await;
     let observer = Observer::connect(&setup.source.observer).await;
     observer.prepare_migration(2).await;
@@ -254,9 +264,8 @@ async fn a_qmp_socket_that_disappears_mid_migration_is_restored_at_the_deadline(
     let prepared = migration(node).await["prepared_at"].as_u64().unwrap();
     drop(observer);
     setup.source.kill();
-    // No end notice can come: the VM stays drained, but not past its deadline.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(node.phase("vm-a").await, "migrating");
+    // No end notice can come: the VM stays drained until its deadline (checked below on the
+    // record's own timestamps), not past it.
     assert!(
         eventually(Duration::from_secs(8), || async {
             node.phase("vm-a").await == "stable"
@@ -269,21 +278,15 @@ async fn a_qmp_socket_that_disappears_mid_migration_is_restored_at_the_deadline(
     assert_eq!(record["end"], "deadline", "{record}");
     let ended = record["ended_at"].as_u64().unwrap();
     assert!(
-        (4000..5500).contains(&(ended - prepared)),
+        // Not before the deadline; the upper bound leaves room for a loaded machine.
+        (4000..8000).contains(&(ended - prepared)),
         "restored {} ms after prepare",
         ended - prepared
     );
     assert!(node.log().contains("QMP connection lost"), "{}", node.log());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handover_migrate_sends_migrate_only_after_the_vm_is_drained() {
-    if let Err(reason) = available() {
-        return skip(
-            "handover_migrate_sends_migrate_only_after_the_vm_is_drained",
-            &reason,
-        );
-    }
     let setup = Setup::new("drain = { target = 0.0 }", false).await;
     let node = &setup.node;
     let observer = Observer::connect(&setup.source.observer).await;
@@ -313,13 +316,21 @@ async fn handover_migrate_sends_migrate_only_after_the_vm_is_drained() {
             .output()
             .unwrap()
     });
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The CLI's prepare arrived (the event); it then waits for the connection.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            node.phase("vm-a").await == "draining"
+        })
+        .await,
+        "{}",
+        node.log()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         observer.status().await,
         "none",
         "nothing may migrate while vm-a still has a connection"
     );
-    assert_eq!(node.phase("vm-a").await, "draining");
     let closed_at = now_ms();
     drop(client);
     let output = run.await.unwrap();
@@ -371,11 +382,7 @@ async fn handover_migrate_sends_migrate_only_after_the_vm_is_drained() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_cancels_the_migration_and_restores_the_vm() {
-    if let Err(reason) = available() {
-        return skip("ctrl_c_cancels_the_migration_and_restores_the_vm", &reason);
-    }
     let setup = Setup::new("restore = \"immediate\"", false).await;
     let node = &setup.node;
     let observer = Observer::connect(&setup.source.observer).await;

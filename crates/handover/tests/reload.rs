@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::backends::{HttpBackend, TcpBackend, TcpClient};
+use common::harness;
 use common::{Node, eventually};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -292,7 +293,23 @@ async fn removed(node: &Node, pool: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+fn main() {
+    harness::main(vec![
+        harness::test_async(
+            "fifty_reloads_under_load_fail_nothing_and_keep_a_draining_vm_draining",
+            fifty_reloads_under_load_fail_nothing_and_keep_a_draining_vm_draining,
+        ),
+        harness::test_async(
+            "an_invalid_config_by_sighup_changes_nothing_and_the_log_and_metric_say_why",
+            an_invalid_config_by_sighup_changes_nothing_and_the_log_and_metric_say_why,
+        ),
+        harness::test_async(
+            "a_changed_bind_listens_before_the_old_socket_closes_and_open_connections_go_on",
+            a_changed_bind_listens_before_the_old_socket_closes_and_open_connections_go_on,
+        ),
+    ])
+}
+
 async fn fifty_reloads_under_load_fail_nothing_and_keep_a_draining_vm_draining() {
     let web = [
         HttpBackend::start("vm-a").await,
@@ -489,7 +506,6 @@ async fn fifty_reloads_under_load_fail_nothing_and_keep_a_draining_vm_draining()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_config_by_sighup_changes_nothing_and_the_log_and_metric_say_why() {
     let a = HttpBackend::start("vm-a").await;
     let b = HttpBackend::start("vm-b").await;
@@ -601,7 +617,6 @@ fn strip_counters(pools: &serde_json::Value) -> serde_json::Value {
     pools
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_bind_listens_before_the_old_socket_closes_and_open_connections_go_on() {
     let a = HttpBackend::start("vm-a").await;
     let shape = Shape {

@@ -6,57 +6,46 @@
 
 mod common;
 
+use common::harness::{self, Lack};
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::skip::skip;
-
-const TEST: &str = "testbed_check";
-
-fn missing_part() -> Option<String> {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root {
-        return Some("needs root (network namespace, taps)".into());
-    }
-    if let Err(why) = common::qemu::available() {
-        return Some(why);
-    }
-    if !Path::new("/usr/share/qemu/qboot.rom").exists() {
-        return Some("QEMU's qboot.rom is missing (qemu-system-data)".into());
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("iproute2 (ip) is missing".into());
-    }
-    None
+fn main() {
+    harness::main(vec![
+        harness::test(
+            "a_loaded_guest_migrates_with_a_drain_without_a_failed_request_or_a_broken_connection",
+            a_loaded_guest_migrates_with_a_drain_without_a_failed_request_or_a_broken_connection,
+        )
+        .needs(testbed_parts),
+    ]);
 }
 
-#[test]
-fn a_loaded_guest_migrates_with_a_drain_without_a_failed_request_or_a_broken_connection() {
-    if let Some(why) = missing_part() {
-        return skip(TEST, &why);
+/// What the testbed needs: root (a network namespace, taps), QEMU with qboot, iproute2.
+fn testbed_parts() -> Result<(), Lack> {
+    harness::root()?;
+    common::qemu::available()?;
+    if !Path::new("/usr/share/qemu/qboot.rom").exists() {
+        return Err(Lack::Missing(
+            "QEMU's qboot.rom is missing (qemu-system-data)".into(),
+        ));
     }
+    harness::program("ip", "-V", "iproute2")
+}
+
+fn a_loaded_guest_migrates_with_a_drain_without_a_failed_request_or_a_broken_connection() {
     let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     // The guest is built from Debian's packages; without them (no mirror) the test cannot run.
     let build = Command::new(checkout.join("testbed/build-guest"))
         .output()
         .unwrap();
-    if !build.status.success() {
-        return skip(
-            TEST,
-            &format!(
-                "cannot build the guest: {}",
-                String::from_utf8_lossy(&build.stderr).trim()
-            ),
-        );
-    }
+    // scripts/test builds the guest before the tests: a build that fails is a failure.
+    assert!(
+        build.status.success(),
+        "cannot build the guest (testbed/build-guest): {}",
+        String::from_utf8_lossy(&build.stderr).trim()
+    );
     let out = tempfile::tempdir().unwrap();
     let netns = format!("handover-ci-{}", std::process::id());
     let started = Instant::now();

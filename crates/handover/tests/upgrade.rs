@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::backends::{HttpBackend, TcpBackend, TcpClient};
 use common::eventually;
+use common::harness;
 use handover_drivers::ControlClient;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -167,7 +168,12 @@ async fn pool_requests(control: &ControlClient) -> u64 {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+fn main() {
+    harness::main(vec![
+        harness::test_async("a_binary_upgrade_under_load_refuses_nothing_keeps_phases_and_the_old_process_exits_when_its_connections_end", a_binary_upgrade_under_load_refuses_nothing_keeps_phases_and_the_old_process_exits_when_its_connections_end),
+    ])
+}
+
 async fn a_binary_upgrade_under_load_refuses_nothing_keeps_phases_and_the_old_process_exits_when_its_connections_end()
  {
     let web = [

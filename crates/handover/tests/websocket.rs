@@ -8,9 +8,34 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::skip::skip;
-use common::ws::{WsClient, WsServer, available};
+use common::harness;
+use common::ws::{WsClient, WsServer};
 use common::{Node, notice, pool_toml};
+
+fn main() {
+    harness::main(vec![
+        harness::test_async(
+            "websocket_messages_flow_both_ways_and_tunnels_count_as_the_vms_connections",
+            websocket_messages_flow_both_ways_and_tunnels_count_as_the_vms_connections,
+        )
+        .needs(common::ws::available),
+        harness::test_async(
+            "a_tunnel_stays_across_a_prepare_and_new_upgrades_go_to_the_other_vms",
+            a_tunnel_stays_across_a_prepare_and_new_upgrades_go_to_the_other_vms,
+        )
+        .needs(common::ws::available),
+        harness::test_async(
+            "with_long_lived_close_after_the_tunnel_is_closed_going_away_and_the_vm_drains",
+            with_long_lived_close_after_the_tunnel_is_closed_going_away_and_the_vm_drains,
+        )
+        .needs(common::ws::available),
+        harness::test_async(
+            "a_listener_without_websocket_passes_the_request_as_a_plain_get",
+            a_listener_without_websocket_passes_the_request_as_a_plain_get,
+        )
+        .needs(common::ws::available),
+    ]);
+}
 
 /// Three WebSocket servers (vm-a, vm-b, vm-c) behind a node whose listener `web` has `listener`
 /// settings and whose pool has `pool` settings.
@@ -42,14 +67,7 @@ async fn open_tunnels(client: &mut WsClient, prefix: &str, count: usize) -> BTre
     reached
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_messages_flow_both_ways_and_tunnels_count_as_the_vms_connections() {
-    if let Err(reason) = available() {
-        return skip(
-            "websocket_messages_flow_both_ways_and_tunnels_count_as_the_vms_connections",
-            &reason,
-        );
-    }
     let (node, _servers) = setup("", "");
     let mut client = WsClient::start(&format!("ws://{}/chat", node.listener("web")));
     let reached = open_tunnels(&mut client, "t", 3).await;
@@ -66,14 +84,7 @@ async fn websocket_messages_flow_both_ways_and_tunnels_count_as_the_vms_connecti
     assert_eq!(active.values().sum::<u64>(), 3, "{active:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_stays_across_a_prepare_and_new_upgrades_go_to_the_other_vms() {
-    if let Err(reason) = available() {
-        return skip(
-            "a_tunnel_stays_across_a_prepare_and_new_upgrades_go_to_the_other_vms",
-            &reason,
-        );
-    }
     let (node, _servers) = setup("", "");
     let mut client = WsClient::start(&format!("ws://{}/chat", node.listener("web")));
     let reached = open_tunnels(&mut client, "t", 3).await;
@@ -103,14 +114,7 @@ async fn a_tunnel_stays_across_a_prepare_and_new_upgrades_go_to_the_other_vms() 
     assert_eq!(status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_long_lived_close_after_the_tunnel_is_closed_going_away_and_the_vm_drains() {
-    if let Err(reason) = available() {
-        return skip(
-            "with_long_lived_close_after_the_tunnel_is_closed_going_away_and_the_vm_drains",
-            &reason,
-        );
-    }
     let (node, servers) = setup(
         "",
         "drain = { target = 0.0, long_lived = { close_after = \"1s\" } }",
@@ -144,14 +148,7 @@ async fn with_long_lived_close_after_the_tunnel_is_closed_going_away_and_the_vm_
     assert!(!again.values().any(|vm| vm == "vm-a"), "{again:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_without_websocket_passes_the_request_as_a_plain_get() {
-    if let Err(reason) = available() {
-        return skip(
-            "a_listener_without_websocket_passes_the_request_as_a_plain_get",
-            &reason,
-        );
-    }
     let (node, _servers) = setup("websocket = false", "");
     let mut client = WsClient::start(&format!("ws://{}/chat", node.listener("web")));
     let refused = client.open("t0").await.unwrap_err();

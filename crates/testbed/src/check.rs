@@ -7,6 +7,10 @@ use serde::Serialize;
 use crate::metrics::RunMetrics;
 use crate::run::{MIGRATING, RunRecord};
 
+#[cfg(test)]
+#[path = "check_tests.rs"]
+mod tests;
+
 /// One property of the run and whether it held.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {

@@ -35,6 +35,14 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             None,
         ));
     }
+    // Every body of the API is an object: serde would also read a struct from an array of its
+    // fields in order (`[]` for a struct of optional fields), which the contract does not allow.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "invalid JSON body: a JSON object is expected",
+            None,
+        ));
+    }
     let body = whole_numbers(body);
     let mut deserializer = serde_json::Deserializer::from_slice(&body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
@@ -241,7 +249,7 @@ mod tests {
 
     #[test]
     fn a_body_that_is_not_an_object_names_no_field() {
-        for body in ["true", "5", "{", "nonsense"] {
+        for body in ["true", "5", "{", "nonsense", "[]", " [1, 2]"] {
             let (field, error) = field_of_error::<MigrationProgress>(body);
             assert_eq!(field, None, "{body}");
             assert!(error.starts_with("invalid JSON body: "), "{body}: {error}");

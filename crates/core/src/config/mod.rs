@@ -691,20 +691,9 @@ fn read_listener(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>) -> Option<Listene
         .and_then(|f| f.choice(doc, &[("http", ListenerKind::Http), ("tcp", ListenerKind::Tcp)]));
     let bind = t.require(doc, "bind").and_then(|f| f.socket_addr(doc));
     let pool = t.require(doc, "pool").and_then(|f| f.non_empty_string(doc));
+    // L4: a connection idle both ways; L7: an HTTP/2 client connection without a stream.
     let idle_timeout = match t.get("idle_timeout") {
-        Some(f) => f.duration(doc).map(|d| {
-            if kind == Some(ListenerKind::Http) {
-                // Reported, and the listener still read so its name and bind are checked too.
-                doc.error(
-                    &f.path,
-                    f.span(),
-                    "applies to tcp listeners only; an http listener closes idle client connections after client_timeout",
-                );
-                None
-            } else {
-                Some(d)
-            }
-        }),
+        Some(f) => f.duration(doc).map(Some),
         None => Some(None),
     };
     let response_timeout = or_default(t.get("response_timeout"), Duration::from_secs(60), |f| {

@@ -492,20 +492,6 @@ fn a_pool_may_speak_h2_or_http1_over_tls_to_its_backends() {
 }
 
 #[test]
-fn idle_timeout_on_an_http_listener_is_an_error() {
-    let errors = errors_of(
-        "[[listeners]]\nname = \"l\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nidle_timeout = \"1h\"\n[pools.p]\n[[pools.p.backends]]\naddress = \"127.0.0.1:1\"\nvm = \"vm-a\"\n",
-    );
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert_eq!(errors[0].path, "listeners[0].idle_timeout");
-    assert!(
-        errors[0].message.contains("tcp listeners only"),
-        "{}",
-        errors[0].message
-    );
-}
-
-#[test]
 fn every_error_is_reported_in_one_run_duplicates_included() {
     // A bad field in a pool and in a listener, and duplicates elsewhere: all at once.
     let errors = errors_of(

@@ -590,3 +590,106 @@ fn a_ramp_ending_here_does_not_make_a_peers_later_change_look_older() {
     applied(reg.apply(&a, Notice::Prepare, 12_000, NONE));
     assert!(reg.is_newer_than(&a, 11_500));
 }
+
+fn arb_readdress() -> impl Strategy<Value = Option<Readdress>> {
+    proptest::option::of((1u8..4, any::<bool>()).prop_map(|(last, explicit)| {
+        let ip = std::net::IpAddr::from([10, 0, 0, last]);
+        let mut addresses = std::collections::BTreeMap::new();
+        if explicit {
+            addresses.insert(
+                "127.0.0.1:8080".parse().unwrap(),
+                std::net::SocketAddr::new(ip, 9090),
+            );
+        }
+        Readdress {
+            new_ip: Some(ip),
+            addresses,
+        }
+    }))
+}
+
+proptest! {
+    /// Whatever notices arrive: every drain the capacity guard admits (a prepare applied at once,
+    /// or a queued one admitted later) keeps its limits (no more drained VMs than
+    /// `max_concurrent`, no fewer active ones than `min_active`; a `started` without a prepare
+    /// drains whatever the guard says, as the copy already runs); a VM's
+    /// addresses change only with an applied `completed` that carries new ones, and stay through
+    /// later phases; and a registry restored from a snapshot (through JSON, as the state file
+    /// does) at any point is the same registry and behaves the same from then on.
+    #[test]
+    fn guard_limits_readdresses_and_snapshots_hold_under_any_notice_sequence(
+        steps in proptest::collection::vec(
+            (0usize..3, arb_notice(), 0u64..30_000, arb_readdress(), any::<bool>()),
+            1..60,
+        ),
+        min_active in 0usize..3,
+        max_concurrent in proptest::option::of(1usize..3),
+        queue in any::<bool>(),
+    ) {
+        let guard = GuardConfig {
+            min_active,
+            max_concurrent,
+            on_violation: if queue { GuardAction::Queue } else { GuardAction::Refuse },
+        };
+        let mut reg = registry(guard);
+        let mut restarted = registry(guard);
+        let names = ["vm-a", "vm-b", "vm-c"];
+        let mut expected_readdress: std::collections::BTreeMap<VmId, Readdress> = Default::default();
+        let mut now = 0u64;
+        for (which, notice, dt, readdress, restart) in steps {
+            now += dt;
+            if restart {
+                // A restart: the state file's JSON, restored into a fresh registry.
+                let json = serde_json::to_string(&reg.snapshot()).unwrap();
+                restarted = registry(guard);
+                restarted.restore(serde_json::from_str(&json).unwrap());
+                prop_assert_eq!(restarted.snapshot(), reg.snapshot());
+            }
+            let ticked = reg.tick(now);
+            prop_assert_eq!(format!("{ticked:?}"), format!("{:?}", restarted.tick(now)));
+            let guard_holds = |reg: &Registry| -> Result<(), TestCaseError> {
+                let drained = names.iter().filter(|n| reg.phase(&self::vm(n)).is_drained()).count();
+                if let Some(max) = max_concurrent {
+                    prop_assert!(drained <= max, "{drained} drained, max_concurrent = {max}");
+                }
+                prop_assert!(
+                    3 - drained >= min_active,
+                    "{} active, min_active = {min_active}", 3 - drained
+                );
+                Ok(())
+            };
+            if ticked.iter().any(|t| t.to == Phase::Draining) {
+                guard_holds(&reg)?;
+            }
+            let vm = vm(names[which]);
+            let was_drained = reg.phase(&vm).is_drained();
+            let options = NoticeOptions { deadline_ms: None, readdress: readdress.clone() };
+            let result = reg.apply(&vm, notice, now, options.clone());
+            let again = restarted.apply(&vm, notice, now, options);
+            prop_assert_eq!(format!("{result:?}"), format!("{again:?}"));
+            prop_assert_eq!(reg.snapshot(), restarted.snapshot());
+            if notice == Notice::Completed
+                && was_drained
+                && matches!(result, Ok(Outcome::Applied(_)))
+                && let Some(r) = readdress.filter(|r| !r.is_empty())
+            {
+                expected_readdress.insert(vm.clone(), r);
+            }
+
+            let prepared = notice == Notice::Prepare
+                && !was_drained
+                && matches!(&result, Ok(Outcome::Applied(t)) if t.to == Phase::Draining);
+            if prepared {
+                guard_holds(&reg)?;
+            }
+            for name in names {
+                let id = self::vm(name);
+                prop_assert_eq!(
+                    reg.vm(&id).and_then(|s| s.readdress.clone()),
+                    expected_readdress.get(&id).cloned(),
+                    "addresses of {}", name
+                );
+            }
+        }
+    }
+}

@@ -9,6 +9,8 @@
 
 pub mod plan;
 pub mod runtime;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;

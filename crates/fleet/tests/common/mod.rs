@@ -3,5 +3,6 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+#[path = "../../../handover/tests/common/harness.rs"]
+pub mod harness;
 pub mod local;
-pub mod skip;

@@ -152,6 +152,8 @@ pub struct HttpBackend {
     pub requests: Arc<AtomicU64>,
     /// Connections accepted.
     pub connections: Arc<AtomicU64>,
+    /// Connections open now.
+    pub open: Arc<AtomicU64>,
     /// Status `/health` answers with.
     pub health_status: Arc<std::sync::atomic::AtomicU16>,
     task: tokio::task::JoinHandle<()>,
@@ -168,12 +170,16 @@ impl HttpBackend {
         let status_source = health_status.clone();
         let counter = requests.clone();
         let accepted = connections.clone();
+        let open = Arc::new(AtomicU64::new(0));
+        let open_now = open.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 accepted.fetch_add(1, Ordering::Relaxed);
+                open_now.fetch_add(1, Ordering::Relaxed);
+                let open_now = open_now.clone();
                 let counter = counter.clone();
                 let status_source = status_source.clone();
                 tokio::spawn(async move {
@@ -256,6 +262,7 @@ impl HttpBackend {
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
+                    open_now.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         });
@@ -263,6 +270,7 @@ impl HttpBackend {
             address,
             requests,
             connections,
+            open,
             health_status,
             task,
         }

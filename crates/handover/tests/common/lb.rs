@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::harness::{self, Lack};
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -15,31 +17,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn installed(program: &str, arg: &str) -> Result<(), String> {
-    match Command::new(program).arg(arg).output() {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "{program} {arg} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        )),
-        Err(e) => Err(format!(
-            "{program} is not installed ({e}); scripts/test installs it as root"
-        )),
-    }
+/// Whether HAProxy is here and works (`haproxy -v`).
+pub fn haproxy_available() -> Result<(), Lack> {
+    harness::program("haproxy", "-v", "haproxy")
 }
 
-/// Whether HAProxy can run here.
-pub fn haproxy_available() -> Result<(), String> {
-    installed("haproxy", "-v")
-}
-
-/// Whether nginx with the stream module can run here.
-pub fn nginx_available() -> Result<(), String> {
-    installed("nginx", "-v")?;
+/// Whether nginx with the stream module is here and works (`nginx -v`).
+pub fn nginx_available() -> Result<(), Lack> {
+    harness::program("nginx", "-v", "nginx")?;
     if Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists() {
         Ok(())
     } else {
-        Err("nginx's stream module is not installed (libnginx-mod-stream)".into())
+        Err(Lack::Missing(
+            "nginx's stream module is not installed (libnginx-mod-stream)".into(),
+        ))
     }
 }
 
@@ -222,6 +213,47 @@ impl Nginx {
             config,
             frontend,
             pid_file,
+        }
+    }
+}
+
+impl Nginx {
+    fn master_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
+    }
+
+    /// The PIDs of the worker processes that accept connections (not those shutting down after
+    /// a reload).
+    pub fn workers(&self) -> Vec<u32> {
+        let Some(master) = self.master_pid() else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|pid| pid.parse::<u32>().ok())
+            .filter(|pid| {
+                let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let title = String::from_utf8_lossy(&title);
+                title.contains("worker process") && !title.contains("shutting down")
+            })
+            .collect()
+    }
+
+    /// Waits (at most 20 s) until a reload took effect: every accepting worker is new, none of
+    /// `before`.
+    pub async fn wait_reloaded(&self, before: &[u32]) {
+        let started = Instant::now();
+        loop {
+            let now = self.workers();
+            if !now.is_empty() && now.iter().all(|pid| !before.contains(pid)) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nginx did not reload: workers {now:?}, before {before:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

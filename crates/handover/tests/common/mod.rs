@@ -5,12 +5,12 @@
 
 pub mod backends;
 pub mod h2raw;
+pub mod harness;
 pub mod lb;
 pub mod libvirt;
 pub mod qemu;
 pub mod raw;
 pub mod recorder;
-pub mod skip;
 pub mod tls;
 pub mod ws;
 

@@ -16,18 +16,9 @@ use serde_json::{Value, json};
 /// Guest RAM in MiB.
 pub const RAM_MIB: u64 = 64;
 
-/// Whether QEMU can run here; `Err` says why not.
-pub fn available() -> Result<(), String> {
-    match Command::new("qemu-system-x86_64").arg("--version").output() {
-        Ok(output) if output.status.success() => Ok(()),
-        Ok(output) => Err(format!(
-            "qemu-system-x86_64 --version failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )),
-        Err(e) => Err(format!(
-            "qemu-system-x86_64 is not installed ({e}); scripts/test installs it as root"
-        )),
-    }
+/// Whether QEMU is here and works (`qemu-system-x86_64 --version`).
+pub fn available() -> Result<(), super::harness::Lack> {
+    super::harness::program("qemu-system-x86_64", "--version", "qemu-system-x86")
 }
 
 /// Writes the random RAM image both QEMUs map (privately: QEMU never writes to it).

@@ -58,6 +58,21 @@ pub enum Recorder {
     },
 }
 
+/// Whether python3 is here (the `stdlib` recorder: `http.server`).
+pub fn python_stdlib() -> Result<(), super::harness::Lack> {
+    super::harness::python_module("http.server", "python3")
+}
+
+/// Whether python3 with aiohttp is here.
+pub fn aiohttp() -> Result<(), super::harness::Lack> {
+    super::harness::python_module("aiohttp", "aiohttp")
+}
+
+/// Whether python3 with gunicorn is here.
+pub fn gunicorn() -> Result<(), super::harness::Lack> {
+    super::harness::python_module("gunicorn", "gunicorn")
+}
+
 impl Recorder {
     /// hyper's server on an ephemeral loopback port.
     pub async fn hyper() -> Self {
@@ -121,7 +136,8 @@ impl Recorder {
         }
     }
 
-    /// A Python server of `kind`; `Err` says why it cannot run here (the test is skipped).
+    /// A Python server of `kind`; `Err` says why it cannot run here (the harness has checked that
+    /// its module is installed: see [`python_stdlib`], [`aiohttp`], [`gunicorn`]).
     pub fn python(kind: &'static str) -> Result<Self, String> {
         let module = match kind {
             "stdlib" => "http.server",

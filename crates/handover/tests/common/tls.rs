@@ -4,15 +4,21 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Whether a program is on PATH; `Err` says what to install.
-pub fn tool(program: &str, package: &str) -> Result<(), String> {
-    match Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-    {
-        Ok(out) if out.status.success() => Ok(()),
-        _ => Err(format!("{program} is not installed (Debian package {package})")),
-    }
+use super::harness::{self, Lack};
+
+/// Whether openssl is here and works (`openssl version`).
+pub fn openssl_available() -> Result<(), Lack> {
+    harness::program("openssl", "version", "openssl")
+}
+
+/// Whether curl is here and works.
+pub fn curl_available() -> Result<(), Lack> {
+    harness::program("curl", "--version", "curl")
+}
+
+/// Whether h2load is here and works.
+pub fn h2load_available() -> Result<(), Lack> {
+    harness::program("h2load", "--version", "nghttp2-client")
 }
 
 /// A self-signed certificate for `name` (P-256), valid two days: `(cert, key)` in `dir`, files

@@ -21,24 +21,14 @@ fn script(name: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common")).join(name)
 }
 
-/// Whether python3 can import `module`; `Err` says what is missing.
-pub fn python_has(module: &str, package: &str) -> Result<(), String> {
-    let out = std::process::Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .map_err(|e| format!("python3: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "the Python package {package} is not installed (pip install {package})"
-        ))
-    }
+/// Whether python3 with `websockets` is here.
+pub fn available() -> Result<(), super::harness::Lack> {
+    super::harness::python_module("websockets", "websockets")
 }
 
-/// Whether python3 with `websockets` is here; `Err` says what is missing.
-pub fn available() -> Result<(), String> {
-    python_has("websockets", "websockets")
+/// Whether python3 with `grpcio` is here.
+pub fn grpc_available() -> Result<(), super::harness::Lack> {
+    super::harness::python_module("grpc", "grpcio")
 }
 
 /// A server that answers every message with `NAME:message`.

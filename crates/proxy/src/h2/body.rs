@@ -66,16 +66,17 @@ impl Body for ChannelBody {
     }
 }
 
-/// A body that keeps its stream counted as in flight to its backend until it ends (or the
-/// client goes away and it is dropped).
-pub struct Guarded<B> {
+/// A body that holds `guard` until it ends (or the client goes away and it is dropped): by
+/// default the stream's count as in flight to its backend; [`super::idle::OpenStream`] keeps a
+/// connection from counting as idle.
+pub struct Guarded<B, G = ActiveGuard> {
     /// The body.
     pub body: B,
     /// Dropped at the end.
-    pub guard: Option<ActiveGuard>,
+    pub guard: Option<G>,
 }
 
-impl<B: Body + Unpin> Body for Guarded<B> {
+impl<B: Body + Unpin, G: Unpin> Body for Guarded<B, G> {
     type Data = B::Data;
     type Error = B::Error;
 

@@ -3,12 +3,9 @@
 //! reset), and a connection that has had no stream for the timeout is sent GOAWAY and closed.
 //! hyper keeps no such count: only a listener with the timeout pays for this one.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -79,41 +76,11 @@ impl Drop for OpenStream {
     }
 }
 
-/// A response body that keeps its stream counted as open until it ends (or is dropped).
-pub struct Counted<B> {
-    /// The body.
-    pub body: B,
-    /// Dropped at the end.
-    pub stream: Option<OpenStream>,
-}
-
-impl<B: Body + Unpin> Body for Counted<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let frame = Pin::new(&mut self.body).poll_frame(cx);
-        if matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.stream = None;
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_is_idle_from_the_end_of_its_last_stream() {

@@ -138,9 +138,9 @@ where
             Ok::<_, Infallible>(match open {
                 None => response,
                 Some(open) => response.map(|body| {
-                    idle::Counted {
+                    body::Guarded {
                         body,
-                        stream: Some(open),
+                        guard: Some(open),
                     }
                     .boxed_unsync()
                 }),

@@ -46,6 +46,10 @@ pub struct QmpWatcher {
     pub command_timeout: Duration,
 }
 
+#[cfg(test)]
+#[path = "watcher_tests.rs"]
+mod tests;
+
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 

@@ -5,7 +5,6 @@
 //! fsync, rename) before the API replies. The last change to a pool and address wins over the
 //! file until another API call changes it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use handover_core::api::BackendChange;
@@ -83,18 +82,11 @@ impl Overlay {
         }
     }
 
-    /// Writes the overlay durably: a temporary file, fsync, rename, fsync of the directory.
+    /// Writes the overlay durably, as the state file is written: a temporary file, fsync, rename,
+    /// fsync of the directory ([`crate::state_file::write_atomic`]).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("backends.json.tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::state_file::write_atomic(path, &bytes)
     }
 }
 

@@ -267,16 +267,22 @@ impl Reloader {
         overlay.record(change.clone());
         let next = overlay.apply(&current.file);
         if let Some(path) = &self.overlay_path {
-            overlay.save(path).map_err(|e| {
-                refuse(
-                    503,
-                    "address",
-                    format!(
-                        "cannot keep the change in {}: {e}; nothing changed",
-                        path.display()
-                    ),
-                )
-            })?;
+            let (to_save, at) = (overlay.clone(), path.clone());
+            tokio::task::spawn_blocking(move || to_save.save(&at))
+                .await
+                .map_err(|e| std::io::Error::other(format!("the writer stopped: {e}")))
+                .and_then(|written| written)
+                .map_err(|e| {
+                    error!(file = %path.display(), error = %e, pool = %change.pool, address = %change.address, "cannot keep a backend change; refused, nothing changed");
+                    refuse(
+                        503,
+                        "address",
+                        format!(
+                            "the backend change was not applied: cannot write {}: {e}",
+                            path.display()
+                        ),
+                    )
+                })?;
         }
         let applied = self.apply_pools(&next);
         info!(pool = %change.pool, address = %change.address, backend = ?change.backend, "backend changed through the API");

@@ -1,6 +1,7 @@
 //! Backends through the API on two peer nodes (real binaries): `PUT` and `DELETE
 //! /v1/pools/{pool}/backends/{address}` on one node reach the other, need the token, refuse bad
-//! input naming the field, drain what they remove, and survive a restart of both nodes.
+//! input naming the field, drain what they remove, and survive a restart of both nodes; a change
+//! that cannot be written is refused (503, naming the cause) and changes nothing.
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use common::backends::TcpBackend;
 use common::backends::vm_counts;
+use common::disk::{SmallDisk, tmpfs_available};
 use common::harness;
 use common::lb::free_port;
 use common::{Node, eventually};
@@ -74,10 +76,17 @@ async fn call(
 }
 
 fn main() {
-    harness::main(vec![harness::test_async(
-        "backends_set_through_the_api_reach_the_peer_drain_and_survive_a_restart",
-        backends_set_through_the_api_reach_the_peer_drain_and_survive_a_restart,
-    )])
+    harness::main(vec![
+        harness::test_async(
+            "backends_set_through_the_api_reach_the_peer_drain_and_survive_a_restart",
+            backends_set_through_the_api_reach_the_peer_drain_and_survive_a_restart,
+        ),
+        harness::test_async(
+            "a_backend_change_that_cannot_be_written_is_refused_with_its_cause_and_changes_nothing",
+            a_backend_change_that_cannot_be_written_is_refused_with_its_cause_and_changes_nothing,
+        )
+        .needs(tmpfs_available),
+    ])
 }
 
 async fn backends_set_through_the_api_reach_the_peer_drain_and_survive_a_restart() {
@@ -214,4 +223,90 @@ async fn backends_set_through_the_api_reach_the_peer_drain_and_survive_a_restart
         assert_eq!(counts.get("vm-a"), None, "{counts:?}");
         assert!(counts.contains_key("vm-c"), "{counts:?}");
     }
+}
+
+/// Node two keeps its state on a small disk that fills up: a `PUT` or `DELETE` there is a 503 that
+/// names the cause and changes nothing (pools, traffic, the file, the peer); the same change sent
+/// to node one is applied there and reported as not applied by two; once there is room again it
+/// is applied, and a restart keeps it.
+async fn a_backend_change_that_cannot_be_written_is_refused_with_its_cause_and_changes_nothing() {
+    let disk = SmallDisk::mount("256k").expect("a small disk for the state file");
+    let a = TcpBackend::start("vm-a").await;
+    let b = TcpBackend::start("vm-b").await;
+    let c = TcpBackend::start("vm-c").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port_1, port_2) = (free_port(), free_port());
+    let base = [("vm-a", a.address), ("vm-b", b.address)];
+    let config_1 = config(port_1, port_2, &dir.path().join("one.json"), &base);
+    let config_2 = config(port_2, port_1, &disk.path.join("two.json"), &base);
+    let one = Node::start(&config_1);
+    let mut two = Node::start(&config_2);
+    let path_c = format!("/v1/pools/web/backends/{}", c.address);
+    let path_b = format!("/v1/pools/web/backends/{}", b.address);
+    let overlay = disk.path.join("two.backends.json");
+    let before = backends(&two).await;
+    disk.fill();
+
+    // On the node that cannot write: 503 with the cause, nothing changed, nothing sent to the peer.
+    for (method, path, body) in [
+        ("PUT", &path_c, serde_json::json!({"vm": "vm-c", "weight": 3})),
+        ("PUT", &path_b, serde_json::json!({"vm": "vm-b", "weight": 9})),
+        ("DELETE", &path_b, serde_json::json!(null)),
+    ] {
+        let (status, reply) = call(&two.client(Some(TOKEN)), method, path, body).await;
+        assert_eq!(status, 503, "{method} {path}: {reply}");
+        let error = reply["error"].as_str().unwrap();
+        assert!(
+            error.contains("not applied")
+                && error.contains("No space left on device")
+                && error.contains("two.backends.json"),
+            "{error}"
+        );
+        assert_eq!(backends(&two).await, before);
+        assert_eq!(backends(&one).await, before);
+    }
+    assert!(!overlay.exists(), "nothing was written");
+    let counts = vm_counts(two.listener("tcp"), 60, 8).await;
+    assert!(counts.get("vm-b").copied().unwrap_or(0) > 0, "{counts:?}");
+    assert_eq!(counts.get("vm-c"), None, "{counts:?}");
+    assert!(
+        two.log().contains("cannot keep a backend change"),
+        "{}",
+        two.log()
+    );
+
+    // Sent to node one: applied there, and node two's refusal is in the reply.
+    let (status, reply) = call(
+        &one.client(Some(TOKEN)),
+        "PUT",
+        &path_c,
+        serde_json::json!({"vm": "vm-c", "weight": 3}),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["peers"][0]["applied"], false, "{reply}");
+    let error = reply["peers"][0]["error"].as_str().unwrap();
+    assert!(error.contains("No space left on device"), "{error}");
+    let expected_c = (c.address.to_string(), "vm-c".to_string(), 3);
+    assert!(backends(&one).await.contains(&expected_c));
+    assert_eq!(backends(&two).await, before);
+
+    // Room again: the same change is applied, written, and kept across a restart.
+    disk.free();
+    let (status, reply) = call(
+        &one.client(Some(TOKEN)),
+        "PUT",
+        &path_c,
+        serde_json::json!({"vm": "vm-c", "weight": 3}),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["peers"][0]["applied"], true, "{reply}");
+    assert!(backends(&two).await.contains(&expected_c));
+    let saved = std::fs::read_to_string(&overlay).unwrap();
+    assert!(saved.contains(&c.address.to_string()), "{saved}");
+    two.kill();
+    drop(two);
+    let two = Node::start(&config_2);
+    assert!(backends(&two).await.contains(&expected_c));
 }

@@ -24,11 +24,12 @@ use super::{ApiError, ApiState, json};
 /// Why a backend change was refused here (nothing changed).
 #[derive(Debug, Clone)]
 pub struct BackendsRefusal {
-    /// 400 (bad value) or 404 (no such pool or backend).
+    /// 400 (bad value), 404 (no such pool or backend) or 503 (the change cannot be made durable:
+    /// the reply is 503 with `message` alone).
     pub status: u16,
     /// What is wrong.
     pub message: String,
-    /// The field at fault (`pool`, `address`, `vm`, `weight`).
+    /// The field at fault (`pool`, `address`, `vm`, `weight`; ignored for a 503).
     pub field: &'static str,
 }
 
@@ -106,6 +107,7 @@ fn path_parts(
         (status = 401, description = "The token is missing or wrong", body = ErrorBody),
         (status = 404, description = "No such pool on this node", body = ErrorBody),
         (status = 413, description = "The body is longer than 2 MiB", body = ErrorBody),
+        (status = 503, description = "The change cannot be written to the state directory (`error` says why); nothing changed", body = ErrorBody),
     )
 )]
 pub async fn put(
@@ -144,6 +146,7 @@ pub async fn put(
         (status = 400, description = "The address is not valid, or it is the pool's last backend; `field` names it", body = ErrorBody),
         (status = 401, description = "The token is missing or wrong", body = ErrorBody),
         (status = 404, description = "No such pool or backend on this node", body = ErrorBody),
+        (status = 503, description = "The change cannot be written to the state directory (`error` says why); nothing changed", body = ErrorBody),
     )
 )]
 pub async fn delete(
@@ -177,6 +180,7 @@ pub async fn delete(
         (status = 401, description = "The token is missing or wrong", body = ErrorBody),
         (status = 404, description = "No such pool or backend on this node", body = ErrorBody),
         (status = 413, description = "The body is longer than 2 MiB", body = ErrorBody),
+        (status = 503, description = "The change cannot be written to the state directory (`error` says why); nothing changed", body = ErrorBody),
     )
 )]
 pub async fn apply_local(
@@ -209,13 +213,13 @@ async fn local(state: &ApiState, change: BackendChange) -> Result<serde_json::Va
     let Some(hook) = &state.backends else {
         return Err(ApiError::not_found("this node has no pools to take backends"));
     };
-    (hook.0)(change).await.map_err(|refusal| {
-        let message = format!("{}: {}", refusal.field, refusal.message);
-        if refusal.status == 404 {
-            ApiError::not_found(message)
-        } else {
-            ApiError::bad_request(message, Some(refusal.field))
-        }
+    (hook.0)(change).await.map_err(|refusal| match refusal.status {
+        404 => ApiError::not_found(format!("{}: {}", refusal.field, refusal.message)),
+        status if status >= 500 => ApiError::unavailable(refusal.message),
+        _ => ApiError::bad_request(
+            format!("{}: {}", refusal.field, refusal.message),
+            Some(refusal.field),
+        ),
     })
 }
 

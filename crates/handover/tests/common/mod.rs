@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod disk;
 pub mod h2raw;
 pub mod harness;
 pub mod lb;

@@ -230,12 +230,35 @@ impl Reloader {
     /// durable (when the node has a state file), then applied to the pools. Nothing changes when
     /// it is refused.
     pub async fn set_backend(&self, change: BackendChange) -> Result<PoolsChange, BackendsRefusal> {
+        self.change_backend(change, false)
+            .await
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Applies a backend change the fleet hands this node (as [`Self::set_backend`]); `None` when
+    /// the node already has exactly that change (its own, seen again through etcd, or one applied
+    /// before a restart), which is not written again.
+    pub async fn apply_from_fleet(
+        &self,
+        change: BackendChange,
+    ) -> Result<Option<PoolsChange>, BackendsRefusal> {
+        self.change_backend(change, true).await
+    }
+
+    async fn change_backend(
+        &self,
+        change: BackendChange,
+        skip_known: bool,
+    ) -> Result<Option<PoolsChange>, BackendsRefusal> {
         let refuse = |status: u16, field: &'static str, message: String| BackendsRefusal {
             status,
             message,
             field,
         };
         let mut current = self.current.lock().await;
+        if skip_known && current.overlay.changes.contains(&change) {
+            return Ok(None);
+        }
         let Some(pool) = current.effective.pools.iter().find(|p| p.name == change.pool) else {
             return Err(refuse(
                 404,
@@ -288,7 +311,7 @@ impl Reloader {
         info!(pool = %change.pool, address = %change.address, backend = ?change.backend, "backend changed through the API");
         current.overlay = overlay;
         current.effective = next;
-        Ok(applied)
+        Ok(Some(applied))
     }
 
     /// `handover_config_reloads_total{outcome}` and the last error.

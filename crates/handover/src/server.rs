@@ -302,6 +302,10 @@ pub async fn start_with(file: &Config, mut options: NodeOptions) -> anyhow::Resu
                 .map(|change| serde_json::to_value(change).unwrap_or_default())
         })
     })));
+    // In a fleet: backends set through any node's API, applied here too.
+    if let (Some(node), Some(fleet_config)) = (&fleet, &config.fleet) {
+        crate::fleet::share_backends(node, fleet_config, reloader.clone(), &cancel, &tasks).await;
+    }
     let reloader = options.config_path.is_some().then_some(reloader);
     if let Some(reloader) = &reloader {
         tasks.spawn(crate::reload::on_sighup(reloader.clone(), cancel.clone()));

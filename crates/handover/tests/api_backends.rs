@@ -1,9 +1,14 @@
 //! Backends through the API on two peer nodes (real binaries): `PUT` and `DELETE
 //! /v1/pools/{pool}/backends/{address}` on one node reach the other, need the token, refuse bad
 //! input naming the field, drain what they remove, and survive a restart of both nodes; a change
-//! that cannot be written is refused (503, naming the cause) and changes nothing.
+//! that cannot be written is refused (503, naming the cause) and changes nothing; in fleet mode a
+//! change made through any node reaches every node of the fleet through etcd, those that start
+//! later included.
 
 mod common;
+
+#[path = "../../fleet/tests/common/etcd.rs"]
+mod etcd;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -86,7 +91,35 @@ fn main() {
             a_backend_change_that_cannot_be_written_is_refused_with_its_cause_and_changes_nothing,
         )
         .needs(tmpfs_available),
+        harness::test_async(
+            "backends_set_through_one_fleet_node_reach_every_node_and_one_started_later",
+            backends_set_through_one_fleet_node_reach_every_node_and_one_started_later,
+        )
+        .needs(etcd_available),
     ])
+}
+
+/// Whether etcd and etcdctl are here and work (Debian's etcd-server and etcd-client).
+fn etcd_available() -> Result<(), harness::Lack> {
+    harness::program("etcd", "--version", "etcd-server")?;
+    harness::program("etcdctl", "version", "etcd-client")
+}
+
+/// A node of the fleet on `etcd` named `name`, with a token, a state file and pool `web`.
+fn fleet_config(etcd: &etcd::Etcd, name: &str, state: &Path, backends: &[(&str, SocketAddr)]) -> String {
+    let mut text = format!(
+        "[control]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n[state]\nfile = \"{}\"\n\n\
+         [[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n\n\
+         [fleet]\netcd = {}\nnode = \"{name}\"\nlease = \"4s\"\nack_timeout = \"5s\"\n\n[pools.web]\n",
+        state.display(),
+        etcd.toml_endpoints()
+    );
+    for (vm, address) in backends {
+        text.push_str(&format!(
+            "\n[[pools.web.backends]]\naddress = \"{address}\"\nvm = \"{vm}\"\n"
+        ));
+    }
+    text
 }
 
 async fn backends_set_through_the_api_reach_the_peer_drain_and_survive_a_restart() {
@@ -308,5 +341,104 @@ async fn a_backend_change_that_cannot_be_written_is_refused_with_its_cause_and_c
     two.kill();
     drop(two);
     let two = Node::start(&config_2);
+    assert!(backends(&two).await.contains(&expected_c));
+}
+
+/// Two fleet nodes on one etcd: a `PUT` on one and a `DELETE` on the other reach both (the reply
+/// says etcd has them, there are no peers); a third node started afterwards has both before it
+/// answers; with etcd gone the change is applied on the node called and the reply says the fleet
+/// does not have it.
+async fn backends_set_through_one_fleet_node_reach_every_node_and_one_started_later() {
+    let mut etcd = etcd::Etcd::single();
+    let a = TcpBackend::start("vm-a").await;
+    let b = TcpBackend::start("vm-b").await;
+    let c = TcpBackend::start("vm-c").await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = [("vm-a", a.address), ("vm-b", b.address)];
+    let one = Node::start(&fleet_config(&etcd, "lb-1", &dir.path().join("one.json"), &base));
+    let two = Node::start(&fleet_config(&etcd, "lb-2", &dir.path().join("two.json"), &base));
+    let path_a = format!("/v1/pools/web/backends/{}", a.address);
+    let path_c = format!("/v1/pools/web/backends/{}", c.address);
+    let expected_c = (c.address.to_string(), "vm-c".to_string(), 2);
+
+    let (status, reply) = call(
+        &one.client(Some(TOKEN)),
+        "PUT",
+        &path_c,
+        serde_json::json!({"vm": "vm-c", "weight": 2}),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["fleet"]["written"], true, "{reply}");
+    assert_eq!(reply["peers"], serde_json::json!([]), "{reply}");
+    assert!(backends(&one).await.contains(&expected_c));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            backends(&two).await.contains(&expected_c)
+        })
+        .await,
+        "lb-2 took the backend set through lb-1: {:?}",
+        backends(&two).await
+    );
+    let counts = vm_counts(two.listener("tcp"), 80, 8).await;
+    assert!(counts.get("vm-c").copied().unwrap_or(0) >= 20, "{counts:?}");
+
+    let (status, reply) = call(
+        &two.client(Some(TOKEN)),
+        "DELETE",
+        &path_a,
+        serde_json::json!(null),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["fleet"]["written"], true, "{reply}");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !backends(&one).await.iter().any(|(_, vm, _)| vm == "vm-a")
+        })
+        .await,
+        "lb-1 removed the backend deleted through lb-2: {:?}",
+        backends(&one).await
+    );
+    assert_eq!(vm_counts(one.listener("tcp"), 40, 8).await.get("vm-a"), None);
+    // The node that made a change wrote it once: seeing it again through etcd changes nothing.
+    let applied_c = format!("fleet backend change applied pool=web address={}", c.address);
+    assert!(two.log().contains(&applied_c), "{}", two.log());
+    assert!(!one.log().contains(&format!(
+        "fleet backend change applied pool=web address={}",
+        c.address
+    )));
+
+    // A node that joins afterwards has both changes before it answers.
+    let three = Node::start(&fleet_config(
+        &etcd,
+        "lb-3",
+        &dir.path().join("three.json"),
+        &base,
+    ));
+    let now = backends(&three).await;
+    assert!(now.contains(&expected_c), "{now:?}");
+    assert!(!now.iter().any(|(_, vm, _)| vm == "vm-a"), "{now:?}");
+    let saved = std::fs::read_to_string(dir.path().join("three.backends.json")).unwrap();
+    assert!(saved.contains(&c.address.to_string()), "{saved}");
+
+    // Without etcd: applied on the node called, and the reply says the fleet does not have it.
+    etcd.kill_all();
+    let (status, reply) = call(
+        &one.client(Some(TOKEN)),
+        "PUT",
+        &path_c,
+        serde_json::json!({"vm": "vm-c", "weight": 5}),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["fleet"]["written"], false, "{reply}");
+    let error = reply["fleet"]["error"].as_str().unwrap();
+    assert!(error.contains("not written to the fleet's etcd"), "{error}");
+    assert!(
+        backends(&one)
+            .await
+            .contains(&(c.address.to_string(), "vm-c".to_string(), 5))
+    );
     assert!(backends(&two).await.contains(&expected_c));
 }

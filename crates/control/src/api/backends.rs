@@ -2,8 +2,9 @@
 //! `PUT /v1/pools/{pool}/backends/{address}` (`{"vm": "...", "weight": N}`) adds or re-weights a
 //! backend, `DELETE` removes it (it drains, as a backend a reload removed). The change is applied
 //! here first (and made durable: the reply comes after), then on every peer (`PUT
-//! /v1/balancer/backends`, which applies locally only, so peers cannot loop). The pools and the
-//! file that keeps the change across restarts belong to the binary: it hands a [`BackendsHook`].
+//! /v1/balancer/backends`, which applies locally only, so peers cannot loop) or, in fleet mode,
+//! written to etcd, from where every node of the fleet applies it. The pools and the file that
+//! keeps the change across restarts belong to the binary: it hands a [`BackendsHook`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -58,6 +59,16 @@ pub struct PeerResult {
     pub error: Option<String>,
 }
 
+/// In fleet mode: whether the change was written to etcd, from where every node applies it.
+#[derive(Debug, Serialize)]
+pub struct FleetResult {
+    /// Written: every node of the fleet applies it (now, or when it starts).
+    pub written: bool,
+    /// Why not (the other nodes do not have the change; calling again writes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// The reply of `PUT`/`DELETE /v1/pools/{pool}/backends/{address}`.
 #[derive(Debug, Serialize)]
 pub struct BackendsReply {
@@ -67,6 +78,9 @@ pub struct BackendsReply {
     pub local: serde_json::Value,
     /// Every peer's answer.
     pub peers: Vec<PeerResult>,
+    /// In fleet mode, whether etcd has the change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetResult>,
 }
 
 fn path_parts(
@@ -102,7 +116,7 @@ fn path_parts(
     request_body(content = BackendSpec, content_type = "application/json"),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Applied here (and what each peer answered)", body = Object),
+        (status = 200, description = "Applied here; what each peer answered, or (`fleet`) whether the fleet's etcd has it", body = Object),
         (status = 400, description = "The address, VM id or weight is not valid; `field` names it", body = ErrorBody),
         (status = 401, description = "The token is missing or wrong", body = ErrorBody),
         (status = 404, description = "No such pool on this node", body = ErrorBody),
@@ -142,7 +156,7 @@ pub async fn put(
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Removed here (it drains), and what each peer answered", body = Object),
+        (status = 200, description = "Removed here (it drains); what each peer answered, or (`fleet`) whether the fleet's etcd has it", body = Object),
         (status = 400, description = "The address is not valid, or it is the pool's last backend; `field` names it", body = ErrorBody),
         (status = 401, description = "The token is missing or wrong", body = ErrorBody),
         (status = 404, description = "No such pool or backend on this node", body = ErrorBody),
@@ -250,9 +264,26 @@ async fn change_everywhere(state: &ApiState, change: BackendChange) -> Result<Js
             }
         });
     let peers = futures_util::future::join_all(peers).await;
+    let fleet = match state.coordinator.fleet() {
+        Some(fleet) => Some(match fleet.backend(&change).await {
+            Ok(()) => FleetResult {
+                written: true,
+                error: None,
+            },
+            Err(error) => {
+                tracing::warn!(pool = %change.pool, address = %change.address, %error, "the backend change was applied here but not written to the fleet");
+                FleetResult {
+                    written: false,
+                    error: Some(error),
+                }
+            }
+        }),
+        None => None,
+    };
     Ok(Json(BackendsReply {
         change,
         local: applied,
         peers,
+        fleet,
     }))
 }

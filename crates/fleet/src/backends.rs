@@ -5,7 +5,10 @@
 //! a [`BackendSink`] (a node without the pool skips it). A change the sink cannot make now (its
 //! state directory is full) is tried again by listing again, with backoff. etcd keeps the last
 //! change of each pool and address, and every node applies the changes in etcd's order, so nodes
-//! converge on etcd's value even when two nodes change the same backend at once.
+//! converge on etcd's value even when two nodes change the same backend at once. A node never
+//! applies a change older than one it applied or wrote itself: a `PUT` then a `DELETE` of one
+//! backend through one node does not bring the backend back for a moment when the node sees its
+//! own `PUT` through the watch.
 
 use std::sync::Arc;
 
@@ -38,11 +41,35 @@ impl FleetNode {
     /// Puts a change made through this node's API where every node sees it; returns the revision.
     pub async fn publish_backend(&self, change: &BackendChange) -> Result<i64, EtcdError> {
         let key = self.keys.backend(&change.pool, &change.address);
-        let result = self.etcd.put(&key, encode(change), 0).await;
-        if result.is_err() {
-            self.stats.lock().etcd_error("backends");
+        match self.etcd.put(&key, encode(change), 0).await {
+            Ok(revision) => {
+                self.mark_backend(key.as_bytes(), revision);
+                Ok(revision)
+            }
+            Err(e) => {
+                self.stats.lock().etcd_error("backends");
+                Err(e)
+            }
         }
-        result
+    }
+
+    /// Records that this node has the change of `key` at `revision` (or a later one).
+    fn mark_backend(&self, key: &[u8], revision: i64) {
+        let mut revisions = self.backend_revisions.lock();
+        let known = revisions.entry(key.to_vec()).or_default();
+        *known = (*known).max(revision);
+    }
+
+    /// Applies one key's change unless this node has it or a later one; `Err` when it must be
+    /// tried again.
+    async fn apply_backend(&self, sink: &dyn BackendSink, kv: &KeyValue) -> Result<(), String> {
+        let known = self.backend_revisions.lock().get(&kv.key).copied();
+        if known.is_some_and(|known| known >= kv.mod_revision) {
+            return Ok(());
+        }
+        apply(sink, kv).await?;
+        self.mark_backend(&kv.key, kv.mod_revision);
+        Ok(())
     }
 
     /// Lists every backend change and applies each through `sink`; returns the revision of the
@@ -54,7 +81,7 @@ impl FleetNode {
         })?;
         kvs.sort_by_key(|kv| kv.mod_revision);
         for kv in &kvs {
-            apply(sink, kv).await?;
+            self.apply_backend(sink, kv).await?;
         }
         debug!(changes = kvs.len(), revision, "fleet backends listed");
         Ok(revision)
@@ -118,7 +145,7 @@ impl FleetNode {
                                 revision = revision.max(kv.mod_revision);
                                 continue;
                             }
-                            if let Err(e) = apply(sink.as_ref(), &kv).await {
+                            if let Err(e) = self.apply_backend(sink.as_ref(), &kv).await {
                                 failed = Some(e);
                                 break;
                             }

@@ -409,6 +409,38 @@ async fn backends_set_through_one_fleet_node_reach_every_node_and_one_started_la
         c.address
     )));
 
+    // PUT, DELETE, PUT, DELETE of one backend through one node in a row: both nodes end without
+    // it, the other applied each removal, and the node called applied none of its own changes
+    // again from the watch (that an older one is never applied after a newer one, whatever the
+    // timing, is proven by fleet_backends in the fleet crate).
+    let d = TcpBackend::start("vm-d").await;
+    let path_d = format!("/v1/pools/web/backends/{}", d.address);
+    for (method, body) in [
+        ("PUT", serde_json::json!({"vm": "vm-d"})),
+        ("DELETE", serde_json::json!(null)),
+        ("PUT", serde_json::json!({"vm": "vm-d", "weight": 3})),
+        ("DELETE", serde_json::json!(null)),
+    ] {
+        let (status, reply) = call(&one.client(Some(TOKEN)), method, &path_d, body).await;
+        assert_eq!(status, 200, "{method}: {reply}");
+    }
+    let removed_d = format!(
+        "fleet backend change applied pool=web address={} backend=None",
+        d.address
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            two.log().matches(&removed_d).count() == 2
+        })
+        .await,
+        "lb-2 applied both removals: {}",
+        two.log()
+    );
+    assert!(!backends(&two).await.iter().any(|(_, vm, _)| vm == "vm-d"));
+    assert!(!backends(&one).await.iter().any(|(_, vm, _)| vm == "vm-d"));
+    let applied_d = format!("fleet backend change applied pool=web address={}", d.address);
+    assert!(!one.log().contains(&applied_d), "{}", one.log());
+
     // A node that joins afterwards has both changes before it answers.
     let three = Node::start(&fleet_config(
         &etcd,

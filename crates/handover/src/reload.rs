@@ -314,6 +314,12 @@ impl Reloader {
         Ok(Some(applied))
     }
 
+    /// Where backend changes made through the API are written before the reply (beside the state
+    /// file); `None` when the node has no state file and they last until the process ends.
+    pub fn backends_file(&self) -> Option<&std::path::Path> {
+        self.overlay_path.as_deref()
+    }
+
     /// `handover_config_reloads_total{outcome}` and the last error.
     pub fn metrics(&self, out: &mut String) {
         let outcomes = self.outcomes.lock();

@@ -296,10 +296,11 @@ pub async fn start_with(file: &Config, mut options: NodeOptions) -> anyhow::Resu
     api = api.with_backends(handover_control::api::BackendsHook(Arc::new(move |change| {
         let backends = backends.clone();
         Box::pin(async move {
-            backends
-                .set_backend(change)
-                .await
-                .map(|change| serde_json::to_value(change).unwrap_or_default())
+            let change = backends.set_backend(change).await?;
+            let mut local = serde_json::to_value(change).unwrap_or_default();
+            // Where the change was written before this reply (null: nowhere, no state file).
+            local["written_to"] = serde_json::json!(backends.backends_file());
+            Ok(local)
         })
     })));
     // In a fleet: backends set through any node's API, applied here too.

@@ -96,6 +96,10 @@ fn main() {
             backends_set_through_one_fleet_node_reach_every_node_and_one_started_later,
         )
         .needs(etcd_available),
+        harness::test_async(
+            "without_a_state_file_the_reply_says_the_change_is_written_nowhere",
+            without_a_state_file_the_reply_says_the_change_is_written_nowhere,
+        ),
     ])
 }
 
@@ -191,6 +195,11 @@ async fn backends_set_through_the_api_reach_the_peer_drain_and_survive_a_restart
     )
     .await;
     assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        reply["local"]["written_to"].as_str(),
+        Some(dir.path().join("one.backends.json").to_str().unwrap()),
+        "{reply}"
+    );
     assert_eq!(reply["peers"][0]["name"], "peer", "{reply}");
     assert_eq!(reply["peers"][0]["applied"], true, "{reply}");
     let expected_c = (c.address.to_string(), "vm-c".to_string(), 2);
@@ -473,4 +482,36 @@ async fn backends_set_through_one_fleet_node_reach_every_node_and_one_started_la
             .contains(&(c.address.to_string(), "vm-c".to_string(), 5))
     );
     assert!(backends(&two).await.contains(&expected_c));
+}
+
+/// A node without `[state]` applies a change but keeps it only until it ends: its reply says so
+/// (`local.written_to` is null), and a restart starts from the file again.
+async fn without_a_state_file_the_reply_says_the_change_is_written_nowhere() {
+    let a = TcpBackend::start("vm-a").await;
+    let c = TcpBackend::start("vm-c").await;
+    let config = format!(
+        "[control]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n\
+         [[listeners]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n\n\
+         [pools.web]\n[[pools.web.backends]]\naddress = \"{}\"\nvm = \"vm-a\"\n",
+        a.address
+    );
+    let node = Node::start(&config);
+    let (status, reply) = call(
+        &node.client(Some(TOKEN)),
+        "PUT",
+        &format!("/v1/pools/web/backends/{}", c.address),
+        serde_json::json!({"vm": "vm-c"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["local"]["written_to"], serde_json::Value::Null, "{reply}");
+    assert_eq!(
+        reply["local"]["backends_added"][0],
+        format!("web/{}", c.address),
+        "{reply}"
+    );
+    assert_eq!(backends(&node).await.len(), 2);
+    drop(node);
+    let node = Node::start(&config);
+    assert_eq!(backends(&node).await.len(), 1);
 }

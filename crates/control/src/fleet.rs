@@ -5,7 +5,7 @@
 //! fleet's metrics reach `/metrics` as an [`ApiState`](crate::api::ApiState) metric source.
 
 use handover_core::api::fleet::FleetView;
-use handover_core::api::{NoticeRequest, NoticeResponse};
+use handover_core::api::{BackendChange, NoticeRequest, NoticeResponse};
 use handover_core::balancer::BoxFuture;
 use handover_core::model::VmId;
 
@@ -22,4 +22,8 @@ pub trait FleetHook: Send + Sync {
 
     /// The fleet as etcd holds it (`GET /v1/fleet`, `handover fleet`), as JSON.
     fn view(&self) -> BoxFuture<'_, Result<FleetView, String>>;
+
+    /// Hands a backend change made through this node's API (and applied here) to every node of
+    /// the fleet; `Err` says why it could not be written to etcd.
+    fn backend<'a>(&'a self, change: &'a BackendChange) -> BoxFuture<'a, Result<(), String>>;
 }

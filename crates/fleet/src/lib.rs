@@ -17,7 +17,9 @@
 //!   acknowledgements; `timers`: deadlines and ramp ends written to etcd; `notifier`: a notice
 //!   from commit to the last acknowledgement; [`view`]: `handover fleet`.
 //! - [`local`]: the node's own balancers as the fleet sees them; [`stats`]: `/metrics`.
+//! - [`backends`]: backends set through the API, shared through etcd and applied on every node.
 
+pub mod backends;
 pub mod decide;
 pub mod etcd;
 pub mod keys;
@@ -32,6 +34,7 @@ mod timers;
 pub mod view;
 mod watcher;
 
+pub use backends::{BackendSink, SinkRefusal};
 pub use local::LocalNode;
 pub use node::{FleetError, FleetNode, served_pools};
 pub use notifier::NoticeFailure;

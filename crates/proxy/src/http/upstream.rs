@@ -130,14 +130,19 @@ pub async fn obtain(
     if !fresh_only && let Some(upstream) = checkout(&entry.backend, entry.address, tls.is_some(), now) {
         return Ok(upstream);
     }
-    connect(&entry.backend, entry.address, pool.config.connect_timeout, tls)
-        .await
-        .inspect_err(|e| {
-            if !e.is_exhaustion() {
-                entry.backend.record_failure();
-                pool.record_traffic(entry.backend.index, false);
-            }
-        })
+    connect(
+        &entry.backend,
+        entry.address,
+        pool.snapshot().config.connect_timeout,
+        tls,
+    )
+    .await
+    .inspect_err(|e| {
+        if !e.is_exhaustion() {
+            entry.backend.record_failure();
+            pool.record_traffic(&entry.backend, false);
+        }
+    })
 }
 
 /// Opens a new connection; with `tls`, the handshake is done too, within the same `timeout`.

@@ -108,6 +108,20 @@ pub enum CoordinatorError {
     },
 }
 
+/// The drained threshold of each VM: the lowest of its pools'.
+fn thresholds(config: &Config) -> HashMap<VmId, u64> {
+    let mut thresholds: HashMap<VmId, u64> = HashMap::new();
+    for pool in &config.pools {
+        for backend in &pool.backends {
+            let t = thresholds
+                .entry(backend.vm.clone())
+                .or_insert(pool.drained_threshold);
+            *t = (*t).min(pool.drained_threshold);
+        }
+    }
+    thresholds
+}
+
 /// The registry and, for each VM, the number of its latest change (deliveries of older changes
 /// stand aside).
 #[derive(Debug)]
@@ -188,7 +202,7 @@ pub struct Coordinator {
     outbox: Mutex<Vec<Delivery>>,
     durable: OnceLock<Arc<dyn Durable>>,
     drain_timeout: Duration,
-    thresholds: HashMap<VmId, u64>,
+    thresholds: Mutex<HashMap<VmId, u64>>,
     /// The threshold a prepare asked for, which quiescence uses too.
     prepare_thresholds: Mutex<HashMap<VmId, u64>>,
     wake: Notify,
@@ -208,15 +222,7 @@ impl std::fmt::Debug for Coordinator {
 impl Coordinator {
     /// A coordinator over a configuration's pools and the given balancers.
     pub fn new(config: &Config, slots: Vec<BalancerSlot>, clock: Clock) -> Arc<Self> {
-        let mut thresholds: HashMap<VmId, u64> = HashMap::new();
-        for pool in &config.pools {
-            for backend in &pool.backends {
-                let t = thresholds
-                    .entry(backend.vm.clone())
-                    .or_insert(pool.drained_threshold);
-                *t = (*t).min(pool.drained_threshold);
-            }
-        }
+        let thresholds = thresholds(config);
         let defaults = RegistryDefaults {
             deadline: config.migration.deadline,
             ..RegistryDefaults::default()
@@ -232,12 +238,22 @@ impl Coordinator {
             outbox: Mutex::new(Vec::new()),
             durable: OnceLock::new(),
             drain_timeout: config.migration.drain_timeout,
-            thresholds,
+            thresholds: Mutex::new(thresholds),
             prepare_thresholds: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             stats: Mutex::new(Stats::default()),
             fleet: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Follows a reload: the local pools (their VMs, guards, deadlines, thresholds) are the new
+    /// configuration's; every VM keeps its phase, deadline and ramp.
+    pub fn reconfigure(&self, config: &Config) {
+        *self.thresholds.lock() = thresholds(config);
+        self.book
+            .lock()
+            .registry
+            .set_topology(Topology::from_config(config));
     }
 
     /// Makes every change durable here before it is acknowledged (set once, before serving).
@@ -331,8 +347,8 @@ impl Coordinator {
                 .prepare_thresholds
                 .lock()
                 .get(vm)
-                .or_else(|| self.thresholds.get(vm))
                 .copied()
+                .or_else(|| self.thresholds.lock().get(vm).copied())
                 .unwrap_or(0);
             let Some(active) = self.in_flight(vm).await else {
                 // A balancer that serves the VM cannot be seen: its traffic is unknown, so the
@@ -641,7 +657,7 @@ impl Coordinator {
                 .min(MAX_DRAIN_TIMEOUT);
             let threshold = request
                 .threshold
-                .unwrap_or_else(|| self.thresholds.get(vm).copied().unwrap_or(0));
+                .unwrap_or_else(|| self.thresholds.lock().get(vm).copied().unwrap_or(0));
             let report = self
                 .wait_drained(vm, timeout, threshold, &mut response.balancers)
                 .await;

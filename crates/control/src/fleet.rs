@@ -6,7 +6,7 @@
 
 use handover_core::adaptive::Level;
 use handover_core::api::fleet::FleetView;
-use handover_core::api::{NoticeRequest, NoticeResponse};
+use handover_core::api::{BackendChange, NoticeRequest, NoticeResponse};
 use handover_core::balancer::BoxFuture;
 use handover_core::model::VmId;
 
@@ -31,4 +31,8 @@ pub trait FleetHook: Send + Sync {
 
     /// The fleet as etcd holds it (`GET /v1/fleet`, `handover fleet`), as JSON.
     fn view(&self) -> BoxFuture<'_, Result<FleetView, String>>;
+
+    /// Hands a backend change made through this node's API (and applied here) to every node of
+    /// the fleet; `Err` says why it could not be written to etcd.
+    fn backend<'a>(&'a self, change: &'a BackendChange) -> BoxFuture<'a, Result<(), String>>;
 }

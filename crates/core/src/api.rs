@@ -293,6 +293,26 @@ pub struct PoolStatus {
     pub fallback: bool,
     /// Backends.
     pub backends: Vec<BackendStatus>,
+    /// Backends a reload or the API removed that still have connections open (they get no new
+    /// work).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<RemovedBackendStatus>,
+}
+
+/// A removed backend whose connections are still open.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RemovedBackendStatus {
+    /// Its address.
+    pub address: String,
+    /// Its VM.
+    pub vm: VmId,
+    /// Connections and requests still open to it.
+    pub active: u64,
+    /// Milliseconds since it was removed.
+    pub removed_ms: u64,
+    /// Milliseconds until what is still open is closed.
+    pub grace_left_ms: u64,
 }
 
 /// Everything a balancer runs.
@@ -383,4 +403,35 @@ mod tests {
         assert!(serde_json::from_str::<NoticeRequest>(r#"{"phase":"boom"}"#).is_err());
         assert!(serde_json::from_str::<NoticeRequest>(r#"{}"#).is_err());
     }
+}
+
+/// A backend of a pool set or removed through the API (`PUT`/`DELETE
+/// /v1/pools/{pool}/backends/{address}`), as one node tells another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BackendChange {
+    /// The pool.
+    pub pool: String,
+    /// The backend's address (its identity in the pool).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::SocketAddress))]
+    pub address: std::net::SocketAddr,
+    /// Its VM and weight; `None` removes it (it drains).
+    pub backend: Option<BackendSpec>,
+}
+
+/// The body of `PUT /v1/pools/{pool}/backends/{address}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    /// The VM behind the backend.
+    pub vm: VmId,
+    /// Weight, 1 to 10000.
+    #[serde(default = "default_weight")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10000, default = 1))]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
 }

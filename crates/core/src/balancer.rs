@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::api::{Applied, BalancerStatus, DrainStatus, Leftover, VmPhase};
+use crate::api::{Applied, BackendChange, BalancerStatus, DrainStatus, Leftover, VmPhase};
 use crate::model::VmId;
 use crate::phase::{PhaseCommand, Readdress};
 
@@ -76,6 +76,18 @@ pub trait Balancer: Send + Sync {
 
     /// Every pool the balancer runs, with its backends.
     fn status(&self) -> BoxFuture<'_, Result<BalancerStatus, BalancerError>>;
+
+    /// Adds, re-weights or removes one backend of one of its pools (backends managed through the
+    /// API). Balancers that cannot take backends this way refuse.
+    fn set_backend<'a>(&'a self, change: &'a BackendChange) -> BoxFuture<'a, Result<(), BalancerError>> {
+        let _ = change;
+        Box::pin(async move {
+            Err(BalancerError::Rejected(format!(
+                "a {} balancer does not take backends through the API",
+                self.kind()
+            )))
+        })
+    }
 
     /// Whether it serves the VM as far as its configuration says, without asking it (`None`: only
     /// an answer can tell, as for a remote node). A balancer known to serve a VM that cannot be

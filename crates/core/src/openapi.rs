@@ -27,6 +27,23 @@ pub fn socket_address_pattern() -> String {
     format!("^({IPV4}|\\[{IPV6}\\]):{PORT}$")
 }
 
+/// A socket address as the API takes one in a path or a body field (`10.0.0.7:8080`,
+/// `[fd00::7]:8080`): a string with [`socket_address_pattern`].
+pub struct SocketAddress;
+
+impl utoipa::PartialSchema for SocketAddress {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(socket_address_pattern()))
+            .description(Some("IP:port, or [IPv6]:port"))
+            .examples([serde_json::json!("10.0.0.7:8080")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for SocketAddress {}
+
 /// An IP address (`10.0.1.7`, `fd00::7`).
 pub fn ip_address() -> Schema {
     OneOfBuilder::new()

@@ -120,6 +120,12 @@ impl ControlClient {
         Ok((status, self.decode(status, &reply)?))
     }
 
+    /// `DELETE path`, decoding the JSON reply.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let (status, reply) = self.call(Method::DELETE, path, None).await?;
+        self.decode(status, &reply)
+    }
+
     /// `PUT path` with a JSON body.
     pub async fn put<B: Serialize, T: DeserializeOwned>(
         &self,

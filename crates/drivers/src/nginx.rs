@@ -356,6 +356,7 @@ impl Balancer for NginxBalancer {
                     algorithm: Algorithm::RoundRobin,
                     fallback: false,
                     backends,
+                    removed: Vec::new(),
                 }],
             })
         })

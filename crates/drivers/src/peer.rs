@@ -65,6 +65,19 @@ impl Balancer for PeerBalancer {
         })
     }
 
+    fn set_backend<'a>(
+        &'a self,
+        change: &'a handover_core::api::BackendChange,
+    ) -> BoxFuture<'a, Result<(), BalancerError>> {
+        Box::pin(async move {
+            self.client
+                .put::<_, serde_json::Value>("/v1/balancer/backends", change)
+                .await
+                .map(|_| ())
+                .map_err(to_balancer_error)
+        })
+    }
+
     fn apply_changed_at<'a>(
         &'a self,
         vm: &'a VmId,

@@ -5,6 +5,7 @@
 //! <prefix>/v1/notices/<vm>             NoticeRecord    no lease: the fleet's phase of the VM
 //! <prefix>/v1/vm/<vm>/serves/<node>    ServesRecord    lease of the node
 //! <prefix>/v1/vm/<vm>/acks/<node>      AckRecord       lease of the node
+//! <prefix>/v1/backends/<pool>/<addr>   BackendChange   no lease: a backend set through the API
 //! ```
 //!
 //! Every node watches `notices/` (one key per VM in migration). A notice's sender watches only
@@ -78,6 +79,16 @@ impl Keys {
         format!("{}vm/{vm}/acks/{node}", self.root)
     }
 
+    /// Prefix of every backend set or removed through the API.
+    pub fn backends(&self) -> String {
+        format!("{}backends/", self.root)
+    }
+
+    /// The last change made through the API to one backend of a pool.
+    pub fn backend(&self, pool: &str, address: &std::net::SocketAddr) -> String {
+        format!("{}backends/{pool}/{address}", self.root)
+    }
+
     /// What a key under `vm/<vm>/` is: `("serves" | "acks", node)`.
     pub fn classify_vm_key<'k>(&self, vm: &VmId, key: &'k [u8]) -> Option<(&'k str, &'k str)> {
         let key = std::str::from_utf8(key).ok()?;
@@ -105,5 +116,11 @@ mod tests {
         // vm-a's prefix does not cover vm-ab's keys.
         let other = VmId::new("vm-ab").unwrap();
         assert!(!keys.serves(&other, "lb-1").starts_with(&keys.vm(&vm)));
+        let address = "[::1]:8080".parse().unwrap();
+        assert_eq!(
+            keys.backend("web", &address),
+            "/handover/v1/backends/web/[::1]:8080"
+        );
+        assert!(keys.backend("web", &address).starts_with(&keys.backends()));
     }
 }

@@ -18,8 +18,10 @@
 //!   from commit to the last acknowledgement; `adaptive`: the adaptive drain's level written into a
 //!   notice, and the other nodes' in-flight for quiescence; [`view`]: `handover fleet`.
 //! - [`local`]: the node's own balancers as the fleet sees them; [`stats`]: `/metrics`.
+//! - [`backends`]: backends set through the API, shared through etcd and applied on every node.
 
 mod adaptive;
+pub mod backends;
 pub mod decide;
 pub mod etcd;
 pub mod keys;
@@ -34,6 +36,7 @@ mod timers;
 pub mod view;
 mod watcher;
 
+pub use backends::{BackendSink, SinkRefusal};
 pub use local::LocalNode;
 pub use node::{FleetError, FleetNode, served_pools};
 pub use notifier::NoticeFailure;

@@ -89,6 +89,9 @@ pub struct FleetNode {
     pub(crate) synced: AtomicBool,
     /// Wakes the registration loop (its lease was found gone).
     pub(crate) reregister: Notify,
+    /// Per `backends/` key, the etcd revision of the last change this node applied or wrote: an
+    /// older one seen later (its own, through the watch) is not applied again.
+    pub(crate) backend_revisions: Mutex<BTreeMap<Vec<u8>, i64>>,
 }
 
 impl std::fmt::Debug for FleetNode {
@@ -186,6 +189,7 @@ impl FleetNode {
             stats: Mutex::new(FleetStats::default()),
             synced: AtomicBool::new(false),
             reregister: Notify::new(),
+            backend_revisions: Mutex::new(BTreeMap::new()),
         }))
     }
 

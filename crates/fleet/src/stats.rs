@@ -74,6 +74,7 @@ impl FleetStats {
             "notice",
             "timer",
             "view",
+            "backends",
         ] {
             let count = self.etcd_errors.get(operation).copied().unwrap_or(0);
             let _ = writeln!(

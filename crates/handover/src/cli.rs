@@ -315,6 +315,18 @@ pub enum Command {
         /// Worker threads of the data plane (default: one per core).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
+        /// After a reload (SIGHUP, `handover reload`) removed a backend, pool or listener, how long
+        /// its open connections may go on before they are closed.
+        #[arg(long, default_value = "30s", value_parser = duration)]
+        drain_grace: Duration,
+        /// Answer binary upgrades on this unix socket: a new `handover run --upgrade-from` with it
+        /// takes over the listening sockets, and this process finishes its connections and exits.
+        #[arg(long)]
+        upgrade_socket: Option<PathBuf>,
+        /// Take the listening sockets over from the handover running with `--upgrade-socket` at
+        /// this path (binary upgrade without refusing a connection; docs/operations.md).
+        #[arg(long)]
+        upgrade_from: Option<PathBuf>,
     },
     /// Validate a configuration file and print every error with its field and line.
     Check {
@@ -337,6 +349,16 @@ pub enum Command {
     /// Show every VM with its phase, backends, effective weights and open connections.
     Status {
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The control API.
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Make a running node re-read its configuration file and apply the difference (as SIGHUP
+    /// does); prints what changed, or every error of the file (then nothing changed).
+    Reload {
+        /// Print the reply as JSON.
         #[arg(long)]
         json: bool,
         /// The control API.

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use handover_control::{Coordinator, CoordinatorError, FleetHook};
 use handover_core::adaptive::Level;
-use handover_core::api::{BalancerResult, DrainStatus, NoticeRequest, NoticeResponse};
+use handover_core::api::{BackendChange, BalancerResult, DrainStatus, NoticeRequest, NoticeResponse};
 use handover_core::balancer::BoxFuture;
 use handover_core::config::{Config, FleetConfig, valid_node_name};
 use handover_core::model::VmId;
 use handover_core::phase::VmState;
 use handover_drivers::ControlClient;
 use handover_fleet::view::FleetView;
-use handover_fleet::{FleetNode, LocalNode, NoticeFailure};
+use handover_fleet::{BackendSink, FleetNode, LocalNode, NoticeFailure, SinkRefusal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
@@ -77,6 +77,59 @@ impl FleetHook for Hook {
     fn view(&self) -> BoxFuture<'_, Result<FleetView, String>> {
         Box::pin(async move { self.0.view().await.map_err(|e| e.to_string()) })
     }
+
+    fn backend<'a>(&'a self, change: &'a BackendChange) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .publish_backend(change)
+                .await
+                .map(drop)
+                .map_err(|e| format!("not written to the fleet's etcd: {e}"))
+        })
+    }
+}
+
+/// This node's pools as the fleet hands them backend changes: through the reloader, which checks,
+/// writes and applies them as it does an API call's.
+struct ReloaderSink(Arc<crate::reload::Reloader>);
+
+impl BackendSink for ReloaderSink {
+    fn apply<'a>(&'a self, change: &'a BackendChange) -> BoxFuture<'a, Result<bool, SinkRefusal>> {
+        Box::pin(async move {
+            match self.0.apply_from_fleet(change.clone()).await {
+                Ok(changed) => Ok(changed.is_some()),
+                Err(refusal) if refusal.status >= 500 => Err(SinkRefusal::Failed(refusal.message)),
+                Err(refusal) => Err(SinkRefusal::NotHere(format!(
+                    "{}: {}",
+                    refusal.field, refusal.message
+                ))),
+            }
+        })
+    }
+}
+
+/// Applies the backend changes the fleet holds (within the lease TTL: a node whose etcd cannot be
+/// reached goes on with the backends it has), then watches for more until cancelled.
+pub async fn share_backends(
+    node: &Arc<FleetNode>,
+    fleet: &FleetConfig,
+    reloader: Arc<crate::reload::Reloader>,
+    cancel: &CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let sink: Arc<dyn BackendSink> = Arc::new(ReloaderSink(reloader));
+    let revision = match tokio::time::timeout(fleet.lease, node.sync_backends(sink.as_ref())).await {
+        Ok(Ok(revision)) => revision,
+        Ok(Err(e)) => {
+            error!(error = %e, "serving without the fleet's backend changes; listing them in the background");
+            0
+        }
+        Err(_) => {
+            error!("the fleet's backend changes were not listed in time; listing them in the background");
+            0
+        }
+    };
+    tasks.spawn(node.clone().watch_backends(sink, revision, cancel.clone()));
 }
 
 /// The node's name: the configuration's, else the host name.

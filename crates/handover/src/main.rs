@@ -1,21 +1,26 @@
 //! The `handover` binary: a thin edge over the library crates (argument parsing, files, exit codes).
 
+mod api_backends;
 mod check;
 mod cli;
 mod control_listener;
 mod demo;
 mod fleet;
+mod handoff;
 mod libvirt_hook;
 mod migrate;
 mod notify;
 mod quiesce;
+mod reload;
 mod run;
 mod server;
+mod signals;
 mod sim;
 mod sources;
 mod state_file;
 mod status;
 mod testbed;
+mod upgrade;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -92,10 +97,26 @@ fn main() -> ExitCode {
                 ready_file,
                 shutdown_grace,
                 workers,
+                drain_grace,
+                upgrade_socket,
+                upgrade_from,
             } => {
                 let workers = workers.map_or_else(server::default_workers, usize::from);
-                run::run(&config, ready_file.as_deref(), shutdown_grace, workers).await
+                let upgrade = run::Upgrade {
+                    socket: upgrade_socket,
+                    from: upgrade_from,
+                };
+                run::run(
+                    &config,
+                    ready_file.as_deref(),
+                    shutdown_grace,
+                    workers,
+                    drain_grace,
+                    upgrade,
+                )
+                .await
             }
+            Command::Reload { json, control } => reload::reload_command(&control, json).await,
             Command::Check { config } => check::check(&config),
             Command::Notify(args) => notify::notify(args).await,
             Command::Migrate(args) => migrate::migrate(args).await,

@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use crate::control_listener::ControlListener;
 use crate::state_file::{self, StateFile};
 
 /// How often the proxy recomputes weights that move with time.
@@ -33,9 +32,13 @@ pub struct Running {
     pub listeners: Vec<(String, SocketAddr)>,
     cancel: CancellationToken,
     tasks: TaskTracker,
-    data_plane: DataPlane,
+    data_plane: Arc<DataPlane>,
+    /// Reloads the configuration file (`SIGHUP`, `POST /v1/reload`), when the node has one.
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
     /// This node in its fleet (`[fleet]`).
     fleet: Option<Arc<handover_fleet::FleetNode>>,
+    /// Fires once a new process took this one's sockets over (`--upgrade-socket`).
+    pub upgraded: CancellationToken,
 }
 
 /// Reopens every access log file on SIGUSR1 (logrotate's `postrotate`).
@@ -78,16 +81,96 @@ pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// How a node is started beyond its configuration.
+#[derive(Debug)]
+pub struct NodeOptions {
+    /// Data-plane threads.
+    pub workers: usize,
+    /// The configuration file, re-read on `SIGHUP` and `POST /v1/reload` (none: no reloads).
+    pub config_path: Option<std::path::PathBuf>,
+    /// How long backends, pools and listeners a reload removed keep their connections.
+    pub drain_grace: Duration,
+    /// Sockets taken over from a running handover (`--upgrade-from`).
+    pub inherited: Option<crate::upgrade::Inherited>,
+    /// Where to answer a later binary upgrade (`--upgrade-socket`).
+    pub upgrade_socket: Option<std::path::PathBuf>,
+}
+
+/// Default of `--drain-grace`.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+/// [`start_with`] without a configuration file (no reloads).
+pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
+    start_with(
+        config,
+        NodeOptions {
+            workers,
+            config_path: None,
+            drain_grace: DEFAULT_DRAIN_GRACE,
+            inherited: None,
+            upgrade_socket: None,
+        },
+    )
+    .await
+}
+
 /// Binds everything first (a port in use stops the start with nothing half-running), then serves:
 /// the data plane on `workers` threads of its own, the control plane on the caller's runtime.
-pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
+pub async fn start_with(file: &Config, mut options: NodeOptions) -> anyhow::Result<Running> {
+    let mut inherited = options.inherited.take();
+    // The sockets taken over were made for the old process's workers: serve each of them.
+    let workers = match inherited.as_ref().and_then(|i| i.workers()) {
+        Some(old) if old != options.workers => {
+            info!(
+                workers = old,
+                asked = options.workers,
+                "taking the worker count of the process upgraded from (one per socket handed over)"
+            );
+            old
+        }
+        _ => options.workers,
+    };
+    // Backends set or removed through the API before a restart apply on top of the file.
+    let overlay = file
+        .state_file
+        .as_deref()
+        .map(|state| crate::api_backends::Overlay::load(&crate::api_backends::Overlay::path_for(state)))
+        .unwrap_or_default();
+    let effective = overlay.apply(file);
+    let config = &effective;
     let pools = Pools::new(config);
     // Certificates, keys and CA files first: a bad one stops the start before anything listens.
     handover_proxy::tls::check(config)?;
-    let listeners = Listeners::bind(config, workers)?;
-    let control_listener = handover_proxy::listeners::bind_tcp(config.control.bind)
-        .and_then(tokio::net::TcpListener::from_std)
-        .with_context(|| format!("control.bind: cannot listen on {}", config.control.bind))?;
+    let listeners = match inherited.as_mut() {
+        None => Listeners::bind(config, workers)?,
+        Some(inherited) => {
+            let mut bound = Vec::with_capacity(config.listeners.len());
+            for (index, listener) in config.listeners.iter().enumerate() {
+                match inherited.take(&listener.name, listener.bind) {
+                    Some(taken) => {
+                        info!(listener = %listener.name, address = %taken.address, "listener taken over from the running process");
+                        bound.push(handover_proxy::listeners::BoundListener {
+                            config: listener.clone(),
+                            address: taken.address,
+                            sockets: taken.sockets,
+                        });
+                    }
+                    None => bound.push(handover_proxy::listeners::bind_listener(
+                        index, listener, workers,
+                    )?),
+                }
+            }
+            Listeners { bound, workers }
+        }
+    };
+    let control_listener = match inherited.take().map(|i| i.control) {
+        Some((bind, socket)) if bind == config.control.bind => {
+            socket.set_nonblocking(true)?;
+            socket
+        }
+        _ => handover_proxy::listeners::bind_tcp(config.control.bind)
+            .with_context(|| format!("control.bind: cannot listen on {}", config.control.bind))?,
+    };
     let control = control_listener.local_addr()?;
 
     // The embedded proxy is a balancer when it has pools; a node with none is a pure migration
@@ -174,8 +257,10 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
         None => None,
     };
     let addresses = listeners.addresses();
-    let data_plane = DataPlane::start(listeners, &pools, &cancel, &tasks)
-        .context("cannot start the data-plane workers")?;
+    let data_plane = Arc::new(
+        DataPlane::start(listeners, &pools, &cancel, &tasks)
+            .context("cannot start the data-plane workers")?,
+    );
     handover_proxy::health::spawn_checks(&pools, &cancel, &tasks);
     for driver in haproxies {
         tasks.spawn(driver.run(cancel.clone()));
@@ -183,9 +268,11 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
     for driver in nginxes {
         tasks.spawn(driver.run(cancel.clone()));
     }
-    if let Some(file) = state {
-        tasks.spawn(state_file::run_writer(file, cancel.clone()));
-    }
+    let writer = state.map(|file| {
+        let writer = crate::handoff::StateWriter::new(file, &cancel, &tasks);
+        writer.start();
+        writer
+    });
     tasks.spawn(pools.clone().run_ticker(TICK, cancel.clone()));
     tasks.spawn(coordinator.clone().run(cancel.clone()));
     crate::sources::start_qmp_watchers(config, &coordinator, &cancel, &tasks);
@@ -195,18 +282,64 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
     tasks.spawn(reopen_access_logs_on_sigusr1(access_logs.clone(), cancel.clone()));
     let mut api = ApiState::new(coordinator.clone(), config.control.token.clone())
         .with_metrics(move |out| access_log_metrics(&access_logs, out));
+    let reloader = crate::reload::Reloader::new(
+        options.config_path.clone(),
+        file.clone(),
+        overlay,
+        pools.clone(),
+        data_plane.clone(),
+        coordinator.clone(),
+        options.drain_grace,
+        control,
+    );
+    let backends = reloader.clone();
+    api = api.with_backends(handover_control::api::BackendsHook(Arc::new(move |change| {
+        let backends = backends.clone();
+        Box::pin(async move {
+            let change = backends.set_backend(change).await?;
+            let mut local = serde_json::to_value(change).unwrap_or_default();
+            // Where the change was written before this reply (null: nowhere, no state file).
+            local["written_to"] = serde_json::json!(backends.backends_file());
+            Ok(local)
+        })
+    })));
+    // In a fleet: backends set through any node's API, applied here too.
+    if let (Some(node), Some(fleet_config)) = (&fleet, &config.fleet) {
+        crate::fleet::share_backends(node, fleet_config, reloader.clone(), &cancel, &tasks).await;
+    }
+    let reloader = options.config_path.is_some().then_some(reloader);
+    if let Some(reloader) = &reloader {
+        tasks.spawn(crate::reload::on_sighup(reloader.clone(), cancel.clone()));
+        let metrics = reloader.clone();
+        let hook = reloader.clone();
+        api =
+            api.with_metrics(move |out| metrics.metrics(out))
+                .with_reload(handover_control::api::ReloadHook(Arc::new(move || {
+                    let hook = hook.clone();
+                    Box::pin(async move {
+                        hook.reload()
+                            .await
+                            .map(|report| serde_json::to_value(report).unwrap_or_default())
+                    })
+                })));
+    }
     if let Some(fleet) = fleet.clone() {
         api = api.with_metrics(move |out| out.push_str(&fleet.metrics()));
     }
     let app = router(Arc::new(api));
-    let api_cancel = cancel.clone();
-    tasks.spawn(async move {
-        let server = axum::serve(ControlListener::new(control_listener), app)
-            .with_graceful_shutdown(async move { api_cancel.cancelled().await });
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "control API stopped");
-        }
-    });
+    let control_server =
+        crate::handoff::ControlServer::new(config.control.bind, control_listener, app, &cancel, &tasks);
+    control_server.start().context("cannot serve the control API")?;
+    let upgraded = CancellationToken::new();
+    if let Some(path) = options.upgrade_socket.clone() {
+        let handoff = Arc::new(crate::handoff::Handoff {
+            control: control_server.clone(),
+            writer: writer.clone(),
+            data_plane: data_plane.clone(),
+            upgraded: upgraded.clone(),
+        });
+        tasks.spawn(crate::handoff::serve_upgrades(path, handoff, cancel.clone()));
+    }
     info!(%control, "control API listening");
     for (name, address) in &addresses {
         info!(listener = %name, %address, workers = data_plane.workers(), "listening");
@@ -217,7 +350,9 @@ pub async fn start(config: &Config, workers: usize) -> anyhow::Result<Running> {
         cancel,
         tasks,
         data_plane,
+        reloader,
         fleet,
+        upgraded,
     })
 }
 

@@ -35,6 +35,7 @@ fn handover(args: &[&str]) -> std::process::Output {
 
 const COMMANDS: &[&str] = &[
     "run",
+    "reload",
     "check",
     "notify",
     "migrate",

@@ -91,7 +91,7 @@ fn phase_change_applied(bencher: Bencher<'_, '_>, n: usize) {
 fn request_tracked_in_flight(bencher: Bencher<'_, '_>) {
     let pools = pools(3);
     let pool = pools.pool("web").expect("the pool");
-    let backend = pool.backends[0].clone();
+    let backend = pool.backends()[0].clone();
     let client = "127.0.0.1:40000".parse().expect("an address");
     let address = "127.0.0.1:80".parse().expect("an address");
     let started = tokio::time::Instant::now();

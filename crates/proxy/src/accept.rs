@@ -40,9 +40,14 @@ pub async fn accept_loop<F, Fut>(
             permit = descriptors::budget().acquire() => permit,
             _ = cancel.cancelled() => return,
         };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = cancel.cancelled() => return,
+        // The control API is waiting for a descriptor: leave the next one to it.
+        let accepted = if descriptors::control_plane_waiting() {
+            Err(descriptors::deferred())
+        } else {
+            tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = cancel.cancelled() => return,
+            }
         };
         match accepted {
             Ok((stream, peer)) => {

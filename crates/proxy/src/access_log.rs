@@ -89,10 +89,11 @@ struct Destination {
 /// Every listener's access log, and the writers behind them.
 #[derive(Debug, Default)]
 pub struct AccessLogs {
-    /// By listener name.
-    logs: HashMap<String, AccessLog>,
+    /// By listener name, with the configuration it was opened with (a reload may add or change
+    /// one).
+    logs: Mutex<HashMap<String, (AccessLogConfig, AccessLog)>>,
     /// Dropped entries by listener name.
-    dropped: Vec<(String, Arc<AtomicU64>)>,
+    dropped: Mutex<Vec<(String, Arc<AtomicU64>)>>,
     /// One per file or stdout (listeners writing to the same place share it).
     destinations: Mutex<HashMap<AccessLogTarget, Destination>>,
 }
@@ -101,62 +102,90 @@ impl AccessLogs {
     /// Opens every listener's destination (files are created or appended to) and starts a writer
     /// for each. `Err` names the listener and the file that cannot be opened.
     pub fn open<'a>(listeners: impl IntoIterator<Item = (&'a str, &'a AccessLogConfig)>) -> io::Result<Self> {
-        let mut logs = Self::default();
+        let logs = Self::default();
         for (listener, config) in listeners {
-            let sender = {
-                let mut destinations = logs.destinations.lock().expect("not poisoned");
-                if let Some(destination) = destinations.get(&config.to) {
-                    destination.sender.clone()
-                } else {
-                    let out = open(&config.to).map_err(|e| {
-                        io::Error::new(
-                            e.kind(),
-                            format!("listener {listener}: access log {}: {e}", describe(&config.to)),
-                        )
-                    })?;
-                    let (sender, receiver) = sync_channel(QUEUE);
-                    let reopen = Arc::new(AtomicBool::new(false));
-                    let writer = Writer {
-                        target: config.to.clone(),
-                        format: config.format.clone(),
-                        out: BufWriter::with_capacity(64 * 1024, out),
-                        reopen: reopen.clone(),
-                    };
-                    std::thread::Builder::new()
-                        .name("handover-access-log".into())
-                        .spawn(move || writer.run(receiver))?;
-                    destinations.insert(
-                        config.to.clone(),
-                        Destination {
-                            sender: sender.clone(),
-                            reopen,
-                        },
-                    );
-                    sender
-                }
-            };
-            let dropped = Arc::new(AtomicU64::new(0));
-            logs.dropped.push((listener.to_string(), dropped.clone()));
-            logs.logs.insert(
-                listener.to_string(),
-                AccessLog {
-                    listener: Arc::from(listener),
-                    sender,
-                    dropped,
-                },
-            );
+            logs.ensure(listener, config)?;
         }
         Ok(logs)
     }
 
+    /// The access log of `listener` as `config` says: the one it has if that is unchanged, else
+    /// a new one (opening its destination if no other listener writes there).
+    pub fn ensure(&self, listener: &str, config: &AccessLogConfig) -> io::Result<AccessLog> {
+        if let Some((existing, log)) = self.logs.lock().expect("not poisoned").get(listener)
+            && existing == config
+        {
+            return Ok(log.clone());
+        }
+        let sender = {
+            let mut destinations = self.destinations.lock().expect("not poisoned");
+            if let Some(destination) = destinations.get(&config.to) {
+                destination.sender.clone()
+            } else {
+                let out = open(&config.to).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("listener {listener}: access log {}: {e}", describe(&config.to)),
+                    )
+                })?;
+                let (sender, receiver) = sync_channel(QUEUE);
+                let reopen = Arc::new(AtomicBool::new(false));
+                let writer = Writer {
+                    target: config.to.clone(),
+                    format: config.format.clone(),
+                    out: BufWriter::with_capacity(64 * 1024, out),
+                    reopen: reopen.clone(),
+                };
+                std::thread::Builder::new()
+                    .name("handover-access-log".into())
+                    .spawn(move || writer.run(receiver))?;
+                destinations.insert(
+                    config.to.clone(),
+                    Destination {
+                        sender: sender.clone(),
+                        reopen,
+                    },
+                );
+                sender
+            }
+        };
+        let dropped = {
+            let mut all = self.dropped.lock().expect("not poisoned");
+            match all.iter().find(|(name, _)| name == listener) {
+                Some((_, count)) => count.clone(),
+                None => {
+                    let count = Arc::new(AtomicU64::new(0));
+                    all.push((listener.to_string(), count.clone()));
+                    count
+                }
+            }
+        };
+        let log = AccessLog {
+            listener: Arc::from(listener),
+            sender,
+            dropped,
+        };
+        self.logs
+            .lock()
+            .expect("not poisoned")
+            .insert(listener.to_string(), (config.clone(), log.clone()));
+        Ok(log)
+    }
+
     /// The access log of a listener, if it has one.
     pub fn of(&self, listener: &str) -> Option<AccessLog> {
-        self.logs.get(listener).cloned()
+        self.logs
+            .lock()
+            .expect("not poisoned")
+            .get(listener)
+            .map(|(_, log)| log.clone())
     }
 
     /// Entries dropped (queue full), by listener.
     pub fn dropped(&self) -> Vec<(String, u64)> {
         self.dropped
+            .lock()
+            .expect("not poisoned")
             .iter()
             .map(|(name, count)| (name.clone(), count.load(Ordering::Relaxed)))
             .collect()

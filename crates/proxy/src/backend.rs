@@ -2,11 +2,12 @@
 //! algorithms, the list of connections and requests still open to it (to say which remain when a
 //! drain times out), and the generation its idle upstream HTTP connections must carry.
 //!
-//! Its identity is its place in the pool's configuration; its address and weight live in snapshots.
+//! Its identity is its configured address and VM in its pool; its current address (after a move)
+//! lives in snapshots, its weight here (a reload may change it).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use handover_core::api::ConnectionReport;
 use handover_core::model::VmId;
@@ -81,12 +82,12 @@ struct OpenItem {
 pub struct BackendRuntime {
     /// Pool name.
     pub pool: String,
-    /// Index in the pool's configuration.
-    pub index: usize,
+    /// Its address in the configuration (a migration may move it; see the snapshot's address).
+    pub configured: SocketAddr,
     /// The VM behind it.
     pub vm: VmId,
-    /// Configured weight.
-    pub weight: u32,
+    /// Configured weight (a reload may change it).
+    weight: AtomicU32,
     /// Unique in the process: indexes per-worker state kept for this backend (idle connections).
     pub uid: usize,
     /// Open L4 connections plus in-flight L7 requests.
@@ -118,12 +119,12 @@ static NEXT_UID: AtomicUsize = AtomicUsize::new(0);
 
 impl BackendRuntime {
     /// A backend with no traffic yet.
-    pub fn new(pool: &str, index: usize, vm: VmId, weight: u32) -> Self {
+    pub fn new(pool: &str, configured: SocketAddr, vm: VmId, weight: u32) -> Self {
         Self {
             pool: pool.to_string(),
-            index,
+            configured,
             vm,
-            weight,
+            weight: AtomicU32::new(weight),
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             active: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
@@ -136,6 +137,16 @@ impl BackendRuntime {
             idle_generation: AtomicU64::new(0),
             long_lived: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Configured weight.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Changes the configured weight (a reload; the pool then publishes a new snapshot).
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
     }
 
     /// Open L4 connections plus in-flight L7 requests.
@@ -303,7 +314,12 @@ mod tests {
 
     #[test]
     fn guards_count_and_list_open_traffic() {
-        let backend = Arc::new(BackendRuntime::new("web", 0, VmId::new("vm-a").unwrap(), 1));
+        let backend = Arc::new(BackendRuntime::new(
+            "web",
+            "127.0.0.1:9001".parse().unwrap(),
+            VmId::new("vm-a").unwrap(),
+            1,
+        ));
         let client: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let address: SocketAddr = "127.0.0.1:9001".parse().unwrap();
         let a = backend.track(client, address, Traffic::Tcp, Instant::now());
@@ -336,7 +352,12 @@ mod tests {
 
     #[test]
     fn latency_is_a_peak_ewma() {
-        let backend = BackendRuntime::new("web", 0, VmId::new("vm-a").unwrap(), 1);
+        let backend = BackendRuntime::new(
+            "web",
+            "127.0.0.1:9001".parse().unwrap(),
+            VmId::new("vm-a").unwrap(),
+            1,
+        );
         backend.record_latency(800);
         backend.record_latency(1600);
         assert_eq!(backend.latency_ns(), 1600, "a slower sample is taken at once");

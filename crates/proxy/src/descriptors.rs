@@ -11,16 +11,23 @@
 //!   outlier ejection, no failed health check), accept backs off, and they are logged at most once
 //!   per [`LOG_EVERY`] with the number of occurrences in between ([`Throttle`]).
 //!
+//! - **The control plane goes first.** When the control API's accept runs out, it gives up one of
+//!   its reserved descriptors and holds [`ControlFirst`] until it has accepted: meanwhile the data
+//!   plane opens nothing ([`connect`] fails as exhausted, accept loops back off), so the descriptor
+//!   freed for the API is not taken by a proxied connection's retry.
+//!
 //! Idle upstream keep-alive connections of the HTTP listeners are outside the count (each worker
 //! keeps at most a bounded number per backend): the reserve absorbs them, and whatever still runs
 //! out is handled as above.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -39,6 +46,69 @@ pub const LOG_EVERY: Duration = Duration::from_secs(5);
 /// Whether an I/O error means handover itself ran out of descriptors or buffers.
 pub fn is_exhaustion(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
+}
+
+/// Counts the control-plane accepts waiting for a descriptor ([`ControlFirst`]).
+#[derive(Debug, Default)]
+struct Gate {
+    waiting: AtomicUsize,
+}
+
+impl Gate {
+    fn claim(&'static self) -> ControlFirst {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        ControlFirst(self)
+    }
+
+    fn closed(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) != 0
+    }
+
+    async fn connect(&self, address: SocketAddr) -> io::Result<TcpStream> {
+        if self.closed() {
+            return Err(deferred());
+        }
+        TcpStream::connect(address).await
+    }
+}
+
+/// The process's gate.
+static GATE: Gate = Gate {
+    waiting: AtomicUsize::new(0),
+};
+
+/// Held by the control API while it waits for a descriptor to accept with: the data plane opens
+/// none until it is dropped.
+#[derive(Debug)]
+pub struct ControlFirst(&'static Gate);
+
+impl ControlFirst {
+    /// Asks the data plane to open no descriptor until the returned value is dropped.
+    pub fn claim() -> Self {
+        GATE.claim()
+    }
+}
+
+impl Drop for ControlFirst {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Whether the control plane is waiting for a descriptor: the data plane should not open one now.
+pub fn control_plane_waiting() -> bool {
+    GATE.closed()
+}
+
+/// The error the data plane sees while the control plane goes first: an exhaustion (`EMFILE`).
+pub fn deferred() -> io::Error {
+    io::Error::from_raw_os_error(EMFILE)
+}
+
+/// Connects to a backend, the data plane's way: while the control plane waits for a descriptor
+/// ([`ControlFirst`]) this fails at once as exhausted, without opening a socket.
+pub async fn connect(address: SocketAddr) -> io::Result<TcpStream> {
+    GATE.connect(address).await
 }
 
 /// The data plane's connection budget.
@@ -184,6 +254,25 @@ mod tests {
         for errno in [111, 110, 113] {
             assert!(!is_exhaustion(&io::Error::from_raw_os_error(errno)));
         }
+    }
+
+    #[tokio::test]
+    async fn while_the_control_plane_waits_the_data_plane_opens_nothing() {
+        // A gate of the test's own: the process's would hold back other tests' connects.
+        let gate: &'static Gate = Box::leak(Box::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let first = gate.claim();
+        let second = gate.claim();
+        let refused = gate.connect(address).await.unwrap_err();
+        assert!(is_exhaustion(&refused), "{refused}");
+        drop(first);
+        assert!(gate.closed(), "one claim is still held");
+        drop(second);
+        assert!(!gate.closed());
+        gate.connect(address)
+            .await
+            .expect("connects once no claim is held");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,5 +1,5 @@
-//! Active health checks: one task per backend of every pool with a `health` section, checking the
-//! backend's *current* address (it may move after a migration) every `interval`: a TCP connect, or
+//! Active health checks: one task per pool with a `health` section, checking each backend's
+//! *current* address (it may move after a migration) every `interval`: a TCP connect, or
 //! an HTTP GET whose status must match. Results go to the pool, which decides (with the migration
 //! in mind) whether the backend is up, down, or in a tolerated blackout.
 
@@ -12,7 +12,6 @@ use handover_core::config::{CheckKind, HealthCheckConfig};
 use http::{Request, header};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -20,56 +19,85 @@ use tracing::debug;
 use crate::descriptors;
 use crate::pools::{Pool, Pools};
 
-/// Starts the checks of every pool that has them.
-pub fn spawn_checks(pools: &Pools, cancel: &CancellationToken, tasks: &TaskTracker) {
-    for pool in pools.all() {
-        let Some(config) = pool.config.health.clone() else {
-            continue;
-        };
-        let count = pool.backends.len().max(1) as u32;
-        for index in 0..pool.backends.len() {
-            // Spread the first checks over one interval instead of firing them all at once.
-            let offset = config.interval * index as u32 / count;
-            tasks.spawn(check_loop(
-                pool.clone(),
-                index,
-                config.clone(),
-                offset,
-                cancel.clone(),
-            ));
+/// Starts the checks of every pool (present and future: a reload may add pools or backends, or
+/// give a pool a `health` section). One task per pool follows its current snapshot.
+pub fn spawn_checks(pools: &Arc<Pools>, cancel: &CancellationToken, tasks: &TaskTracker) {
+    let pools = pools.clone();
+    let (cancel, inner) = (cancel.clone(), tasks.clone());
+    tasks.spawn(async move {
+        let mut running: Vec<(Arc<Pool>, CancellationToken)> = Vec::new();
+        loop {
+            let current = pools.all();
+            running.retain(|(pool, token)| {
+                let keep = current.iter().any(|p| Arc::ptr_eq(p, pool));
+                if !keep {
+                    token.cancel();
+                }
+                keep
+            });
+            for pool in current.iter() {
+                if !running.iter().any(|(p, _)| Arc::ptr_eq(p, pool)) {
+                    let token = cancel.child_token();
+                    inner.spawn(pool_checks(pool.clone(), token.clone()));
+                    running.push((pool.clone(), token));
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(FOLLOW) => {}
+                _ = cancel.cancelled() => return,
+            }
         }
-    }
+    });
 }
 
-async fn check_loop(
-    pool: Arc<Pool>,
-    index: usize,
-    config: HealthCheckConfig,
-    offset: Duration,
-    cancel: CancellationToken,
-) {
-    tokio::select! {
-        _ = tokio::time::sleep(offset) => {}
-        _ = cancel.cancelled() => return,
-    }
-    let mut interval = tokio::time::interval(config.interval);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// How often the checks look for pools a reload added or removed.
+const FOLLOW: Duration = Duration::from_millis(500);
+
+/// One pool's checks: every backend of its current snapshot once per `interval`, the checks spread
+/// over the interval; a backend a reload added is checked from the next round on.
+async fn pool_checks(pool: Arc<Pool>, cancel: CancellationToken) {
     loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = cancel.cancelled() => return,
-        }
-        let address = pool.snapshot().entries[index].address;
-        match check(address, &config).await {
-            Some(ok) => {
-                if !ok {
-                    debug!(pool = %pool.config.name, backend = %address, "health check failed");
+        let Some(config) = pool.config().health.clone() else {
+            tokio::select! {
+                _ = tokio::time::sleep(FOLLOW) => continue,
+                _ = cancel.cancelled() => return,
+            }
+        };
+        let backends = pool.backends();
+        let count = backends.len().max(1) as u32;
+        let started = tokio::time::Instant::now();
+        for (index, backend) in backends.into_iter().enumerate() {
+            // Spread the checks over one interval instead of firing them all at once.
+            let at = started + config.interval * index as u32 / count;
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = cancel.cancelled() => return,
+            }
+            let address = pool
+                .snapshot()
+                .entries
+                .iter()
+                .find(|e| Arc::ptr_eq(&e.backend, &backend))
+                .map(|e| e.address);
+            let Some(address) = address else { continue };
+            let (pool, config) = (pool.clone(), config.clone());
+            tokio::spawn(async move {
+                match check(address, &config).await {
+                    Some(ok) => {
+                        if !ok {
+                            debug!(pool = %pool.name, backend = %address, "health check failed");
+                        }
+                        pool.record_check(&backend, ok);
+                    }
+                    None => {
+                        debug!(pool = %pool.name, backend = %address, "health check skipped: handover is out of descriptors")
+                    }
                 }
-                pool.record_check(index, ok);
-            }
-            None => {
-                debug!(pool = %pool.config.name, backend = %address, "health check skipped: handover is out of descriptors")
-            }
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(started + config.interval) => {}
+            _ = cancel.cancelled() => return,
         }
     }
 }
@@ -80,7 +108,7 @@ async fn check_loop(
 pub async fn check(address: SocketAddr, config: &HealthCheckConfig) -> Option<bool> {
     let exhausted = std::sync::atomic::AtomicBool::new(false);
     let run = async {
-        let stream = match TcpStream::connect(address).await {
+        let stream = match descriptors::connect(address).await {
             Ok(stream) => stream,
             Err(e) => {
                 exhausted.store(

@@ -6,6 +6,7 @@
 //!
 //! - [`pools`]: pools, the phase each VM is in, and snapshot rebuilds (on commands and on a ticker).
 //! - [`snapshot`]: the immutable per-pool view the hot path reads.
+//! - [`removed`]: backends a reload removed, kept until their connections end or a grace passes.
 //! - [`backend`]: live per-backend counters and the list of what is still open to it.
 //! - [`tcp`] + [`relay`]: the L4 listener and its half-close-aware byte relay.
 //! - [`http`]: the L7 listener: its own HTTP/1.1 engine, upstream connection reuse, header rules,
@@ -37,6 +38,7 @@ pub mod log_limit;
 pub mod pools;
 mod random;
 pub mod relay;
+pub mod removed;
 pub mod shutdown;
 pub mod snapshot;
 pub mod tcp;

@@ -46,6 +46,27 @@ pub struct BoundListener {
 pub struct Listeners {
     /// In configuration order.
     pub bound: Vec<BoundListener>,
+    /// Sockets per listener: the data plane's worker count.
+    pub workers: usize,
+}
+
+/// Binds one listener (configuration index `index`) with `workers` sockets.
+pub fn bind_listener(
+    index: usize,
+    listener: &ListenerConfig,
+    workers: usize,
+) -> Result<BoundListener, BindError> {
+    let (address, sockets) = bind_shared(listener.bind, workers.max(1)).map_err(|source| BindError {
+        index,
+        name: listener.name.clone(),
+        address: listener.bind,
+        source,
+    })?;
+    Ok(BoundListener {
+        config: listener.clone(),
+        address,
+        sockets,
+    })
 }
 
 /// Binds one non-blocking TCP listener with `SO_REUSEADDR` and a deep backlog (the control API's).
@@ -92,20 +113,12 @@ impl Listeners {
     pub fn bind(config: &Config, workers: usize) -> Result<Self, BindError> {
         let mut bound = Vec::with_capacity(config.listeners.len());
         for (index, listener) in config.listeners.iter().enumerate() {
-            let (address, sockets) =
-                bind_shared(listener.bind, workers.max(1)).map_err(|source| BindError {
-                    index,
-                    name: listener.name.clone(),
-                    address: listener.bind,
-                    source,
-                })?;
-            bound.push(BoundListener {
-                config: listener.clone(),
-                address,
-                sockets,
-            });
+            bound.push(bind_listener(index, listener, workers)?);
         }
-        Ok(Self { bound })
+        Ok(Self {
+            bound,
+            workers: workers.max(1),
+        })
     }
 
     /// The actual address of each listener (useful with port 0).

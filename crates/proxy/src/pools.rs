@@ -4,6 +4,12 @@
 //! ticker rebuilds it while a weight moves with time (linear drain, ramp after a migration or after
 //! a recovery), ends ejections, and enforces a local deadline so a VM is restored even if the node
 //! that drained it never speaks again.
+//!
+//! A reload ([`Pools::reconfigure`]) changes pools in place: a pool keeps its identity (its name),
+//! a backend keeps its identity (its configured address and VM) with its counters, health and open
+//! connections; only a new snapshot is published, so the data plane never takes a lock for it. A
+//! removed backend or pool gets no new work at once and is kept (see [`crate::removed`]) until its
+//! connections end or the grace passes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backend::BackendRuntime;
+use crate::removed::{Removed, RemovedStatus};
 use crate::snapshot::{BackendEntry, PoolSnapshot};
 
 /// Most connections listed in a drain status.
@@ -44,6 +51,12 @@ struct VmEntry {
 /// What a pool's lock protects.
 #[derive(Debug)]
 struct PoolState {
+    /// Configuration (also in every snapshot, for the data plane).
+    config: Arc<PoolConfig>,
+    /// Live state of each backend, in configuration order.
+    backends: Vec<Arc<BackendRuntime>>,
+    /// Backends a reload removed that still have connections open.
+    removed: Vec<Removed>,
     /// Commands of this pool's VMs that are not stable.
     vms: HashMap<VmId, VmEntry>,
     /// Address changes of this pool's VMs.
@@ -84,13 +97,12 @@ pub struct PoolExport {
     pub ejected: Vec<(usize, u64)>,
 }
 
-/// One pool: its configuration, its backends, its state and the current snapshot.
+/// One pool: its name, its state and the current snapshot (which carries its configuration and
+/// backends).
 #[derive(Debug)]
 pub struct Pool {
-    /// Configuration.
-    pub config: PoolConfig,
-    /// Live state of each backend, in configuration order.
-    pub backends: Vec<Arc<BackendRuntime>>,
+    /// Pool name: its identity (a reload changes the pool of the same name in place).
+    pub name: String,
     snapshot: ArcSwap<PoolSnapshot>,
     state: Mutex<PoolState>,
     /// Origin of the pool's millisecond clock (health timestamps).
@@ -102,10 +114,20 @@ impl Pool {
         let backends: Vec<Arc<BackendRuntime>> = config
             .backends
             .iter()
-            .enumerate()
-            .map(|(i, b)| Arc::new(BackendRuntime::new(&config.name, i, b.vm.clone(), b.weight)))
+            .map(|b| {
+                Arc::new(BackendRuntime::new(
+                    &config.name,
+                    b.address,
+                    b.vm.clone(),
+                    b.weight,
+                ))
+            })
             .collect();
+        let config = Arc::new(config.clone());
         let mut state = PoolState {
+            config: config.clone(),
+            backends,
+            removed: Vec::new(),
             vms: HashMap::new(),
             readdress: HashMap::new(),
             addresses: config.backends.iter().map(|b| b.address).collect(),
@@ -114,11 +136,10 @@ impl Pool {
             was_moving: false,
         };
         let epoch = Instant::now();
-        state.basis = basis(config, &backends, &state, epoch);
-        let snapshot = assemble(config, &backends, &state, 0);
+        state.basis = basis(&state, epoch);
+        let snapshot = assemble(&state, 0);
         Arc::new(Self {
-            config: config.clone(),
-            backends,
+            name: config.name.clone(),
             snapshot: ArcSwap::from_pointee(snapshot),
             state: Mutex::new(state),
             epoch,
@@ -131,9 +152,24 @@ impl Pool {
         self.snapshot.load()
     }
 
+    /// The pool's configuration as of now.
+    pub fn config(&self) -> Arc<PoolConfig> {
+        self.snapshot.load().config.clone()
+    }
+
+    /// Live state of each backend, in configuration order, as of now.
+    pub fn backends(&self) -> Vec<Arc<BackendRuntime>> {
+        self.snapshot
+            .load()
+            .entries
+            .iter()
+            .map(|e| e.backend.clone())
+            .collect()
+    }
+
     /// Whether a backend of the pool belongs to this VM.
     pub fn serves(&self, vm: &VmId) -> bool {
-        self.backends.iter().any(|b| &b.vm == vm)
+        self.snapshot.load().entries.iter().any(|e| &e.backend.vm == vm)
     }
 
     fn now_ms(&self) -> Millis {
@@ -142,10 +178,10 @@ impl Pool {
 
     /// Applies a VM's phase command; returns whether the pool serves the VM.
     fn apply(&self, vm: &VmId, command: PhaseCommand) -> bool {
-        if !self.serves(vm) {
+        let mut state = self.state.lock();
+        if !state.backends.iter().any(|b| &b.vm == vm) {
             return false;
         }
-        let mut state = self.state.lock();
         match command {
             PhaseCommand::Stable => {
                 state.vms.remove(vm);
@@ -161,9 +197,8 @@ impl Pool {
             }
         }
         self.rebuild(&mut state);
-        drop(state);
-        if matches!(command, PhaseCommand::Drain { .. }) && self.config.drain.keep == Keep::InFlight {
-            for backend in self.backends.iter().filter(|b| &b.vm == vm) {
+        if matches!(command, PhaseCommand::Drain { .. }) && state.config.drain.keep == Keep::InFlight {
+            for backend in state.backends.iter().filter(|b| &b.vm == vm) {
                 backend.retire_idle();
             }
         }
@@ -172,14 +207,18 @@ impl Pool {
 
     /// Moves a VM's backends to new addresses. Open connections to the old ones are untouched.
     fn readdress(&self, vm: &VmId, change: &Readdress) -> bool {
-        if !self.serves(vm) {
+        let mut state = self.state.lock();
+        if !state.backends.iter().any(|b| &b.vm == vm) {
             return false;
         }
-        let mut state = self.state.lock();
-        for (i, backend) in self.backends.iter().enumerate().filter(|(_, b)| &b.vm == vm) {
-            let address = change.apply(self.config.backends[i].address);
+        for i in 0..state.backends.len() {
+            let backend = state.backends[i].clone();
+            if &backend.vm != vm {
+                continue;
+            }
+            let address = change.apply(backend.configured);
             if address != state.addresses[i] {
-                info!(pool = %self.config.name, %vm, from = %state.addresses[i], to = %address, "backend moved");
+                info!(pool = %self.name, %vm, from = %state.addresses[i], to = %address, "backend moved");
                 state.addresses[i] = address;
                 backend.retire_idle();
             }
@@ -189,33 +228,42 @@ impl Pool {
         true
     }
 
-    /// Records an active health check of backend `index`.
-    pub fn record_check(&self, index: usize, ok: bool) {
-        let Some(health) = &self.config.health else { return };
+    /// Records an active health check of `backend` (ignored if a reload removed it meanwhile).
+    pub fn record_check(&self, backend: &Arc<BackendRuntime>, ok: bool) {
+        let now = self.now_ms();
+        let mut state = self.state.lock();
+        let Some(health) = &state.config.health else {
+            return;
+        };
         let thresholds = CheckThresholds {
             rise: health.rise,
             fall: health.fall,
         };
-        let now = self.now_ms();
-        let mut state = self.state.lock();
+        let Some(index) = position(&state, backend) else {
+            return;
+        };
         let tolerance = self.tolerance(&state, index);
         let (change, verdict) = state.health[index].record_check(ok, now, thresholds, tolerance);
         self.after_health(&mut state, index, change, verdict);
     }
 
-    /// Records the outcome of real traffic to backend `index` (a connect; an HTTP status class).
+    /// Records the outcome of real traffic to `backend` (a connect; an HTTP status class). A
+    /// backend a reload removed meanwhile is no longer judged.
     #[inline]
-    pub fn record_traffic(&self, index: usize, ok: bool) {
-        let backend = &self.backends[index];
+    pub fn record_traffic(&self, backend: &Arc<BackendRuntime>, ok: bool) {
         if ok && !backend.is_failing() {
             return;
         }
-        let policy = self.config.outlier.map(|o| OutlierPolicy {
+        let now = self.now_ms();
+        let mut state = self.state.lock();
+        let policy = state.config.outlier.map(|o| OutlierPolicy {
             consecutive_failures: o.consecutive_failures,
             ejection_ms: millis(o.ejection),
         });
-        let now = self.now_ms();
-        let mut state = self.state.lock();
+        let Some(index) = position(&state, backend) else {
+            backend.set_failing(!ok);
+            return;
+        };
         let tolerance = self.tolerance(&state, index);
         let (change, verdict) = state.health[index].record_traffic(ok, now, policy, tolerance);
         backend.set_failing(!ok);
@@ -229,7 +277,7 @@ impl Pool {
         change: Option<HealthChange>,
         verdict: Option<FailureVerdict>,
     ) {
-        let backend = &self.backends[index];
+        let backend = state.backends[index].clone();
         if verdict == Some(FailureVerdict::Suppressed) {
             backend.record_suppressed();
         }
@@ -237,13 +285,13 @@ impl Pool {
             let address = state.addresses[index];
             match change {
                 HealthChange::Down => {
-                    warn!(pool = %self.config.name, backend = %address, vm = %backend.vm, "backend is down")
+                    warn!(pool = %self.name, backend = %address, vm = %backend.vm, "backend is down")
                 }
                 HealthChange::Ejected => {
-                    warn!(pool = %self.config.name, backend = %address, vm = %backend.vm, "backend ejected")
+                    warn!(pool = %self.name, backend = %address, vm = %backend.vm, "backend ejected")
                 }
                 HealthChange::Up => {
-                    info!(pool = %self.config.name, backend = %address, vm = %backend.vm, "backend is up again; ramping back")
+                    info!(pool = %self.name, backend = %address, vm = %backend.vm, "backend is up again; ramping back")
                 }
             }
             self.rebuild(state);
@@ -253,8 +301,8 @@ impl Pool {
     /// Failures are expected while the backend's VM drains or migrates, and for the grace after its
     /// migration ended: a failure streak is tolerated for `blackout_grace` from its first failure.
     fn tolerance(&self, state: &PoolState, index: usize) -> Tolerance {
-        let grace = millis(self.config.blackout_grace);
-        let entry = state.vms.get(&self.backends[index].vm)?;
+        let grace = millis(state.config.blackout_grace);
+        let entry = state.vms.get(&state.backends[index].vm)?;
         match entry.command {
             PhaseCommand::Drain { .. } => Some(grace),
             PhaseCommand::Ramp { elapsed_ms, .. } => {
@@ -271,13 +319,15 @@ impl Pool {
         let now = Instant::now();
         let now_ms = self.now_ms();
         let mut state = self.state.lock();
-        if let Some(close_after) = self.config.drain.long_lived_close_after {
+        crate::removed::sweep(&mut state.removed, &self.name, now);
+        let config = state.config.clone();
+        if let Some(close_after) = config.drain.long_lived_close_after {
             for (vm, entry) in &state.vms {
                 if let PhaseCommand::Drain { elapsed_ms, .. } = entry.command {
                     let drained_for =
                         elapsed_ms.saturating_add(millis(now.saturating_duration_since(entry.received)));
                     if drained_for >= millis(close_after) {
-                        for backend in self.backends.iter().filter(|b| &b.vm == vm) {
+                        for backend in state.backends.iter().filter(|b| &b.vm == vm) {
                             backend.close_long_lived();
                         }
                     }
@@ -291,26 +341,26 @@ impl Pool {
         let settled: Vec<VmId> = state
             .vms
             .iter()
-            .filter(|(_, entry)| effective(&self.config, Some(entry), now).phase == Phase::Stable)
+            .filter(|(_, entry)| effective(&config, Some(entry), now).phase == Phase::Stable)
             .map(|(vm, _)| vm.clone())
             .collect();
         for vm in &settled {
             state.vms.remove(vm);
         }
         changed |= !settled.is_empty();
-        let moving = self.backends.iter().enumerate().any(|(i, b)| {
+        let moving = state.backends.iter().enumerate().any(|(i, b)| {
             state
                 .vms
                 .get(&b.vm)
-                .is_some_and(|e| effective(&self.config, Some(e), now).moving)
-                || recovery_factor(&self.config, &state.health[i], now_ms).1
+                .is_some_and(|e| effective(&config, Some(e), now).moving)
+                || recovery_factor(&config, &state.health[i], now_ms).1
         });
         let settling = std::mem::replace(&mut state.was_moving, moving) && !moving;
         if changed || moving || settling {
             // A drain is "moving" until its deadline even when its share is constant, and a
             // settled VM leaves the same weights behind: publish only when what the snapshot
             // shows would change (a tick never moves addresses).
-            let basis = basis(&self.config, &self.backends, &state, self.epoch);
+            let basis = basis(&state, self.epoch);
             if basis != state.basis {
                 state.basis = basis;
                 self.publish(&state);
@@ -320,34 +370,40 @@ impl Pool {
 
     /// Builds and publishes a new snapshot from the current state.
     fn rebuild(&self, state: &mut PoolState) {
-        state.basis = basis(&self.config, &self.backends, state, self.epoch);
+        state.basis = basis(state, self.epoch);
         self.publish(state);
     }
 
     fn publish(&self, state: &PoolState) {
         let cursor = self.snapshot.load().selector.cursor();
-        self.snapshot
-            .store(Arc::new(assemble(&self.config, &self.backends, state, cursor)));
+        self.snapshot.store(Arc::new(assemble(state, cursor)));
     }
 
     fn status(&self) -> PoolStatus {
-        let outages: Vec<u64> = self.state.lock().health.iter().map(|h| h.outages_total).collect();
+        let (outages, removed): (Vec<u64>, Vec<RemovedStatus>) = {
+            let state = self.state.lock();
+            (
+                state.health.iter().map(|h| h.outages_total).collect(),
+                state.removed.iter().map(Removed::status).collect(),
+            )
+        };
         let snapshot = self.snapshot();
         let total: f64 = snapshot.entries.iter().map(|e| e.effective_weight).sum();
         PoolStatus {
-            name: self.config.name.clone(),
-            algorithm: self.config.algorithm,
+            name: self.name.clone(),
+            algorithm: snapshot.config.algorithm,
             fallback: snapshot.fallback,
+            removed,
             backends: snapshot
                 .entries
                 .iter()
                 .map(|e| {
                     let (connections_total, requests_total, failures_total) = e.backend.totals();
                     BackendStatus {
-                        index: e.backend.index,
+                        index: e.index,
                         address: e.address.to_string(),
                         vm: e.backend.vm.clone(),
-                        weight: e.backend.weight,
+                        weight: e.backend.weight(),
                         effective_weight: e.effective_weight,
                         share: if total > 0.0 {
                             e.effective_weight / total
@@ -361,7 +417,7 @@ impl Pool {
                         requests_total,
                         failures_total,
                         suppressed_failures_total: e.backend.suppressed_total(),
-                        outages_total: outages[e.backend.index],
+                        outages_total: outages.get(e.index).copied().unwrap_or(0),
                     }
                 })
                 .collect(),
@@ -373,7 +429,7 @@ impl Pool {
         let now_ms = self.now_ms();
         let state = self.state.lock();
         PoolExport {
-            name: self.config.name.clone(),
+            name: self.name.clone(),
             vms: state
                 .vms
                 .iter()
@@ -407,7 +463,7 @@ impl Pool {
         let now_ms = self.now_ms();
         let mut state = self.state.lock();
         for (vm, command) in &saved.vms {
-            if self.serves(vm) {
+            if state.backends.iter().any(|b| &b.vm == vm) {
                 state.vms.insert(
                     vm.clone(),
                     VmEntry {
@@ -437,39 +493,139 @@ fn current_command(entry: &VmEntry, now: Instant) -> PhaseCommand {
     )
 }
 
+/// What a reload changed in the pools (for its reply and its log).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolsChange {
+    /// Pools added.
+    pub pools_added: Vec<String>,
+    /// Pools removed (their backends drain).
+    pub pools_removed: Vec<String>,
+    /// Pools whose policies changed (algorithm, drain, ramp, timeouts, health...).
+    pub pools_changed: Vec<String>,
+    /// Backends added, as `pool/address`.
+    pub backends_added: Vec<String>,
+    /// Backends removed (they drain), as `pool/address`.
+    pub backends_removed: Vec<String>,
+    /// Backends whose weight changed, as `pool/address`.
+    pub backends_reweighted: Vec<String>,
+}
+
+impl PoolsChange {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
 /// Every pool of the embedded proxy.
 #[derive(Debug)]
 pub struct Pools {
-    pools: Vec<Arc<Pool>>,
+    /// The configured pools (a reload swaps the list; a pool keeps its identity by name).
+    pools: ArcSwap<Vec<Arc<Pool>>>,
+    /// Pools a reload removed whose backends still have connections open.
+    retired: Mutex<Vec<Arc<Pool>>>,
+    /// Every configured backend by uid (the workers' sweep asks for their idle generation).
+    by_uid: ArcSwap<Vec<Option<Arc<BackendRuntime>>>>,
+    /// Serialises reloads.
+    reconfiguring: Mutex<()>,
 }
 
 impl Pools {
     /// Pools for a configuration: every VM stable, every backend up.
     pub fn new(config: &Config) -> Arc<Self> {
+        let pools: Vec<Arc<Pool>> = config.pools.iter().map(Pool::new).collect();
+        let by_uid = index_by_uid(&pools);
         Arc::new(Self {
-            pools: config.pools.iter().map(Pool::new).collect(),
+            pools: ArcSwap::from_pointee(pools),
+            retired: Mutex::new(Vec::new()),
+            by_uid: ArcSwap::from_pointee(by_uid),
+            reconfiguring: Mutex::new(()),
         })
     }
 
     /// The pool named `name`.
     pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
-        self.pools.iter().find(|p| p.config.name == name).cloned()
+        self.pools.load().iter().find(|p| p.name == name).cloned()
     }
 
-    /// Every pool.
-    pub fn all(&self) -> &[Arc<Pool>] {
-        &self.pools
+    /// Every configured pool, as of now.
+    pub fn all(&self) -> Arc<Vec<Arc<Pool>>> {
+        self.pools.load_full()
+    }
+
+    /// The idle-connection generation of a configured backend, by uid (`None`: no longer
+    /// configured, so its idle connections are closed).
+    pub fn idle_generation_of(&self, uid: usize) -> Option<u64> {
+        self.by_uid
+            .load()
+            .get(uid)
+            .and_then(Option::as_ref)
+            .map(|backend| backend.idle_generation())
     }
 
     /// Whether any pool has a backend of this VM.
     pub fn serves(&self, vm: &VmId) -> bool {
-        self.pools.iter().any(|p| p.serves(vm))
+        self.pools.load().iter().any(|p| p.serves(vm))
+    }
+
+    /// Applies a new configuration's pools: pools of the same name change in place (backends
+    /// matched by configured address and VM keep their state, counters and connections), new ones
+    /// start with every VM stable, removed pools and backends drain for up to `grace`. Phases are
+    /// kept: `phases` gives the command of every VM that is not stable, so that a backend added to
+    /// a draining VM starts drained. The caller validated `config` as a whole.
+    pub fn reconfigure(
+        &self,
+        config: &Config,
+        grace: Duration,
+        phases: &[(VmId, PhaseCommand)],
+    ) -> PoolsChange {
+        let _serial = self.reconfiguring.lock();
+        let mut change = PoolsChange::default();
+        let old = self.pools.load_full();
+        let mut next = Vec::with_capacity(config.pools.len());
+        for pool_config in &config.pools {
+            match old.iter().find(|p| p.name == pool_config.name) {
+                Some(pool) => {
+                    pool.reconfigure(pool_config, grace, &mut change);
+                    next.push(pool.clone());
+                }
+                None => {
+                    let pool = Pool::new(pool_config);
+                    for (vm, command) in phases {
+                        pool.apply(vm, *command);
+                    }
+                    info!(pool = %pool.name, backends = pool_config.backends.len(), "pool added");
+                    change.pools_added.push(pool.name.clone());
+                    next.push(pool);
+                }
+            }
+        }
+        // Backends added to existing pools take the phase of their VM too.
+        for pool in &next {
+            for (vm, command) in phases {
+                pool.apply_if_unknown(vm, *command);
+            }
+        }
+        let mut retired = self.retired.lock();
+        for pool in old
+            .iter()
+            .filter(|p| !config.pools.iter().any(|c| c.name == p.name))
+        {
+            info!(pool = %pool.name, ?grace, "pool removed; its connections drain");
+            pool.retire(grace);
+            change.pools_removed.push(pool.name.clone());
+            retired.push(pool.clone());
+        }
+        drop(retired);
+        self.by_uid.store(Arc::new(index_by_uid(&next)));
+        self.pools.store(Arc::new(next));
+        change
     }
 
     /// Applies the desired state of a VM to every pool that holds it.
     pub fn apply(&self, vm: &VmId, command: PhaseCommand) -> Applied {
         let mut serves = false;
-        for pool in &self.pools {
+        for pool in self.pools.load().iter() {
             serves |= pool.apply(vm, command);
         }
         Applied {
@@ -481,7 +637,7 @@ impl Pools {
     /// Moves a VM's backends to new addresses in every pool that holds it.
     pub fn readdress(&self, vm: &VmId, change: &Readdress) -> Applied {
         let mut serves = false;
-        for pool in &self.pools {
+        for pool in self.pools.load().iter() {
             serves |= pool.readdress(vm, change);
         }
         Applied {
@@ -490,12 +646,14 @@ impl Pools {
         }
     }
 
-    /// How much traffic still reaches a VM.
+    /// How much traffic still reaches a VM (removed backends that still drain included).
     pub fn drain_status(&self, vm: &VmId) -> DrainStatus {
         let mut active = 0;
         let mut remaining = Vec::new();
-        for pool in &self.pools {
-            for backend in pool.backends.iter().filter(|b| &b.vm == vm) {
+        let pools = self.pools.load();
+        let retired = self.retired.lock().clone();
+        for pool in pools.iter().chain(retired.iter()) {
+            for backend in pool.backends_and_removed().iter().filter(|b| &b.vm == vm) {
                 active += backend.active();
                 if remaining.len() < MAX_LISTED {
                     remaining.extend(backend.open_items(MAX_LISTED - remaining.len()));
@@ -512,15 +670,26 @@ impl Pools {
     /// Every pool with its backends.
     pub fn status(&self) -> BalancerStatus {
         BalancerStatus {
-            pools: self.pools.iter().map(|p| p.status()).collect(),
+            pools: self.pools.load().iter().map(|p| p.status()).collect(),
         }
     }
 
-    /// Runs every pool's tick.
+    /// Runs every pool's tick (removed pools' too, until their connections ended).
     pub fn tick(&self) {
-        for pool in &self.pools {
+        for pool in self.pools.load().iter() {
             pool.tick();
         }
+        let mut retired = self.retired.lock();
+        for pool in retired.iter() {
+            pool.tick();
+        }
+        retired.retain(|pool| {
+            let done = pool.state.lock().removed.is_empty();
+            if done {
+                info!(pool = %pool.name, "removed pool has no connection left");
+            }
+            !done
+        });
     }
 
     /// Runs [`Pools::tick`] every `period` until cancelled.
@@ -537,7 +706,7 @@ impl Pools {
 
     /// Every pool's state, for the state file.
     pub fn export(&self) -> Vec<PoolExport> {
-        self.pools.iter().map(|p| p.export()).collect()
+        self.pools.load().iter().map(|p| p.export()).collect()
     }
 
     /// Restores saved state `age_ms` milliseconds old (pools that no longer exist are skipped).
@@ -554,6 +723,7 @@ impl Pools {
 
     fn reports(&self, vm: &VmId) -> Vec<BackendReport> {
         self.pools
+            .load()
             .iter()
             .flat_map(|pool| {
                 let snapshot = pool.snapshot();
@@ -562,9 +732,9 @@ impl Pools {
                     .iter()
                     .filter(|e| &e.backend.vm == vm)
                     .map(|e| BackendReport {
-                        pool: pool.config.name.clone(),
+                        pool: pool.name.clone(),
                         address: e.address.to_string(),
-                        weight: e.backend.weight,
+                        weight: e.backend.weight(),
                         effective_weight: e.effective_weight,
                         phase: e.phase,
                         active: e.backend.active(),
@@ -575,6 +745,138 @@ impl Pools {
     }
 }
 
+/// Every backend of `pools` by uid.
+fn index_by_uid(pools: &[Arc<Pool>]) -> Vec<Option<Arc<BackendRuntime>>> {
+    let mut by_uid: Vec<Option<Arc<BackendRuntime>>> = Vec::new();
+    for pool in pools {
+        for backend in pool.state.lock().backends.iter() {
+            if by_uid.len() <= backend.uid {
+                by_uid.resize(backend.uid + 1, None);
+            }
+            by_uid[backend.uid] = Some(backend.clone());
+        }
+    }
+    by_uid
+}
+
+impl Pool {
+    /// Applies a new configuration of this pool (same name). See [`Pools::reconfigure`].
+    fn reconfigure(&self, new: &PoolConfig, grace: Duration, change: &mut PoolsChange) {
+        let mut state = self.state.lock();
+        let policies_changed = {
+            let mut old = (*state.config).clone();
+            old.backends.clear();
+            let mut candidate = new.clone();
+            candidate.backends.clear();
+            old != candidate
+        };
+        if !policies_changed && state.config.backends == new.backends {
+            return;
+        }
+        let now = Instant::now();
+        let mut backends = Vec::with_capacity(new.backends.len());
+        let mut addresses = Vec::with_capacity(new.backends.len());
+        let mut health = Vec::with_capacity(new.backends.len());
+        let mut kept = vec![false; state.backends.len()];
+        for configured in &new.backends {
+            let found = state
+                .backends
+                .iter()
+                .position(|b| b.configured == configured.address && b.vm == configured.vm);
+            match found {
+                Some(i) => {
+                    kept[i] = true;
+                    let backend = state.backends[i].clone();
+                    if backend.weight() != configured.weight {
+                        info!(pool = %self.name, backend = %configured.address, from = backend.weight(), to = configured.weight, "backend re-weighted");
+                        backend.set_weight(configured.weight);
+                        change
+                            .backends_reweighted
+                            .push(format!("{}/{}", self.name, configured.address));
+                    }
+                    backends.push(backend);
+                    addresses.push(state.addresses[i]);
+                    health.push(state.health[i].clone());
+                }
+                None => {
+                    let address = state
+                        .readdress
+                        .get(&configured.vm)
+                        .map_or(configured.address, |r| r.apply(configured.address));
+                    info!(pool = %self.name, backend = %configured.address, vm = %configured.vm, weight = configured.weight, "backend added");
+                    change
+                        .backends_added
+                        .push(format!("{}/{}", self.name, configured.address));
+                    backends.push(Arc::new(BackendRuntime::new(
+                        &self.name,
+                        configured.address,
+                        configured.vm.clone(),
+                        configured.weight,
+                    )));
+                    addresses.push(address);
+                    health.push(HealthState::default());
+                }
+            }
+        }
+        let previous = state.backends.clone();
+        for (i, backend) in previous.iter().enumerate() {
+            if !kept[i] {
+                info!(pool = %self.name, backend = %backend.configured, vm = %backend.vm, active = backend.active(), ?grace, "backend removed; its connections drain");
+                change
+                    .backends_removed
+                    .push(format!("{}/{}", self.name, backend.configured));
+                backend.retire_idle();
+                let removed = Removed::new(backend.clone(), state.addresses[i], now, grace);
+                state.removed.push(removed);
+            }
+        }
+        if policies_changed {
+            info!(pool = %self.name, "pool policies changed");
+            change.pools_changed.push(self.name.clone());
+        }
+        state.backends = backends;
+        state.addresses = addresses;
+        state.health = health;
+        state.config = Arc::new(new.clone());
+        self.rebuild(&mut state);
+    }
+
+    /// Applies a VM's command if the pool serves it but holds no command for it (a backend a
+    /// reload added to a VM that is not stable).
+    fn apply_if_unknown(&self, vm: &VmId, command: PhaseCommand) {
+        let known = self.state.lock().vms.contains_key(vm);
+        if !known {
+            self.apply(vm, command);
+        }
+    }
+
+    /// A reload removed the whole pool: no listener routes new connections to it any more; the
+    /// connections already made through a removed or re-pointed listener keep it, and its
+    /// backends (tracked as removed) until they end or `grace` passes.
+    fn retire(&self, grace: Duration) {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        let retiring: Vec<Removed> = state
+            .backends
+            .iter()
+            .zip(state.addresses.iter())
+            .map(|(backend, address)| Removed::new(backend.clone(), *address, now, grace))
+            .collect();
+        state.removed.extend(retiring);
+    }
+
+    /// The configured backends and the removed ones that still drain.
+    fn backends_and_removed(&self) -> Vec<Arc<BackendRuntime>> {
+        let state = self.state.lock();
+        let mut all: Vec<Arc<BackendRuntime>> = state.backends.clone();
+        for removed in &state.removed {
+            if !all.iter().any(|b| Arc::ptr_eq(b, &removed.backend)) {
+                all.push(removed.backend.clone());
+            }
+        }
+        all
+    }
+}
 /// How a VM's backend takes part in a pool, given the last command and the time.
 fn effective(pool: &PoolConfig, entry: Option<&VmEntry>, now: Instant) -> Effect {
     let Some(entry) = entry else { return Effect::STABLE };
@@ -601,15 +903,12 @@ fn recovery_factor(pool: &PoolConfig, health: &HealthState, now_ms: Millis) -> (
 }
 
 /// Each backend's basis as of now.
-fn basis(
-    config: &PoolConfig,
-    backends: &[Arc<BackendRuntime>],
-    state: &PoolState,
-    epoch: Instant,
-) -> Vec<EntryBasis> {
+fn basis(state: &PoolState, epoch: Instant) -> Vec<EntryBasis> {
+    let config = &state.config;
     let now = Instant::now();
     let now_ms = millis(now.saturating_duration_since(epoch));
-    backends
+    state
+        .backends
         .iter()
         .enumerate()
         .map(|(i, backend)| {
@@ -628,7 +927,7 @@ fn basis(
             };
             EntryBasis {
                 input: WeightInput {
-                    weight: backend.weight,
+                    weight: backend.weight(),
                     state: weight_state,
                 },
                 phase: e.phase,
@@ -640,19 +939,16 @@ fn basis(
 }
 
 /// The snapshot of `state.basis`.
-fn assemble(
-    config: &PoolConfig,
-    backends: &[Arc<BackendRuntime>],
-    state: &PoolState,
-    cursor: u64,
-) -> PoolSnapshot {
+fn assemble(state: &PoolState, cursor: u64) -> PoolSnapshot {
     let inputs: Vec<WeightInput> = state.basis.iter().map(|b| b.input).collect();
     let solved = weights::solve(&inputs);
-    let entries = backends
+    let entries = state
+        .backends
         .iter()
         .enumerate()
         .map(|(i, backend)| BackendEntry {
             backend: backend.clone(),
+            index: i,
             address: state.addresses[i],
             phase: state.basis[i].phase,
             effective_weight: solved.weights[i],
@@ -661,8 +957,14 @@ fn assemble(
         })
         .collect();
     PoolSnapshot {
+        config: state.config.clone(),
         entries,
-        selector: Selector::build(config.algorithm, &solved.weights, cursor),
+        selector: Selector::build(state.config.algorithm, &solved.weights, cursor),
         fallback: solved.fallback,
     }
+}
+
+/// Where a backend is in the pool now (`None`: a reload removed it).
+fn position(state: &PoolState, backend: &Arc<BackendRuntime>) -> Option<usize> {
+    state.backends.iter().position(|b| Arc::ptr_eq(b, backend))
 }

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use handover_core::config::PoolConfig;
 use handover_core::phase::Phase;
 use handover_core::selection::{LoadSource, Selector};
 
@@ -16,6 +17,8 @@ use crate::backend::BackendRuntime;
 pub struct BackendEntry {
     /// Live state (shared by every snapshot).
     pub backend: Arc<BackendRuntime>,
+    /// Its place in this snapshot (what the selector and a sticky cookie name).
+    pub index: usize,
     /// Where to send traffic.
     pub address: SocketAddr,
     /// Phase applied to its VM.
@@ -31,6 +34,8 @@ pub struct BackendEntry {
 /// One pool as of one moment.
 #[derive(Debug)]
 pub struct PoolSnapshot {
+    /// The pool's configuration as of this snapshot (a reload publishes a new one).
+    pub config: Arc<PoolConfig>,
     /// Backends, in configuration order.
     pub entries: Vec<BackendEntry>,
     /// Selector over the effective weights.
@@ -47,7 +52,7 @@ impl PoolSnapshot {
         self.selector.pick_excluding(self, random, tried).or_else(|| {
             self.entries
                 .iter()
-                .position(|e| e.phase.is_drained() && !tried.contains(&e.backend.index))
+                .position(|e| e.phase.is_drained() && !tried.contains(&e.index))
         })
     }
 }

@@ -52,7 +52,7 @@ pub async fn serve(
 async fn handle(mut client: TcpStream, peer: SocketAddr, route: &TcpRoute) {
     let pool = &route.pool;
     let started = Instant::now();
-    let attempts = pool.config.retries as usize + 1;
+    let attempts = pool.snapshot().config.retries as usize + 1;
     let mut tried: Vec<usize> = Vec::with_capacity(attempts);
     let mut last_error = None;
     for _ in 0..attempts {
@@ -67,10 +67,10 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, route: &TcpRoute) {
                 .track(peer, entry.address, Traffic::Tcp, Instant::now());
             (entry, guard)
         };
-        let connect = connect(entry.address, pool.config.connect_timeout).await;
+        let connect = connect(entry.address, pool.snapshot().config.connect_timeout).await;
         match connect {
             Ok(Ok(mut upstream)) => {
-                pool.record_traffic(entry.backend.index, true);
+                pool.record_traffic(&entry.backend, true);
                 let connected = started.elapsed();
                 let _ = upstream.set_nodelay(true);
                 // The pool's long-lived policy may close the connection (a TCP close is all L4
@@ -119,19 +119,19 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, route: &TcpRoute) {
             }
             Ok(Err(e)) => {
                 entry.backend.record_failure();
-                pool.record_traffic(entry.backend.index, false);
+                pool.record_traffic(&entry.backend, false);
                 warn!(listener = %route.listener, backend = %entry.address, error = %e, "connect failed; trying another backend");
                 last_error = Some(e.to_string());
             }
             Err(_) => {
                 entry.backend.record_failure();
-                pool.record_traffic(entry.backend.index, false);
+                pool.record_traffic(&entry.backend, false);
                 warn!(listener = %route.listener, backend = %entry.address, "connect timed out; trying another backend");
                 last_error = Some("connect timed out".to_string());
             }
         }
         drop(guard);
-        tried.push(entry.backend.index);
+        tried.push(entry.index);
     }
     warn!(listener = %route.listener, client = %peer, tried = tried.len(), "no backend could take the connection; closing it");
     if let Some(log) = &route.access_log {
@@ -162,7 +162,7 @@ async fn connect(address: SocketAddr, timeout: Duration) -> Result<std::io::Resu
     let attempt = async {
         let mut pause = Duration::from_millis(10);
         loop {
-            match TcpStream::connect(address).await {
+            match descriptors::connect(address).await {
                 Err(e) if descriptors::is_exhaustion(&e) => {
                     // Still short when the time is up: say so, rather than a backend timeout.
                     if Instant::now() + pause >= deadline {

@@ -53,6 +53,12 @@ impl ApiError {
     pub fn not_found(error: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, error, None, Vec::new())
     }
+
+    /// 503 for a change this node cannot make now (e.g. it cannot be made durable); nothing
+    /// changed.
+    pub fn unavailable(error: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, error, None, Vec::new())
+    }
 }
 
 impl From<CoordinatorError> for ApiError {

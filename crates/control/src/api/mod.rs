@@ -3,6 +3,9 @@
 //! Migration module: `POST /v1/vms/{vm}/migration`, `PUT /v1/vms/{vm}/migration/progress`,
 //! `GET /v1/vms`, `GET /v1/vms/{vm}`,
 //! `GET /v1/pools`, `GET /v1/migrations`, `GET /v1/fleet`, `GET /metrics`, `GET /healthz`.
+//! Operations: `POST /v1/reload` (re-read the configuration file, apply the difference),
+//! `PUT`/`DELETE /v1/pools/{pool}/backends/{address}` (backends through the API, on every peer
+//! too; a peer applies `PUT /v1/balancer/backends` locally).
 //! Load-balancing module (what peers call): `PUT /v1/balancer/vms/{vm}`, `PUT .../addresses`,
 //! `GET /v1/balancer/vms/{vm}/drain`, `GET /v1/balancer/status`, `GET /v1/balancer/phases`.
 //!
@@ -12,12 +15,14 @@
 //! When a token is configured, every mutating call needs `Authorization: Bearer <token>`.
 
 mod auth;
+mod backends;
 mod error;
 mod fleet;
 mod json;
 mod migration;
 pub mod openapi;
 mod peer;
+mod reload;
 mod views;
 
 use std::sync::Arc;
@@ -28,7 +33,9 @@ use axum::extract::rejection::PathRejection;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use backends::{BackendsFuture, BackendsHook, BackendsRefusal};
 pub use error::ApiError;
+pub use reload::{ReloadFuture, ReloadHook};
 pub(crate) use views::collect_vms;
 
 use crate::coordinator::Coordinator;
@@ -44,6 +51,10 @@ pub struct ApiState {
     pub shares: Arc<crate::dashboard::ShareHistory>,
     /// More lines for `GET /metrics`, from parts the control plane does not own.
     pub extra_metrics: Vec<MetricSource>,
+    /// What `POST /v1/reload` runs, where the node has a configuration file.
+    pub reload: Option<ReloadHook>,
+    /// What applies backends set or removed through the API, where the node has pools.
+    pub backends: Option<BackendsHook>,
 }
 
 /// Writes Prometheus lines of a part of the node the control plane does not own (the data plane's
@@ -65,7 +76,21 @@ impl ApiState {
             token,
             shares: Arc::default(),
             extra_metrics: Vec::new(),
+            reload: None,
+            backends: None,
         }
+    }
+
+    /// Lets the backends API apply changes with `hook`.
+    pub fn with_backends(mut self, hook: BackendsHook) -> Self {
+        self.backends = Some(hook);
+        self
+    }
+
+    /// Lets `POST /v1/reload` run `hook`.
+    pub fn with_reload(mut self, hook: ReloadHook) -> Self {
+        self.reload = Some(hook);
+        self
     }
 
     /// Adds a source of metric lines.
@@ -110,6 +135,9 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(peer::addresses))
         .routes(routes!(peer::drain))
         .routes(routes!(peer::status))
+        .routes(routes!(reload::reload))
+        .routes(routes!(backends::put, backends::delete))
+        .routes(routes!(backends::apply_local))
         .routes(routes!(peer::phases))
         .merge(crate::dashboard::routes())
 }

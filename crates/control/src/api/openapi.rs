@@ -103,7 +103,7 @@ pub fn document(token_required: bool) -> Value {
 }
 
 /// Gives every unsigned integer its maximum (unless its field says a lower one, as the deadlines
-/// do), and its format the usual spelling (the derive says only `minimum: 0`, and spells `uint64`
+/// and weights do), and its format the usual spelling (the derive says only `minimum: 0`, and spells `uint64`
 /// as `u-int64`, which no reader knows).
 fn bound_unsigned_integers(value: &mut Value) {
     match value {
@@ -302,6 +302,7 @@ mod tests {
             ("get", "/metrics"),
             ("get", "/v1/balancer/phases"),
             ("get", "/v1/balancer/status"),
+            ("put", "/v1/balancer/backends"),
             ("put", "/v1/balancer/vms/{vm}"),
             ("put", "/v1/balancer/vms/{vm}/addresses"),
             ("get", "/v1/balancer/vms/{vm}/drain"),
@@ -310,6 +311,9 @@ mod tests {
             ("get", "/v1/migrations"),
             ("get", "/v1/openapi.json"),
             ("get", "/v1/pools"),
+            ("put", "/v1/pools/{pool}/backends/{address}"),
+            ("delete", "/v1/pools/{pool}/backends/{address}"),
+            ("post", "/v1/reload"),
             ("get", "/v1/vms"),
             ("get", "/v1/vms/{vm}"),
             ("post", "/v1/vms/{vm}/migration"),

@@ -430,6 +430,12 @@ impl Registry {
         &self.topology
     }
 
+    /// Replaces the topology (a reload changed the pools). Every VM keeps its phase, deadline and
+    /// ramp; guards and deadlines of later notices follow the new pools.
+    pub fn set_topology(&mut self, topology: Topology) {
+        self.topology = topology;
+    }
+
     /// The state of a VM the registry has seen (unseen VMs are stable).
     pub fn vm(&self, vm: &VmId) -> Option<&VmState> {
         self.vms.get(vm)

@@ -442,6 +442,7 @@ impl Balancer for HaproxyBalancer {
                     algorithm: Algorithm::RoundRobin,
                     fallback: false,
                     backends: Vec::new(),
+                    removed: Vec::new(),
                 });
                 pool.backends.push(BackendStatus {
                     index,

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod disk;
 pub mod h2raw;
 pub mod harness;
 pub mod lb;
@@ -116,6 +117,11 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The configuration file the node was started with (a test rewrites it, then reloads).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("handover.toml")
     }
 
     /// The node's log so far.

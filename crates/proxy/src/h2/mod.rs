@@ -33,7 +33,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use handover_core::config::UpstreamProtocol;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -206,9 +205,11 @@ async fn dispatch(
     request: hyper::Request<Incoming>,
     context: &ClientContext,
 ) -> hyper::Response<ResponseBody> {
-    match context.route.pool.config.protocol {
-        UpstreamProtocol::Http1 => to_http1::forward(request, context).await,
-        UpstreamProtocol::H2 => to_h2::forward(request, context).await,
+    // Fixed when the route was built: a reload that changes the pool's protocol builds new routes.
+    if context.route.upstream_h2 {
+        to_h2::forward(request, context).await
+    } else {
+        to_http1::forward(request, context).await
     }
 }
 

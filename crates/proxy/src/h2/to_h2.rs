@@ -16,7 +16,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -60,20 +59,41 @@ fn pooled(backend: &BackendRuntime, address: SocketAddr) -> Option<SendRequest<R
     })
 }
 
+/// Why a connection to a backend could not be opened.
+struct ConnectFailure {
+    why: String,
+    /// handover itself ran out of descriptors: not the backend's fault.
+    exhausted: bool,
+}
+
+impl From<String> for ConnectFailure {
+    fn from(why: String) -> Self {
+        Self {
+            why,
+            exhausted: false,
+        }
+    }
+}
+
 /// Opens a connection to a backend and keeps it for the worker's next streams.
 async fn connect(
     entry: &BackendEntry,
     pool: &Pool,
     tls: Option<&UpstreamTls>,
-) -> Result<SendRequest<ResponseBody>, String> {
+) -> Result<SendRequest<ResponseBody>, ConnectFailure> {
     let backend = &entry.backend;
     let generation = backend.idle_generation();
     let address = entry.address;
-    let timeout = pool.config.connect_timeout;
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+    let timeout = pool.snapshot().config.connect_timeout;
+    let tcp = match tokio::time::timeout(timeout, crate::descriptors::connect(address)).await {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Err(format!("connect to {address} failed: {e}")),
-        Err(_) => return Err(format!("connect to {address} timed out after {timeout:?}")),
+        Ok(Err(e)) => {
+            return Err(ConnectFailure {
+                why: format!("connect to {address} failed: {e}"),
+                exhausted: crate::descriptors::is_exhaustion(&e),
+            });
+        }
+        Err(_) => return Err(format!("connect to {address} timed out after {timeout:?}").into()),
     };
     let _ = tcp.set_nodelay(true);
     let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
@@ -157,9 +177,10 @@ pub async fn send(
     let route = &client.route;
     let pool = &route.pool;
     let has_body = !http_body::Body::is_end_stream(&body);
+    let config = pool.config();
     let context = RequestContext {
         client: &client.peer_text,
-        sticky_cookie: pool.config.sticky.as_ref().map(|s| s.cookie.as_str()),
+        sticky_cookie: config.sticky.as_ref().map(|s| s.cookie.as_str()),
         websocket: false,
     };
     // The same edge rules as every request (the HTTP/1.1 form written is not used).
@@ -173,32 +194,26 @@ pub async fn send(
     };
     drop(scratch);
     let started = Instant::now();
-    let attempts = pool.config.retries as usize + 1;
+    let attempts = pool.snapshot().config.retries as usize + 1;
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error: Option<String> = None;
     let (entry, guard, mut sender) = loop {
         if tried.len() >= attempts {
-            warn!(pool = %pool.config.name, error = last_error.as_deref().unwrap_or("none tried"), "no backend could be reached");
-            return answer(
-                502,
-                &format!("no backend of pool {} could be reached", pool.config.name),
-            );
+            warn!(pool = %pool.name, error = last_error.as_deref().unwrap_or("none tried"), "no backend could be reached");
+            return answer(502, &format!("no backend of pool {} could be reached", pool.name));
         }
         let choice = {
             let snapshot = pool.snapshot();
-            crate::http::choose_backend(&snapshot, checked.sticky, pool.config.drain.keep, &tried)
+            crate::http::choose_backend(&snapshot, checked.sticky, snapshot.config.drain.keep, &tried)
         };
         let Some(entry) = choice else {
             if tried.is_empty() {
                 return answer(
                     503,
-                    &format!("no backend of pool {} can take new requests", pool.config.name),
+                    &format!("no backend of pool {} can take new requests", pool.name),
                 );
             }
-            return answer(
-                502,
-                &format!("no backend of pool {} could be reached", pool.config.name),
-            );
+            return answer(502, &format!("no backend of pool {} could be reached", pool.name));
         };
         let guard = entry
             .backend
@@ -207,12 +222,24 @@ pub async fn send(
             Some(sender) => sender,
             None => match connect(&entry, pool, route.upstream_tls.as_ref()).await {
                 Ok(sender) => sender,
-                Err(e) => {
+                Err(ConnectFailure { why, exhausted: true }) => {
+                    // handover's own shortage is not the backend's fault.
+                    if let Some(suppressed) = crate::descriptors::CONNECT_EXHAUSTED.ready() {
+                        warn!(listener = %route.listener, error = %why, suppressed, "out of descriptors for a backend connection (not counted against the backend)");
+                    }
+                    last_error = Some(format!("handover is out of descriptors ({why})"));
+                    tried.push(entry.index);
+                    continue;
+                }
+                Err(ConnectFailure {
+                    why,
+                    exhausted: false,
+                }) => {
                     entry.backend.record_failure();
-                    pool.record_traffic(entry.backend.index, false);
-                    warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
-                    last_error = Some(e);
-                    tried.push(entry.backend.index);
+                    pool.record_traffic(&entry.backend, false);
+                    warn!(listener = %route.listener, backend = %entry.address, error = %why, "trying another backend");
+                    last_error = Some(why);
+                    tried.push(entry.index);
                     continue;
                 }
             },
@@ -225,20 +252,20 @@ pub async fn send(
     };
     if sender.ready().await.is_err() {
         entry.backend.record_failure();
-        pool.record_traffic(entry.backend.index, false);
+        pool.record_traffic(&entry.backend, false);
         return answer(502, "the backend failed to answer");
     }
     let response = match tokio::time::timeout(route.response_timeout, sender.send_request(outgoing)).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
             entry.backend.record_failure();
-            pool.record_traffic(entry.backend.index, false);
+            pool.record_traffic(&entry.backend, false);
             warn!(listener = %route.listener, backend = %entry.address, error = %e, "upstream HTTP/2 request failed");
             return answer(502, "the backend failed to answer");
         }
         Err(_) => {
             entry.backend.record_failure();
-            pool.record_traffic(entry.backend.index, false);
+            pool.record_traffic(&entry.backend, false);
             return answer(
                 504,
                 &format!("the backend did not answer within {:?}", route.response_timeout),
@@ -248,7 +275,7 @@ pub async fn send(
     entry
         .backend
         .record_latency(Instant::now().saturating_duration_since(started).as_nanos() as u64);
-    pool.record_traffic(entry.backend.index, response.status().as_u16() < 500);
+    pool.record_traffic(&entry.backend, response.status().as_u16() < 500);
     let (mut parts, body) = response.into_parts();
     for name in [
         "connection",
@@ -259,11 +286,11 @@ pub async fn send(
     ] {
         parts.headers.remove(name);
     }
-    if let Some(sticky) = &pool.config.sticky
-        && checked.sticky != Some(entry.backend.index)
+    if let Some(sticky) = &pool.snapshot().config.sticky
+        && checked.sticky != Some(entry.index)
         && let Ok(value) = http::HeaderValue::from_str(&format!(
             "{}={}-{}; Path=/; HttpOnly",
-            sticky.cookie, entry.backend.index, entry.backend.vm
+            sticky.cookie, entry.index, entry.backend.vm
         ))
     {
         parts.headers.append(http::header::SET_COOKIE, value);

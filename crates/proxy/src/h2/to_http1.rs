@@ -56,9 +56,10 @@ pub async fn forward(
     let pool = &route.pool;
     let (parts, body) = request.into_parts();
     let has_body = !body.is_end_stream();
+    let config = pool.config();
     let context = RequestContext {
         client: &client.peer_text,
-        sticky_cookie: pool.config.sticky.as_ref().map(|s| s.cookie.as_str()),
+        sticky_cookie: config.sticky.as_ref().map(|s| s.cookie.as_str()),
         websocket: false,
     };
     let mut out = Buffer::take();
@@ -72,7 +73,7 @@ pub async fn forward(
     let head = Bytes::copy_from_slice(out.filled());
     drop(out);
     let started = Instant::now();
-    let attempts = pool.config.retries as usize + 1;
+    let attempts = pool.snapshot().config.retries as usize + 1;
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error: Option<String> = None;
     let mut fresh_only = false;
@@ -83,12 +84,11 @@ pub async fn forward(
         }
         let choice = {
             let snapshot = pool.snapshot();
-            crate::http::choose_backend(&snapshot, checked.sticky, pool.config.drain.keep, &tried).ok_or_else(
-                || {
+            crate::http::choose_backend(&snapshot, checked.sticky, snapshot.config.drain.keep, &tried)
+                .ok_or_else(|| {
                     let down = snapshot.entries.iter().filter(|e| !e.available).count();
                     (down, snapshot.entries.len())
-                },
-            )
+                })
         };
         let entry = match choice {
             Ok(entry) => entry,
@@ -97,7 +97,7 @@ pub async fn forward(
                     503,
                     &format!(
                         "no backend of pool {} can take new requests ({down} of {total} down)",
-                        pool.config.name
+                        pool.name
                     ),
                 );
             }
@@ -113,16 +113,16 @@ pub async fn forward(
             Err(e) => {
                 warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
                 last_error = Some(e.to_string());
-                tried.push(entry.backend.index);
+                tried.push(entry.index);
                 continue;
             }
         };
         let reused = upstream.reused;
-        let set_cookie = pool.config.sticky.as_ref().and_then(|sticky| {
-            (checked.sticky != Some(entry.backend.index)).then(|| {
+        let set_cookie = config.sticky.as_ref().and_then(|sticky| {
+            (checked.sticky != Some(entry.index)).then(|| {
                 format!(
                     "{}={}-{}; Path=/; HttpOnly",
-                    sticky.cookie, entry.backend.index, entry.backend.vm
+                    sticky.cookie, entry.index, entry.backend.vm
                 )
             })
         });
@@ -176,7 +176,7 @@ const STALE: u16 = 0;
 fn unreachable(listener: &str, pool: &Pool, last_error: Option<&str>) -> hyper::Response<ResponseBody> {
     answer(
         502,
-        &crate::http::unreachable_text(listener, &pool.config.name, last_error),
+        &crate::http::unreachable_text(listener, &pool.name, last_error),
     )
 }
 
@@ -386,7 +386,7 @@ async fn exchange(x: Exchange) {
     let mut deadline = started + response_timeout;
     let failed = |why: &str| {
         entry.backend.record_failure();
-        pool.record_traffic(entry.backend.index, false);
+        pool.record_traffic(&entry.backend, false);
         debug!(backend = %address, why, "HTTP/2 stream to an HTTP/1.1 backend failed");
     };
     // 1. The request body goes up while the response head is awaited.
@@ -461,7 +461,7 @@ async fn exchange(x: Exchange) {
     entry
         .backend
         .record_latency(Instant::now().saturating_duration_since(started).as_nanos() as u64);
-    pool.record_traffic(entry.backend.index, response.status < 500);
+    pool.record_traffic(&entry.backend, response.status < 500);
     from_backend.consume(response.head_len);
     match response_parts(rewritten.filled(), response.framing) {
         Ok(parts) => {

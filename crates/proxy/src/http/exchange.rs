@@ -71,7 +71,7 @@ pub(super) async fn forward<S: ClientStream>(
     let pool = &route.pool;
     let started = Instant::now();
     let head_len = out.len();
-    let attempts = pool.config.retries as usize + 1;
+    let attempts = pool.snapshot().config.retries as usize + 1;
     let mut tried: Vec<usize> = Vec::new();
     // Allocated only when a connect fails (the hot path allocates nothing).
     let mut last_error: Option<String> = None;
@@ -84,13 +84,13 @@ pub(super) async fn forward<S: ClientStream>(
                 &request,
                 out,
                 502,
-                &unreachable(&route.listener, &pool.config.name, last_error.as_deref()),
+                &unreachable(&route.listener, &pool.name, last_error.as_deref()),
             )
             .await;
         }
         let choice = {
             let snapshot = pool.snapshot();
-            choose(&snapshot, request.sticky, pool.config.drain.keep, &tried).ok_or_else(|| {
+            choose(&snapshot, request.sticky, snapshot.config.drain.keep, &tried).ok_or_else(|| {
                 let down = snapshot.entries.iter().filter(|e| !e.available).count();
                 (down, snapshot.entries.len())
             })
@@ -100,12 +100,12 @@ pub(super) async fn forward<S: ClientStream>(
             Err((down, total)) if tried.is_empty() => {
                 let message = format!(
                     "no backend of pool {} can take new requests ({down} of {total} down)",
-                    pool.config.name
+                    pool.name
                 );
                 return refuse(conn, &request, out, 503, &message).await;
             }
             Err(_) => {
-                let message = unreachable(&route.listener, &pool.config.name, last_error.as_deref());
+                let message = unreachable(&route.listener, &pool.name, last_error.as_deref());
                 return refuse(conn, &request, out, 502, &message).await;
             }
         };
@@ -125,13 +125,13 @@ pub(super) async fn forward<S: ClientStream>(
                     warn!(listener = %route.listener, error = %e, suppressed, "out of descriptors for a backend connection (not counted against the backend)");
                 }
                 last_error = Some(format!("handover is out of descriptors ({e})"));
-                tried.push(entry.backend.index);
+                tried.push(entry.index);
                 continue;
             }
             Err(e) => {
                 warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
                 last_error = Some(e.to_string());
-                tried.push(entry.backend.index);
+                tried.push(entry.index);
                 continue;
             }
         };
@@ -166,7 +166,7 @@ pub(super) async fn forward<S: ClientStream>(
             Err(Failure::Backend(error)) => return backend_failed(conn, &request, out, &entry, &error).await,
             Err(Failure::Timeout) => {
                 entry.backend.record_failure();
-                pool.record_traffic(entry.backend.index, false);
+                pool.record_traffic(&entry.backend, false);
                 if let Some(left_out) = BACKEND_FAILED.admit() {
                     warn!(listener = %route.listener, backend = %entry.address, timeout = ?route.response_timeout, left_out, "backend did not answer in time");
                 }
@@ -196,7 +196,7 @@ pub(super) async fn forward<S: ClientStream>(
     entry
         .backend
         .record_latency(now.saturating_duration_since(started).as_nanos() as u64);
-    pool.record_traffic(entry.backend.index, answered.response.status < 500);
+    pool.record_traffic(&entry.backend, answered.response.status < 500);
     if answered.response.switching {
         // The request is over; the tunnel is counted as a connection of its own (and its access
         // log line, status 101, is written when it closes).
@@ -373,11 +373,12 @@ async fn attempt<S: ClientStream>(
 
 /// The `Set-Cookie` value that binds a new session to the chosen backend.
 fn sticky_set_cookie<S>(conn: &Connection<S>, request: &Request, entry: &BackendEntry) -> Option<String> {
-    let sticky = conn.route.pool.config.sticky.as_ref()?;
-    (request.sticky != Some(entry.backend.index)).then(|| {
+    let snapshot = conn.route.pool.snapshot();
+    let sticky = snapshot.config.sticky.as_ref()?;
+    (request.sticky != Some(entry.index)).then(|| {
         format!(
             "{}={}-{}; Path=/; HttpOnly",
-            sticky.cookie, entry.backend.index, entry.backend.vm
+            sticky.cookie, entry.index, entry.backend.vm
         )
     })
 }
@@ -567,7 +568,7 @@ async fn backend_failed<S: ClientStream>(
     error: &str,
 ) -> bool {
     entry.backend.record_failure();
-    conn.route.pool.record_traffic(entry.backend.index, false);
+    conn.route.pool.record_traffic(&entry.backend, false);
     if let Some(left_out) = BACKEND_FAILED.admit() {
         warn!(listener = %conn.route.listener, backend = %entry.address, %error, left_out, "upstream request failed");
     }

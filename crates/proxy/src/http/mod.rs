@@ -322,9 +322,10 @@ impl<S: ClientStream> Connection<S> {
         let deadline = Instant::now() + self.route.client_timeout;
         loop {
             if let Some(input) = self.input.as_mut().filter(|input| !input.is_empty()) {
+                let snapshot = self.route.pool.snapshot();
                 let context = RequestContext {
                     client: &self.peer_text,
-                    sticky_cookie: self.route.pool.config.sticky.as_ref().map(|s| s.cookie.as_str()),
+                    sticky_cookie: snapshot.config.sticky.as_ref().map(|s| s.cookie.as_str()),
                     websocket: self.route.websocket,
                 };
                 let mut out = Buffer::take();

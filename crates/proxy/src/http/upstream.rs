@@ -13,7 +13,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::backend_stream::BackendStream;
@@ -131,14 +130,19 @@ pub async fn obtain(
     if !fresh_only && let Some(upstream) = checkout(&entry.backend, entry.address, tls.is_some(), now) {
         return Ok(upstream);
     }
-    connect(&entry.backend, entry.address, pool.config.connect_timeout, tls)
-        .await
-        .inspect_err(|e| {
-            if !e.is_exhaustion() {
-                entry.backend.record_failure();
-                pool.record_traffic(entry.backend.index, false);
-            }
-        })
+    connect(
+        &entry.backend,
+        entry.address,
+        pool.snapshot().config.connect_timeout,
+        tls,
+    )
+    .await
+    .inspect_err(|e| {
+        if !e.is_exhaustion() {
+            entry.backend.record_failure();
+            pool.record_traffic(&entry.backend, false);
+        }
+    })
 }
 
 /// Opens a new connection; with `tls`, the handshake is done too, within the same `timeout`.
@@ -150,7 +154,7 @@ pub async fn connect(
 ) -> Result<Upstream, ConnectError> {
     let generation = backend.idle_generation();
     let deadline = Instant::now() + timeout;
-    let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(address)).await {
+    let tcp = match tokio::time::timeout_at(deadline, crate::descriptors::connect(address)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(ConnectError::Io(address, e)),
         Err(_) => return Err(ConnectError::Timeout(address, timeout)),

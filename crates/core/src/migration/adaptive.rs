@@ -91,10 +91,12 @@ impl Registry {
         let progress = record.progress.clone()?;
         let resumed_quiescing = record.quiesce_started_at.is_some();
         let controller = match self.controllers.get_mut(vm) {
-            Some((migration, controller)) if *migration == id => controller,
+            Some((migration, controller)) if *migration == id && *controller.policy() == settings => {
+                controller
+            }
             _ => {
-                // A new migration, or a restart in the middle of one: go on from the level the
-                // balancers hold.
+                // A new migration, a restart in the middle of one, or settings a reload changed:
+                // go on from the level the balancers hold.
                 let controller =
                     Controller::resume(settings, now, current.unwrap_or(Level::FULL), resumed_quiescing);
                 self.controllers.insert(vm.clone(), (id, controller));
@@ -297,6 +299,29 @@ mod tests {
             reg.apply(a, Notice::Started, 1_000, NoticeOptions::default()),
             Ok(Outcome::Applied(_))
         ));
+    }
+
+    #[test]
+    fn settings_a_reload_changes_mid_migration_take_effect_at_the_next_step() {
+        let mut reg = registry(adaptive(false));
+        let a = vm("vm-a");
+        migrating(&mut reg, &a);
+        reg.record_progress(&a, progress(90, 8.0, 2_000));
+        let lowered = match reg.adapt(&a, 2_000).expect("the level fell").command {
+            PhaseCommand::Drain { level, .. } => level,
+            other => panic!("expected a drain, got {other:?}"),
+        };
+        // The reload turns quiescence on; the copy is near its end.
+        reg.set_topology(registry(adaptive(true)).topology);
+        reg.record_progress(&a, progress(1, 0.1, 3_000));
+        reg.adapt(&a, 3_000);
+        let status = reg.adaptive_status(&a).unwrap();
+        assert!(status.settings.quiesce, "{status:?}");
+        assert!(
+            status.quiescing,
+            "the new settings are the controller's: {status:?}"
+        );
+        assert!(reg.vm(&a).unwrap().level < lowered);
     }
 
     #[test]

@@ -234,13 +234,21 @@ impl NginxBalancer {
     }
 }
 
+/// Replaces `path` whole: written to a temporary file beside it and synced, renamed over it, and
+/// the directory synced, so nginx never reads half a file and a crash leaves the old or the new one.
 fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension("handover-tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(tmp, path)
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 impl Balancer for NginxBalancer {
@@ -362,3 +370,7 @@ impl Balancer for NginxBalancer {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "nginx_tests.rs"]
+mod tests;

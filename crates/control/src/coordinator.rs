@@ -58,6 +58,8 @@ use crate::stats::Stats;
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 /// A run-loop iteration this late means the process was frozen (it wakes at least every second).
 const FROZEN: Duration = Duration::from_secs(3);
+/// Longest an adaptive level's write to the fleet (etcd) holds the VM's notices back.
+const LEVEL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest wait for drained a caller may ask for.
 pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Shortest deadline a notice may set: below it no migration could end in time, and the balancers'
@@ -326,10 +328,18 @@ impl Coordinator {
                 PhaseCommand::Drain { level, .. } => level,
                 _ => None,
             };
-            if let (Some(fleet), Some(level)) = (self.fleet.get(), level)
-                && let Err(reason) = fleet.publish_level(vm, level).await
-            {
-                warn!(%vm, %reason, "cannot write the adaptive level to the fleet; the other nodes keep the last one");
+            if let (Some(fleet), Some(level)) = (self.fleet.get(), level) {
+                // Bounded: the VM's notices wait behind this lock. A write that comes too late
+                // cannot undo a newer one (it is a compare-and-swap on the notice's generation).
+                let written = tokio::time::timeout(LEVEL_WRITE_TIMEOUT, fleet.publish_level(vm, level)).await;
+                let failed = match written {
+                    Ok(Ok(())) => None,
+                    Ok(Err(reason)) => Some(reason),
+                    Err(_) => Some(format!("no answer within {LEVEL_WRITE_TIMEOUT:?}")),
+                };
+                if let Some(reason) = failed {
+                    warn!(%vm, %reason, "cannot write the adaptive level to the fleet; the other nodes keep the last one until the next change");
+                }
             }
         }
         drop(serial);

@@ -35,8 +35,8 @@ use handover_core::api::{
 use handover_core::balancer::BalancerError;
 use handover_core::config::Config;
 use handover_core::migration::{
-    MigrationProgress, MigrationRecord, NoticeError, NoticeOptions, Outcome, Registry, RegistryDefaults,
-    RegistrySnapshot, Topology, Transition, VmUndo,
+    AdaptiveStatus, MigrationProgress, MigrationRecord, NoticeError, NoticeOptions, Outcome, Registry,
+    RegistryDefaults, RegistrySnapshot, Topology, Transition, VmUndo,
 };
 use handover_core::model::VmId;
 use handover_core::phase::{MAX_DEADLINE_MS, Notice, Phase, PhaseCommand, Readdress, VmState};
@@ -58,6 +58,8 @@ use crate::stats::Stats;
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 /// A run-loop iteration this late means the process was frozen (it wakes at least every second).
 const FROZEN: Duration = Duration::from_secs(3);
+/// Longest an adaptive level's write to the fleet (etcd) holds the VM's notices back.
+const LEVEL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest wait for drained a caller may ask for.
 pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Shortest deadline a notice may set: below it no migration could end in time, and the balancers'
@@ -203,6 +205,8 @@ pub struct Coordinator {
     durable: OnceLock<Arc<dyn Durable>>,
     drain_timeout: Duration,
     thresholds: Mutex<HashMap<VmId, u64>>,
+    /// The threshold a prepare asked for, which quiescence uses too.
+    prepare_thresholds: Mutex<HashMap<VmId, u64>>,
     wake: Notify,
     stats: Mutex<Stats>,
     /// In fleet mode: takes notices instead of the fan-out (see [`crate::fleet`]).
@@ -237,6 +241,7 @@ impl Coordinator {
             durable: OnceLock::new(),
             drain_timeout: config.migration.drain_timeout,
             thresholds: Mutex::new(thresholds),
+            prepare_thresholds: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             stats: Mutex::new(Stats::default()),
             fleet: std::sync::OnceLock::new(),
@@ -288,9 +293,135 @@ impl Coordinator {
         self.book.lock().registry.history().cloned().collect()
     }
 
-    /// Records hypervisor progress on a VM's current migration.
-    pub fn record_progress(&self, vm: &VmId, progress: MigrationProgress) -> bool {
-        self.book.lock().registry.record_progress(vm, progress)
+    /// Records hypervisor progress on a VM's current migration, and steps its adaptive drain under
+    /// the VM's lock (in order with its notices): a new level is saved, then told to every balancer
+    /// the VM's changes reach (peers included, or the fleet through etcd) as a drain command
+    /// carrying it. While the VM quiesces, every balancer is asked how much still reaches it (see
+    /// [`Coordinator::in_flight`]), and the first time that is at most the drained threshold, the
+    /// VM is quiesced. False when the VM has no migration.
+    pub async fn record_progress(&self, vm: &VmId, progress: MigrationProgress) -> bool {
+        if !self.book.lock().registry.record_progress(vm, progress) {
+            return false;
+        }
+        let serial = self.notices.lock(vm).await;
+        let now = self.clock.now_ms();
+        let adapted = {
+            let mut book = self.book.lock();
+            book.registry.adapt(vm, now).map(|transition| {
+                let seq = book.bump(vm);
+                let changed_at = book.changed_at(vm);
+                let status = book.registry.adaptive_status(vm);
+                (delivery_of(&transition, seq, changed_at), transition, status)
+            })
+        };
+        if let Some((delivery, transition, status)) = adapted {
+            if let Err(reason) = self.persist().await {
+                // The level is told anyway: it only ever lowers or restores a share, and the
+                // balancers' own deadline still bounds it.
+                error!(%vm, %reason, "cannot save the state file after an adaptive step");
+            }
+            if let Some(status) = &status {
+                info!(%vm, level = %status.latest.level, decision = %status.latest.decision, lambda = ?status.latest.lambda, "adaptive drain changed the level");
+            }
+            self.deliver(&delivery).await;
+            let level = match transition.command {
+                PhaseCommand::Drain { level, .. } => level,
+                _ => None,
+            };
+            if let (Some(fleet), Some(level)) = (self.fleet.get(), level) {
+                // Bounded: the VM's notices wait behind this lock. A write that comes too late
+                // cannot undo a newer one (it is a compare-and-swap on the notice's generation).
+                let written = tokio::time::timeout(LEVEL_WRITE_TIMEOUT, fleet.publish_level(vm, level)).await;
+                let failed = match written {
+                    Ok(Ok(())) => None,
+                    Ok(Err(reason)) => Some(reason),
+                    Err(_) => Some(format!("no answer within {LEVEL_WRITE_TIMEOUT:?}")),
+                };
+                if let Some(reason) = failed {
+                    warn!(%vm, %reason, "cannot write the adaptive level to the fleet; the other nodes keep the last one until the next change");
+                }
+            }
+        }
+        drop(serial);
+        let (quiescing, quiesced) = {
+            let book = self.book.lock();
+            (
+                book.registry.quiescing(vm),
+                book.registry
+                    .adaptive_status(vm)
+                    .is_some_and(|s| s.quiesced_at.is_some()),
+            )
+        };
+        if quiescing && !quiesced {
+            let threshold = self
+                .prepare_thresholds
+                .lock()
+                .get(vm)
+                .copied()
+                .or_else(|| self.thresholds.lock().get(vm).copied())
+                .unwrap_or(0);
+            let Some(active) = self.in_flight(vm).await else {
+                // A balancer that serves the VM cannot be seen: its traffic is unknown, so the
+                // VM is not called quiesced (`handover migrate`'s hold ends at its bound).
+                return true;
+            };
+            let now = self.clock.now_ms();
+            if self
+                .book
+                .lock()
+                .registry
+                .record_in_flight(vm, now, active, threshold)
+            {
+                info!(%vm, active, threshold, "quiesced: nothing left in flight to the VM");
+            }
+        }
+        true
+    }
+
+    /// What still reaches a VM through every balancer (and, in a fleet, the other nodes, as their
+    /// acknowledgements say), for quiescence. A balancer known to hang is not asked (as in the
+    /// wait for drained); `None` when one known to serve the VM cannot be seen, or the fleet's
+    /// acknowledgements cannot be read.
+    async fn in_flight(&self, vm: &VmId) -> Option<u64> {
+        let slots = self.slots();
+        let mut unseen = false;
+        let mut asked = Vec::new();
+        for index in 0..slots.len() {
+            if self.balancers.hung_since(index).is_some() {
+                unseen |= self.balancers.serves_known(index, vm) == Some(true);
+            } else {
+                asked.push(index);
+            }
+        }
+        let refs: Vec<&BalancerSlot> = asked.iter().map(|i| &slots[*i]).collect();
+        let mut active = 0;
+        for (index, status) in asked.iter().zip(fanout::drain_all(&refs, vm).await) {
+            match status {
+                Ok(s) if s.serves => active += s.active,
+                Ok(_) => {}
+                // A balancer that answers that it cannot tell (nginx) is left out.
+                Err(BalancerError::Rejected(_)) => {}
+                Err(_) => unseen |= self.balancers.serves_known(*index, vm) == Some(true),
+            }
+        }
+        if unseen {
+            return None;
+        }
+        if let Some(fleet) = self.fleet.get() {
+            match fleet.in_flight_elsewhere(vm).await {
+                Ok(elsewhere) => active += elsewhere,
+                Err(reason) => {
+                    warn!(%vm, %reason, "cannot read the fleet's in-flight; quiescence not judged now");
+                    return None;
+                }
+            }
+        }
+        Some(active)
+    }
+
+    /// Where a VM's adaptive drain stands (its current or last migration).
+    pub fn adaptive_status(&self, vm: &VmId) -> Option<AdaptiveStatus> {
+        self.book.lock().registry.adaptive_status(vm)
     }
 
     /// The phase of every VM the registry knows, as a peer fetches it when it starts.
@@ -389,6 +520,9 @@ impl Coordinator {
         request: &NoticeRequest,
     ) -> Result<NoticeResponse, CoordinatorError> {
         let options = self.validate(request)?;
+        if let (Notice::Prepare, Some(threshold)) = (request.phase, request.threshold) {
+            self.prepare_thresholds.lock().insert(vm.clone(), threshold);
+        }
         if let Some(fleet) = self.fleet.get() {
             // Fleet mode: etcd decides, and every serving node's watcher applies it (this one's
             // through [`Coordinator::adopt`]).

@@ -4,6 +4,7 @@
 //! coordinator's own fan-out then only tells local balancers (there are no `[[peers]]`). The
 //! fleet's metrics reach `/metrics` as an [`ApiState`](crate::api::ApiState) metric source.
 
+use handover_core::adaptive::Level;
 use handover_core::api::fleet::FleetView;
 use handover_core::api::{BackendChange, NoticeRequest, NoticeResponse};
 use handover_core::balancer::BoxFuture;
@@ -19,6 +20,14 @@ pub trait FleetHook: Send + Sync {
         vm: &'a VmId,
         request: &'a NoticeRequest,
     ) -> BoxFuture<'a, Result<NoticeResponse, CoordinatorError>>;
+
+    /// Writes the adaptive drain's level this node's controller chose for a draining or migrating
+    /// VM into the fleet, so every serving node applies it.
+    fn publish_level<'a>(&'a self, vm: &'a VmId, level: Level) -> BoxFuture<'a, Result<(), String>>;
+
+    /// Connections and requests still reaching a VM through the other nodes of the fleet (for
+    /// quiescence), as their acknowledgements say.
+    fn in_flight_elsewhere<'a>(&'a self, vm: &'a VmId) -> BoxFuture<'a, Result<u64, String>>;
 
     /// The fleet as etcd holds it (`GET /v1/fleet`, `handover fleet`), as JSON.
     fn view(&self) -> BoxFuture<'_, Result<FleetView, String>>;

@@ -177,6 +177,7 @@ pub fn render(input: &MetricsInput<'_>) -> String {
         );
     }
     progress_metrics(&mut out, input);
+    adaptive_metrics(&mut out, input);
 
     family(
         &mut out,
@@ -308,6 +309,59 @@ fn progress_metrics(out: &mut String, input: &MetricsInput<'_>) {
                 .and_then(|id| input.history.iter().rev().find(|r| r.id == id))
                 .and_then(|r| r.progress.as_ref());
             if let Some(value) = progress.and_then(get) {
+                sample(out, name, &[("vm", vm.as_str())], value);
+            }
+        }
+    }
+}
+
+/// Per VM whose migration runs with an adaptive drain or quiescence: the controller's latest step.
+fn adaptive_metrics(out: &mut String, input: &MetricsInput<'_>) {
+    type Getter = fn(&handover_core::migration::MigrationRecord) -> Option<f64>;
+    let gauges: [(&str, &str, Getter); 5] = [
+        (
+            "handover_migration_adaptive_level",
+            "Fraction of its drain target the migrating VM keeps, as the adaptive controller chose it.",
+            |r| r.adaptive.last().map(|e| e.level.get()),
+        ),
+        (
+            "handover_migration_adaptive_lambda",
+            "Dirty rate over copy bandwidth at the chosen level, as the controller estimates it.",
+            |r| r.adaptive.last().and_then(|e| e.lambda),
+        ),
+        (
+            "handover_migration_switchover_forecast_seconds",
+            "Time to the switchover the controller forecasts.",
+            |r| {
+                r.adaptive
+                    .last()
+                    .and_then(|e| e.switchover_in_ms)
+                    .map(|ms| ms as f64 / 1000.0)
+            },
+        ),
+        (
+            "handover_migration_quiescing",
+            "1 while the VM gets no new work ahead of its switchover.",
+            |r| (!r.adaptive.is_empty()).then_some(f64::from(u8::from(r.quiesce_started_at.is_some()))),
+        ),
+        (
+            "handover_migration_switchover_held",
+            "1 while handover migrate holds QEMU's switchover for quiescence.",
+            |r| {
+                (!r.adaptive.is_empty()).then_some(f64::from(u8::from(
+                    r.hold_started_at.is_some() && r.hold_ended_at.is_none(),
+                )))
+            },
+        ),
+    ];
+    for (name, help, get) in gauges {
+        family(out, name, "gauge", help);
+        for (vm, state) in input.vms {
+            let running = state
+                .migration
+                .and_then(|id| input.history.iter().rev().find(|r| r.id == id))
+                .filter(|r| r.ended_at.is_none());
+            if let Some(value) = running.and_then(get) {
                 sample(out, name, &[("vm", vm.as_str())], value);
             }
         }

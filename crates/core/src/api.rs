@@ -57,6 +57,18 @@ impl NoticeRequest {
     }
 }
 
+/// Reply of `PUT /v1/vms/{vm}/migration/progress`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressReply {
+    /// The progress was recorded on the VM's migration.
+    pub recorded: bool,
+    /// Where the VM's adaptive drain stands, for a VM whose pools adapt or quiesce (after its
+    /// controller's first step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<crate::migration::AdaptiveStatus>,
+}
+
 /// What one balancer did with a notice.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -330,6 +342,10 @@ pub struct VmView {
     /// Hypervisor progress of the current or last migration, when a source reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<MigrationProgress>,
+    /// Where its adaptive drain stands (level, decision, λ, quiescence), when a pool of the VM
+    /// adapts or quiesces and its current or last migration had a step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<crate::migration::AdaptiveStatus>,
     /// Its local backends.
     pub backends: Vec<VmBackendView>,
 }

@@ -50,6 +50,7 @@ pub fn effect(policies: Policies<'_>, command: PhaseCommand, since_ms: u64) -> E
             elapsed_ms,
             migrating,
             deadline_in_ms,
+            level,
         } => {
             if since_ms >= deadline_in_ms.saturating_add(LOCAL_DEADLINE_GRACE_MS) {
                 // Nobody ended this migration: restore as the policy says for a missed deadline.
@@ -58,7 +59,9 @@ pub fn effect(policies: Policies<'_>, command: PhaseCommand, since_ms: u64) -> E
             }
             Effect {
                 state: WeightState::Draining {
-                    share: policies.drain.share_at(elapsed_ms.saturating_add(since_ms)),
+                    share: policies
+                        .drain
+                        .share_with(elapsed_ms.saturating_add(since_ms), level),
                 },
                 phase: if migrating {
                     Phase::Migrating
@@ -97,10 +100,12 @@ pub fn aged(command: PhaseCommand, by: u64) -> PhaseCommand {
             elapsed_ms,
             migrating,
             deadline_in_ms,
+            level,
         } => PhaseCommand::Drain {
             elapsed_ms: elapsed_ms.saturating_add(by),
             migrating,
             deadline_in_ms: deadline_in_ms.saturating_sub(by),
+            level,
         },
         PhaseCommand::Ramp { elapsed_ms, reason } => PhaseCommand::Ramp {
             elapsed_ms: elapsed_ms.saturating_add(by),
@@ -115,6 +120,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::adaptive::{AdaptiveDrain, Level};
     use crate::model::{DrainShape, Keep};
 
     fn policies<'a>(drain: &'a DrainPolicy, ramp: &'a RampPolicy, restore: RestoreMode) -> Policies<'a> {
@@ -133,6 +139,7 @@ mod tests {
             elapsed_ms: 0,
             migrating: true,
             deadline_in_ms: 5_000,
+            level: None,
         };
         assert_eq!(effect(p, command, 5_999).phase, Phase::Migrating);
         let restored = effect(p, command, 6_000);
@@ -147,6 +154,7 @@ mod tests {
             shape: DrainShape::Linear,
             window: Duration::from_secs(10),
             keep: Keep::Connections,
+            adaptive: AdaptiveDrain::default(),
             long_lived_close_after: None,
         };
         let ramp = RampPolicy::default();
@@ -155,8 +163,40 @@ mod tests {
             elapsed_ms: 5_000,
             migrating: false,
             deadline_in_ms: 60_000,
+            level: None,
         };
         assert_eq!(effect(p, command, 0).state, WeightState::Draining { share: 0.5 });
+    }
+
+    #[test]
+    fn an_adaptive_drain_applies_the_commanded_level_and_never_exceeds_its_target() {
+        let drain = DrainPolicy {
+            target: 0.5,
+            adaptive: AdaptiveDrain {
+                enabled: true,
+                ..AdaptiveDrain::default()
+            },
+            ..DrainPolicy::default()
+        };
+        let ramp = RampPolicy::default();
+        let p = policies(&drain, &ramp, RestoreMode::Ramp);
+        let drain_at = |level| PhaseCommand::Drain {
+            elapsed_ms: 0,
+            migrating: true,
+            deadline_in_ms: 60_000,
+            level,
+        };
+        for (level, share) in [
+            (None, 0.5),
+            (Some(Level::FULL), 0.5),
+            (Some(Level::new(0.2)), 0.1),
+            (Some(Level::ZERO), 0.0),
+        ] {
+            assert_eq!(
+                effect(p, drain_at(level), 0).state,
+                WeightState::Draining { share }
+            );
+        }
     }
 
     #[test]
@@ -183,13 +223,15 @@ mod tests {
             elapsed_ms: 100,
             migrating: false,
             deadline_in_ms: 1_000,
+            level: Some(Level::new(0.5)),
         };
         assert_eq!(
             aged(command, 300),
             PhaseCommand::Drain {
                 elapsed_ms: 400,
                 migrating: false,
-                deadline_in_ms: 700
+                deadline_in_ms: 700,
+                level: Some(Level::new(0.5)),
             }
         );
     }

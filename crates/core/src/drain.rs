@@ -3,12 +3,15 @@
 //! `target` is a share of the VM's **normal share** of new connections (L4) or requests (L7):
 //! 0.0 sends it nothing new, 0.25 sends it a quarter of what it got before the notice. The weight
 //! that produces this share depends on the other backends' weights; `weights.rs` solves for it.
-//! Existing connections are never touched by a drain; `keep` says what else keeps flowing.
+//! Existing connections are never touched by a drain; `keep` says what else keeps flowing. With
+//! `adaptive` or `quiesce` on, the share is further scaled by the level the controller chose
+//! ([`crate::adaptive`]), carried in the drain command.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::adaptive::{AdaptiveDrain, Level};
 use crate::model::{DrainShape, Keep};
 use crate::time::{Millis, millis};
 
@@ -24,6 +27,9 @@ pub struct DrainPolicy {
     pub window: Duration,
     /// What existing traffic keeps going to the VM.
     pub keep: Keep,
+    /// Adaptive drain and switchover quiescence (off by default).
+    #[serde(default)]
+    pub adaptive: AdaptiveDrain,
     /// Opt-in: this long after the drain began, long-lived work still open to the VM (WebSocket
     /// tunnels, L4 connections, idle HTTP/1.1 and HTTP/2 upstream connections) is closed in the
     /// least harmful way its protocol has, so that clients reconnect elsewhere before the
@@ -39,6 +45,7 @@ impl Default for DrainPolicy {
             shape: DrainShape::Step,
             window: Duration::ZERO,
             keep: Keep::Connections,
+            adaptive: AdaptiveDrain::default(),
             long_lived_close_after: None,
         }
     }
@@ -64,6 +71,17 @@ impl DrainPolicy {
         }
     }
 
+    /// The share `elapsed_ms` after the drain began under the controller's `level`: scaled by it
+    /// when this policy is adaptive or quiesces, the plain share otherwise. Always in `[0, target]`
+    /// once the shape's window passed.
+    pub fn share_with(&self, elapsed_ms: Millis, level: Option<Level>) -> f64 {
+        let share = self.share_at(elapsed_ms);
+        match level {
+            Some(level) if self.adaptive.is_active() => share * level.get(),
+            _ => share,
+        }
+    }
+
     /// Whether the share still changes after `elapsed_ms` (so weights must be recomputed later).
     pub fn is_moving_at(&self, elapsed_ms: Millis) -> bool {
         self.shape == DrainShape::Linear && elapsed_ms < millis(self.window)
@@ -80,6 +98,7 @@ mod tests {
             shape: DrainShape::Linear,
             window: Duration::from_millis(window_ms),
             keep: Keep::Connections,
+            adaptive: AdaptiveDrain::default(),
             long_lived_close_after: None,
         }
     }
@@ -104,6 +123,19 @@ mod tests {
         assert_eq!(policy.share_at(5000), 0.0);
         assert!(policy.is_moving_at(999));
         assert!(!policy.is_moving_at(1000));
+    }
+
+    #[test]
+    fn the_level_scales_an_adaptive_drain_and_is_ignored_otherwise() {
+        let mut policy = DrainPolicy {
+            target: 0.5,
+            ..DrainPolicy::default()
+        };
+        assert_eq!(policy.share_with(0, Some(Level::new(0.5))), 0.5);
+        policy.adaptive.enabled = true;
+        assert_eq!(policy.share_with(0, Some(Level::new(0.5))), 0.25);
+        assert_eq!(policy.share_with(0, Some(Level::ZERO)), 0.0);
+        assert_eq!(policy.share_with(0, None), 0.5);
     }
 
     #[test]

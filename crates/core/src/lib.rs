@@ -5,6 +5,8 @@
 //! - [`model`]: VMs, backends, pools, listeners, and the enums that name policies.
 //! - [`config`]: the TOML configuration, validated as a whole, with field paths and lines in errors.
 //! - [`drain`] and [`ramp`]: how a VM's share of new work falls before a migration and rises after.
+//! - [`adaptive`]: the closed loop from a migration's progress to the VM's share while it migrates,
+//!   and switchover quiescence.
 //! - [`health`]: active and passive health with tolerance of a migration's blackout.
 //! - [`weights`]: solves the effective weight of every backend of a pool from the VMs' phases.
 //! - [`selection`]: the selection algorithms (smooth weighted round robin, least connections, P2C).
@@ -17,6 +19,7 @@
 //! - [`time`] and [`units`]: milliseconds and human durations, byte quantities.
 //! - `openapi` (feature `openapi`): schemas of the API values the `ToSchema` derive cannot describe.
 
+pub mod adaptive;
 pub mod api;
 pub mod balancer;
 pub mod command;

@@ -14,6 +14,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::adaptive::Level;
 use crate::time::Millis;
 
 /// A notice about a VM's migration, from the API, the CLI or an event source.
@@ -169,6 +170,11 @@ pub enum PhaseCommand {
         /// (1 to [`MAX_DEADLINE_MS`], 7 days).
         #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 604_800_000))]
         deadline_in_ms: u64,
+        /// The adaptive controller's level: the fraction of each pool's drain target the VM keeps
+        /// (pools whose drain is adaptive or quiesces apply it; others ignore it). Absent: the
+        /// target itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        level: Option<Level>,
     },
     /// Bring the VM back per each pool's ramp (or at once where `restore = "immediate"` and the
     /// migration did not complete).
@@ -191,6 +197,7 @@ struct PhaseCommandFields {
     elapsed_ms: Option<u64>,
     migrating: Option<bool>,
     deadline_in_ms: Option<u64>,
+    level: Option<Level>,
     reason: Option<EndReason>,
 }
 
@@ -214,6 +221,7 @@ impl<'de> Deserialize<'de> for PhaseCommand {
                 elapsed_ms: required(fields.elapsed_ms, "elapsed_ms")?,
                 migrating: required(fields.migrating, "migrating")?,
                 deadline_in_ms: required(fields.deadline_in_ms, "deadline_in_ms")?,
+                level: fields.level,
             },
             Action::Ramp => PhaseCommand::Ramp {
                 elapsed_ms: required(fields.elapsed_ms, "elapsed_ms")?,
@@ -333,6 +341,9 @@ pub struct VmState {
     pub ramp_started_at: Option<Millis>,
     /// When the ramp ends (ramping only).
     pub ramp_until: Option<Millis>,
+    /// The adaptive controller's level (draining and migrating, when a pool of the VM adapts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<Level>,
     /// Why the last migration ended (ramping only).
     pub end_reason: Option<EndReason>,
     /// Id of the current or last migration.
@@ -358,6 +369,7 @@ impl VmState {
             deadline_at: None,
             ramp_started_at: None,
             ramp_until: None,
+            level: None,
             end_reason: None,
             migration: None,
             queued_since: None,
@@ -375,6 +387,7 @@ impl VmState {
                 // Never 0: a peer refuses a drain with no time left (the deadline's own transition
                 // follows within the registry's next tick).
                 deadline_in_ms: self.deadline_at.map_or(1, |d| d.saturating_sub(now).max(1)),
+                level: self.level,
             },
             Phase::Ramping => PhaseCommand::Ramp {
                 elapsed_ms: now.saturating_sub(self.ramp_started_at.unwrap_or(self.since)),
@@ -396,6 +409,13 @@ mod tests {
                 elapsed_ms: 1500,
                 migrating: true,
                 deadline_in_ms: 600_000,
+                level: None,
+            },
+            PhaseCommand::Drain {
+                elapsed_ms: 0,
+                migrating: false,
+                deadline_in_ms: 1,
+                level: Some(Level::new(0.4)),
             },
             PhaseCommand::Ramp {
                 elapsed_ms: 20,
@@ -418,6 +438,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.starts_with("missing field `reason`"), "{error}");
+        let error = serde_json::from_str::<PhaseCommand>(
+            r#"{"action":"drain","elapsed_ms":1,"migrating":true,"deadline_in_ms":9,"level":1.5}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("level 1.5 is out of range"), "{error}");
     }
 
     #[test]
@@ -456,6 +482,7 @@ mod tests {
             elapsed_ms: 5,
             migrating: true,
             deadline_in_ms: 100,
+            level: None,
         };
         let json = serde_json::to_string(&command).unwrap();
         assert_eq!(
@@ -463,6 +490,27 @@ mod tests {
             r#"{"action":"drain","elapsed_ms":5,"migrating":true,"deadline_in_ms":100}"#
         );
         assert_eq!(serde_json::from_str::<PhaseCommand>(&json).unwrap(), command);
+        let adaptive = PhaseCommand::Drain {
+            elapsed_ms: 5,
+            migrating: true,
+            deadline_in_ms: 100,
+            level: Some(Level::new(0.25)),
+        };
+        let json = serde_json::to_string(&adaptive).unwrap();
+        assert_eq!(
+            json,
+            r#"{"action":"drain","elapsed_ms":5,"migrating":true,"deadline_in_ms":100,"level":0.25}"#
+        );
+        assert_eq!(serde_json::from_str::<PhaseCommand>(&json).unwrap(), adaptive);
+    }
+
+    #[test]
+    fn a_drain_command_with_a_level_out_of_range_is_refused() {
+        let json = r#"{"action":"drain","elapsed_ms":5,"migrating":true,"deadline_in_ms":100,"level":1.5}"#;
+        let error = serde_json::from_str::<PhaseCommand>(json)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("out of range"), "{error}");
     }
 
     #[test]
@@ -471,6 +519,7 @@ mod tests {
             elapsed_ms: 0,
             migrating: false,
             deadline_in_ms,
+            level: None,
         };
         assert_eq!(drain(0).validate().unwrap_err().0, "deadline_in_ms");
         assert!(drain(u64::MAX).validate().unwrap_err().1.contains("out of range"));
@@ -491,7 +540,8 @@ mod tests {
             PhaseCommand::Drain {
                 elapsed_ms: 500,
                 migrating: false,
-                deadline_in_ms: 3500
+                deadline_in_ms: 3500,
+                level: None,
             }
         );
     }

@@ -63,6 +63,9 @@ fn registry(
                 deadline: Duration::from_millis(p.deadline_ms),
                 ramp_window: Duration::from_millis(p.ramp_ms),
                 restore: p.restore,
+                // The fleet decides phases; a level comes with the state the node running the
+                // VM's controller writes.
+                adaptive: Default::default(),
             })
         })
         .collect();

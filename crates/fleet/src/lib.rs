@@ -15,10 +15,12 @@
 //! - [`decide`]: a notice's effect on the fleet-wide state (pure, with `core`'s registry).
 //! - [`node`]: this node's registration and lease; `watcher`: list-then-watch and
 //!   acknowledgements; `timers`: deadlines and ramp ends written to etcd; `notifier`: a notice
-//!   from commit to the last acknowledgement; [`view`]: `handover fleet`.
+//!   from commit to the last acknowledgement; `adaptive`: the adaptive drain's level written into a
+//!   notice, and the other nodes' in-flight for quiescence; [`view`]: `handover fleet`.
 //! - [`local`]: the node's own balancers as the fleet sees them; [`stats`]: `/metrics`.
 //! - [`backends`]: backends set through the API, shared through etcd and applied on every node.
 
+mod adaptive;
 pub mod backends;
 pub mod decide;
 pub mod etcd;

@@ -49,6 +49,7 @@ impl FleetNode {
                 by: record.by,
                 at: record.at,
                 deadline_at: record.state.deadline_at,
+                level: record.state.level,
             });
         }
         let mut nodes = Vec::new();

@@ -109,6 +109,10 @@ pub struct MigrateArgs {
     /// Restore the VM if the migration gives no news for this long (overrides the pools' deadline).
     #[arg(long, value_parser = duration)]
     pub deadline: Option<Duration>,
+    /// Never hold QEMU's switchover for quiescence (by default it is held, at most the pool's
+    /// `quiesce_hold`, while requests to a quiescing VM are still in flight).
+    #[arg(long)]
+    pub no_hold: bool,
     /// The control API.
     #[command(flatten)]
     pub control: ControlArgs,
@@ -166,6 +170,40 @@ pub enum TestbedCommand {
     /// Measures the guest's dirty rate (QEMU calc-dirty-rate) against request rate and idle
     /// migrations, fits the simulator to them and sets its predictions beside a benchmark's results.
     Calibrate(TestbedCalibrateArgs),
+    /// Measures ways of holding QEMU's switchover (for quiescence): vm-a migrated under load with
+    /// each mechanism applied from the end of its first pass for a fixed time; whether the
+    /// switchover waited, and what the hold cost against no hold.
+    Hold(TestbedHoldArgs),
+}
+
+/// Arguments of `handover testbed hold`.
+#[derive(Debug, clap::Args)]
+pub struct TestbedHoldArgs {
+    /// Where and how big.
+    #[command(flatten)]
+    pub place: TestbedPlace,
+    /// Mechanisms: none, downtime-0, threshold, threshold-crawl, handover (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "none,downtime-0,threshold,threshold-crawl,handover"
+    )]
+    pub mechanisms: Vec<String>,
+    /// Repetitions of each.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repetitions: u32,
+    /// Requests per second straight to vm-a.
+    #[arg(long, default_value_t = 5.0)]
+    pub rate: f64,
+    /// KiB of guest memory each request rewrites.
+    #[arg(long, default_value_t = 1024)]
+    pub kib: u32,
+    /// Copy bandwidth cap, MiB/s.
+    #[arg(long, default_value_t = 12.0)]
+    pub bandwidth: f64,
+    /// How long to hold, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    pub hold: f64,
 }
 
 /// Arguments of `handover testbed calibrate`.
@@ -232,11 +270,12 @@ pub struct TestbedBenchArgs {
     /// Copy bandwidth caps in MiB/s, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1024.0, 12.0])]
     pub bandwidths: Vec<f64>,
-    /// Policies: unaware, drain, reduce-0.25, drain-ramp, haproxy (comma-separated).
+    /// Policies: unaware, drain, reduce-0.25, drain-ramp, haproxy, adaptive, adaptive-quiesce
+    /// (comma-separated).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "unaware,drain,reduce-0.25,drain-ramp,haproxy"
+        default_value = "unaware,drain,reduce-0.25,drain-ramp,haproxy,adaptive,adaptive-quiesce"
     )]
     pub policies: Vec<String>,
     /// Repetitions per point and policy.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use handover_control::{Coordinator, CoordinatorError, FleetHook};
+use handover_core::adaptive::Level;
 use handover_core::api::{BackendChange, BalancerResult, DrainStatus, NoticeRequest, NoticeResponse};
 use handover_core::balancer::BoxFuture;
 use handover_core::config::{Config, FleetConfig, valid_node_name};
@@ -57,6 +58,20 @@ impl FleetHook for Hook {
                 e @ NoticeFailure::Unavailable(_) => CoordinatorError::Unavailable(e.to_string()),
             })
         })
+    }
+
+    fn publish_level<'a>(&'a self, vm: &'a VmId, level: Level) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .publish_level(vm, level)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn in_flight_elsewhere<'a>(&'a self, vm: &'a VmId) -> BoxFuture<'a, Result<u64, String>> {
+        Box::pin(async move { self.0.in_flight_elsewhere(vm).await.map_err(|e| e.to_string()) })
     }
 
     fn view(&self) -> BoxFuture<'_, Result<FleetView, String>> {
@@ -245,6 +260,7 @@ fn table(view: &FleetView) -> String {
             "GENERATION".into(),
             "BY".into(),
             "DEADLINE".into(),
+            "LEVEL".into(),
         ]];
         for n in &view.notices {
             rows.push([
@@ -256,6 +272,7 @@ fn table(view: &FleetView) -> String {
                 n.deadline_at.map_or("-".into(), |d| {
                     format!("in {} s", d.saturating_sub(handover_fleet::node::now_ms()) / 1000)
                 }),
+                n.level.map_or("-".into(), |l| l.to_string()),
             ]);
         }
         out.push_str(&render(&rows));

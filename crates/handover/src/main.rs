@@ -10,6 +10,7 @@ mod handoff;
 mod libvirt_hook;
 mod migrate;
 mod notify;
+mod quiesce;
 mod reload;
 mod run;
 mod server;

@@ -2,7 +2,8 @@
 //! `prepare` and waits until every balancer drained the VM (bounded by `--drain-timeout`), and only
 //! then issues QMP `migrate`; it follows the migration with a progress bar, reports progress to
 //! handover, and sends `completed`, `failed` or `cancelled` at the end. Ctrl-C (or SIGTERM) cancels
-//! the QEMU migration and restores the VM.
+//! the QEMU migration and restores the VM. For a VM whose drain adapts or quiesces it also probes
+//! the guest's dirty rate and holds the switchover for quiescence ([`crate::quiesce`]).
 
 use std::io::IsTerminal;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,16 +19,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::cli::MigrateArgs;
+use crate::quiesce::{self, Adaptive};
 use crate::status::describe_progress;
 use crate::{EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_QUEUED};
 
 /// How often `query-migrate` is polled.
 const POLL: Duration = Duration::from_millis(250);
+/// How often while the switchover is held for quiescence.
+const HELD_POLL: Duration = Duration::from_millis(50);
 /// How long to wait for QEMU to confirm a cancel.
 const CANCEL_WAIT: Duration = Duration::from_secs(30);
 
 /// Prints one step with a UTC wall-clock timestamp (the same clock as QMP event timestamps).
-fn step(text: &str) {
+pub(crate) fn step(text: &str) {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let ms = now.as_millis() as u64;
     let day_ms = ms % 86_400_000;
@@ -136,6 +140,11 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<u8> {
         None => {}
     }
 
+    let mut adaptive = Adaptive::start(&control, &vm, &qmp, args.no_hold).await;
+    if let Some(adaptive) = adaptive.as_mut() {
+        adaptive.before_copy(&control, &vm).await;
+    }
+
     step(&format!("migrate: QMP migrate to {}", args.uri));
     if let Err(e) = qmp.execute("migrate", Some(json!({ "uri": args.uri }))).await {
         eprintln!("error: QEMU refused the migration: {e}");
@@ -165,14 +174,27 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<u8> {
                 Some(_) => {}
             },
             _ = poll.tick() => {
+                if let Some(adaptive) = adaptive.as_mut() {
+                    adaptive.before_report(&qmp).await;
+                }
                 match qmp.execute("query-migrate", None).await {
                     Ok(reply) => {
                         let status = status_of(&reply);
                         progress = progress_of(&reply);
-                        report_progress(&control, &vm, &progress).await;
+                        if let Some(adaptive) = adaptive.as_ref() {
+                            progress = adaptive.enrich(progress);
+                        }
+                        let answer = quiesce::report(&control, &vm, &progress).await;
+                        if let Some(adaptive) = adaptive.as_mut()
+                            && status.is_running()
+                            && adaptive.after_report(&qmp, &progress, answer).await
+                        {
+                            // While the switchover is held, look again soon.
+                            poll.reset_after(HELD_POLL);
+                        }
                         bar.set_length(progress.total_bytes.unwrap_or(0));
                         bar.set_position(progress.transferred_bytes.unwrap_or(0));
-                        bar.set_message(message(&progress));
+                        bar.set_message(message(&progress, adaptive.as_ref()));
                         if !interactive && last_line.elapsed() >= Duration::from_secs(1) {
                             println!("    {}", describe_progress(None, &progress));
                             last_line = tokio::time::Instant::now();
@@ -205,9 +227,15 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<u8> {
         }
     };
     bar.finish_and_clear();
+    if let Some(adaptive) = adaptive.as_mut() {
+        adaptive.release(&qmp).await;
+    }
     if let Ok(reply) = qmp.execute("query-migrate", None).await {
         progress = progress_of(&reply);
-        report_progress(&control, &vm, &progress).await;
+        if let Some(adaptive) = adaptive.as_ref() {
+            progress = adaptive.enrich(progress);
+        }
+        quiesce::report(&control, &vm, &progress).await;
     }
     match ending {
         Ending::Finished(MigrationStatus::Completed) | Ending::Interrupted(MigrationStatus::Completed) => {
@@ -247,8 +275,14 @@ fn progress_bar() -> ProgressBar {
     bar
 }
 
-fn message(progress: &MigrationProgress) -> String {
+fn message(progress: &MigrationProgress, adaptive: Option<&Adaptive>) -> String {
     let mut parts = Vec::new();
+    if let Some(status) = adaptive.and_then(|a| a.status.as_ref()) {
+        parts.push(format!(
+            "level {} ({})",
+            status.latest.level, status.latest.decision
+        ));
+    }
     if let Some(pass) = progress.passes {
         parts.push(format!("pass {pass}"));
     }
@@ -269,11 +303,4 @@ async fn end_notice(control: &ControlClient, path: &str, notice: Notice) {
         Ok((_, reply)) => step(&format!("{notice}: {} → {}", reply.previous_phase, reply.phase)),
         Err(e) => eprintln!("warning: {notice} notice not applied: {e}"),
     }
-}
-
-/// Reports progress to handover; failures are ignored (progress is informative).
-async fn report_progress(control: &ControlClient, vm: &VmId, progress: &MigrationProgress) {
-    let _: Result<serde_json::Value, ClientError> = control
-        .put(&format!("/v1/vms/{vm}/migration/progress"), progress)
-        .await;
 }

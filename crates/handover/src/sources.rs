@@ -35,8 +35,10 @@ impl MigrationSink for CoordinatorSink {
         })
     }
 
-    fn progress(&self, vm: &VmId, progress: MigrationProgress) {
-        self.0.record_progress(vm, progress);
+    fn progress<'a>(&'a self, vm: &'a VmId, progress: MigrationProgress) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.0.record_progress(vm, progress).await;
+        })
     }
 }
 
@@ -49,11 +51,17 @@ pub fn start_qmp_watchers(
 ) {
     let sink: Arc<dyn MigrationSink> = Arc::new(CoordinatorSink(coordinator.clone()));
     for qmp in &config.qmp {
+        // A VM whose drain adapts needs probes and the migration's parameters.
+        let probe = config
+            .pools
+            .iter()
+            .any(|pool| pool.drain.adaptive.is_active() && pool.backends.iter().any(|b| b.vm == qmp.vm));
         let watcher = QmpWatcher {
             address: qmp.socket.clone(),
             vm: qmp.vm.clone(),
             poll_interval: qmp.poll_interval,
             command_timeout: QMP_COMMAND_TIMEOUT,
+            probe,
         };
         tasks.spawn(watcher.run(sink.clone(), cancel.clone()));
     }

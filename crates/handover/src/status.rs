@@ -76,10 +76,16 @@ pub fn table(vms: &[VmView]) -> String {
     }
     let progress: Vec<String> = vms
         .iter()
-        .filter_map(|vm| {
-            vm.progress
+        .flat_map(|vm| {
+            let progress = vm
+                .progress
                 .as_ref()
-                .map(|p| format!("{} {}", vm.vm, describe_progress(vm.migration, p)))
+                .map(|p| format!("{} {}", vm.vm, describe_progress(vm.migration, p)));
+            let adaptive = vm
+                .adaptive
+                .as_ref()
+                .map(|a| format!("{} {}", vm.vm, describe_adaptive(a)));
+            progress.into_iter().chain(adaptive)
         })
         .collect();
     let widths: Vec<usize> = (0..9)
@@ -103,6 +109,35 @@ pub fn table(vms: &[VmView]) -> String {
         }
     }
     out
+}
+
+/// One line of adaptive drain: `adaptive: level 0.24 of the target (reduce), λ 0.08, ...`.
+pub fn describe_adaptive(a: &handover_core::migration::AdaptiveStatus) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let e = &a.latest;
+    let mut parts = vec![format!("level {} of the target ({})", e.level, e.decision)];
+    if let Some(lambda) = e.lambda {
+        parts.push(format!("λ {lambda:.2}"));
+    }
+    if let Some(rate) = e.dirty_bytes_per_s {
+        parts.push(format!("dirtying {:.1} MiB/s", rate / MIB));
+    }
+    if let Some(bandwidth) = e.bandwidth_bytes_per_s {
+        parts.push(format!("copy {:.1} MiB/s", bandwidth / MIB));
+    }
+    if let Some(ms) = e.switchover_in_ms {
+        parts.push(format!("switchover in {:.1} s", ms as f64 / 1000.0));
+    }
+    if a.quiescing {
+        parts.push(match a.quiesced_at {
+            Some(_) => "quiesced (nothing in flight)".to_string(),
+            None => "quiescing".to_string(),
+        });
+    }
+    if a.holding {
+        parts.push("switchover held".to_string());
+    }
+    format!("adaptive: {}", parts.join(", "))
 }
 
 /// One line of hypervisor progress: `migration 3: active, 45.1 of 64.5 MiB sent, ...`.

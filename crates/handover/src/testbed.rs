@@ -14,7 +14,7 @@ use handover_testbed::netns::{Netns, is_root};
 use handover_testbed::run::{GuestSize, Layout, RunSpec, Testbed};
 use handover_testbed::{calibrate, check, plot, report};
 
-use crate::cli::{TestbedBenchArgs, TestbedCalibrateArgs, TestbedCheckArgs, TestbedCommand};
+use crate::cli::{TestbedBenchArgs, TestbedCalibrateArgs, TestbedCheckArgs, TestbedCommand, TestbedHoldArgs};
 use crate::{EXIT_ERROR, EXIT_OK};
 
 /// Runs a testbed subcommand.
@@ -23,6 +23,7 @@ pub async fn testbed(command: TestbedCommand) -> anyhow::Result<u8> {
         TestbedCommand::Check(args) => &args.place,
         TestbedCommand::Bench(args) => &args.place,
         TestbedCommand::Calibrate(args) => &args.place,
+        TestbedCommand::Hold(args) => &args.place,
     };
     let testbed_dir = find_testbed_dir(place.testbed_dir.as_deref())?;
     let checkout = testbed_dir.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -46,6 +47,7 @@ pub async fn testbed(command: TestbedCommand) -> anyhow::Result<u8> {
         TestbedCommand::Check(_) => default_out("testbed/check"),
         TestbedCommand::Bench(_) => default_out("bench/migration"),
         TestbedCommand::Calibrate(_) => default_out("bench/calibration"),
+        TestbedCommand::Hold(_) => default_out("bench/hold"),
     });
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let layout = Layout {
@@ -69,7 +71,36 @@ pub async fn testbed(command: TestbedCommand) -> anyhow::Result<u8> {
         TestbedCommand::Check(args) => check(&mut bed, &args, &out).await,
         TestbedCommand::Bench(args) => bench(&mut bed, &args, &out).await,
         TestbedCommand::Calibrate(args) => calibrate(&mut bed, &args, &out).await,
+        TestbedCommand::Hold(args) => hold(&mut bed, &args, &out).await,
     }
+}
+
+async fn hold(bed: &mut Testbed, args: &TestbedHoldArgs, out: &Path) -> anyhow::Result<u8> {
+    if let Some(unknown) = args
+        .mechanisms
+        .iter()
+        .find(|m| !handover_testbed::hold::MECHANISMS.contains(&m.as_str()))
+    {
+        bail!(
+            "--mechanisms: unknown mechanism {unknown:?} (known: {})",
+            handover_testbed::hold::MECHANISMS.join(", ")
+        );
+    }
+    let spec = handover_testbed::hold::HoldSpec {
+        mechanisms: args.mechanisms.clone(),
+        repetitions: args.repetitions,
+        rate: args.rate,
+        kib: args.kib,
+        bandwidth_mib: args.bandwidth,
+        hold_s: args.hold,
+    };
+    let (runs, summary) = handover_testbed::hold::run(bed, &spec, |line| eprintln!("{line}")).await?;
+    let table = handover_testbed::hold::markdown(&spec, &summary);
+    let body = serde_json::json!({"spec": &spec, "runs": &runs, "summary": &summary});
+    std::fs::write(out.join("hold.json"), serde_json::to_vec_pretty(&body)?)?;
+    std::fs::write(out.join("hold.md"), &table)?;
+    println!("{table}");
+    Ok(EXIT_OK)
 }
 
 /// `testbed/` from the flag, the current directory or this program's location (target/*/handover).

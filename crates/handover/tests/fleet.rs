@@ -10,6 +10,10 @@
 //!    after the re-election, and a VM is restored at its deadline.
 //! 5. All of etcd stopped: a notice fails with a clear error, deadlines restore locally, and every
 //!    node converges when etcd returns; a node paused across a compaction resyncs when resumed.
+//!
+//! And issue 16's fleet part: the adaptive drain's level, chosen by the node that hears the
+//! migration's progress, is written into the notice, so every node applies the same share; and
+//! quiescence counts what the other nodes still have in flight to the VM.
 
 mod common;
 
@@ -19,7 +23,7 @@ mod etcd;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::backends::{TcpBackend, vm_counts};
+use common::backends::{TcpBackend, TcpClient, vm_counts};
 use common::harness;
 use common::{Node, eventually, notice};
 use etcd::Etcd;
@@ -54,6 +58,16 @@ fn main() {
         harness::test_async(
             "a_node_paused_across_a_compaction_resyncs_when_resumed",
             a_node_paused_across_a_compaction_resyncs_when_resumed,
+        )
+        .needs(etcd_available),
+        harness::test_async(
+            "an_adaptive_level_chosen_on_one_node_reaches_every_node_through_etcd",
+            an_adaptive_level_chosen_on_one_node_reaches_every_node_through_etcd,
+        )
+        .needs(etcd_available),
+        harness::test_async(
+            "quiescence_waits_for_what_another_node_still_has_in_flight_to_the_vm",
+            quiescence_waits_for_what_another_node_still_has_in_flight_to_the_vm,
         )
         .needs(etcd_available),
     ]);
@@ -438,5 +452,197 @@ async fn a_node_paused_across_a_compaction_resyncs_when_resumed() {
         "{}\n{}",
         a.notice("vm-a", notice("started")).await.1,
         b.log()
+    );
+}
+
+/// vm-a's share of new work on a node's own pool (0 when the node cannot be asked).
+async fn share_of_vm_a(node: &Node) -> f64 {
+    let Ok(pools) = node
+        .client(None)
+        .get::<serde_json::Value>("/v1/balancer/status")
+        .await
+    else {
+        return 0.0;
+    };
+    pools["pools"][0]["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["vm"] == "vm-a")
+        .and_then(|b| b["share"].as_f64())
+        .unwrap_or_default()
+}
+
+async fn an_adaptive_level_chosen_on_one_node_reaches_every_node_through_etcd() {
+    const MIB: u64 = 1024 * 1024;
+    let etcd = Etcd::single();
+    let backends = backends().await;
+    let nodes: Vec<Node> = ["lb-1", "lb-2"]
+        .iter()
+        .map(|name| {
+            Node::start(&config(&etcd, name, &pairs(&backends)).replace(
+                "drain = { target = 0.0 }",
+                "drain = { target = 0.5, adaptive = true }",
+            ))
+        })
+        .collect();
+    let (status, reply) = until_applied(&nodes[0], "vm-a", "started", Duration::from_secs(20)).await;
+    assert_eq!(status, 200, "{reply}");
+    // Both nodes apply the target: half of vm-a's normal share.
+    let mut at_target = 0.0;
+    for node in &nodes {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                pool_phase(node, "vm-a").await == "migrating"
+            })
+            .await
+        );
+        let share = share_of_vm_a(node).await;
+        assert!(share > 0.0, "vm-a has no share on {}", node.control);
+        at_target = share;
+    }
+
+    // lb-1 hears the progress (as from `handover migrate`): 90 MiB left at 12 MiB/s while the
+    // guest dirties 8 MiB/s at the target. Its controller lowers the level.
+    let progress = serde_json::json!({
+        "status": "active",
+        "remaining_bytes": 90 * MIB,
+        "total_bytes": 128 * MIB,
+        "mbps": 12.0 * 8.0 * 1.048576,
+        "passes": 1,
+        "downtime_limit_ms": 300,
+        "max_bandwidth": 12 * MIB,
+        "dirty_probe": {"bytes_per_s": (8 * MIB) as f64, "window_ms": 1000, "at": common::now_ms()},
+    });
+    let reply: serde_json::Value = nodes[0]
+        .client(None)
+        .put("/v1/vms/vm-a/migration/progress", &progress)
+        .await
+        .unwrap();
+    assert_eq!(reply["adaptive"]["decision"], "reduce", "{reply}");
+    let level = reply["adaptive"]["level"].as_f64().unwrap();
+    assert!(level > 0.0 && level < 1.0, "{reply}");
+
+    // The level went through etcd: lb-2, which heard no progress, applies the same share.
+    let expected = level * at_target;
+    for node in &nodes {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                (share_of_vm_a(node).await - expected).abs() < 1e-3
+            })
+            .await,
+            "share {} on {}, expected {expected}",
+            share_of_vm_a(node).await,
+            node.control
+        );
+    }
+    let output = nodes[1].cli(&["fleet", "--json"]);
+    let view: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(view["notices"][0]["vm"], "vm-a", "{view}");
+    assert_eq!(view["notices"][0]["level"], level, "{view}");
+    assert_eq!(view["notices"][0]["by"], "lb-1", "{view}");
+
+    // The end of the migration reaches both and takes the level away.
+    let (status, reply) = nodes[1].notice("vm-a", notice("completed")).await;
+    assert_eq!(status, 200, "{reply}");
+    for node in &nodes {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                pool_phase(node, "vm-a").await == "stable"
+            })
+            .await
+        );
+    }
+}
+
+/// What `handover migrate` reports near the end of a copy: 1 MiB left at 12 MiB/s, so the
+/// switchover is forecast well within the quiescence lead.
+fn progress_near_the_switchover() -> serde_json::Value {
+    const MIB: u64 = 1024 * 1024;
+    serde_json::json!({
+        "status": "active",
+        "remaining_bytes": MIB,
+        "total_bytes": 128 * MIB,
+        "mbps": 12.0 * 8.0 * 1.048576,
+        "passes": 3,
+        "downtime_limit_ms": 300,
+        "max_bandwidth": 12 * MIB,
+    })
+}
+
+/// What the fleet's acknowledgements say is still in flight to vm-a through `node_name`.
+async fn acked_active(asked: &Node, node_name: &str) -> Option<u64> {
+    let view: serde_json::Value = asked.client(None).get("/v1/fleet").await.ok()?;
+    view["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["node"] == node_name)?["acks"]
+        .as_array()?
+        .iter()
+        .find(|a| a["vm"] == "vm-a")?["active"]
+        .as_u64()
+}
+
+async fn quiescence_waits_for_what_another_node_still_has_in_flight_to_the_vm() {
+    let etcd = Etcd::single();
+    let backends = backends().await;
+    let nodes: Vec<Node> = ["lb-1", "lb-2"]
+        .iter()
+        .map(|name| {
+            Node::start(&config(&etcd, name, &pairs(&backends)).replace(
+                "drain = { target = 0.0 }",
+                "drain = { target = 0.5, adaptive = true, quiesce = true }",
+            ))
+        })
+        .collect();
+    // A connection to vm-a through lb-2, open before the migration (and kept through it).
+    let mut held = None;
+    for _ in 0..60 {
+        let client = TcpClient::connect(nodes[1].listener("tcp")).await;
+        if client.vm == "vm-a" {
+            held = Some(client);
+            break;
+        }
+    }
+    let mut held = held.expect("a connection to vm-a through lb-2");
+    let (status, reply) = until_applied(&nodes[0], "vm-a", "started", Duration::from_secs(20)).await;
+    assert_eq!(status, 200, "{reply}");
+    // lb-2's acknowledgement says the connection is still there.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            acked_active(&nodes[0], "lb-2").await.is_some_and(|n| n >= 1)
+        })
+        .await,
+        "lb-2 never acknowledged the open connection"
+    );
+
+    // lb-1 hears the end of the copy is near: vm-a quiesces, but is not quiesced while lb-2
+    // still carries a connection to it (lb-1 itself carries none).
+    let reply: serde_json::Value = nodes[0]
+        .client(None)
+        .put("/v1/vms/vm-a/migration/progress", &progress_near_the_switchover())
+        .await
+        .unwrap();
+    assert_eq!(reply["adaptive"]["quiescing"], true, "{reply}");
+    assert!(reply["adaptive"]["quiesced_at"].is_null(), "{reply}");
+    assert_eq!(
+        held.echo("still here").await.as_deref(),
+        Some("vm-a still here"),
+        "the connection was kept"
+    );
+
+    // Once the connection closes, the next progress finds the VM quiesced.
+    drop(held);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let reply: serde_json::Value = nodes[0]
+                .client(None)
+                .put("/v1/vms/vm-a/migration/progress", &progress_near_the_switchover())
+                .await
+                .unwrap();
+            reply["adaptive"]["quiesced_at"].is_u64()
+        })
+        .await,
+        "vm-a never quiesced after lb-2's connection closed"
     );
 }

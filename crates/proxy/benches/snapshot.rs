@@ -42,6 +42,7 @@ fn drain(pools: &Pools, vm: &str) {
             elapsed_ms: 0,
             migrating: false,
             deadline_in_ms: 600_000,
+            level: None,
         },
     );
 }

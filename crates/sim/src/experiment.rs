@@ -45,6 +45,8 @@ pub struct PolicySummary {
     pub window_max_ms: Estimate,
     /// The VM's share of new work during the migration.
     pub vm_share_in_migration: Estimate,
+    /// That share over its normal share (1: kept all of it, 0: a full drain).
+    pub share_kept: Estimate,
     /// Seconds until the VM is back at 90 % of its share.
     pub back_to_full_s: Estimate,
     /// Highest auto-converge throttle.
@@ -56,6 +58,9 @@ pub struct PolicySummary {
 pub struct PointSummary {
     /// Swept fields and their values.
     pub label: Vec<(String, String)>,
+    /// λ at the VM's normal share: what its requests write (before the hot set folds repeated
+    /// writes into one page) plus background dirtying, over the copy bandwidth.
+    pub lambda: f64,
     /// Each policy's summary.
     pub per_policy: Vec<PolicySummary>,
 }
@@ -170,6 +175,7 @@ pub fn run(points: &[Point], seeds: u64, mut progress: impl FnMut(u64, u64)) -> 
         }
         summaries.push(PointSummary {
             label: point.label.clone(),
+            lambda: lambda_of(&point.scenario),
             per_policy,
         });
     }
@@ -189,6 +195,13 @@ pub fn run(points: &[Point], seeds: u64, mut progress: impl FnMut(u64, u64)) -> 
         timelines,
         migrations_simulated: total,
     }
+}
+
+/// λ of a scenario at the VM's normal share (see [`PointSummary::lambda`]).
+pub fn lambda_of(s: &Scenario) -> f64 {
+    let requests = s.connection_rate() * s.traffic.requests_per_connection / s.backends.count as f64;
+    let dirty = requests * s.vm.pages_per_request * s.vm.page_size.0 + s.vm.background_dirty.0;
+    dirty / s.migration.max_bandwidth.0.min(s.migration.link.0)
 }
 
 fn summarise(policy: &str, runs: &[RunResult]) -> PolicySummary {
@@ -217,6 +230,7 @@ fn summarise(policy: &str, runs: &[RunResult]) -> PolicySummary {
         window_p99_ms: of(&|r| r.window_p99_ms),
         window_max_ms: of(&|r| r.window_max_ms),
         vm_share_in_migration: of(&|r| r.vm_share_in_migration),
+        share_kept: of(&|r| r.share_kept),
         back_to_full_s: of(&|r| r.back_to_full_s),
         max_throttle: of(&|r| r.migration.max_throttle),
     }

@@ -11,9 +11,11 @@
 //! - [`report`] and [`plot`]: the markdown table and the SVG pictures.
 //! - [`memory`]: dirty pages, exactly (page log) or in expectation (Zipf hot set).
 //! - [`policy`]: a balancing policy over a migration's timeline, through `core`'s drain, ramp and weights.
+//! - [`adaptive`]: `core`'s adaptive drain controller, fed with the engine's progress and probes.
 //! - [`scenario`]: scenario files, sweeps and fleets.
 //! - [`stats`]: means with 95 % confidence intervals, quantiles.
 
+pub mod adaptive;
 pub mod experiment;
 pub mod flow;
 pub mod memory;

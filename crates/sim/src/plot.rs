@@ -1,5 +1,5 @@
-//! Pictures (SVG): a sweep's migration time and blackout impact per policy, and the first run's
-//! timeline (the VM's share of new work and what is left to copy).
+//! Pictures (SVG): a sweep's migration time, blackout impact and share kept during the copy per
+//! policy, and the first run's timeline (the VM's share of new work and what is left to copy).
 
 use std::path::Path;
 
@@ -45,20 +45,24 @@ pub fn draw(report: &Report, path: &Path) -> Result<(), PlotError> {
     }
 }
 
-/// Migration time (top) and requests caught in the blackout (bottom) per sweep point and policy.
+/// Migration time (top), requests caught in the blackout (middle) and the share of its normal new
+/// work the VM kept during the copy (bottom), per sweep point and policy.
 fn sweep(report: &Report, path: &Path) -> Result<(), PlotError> {
-    let root = SVGBackend::new(path, (960, 640)).into_drawing_area();
+    let root = SVGBackend::new(path, (960, 900)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| error(path, e))?;
-    let (top, bottom) = root.split_vertically(340);
+    let (top, rest) = root.split_vertically(340);
+    let (bottom, kept_area) = rest.split_vertically(280);
     let labels: Vec<String> = report
         .points
         .iter()
         .map(|p| {
-            p.label
+            let values = p
+                .label
                 .iter()
                 .map(|(_, v)| v.clone())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", ");
+            format!("{values} (λ {:.2})", p.lambda)
         })
         .collect();
     let swept = report.points[0]
@@ -186,6 +190,27 @@ fn sweep(report: &Report, path: &Path) -> Result<(), PlotError> {
         .draw()
         .map_err(|e| error(path, e))?;
     draw_lines(&mut chart, &policies, caught, 3, path)?;
+
+    let kept = series(&|p| p.share_kept.mean);
+    let mut chart = ChartBuilder::on(&kept_area)
+        .caption(
+            "share of its normal new work the VM kept during the copy",
+            ("sans-serif", 16),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(-0.2..(n as f64 - 0.8).max(0.2), 0.0..1.15f64)
+        .map_err(|e| error(path, e))?;
+    chart
+        .configure_mesh()
+        .x_labels(n.max(2))
+        .x_label_formatter(&label_of)
+        .y_desc("kept")
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(|e| error(path, e))?;
+    draw_lines(&mut chart, &policies, kept, 3, path)?;
     root.present().map_err(|e| error(path, e))
 }
 

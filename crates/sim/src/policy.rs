@@ -1,7 +1,9 @@
 //! A balancing policy over a migration's timeline, read through handover's own code: the phase
 //! command the balancer holds at each moment goes through `core::command::effect` (drain shape,
-//! ramp, deadline) and `core::weights::solve` (exact target shares), exactly as in the proxy.
+//! adaptive level, ramp, deadline) and `core::weights::solve` (exact target shares), exactly as in
+//! the proxy.
 
+use handover_core::adaptive::Level;
 use handover_core::command::{Effect, Policies, effect};
 use handover_core::drain::DrainPolicy;
 use handover_core::phase::{EndReason, PhaseCommand};
@@ -11,7 +13,7 @@ use handover_core::weights::{self, WeightInput, WeightState};
 use crate::scenario::PolicySpec;
 
 /// When the balancer heard what.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Timeline {
     /// The prepare.
     pub notice_at: f64,
@@ -21,6 +23,37 @@ pub struct Timeline {
     pub ended_at: Option<f64>,
     /// How it ended.
     pub reason: EndReason,
+    /// The adaptive controller's level changes: (from when, level), in time order.
+    pub levels: Vec<(f64, Level)>,
+}
+
+impl Timeline {
+    /// A timeline with no level changes.
+    pub fn new(notice_at: f64, started_at: f64) -> Self {
+        Self {
+            notice_at,
+            started_at,
+            ended_at: None,
+            reason: EndReason::Completed,
+            levels: Vec::new(),
+        }
+    }
+
+    /// The level at `t` (none before the controller's first change).
+    pub fn level_at(&self, t: f64) -> Option<Level> {
+        self.levels
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= t)
+            .map(|(_, level)| *level)
+    }
+
+    /// Records a level from `t` on, when it differs from the one in force.
+    pub fn set_level(&mut self, t: f64, level: Level) {
+        if self.level_at(t) != Some(level) {
+            self.levels.push((t, level));
+        }
+    }
 }
 
 /// A policy ready to be evaluated.
@@ -40,6 +73,7 @@ impl Policy {
             shape: spec.shape,
             window: spec.drain_window.0,
             keep: spec.keep,
+            adaptive: spec.adaptive_drain(),
             long_lived_close_after: None,
         };
         let ramp = RampPolicy {
@@ -52,6 +86,11 @@ impl Policy {
             drain,
             ramp,
         }
+    }
+
+    /// The drain policy (with its adaptive settings).
+    pub fn drain(&self) -> &DrainPolicy {
+        &self.drain
     }
 
     /// The migrating backend's effect at time `t`.
@@ -79,6 +118,7 @@ impl Policy {
                     elapsed_ms: 0,
                     migrating: t >= timeline.started_at,
                     deadline_in_ms: u64::MAX / 4,
+                    level: timeline.level_at(t),
                 };
                 effect(policies, command, ms(t - timeline.notice_at))
             }
@@ -127,12 +167,8 @@ mod tests {
 
     #[test]
     fn shares_follow_the_timeline() {
-        let timeline = Timeline {
-            notice_at: 10.0,
-            started_at: 12.0,
-            ended_at: Some(20.0),
-            reason: EndReason::Completed,
-        };
+        let mut timeline = Timeline::new(10.0, 12.0);
+        timeline.ended_at = Some(20.0);
         let drain = Policy::new(&spec(true, 0.0, 10));
         assert!((drain.share_at(5.0, &timeline, 4) - 0.25).abs() < 1e-12);
         assert_eq!(drain.share_at(11.0, &timeline, 4), 0.0);

@@ -10,6 +10,8 @@
 //! timeout cancels the migration.
 //!
 //! The engine is pure: the caller says when a pass ends and how many bytes were dirtied meanwhile.
+//! It reports its progress as `query-migrate` does (what remains of the current pass, syncs, the
+//! dirty rate QEMU recomputes once a period of a second or more ended), for the adaptive drain.
 
 /// Bytes a zero page costs on the wire.
 pub const ZERO_PAGE_BYTES: f64 = 9.0;
@@ -128,8 +130,30 @@ pub struct Engine {
     period_sent: f64,
     period_dirty: f64,
     high_periods: u32,
+    /// When the current pass began sending.
+    pass_started: f64,
+    /// Bytes dirtied (found at syncs) since QEMU last computed its dirty rate, and when that was.
+    rate_dirtied: f64,
+    rate_at: f64,
+    /// QEMU's `dirty-pages-rate` in bytes/s (0 until a period of a second ended).
+    dirty_rate: f64,
     /// The result so far.
     pub outcome: Outcome,
+}
+
+/// The engine's state as `query-migrate` shows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// The copy runs (false during setup).
+    pub active: bool,
+    /// Bytes still to send in the current pass.
+    pub remaining: f64,
+    /// Dirty-bitmap syncs (`dirty-sync-count`: 1 during the first pass).
+    pub syncs: u64,
+    /// QEMU's dirty rate, bytes/s.
+    pub dirty_rate: f64,
+    /// Copy bandwidth, bytes/s.
+    pub bandwidth: f64,
 }
 
 impl Engine {
@@ -146,6 +170,10 @@ impl Engine {
             period_sent: 0.0,
             period_dirty: 0.0,
             high_periods: 0,
+            pass_started: now + config.setup,
+            rate_dirtied: 0.0,
+            rate_at: now + config.setup,
+            dirty_rate: 0.0,
             outcome: Outcome {
                 pass_bytes: vec![first],
                 ..Outcome::default()
@@ -165,6 +193,18 @@ impl Engine {
         self.started
     }
 
+    /// What `query-migrate` would show at `now` (while the migration runs).
+    pub fn progress(&self, now: f64) -> Progress {
+        let c = self.config;
+        Progress {
+            active: now >= self.pass_started,
+            remaining: (self.pass_bytes - (now - self.pass_started).max(0.0) * c.bandwidth).max(0.0),
+            syncs: u64::from(self.outcome.passes) + 1,
+            dirty_rate: self.dirty_rate,
+            bandwidth: c.bandwidth,
+        }
+    }
+
     /// A pass ended at `now`; `dirtied` bytes were dirtied during it. Syncs and decides.
     pub fn end_of_pass(&mut self, now: f64, dirtied: f64) -> Step {
         let c = self.config;
@@ -173,6 +213,12 @@ impl Engine {
         self.outcome.passes += 1;
         self.period_sent += sent_this;
         self.period_dirty += dirtied;
+        self.rate_dirtied += dirtied;
+        if now - self.rate_at >= 1.0 {
+            self.dirty_rate = self.rate_dirtied / (now - self.rate_at);
+            self.rate_dirtied = 0.0;
+            self.rate_at = now;
+        }
 
         if let Some(ac) = c.auto_converge
             && now - self.period_start > 1.0
@@ -223,6 +269,7 @@ impl Engine {
             return Step::Switchover { downtime };
         }
         self.pass_bytes = remaining;
+        self.pass_started = now;
         self.outcome.pass_bytes.push(remaining);
         Step::Pass {
             ends_at: now + remaining / c.bandwidth,

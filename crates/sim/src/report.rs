@@ -39,6 +39,7 @@ pub fn markdown(report: &Report) -> String {
     let numbered = report.points.len() > 1;
     let mut header: Vec<String> = if numbered { vec!["#".into()] } else { Vec::new() };
     header.extend(swept.iter().cloned());
+    header.push("λ".into());
     header.extend(
         [
             "policy",
@@ -50,6 +51,7 @@ pub fn markdown(report: &Report) -> String {
             "caught in blackout",
             "lost SYNs",
             "VM share while migrating",
+            "share kept",
         ]
         .map(String::from),
     );
@@ -77,6 +79,7 @@ pub fn markdown(report: &Report) -> String {
                 Vec::new()
             };
             row.extend(point.label.iter().map(|(_, v)| v.clone()));
+            row.push(format!("{:.2}", point.lambda));
             row.extend([
                 p.policy.clone(),
                 cell(&p.total_time_s, 2),
@@ -87,6 +90,7 @@ pub fn markdown(report: &Report) -> String {
                 cell(&p.caught_in_blackout, 1),
                 cell(&p.lost_syns, 1),
                 cell(&p.vm_share_in_migration, 3),
+                cell(&p.share_kept, 2),
             ]);
             if request {
                 row.extend([

@@ -3,7 +3,9 @@
 //! from the policy's effective weights; backend 0 is the migrating VM. Its requests dirty pages of
 //! a Zipf hot set, tracked page by page; the engine syncs the log at each pass. During the blackout
 //! the VM serves nothing: requests in service are delayed by the blackout, new ones queue, and a
-//! new connection's SYN is lost and sent again after the retransmission timeout.
+//! new connection's SYN is lost and sent again after the retransmission timeout. An adaptive
+//! policy's controller is stepped every `progress_interval` with the engine's progress, and its
+//! probes count the pages of a second log synced every second.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
@@ -11,6 +13,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use handover_core::phase::EndReason;
 use handover_core::selection::{LoadSource, Selector};
 
+use crate::adaptive::{Adaptor, PROBE_WINDOW};
 use crate::memory::DirtyLog;
 use crate::policy::{Policy, Timeline};
 use crate::precopy::{Engine, Step};
@@ -36,6 +39,9 @@ enum Kind {
     ServiceDone { backend: usize, request: usize },
     MigrationNotice,
     MigrationStart,
+    ProbeReset,
+    ProbeTick,
+    AdaptiveStep,
     PassEnd,
     BlackoutEnd,
     PolicyTick,
@@ -190,6 +196,9 @@ struct Sim<'a> {
     engine: Option<Engine>,
     blackout: Option<(f64, f64)>,
     dirty: DirtyLog,
+    /// The adaptive controller, and the log its probes count (adaptive and quiescing policies).
+    adaptor: Option<Adaptor>,
+    probe_log: Option<DirtyLog>,
     hot_pages: u64,
     nonzero_pages: u64,
     end_at: f64,
@@ -210,12 +219,12 @@ impl<'a> Sim<'a> {
         let pages = (s.vm.ram.0 / s.vm.page_size.0) as usize;
         let nonzero_pages = ((s.vm.ram.0 * s.vm.nonzero) / s.vm.page_size.0) as u64;
         let start = s.migration.start.secs();
-        let timeline = Timeline {
-            notice_at: start - policy.spec.lead_time.secs(),
-            started_at: start,
-            ended_at: None,
-            reason: EndReason::Completed,
-        };
+        let timeline = Timeline::new(start - policy.spec.lead_time.secs(), start);
+        let adaptor = Adaptor::new(policy, timeline.notice_at, s.migration.downtime_limit.secs());
+        let probe_log = adaptor
+            .as_ref()
+            .filter(|_| policy.spec.probe)
+            .map(|_| DirtyLog::new(pages));
         let count = s.backends.count;
         let (weights, moving) = policy.weights_at(0.0, &timeline, count);
         let mut sim = Self {
@@ -241,6 +250,8 @@ impl<'a> Sim<'a> {
             engine: None,
             blackout: None,
             dirty: DirtyLog::new(pages),
+            adaptor,
+            probe_log,
             hot_pages: (s.vm.hot_set.0 / s.vm.page_size.0).max(1.0) as u64,
             nonzero_pages: nonzero_pages.max(1),
             end_at: s.duration.secs(),
@@ -257,8 +268,11 @@ impl<'a> Sim<'a> {
         };
         let first = sim.next_arrival();
         sim.schedule(first, Kind::ConnectionArrival);
-        sim.schedule(timeline.notice_at.max(0.0), Kind::MigrationNotice);
+        sim.schedule(sim.timeline.notice_at.max(0.0), Kind::MigrationNotice);
         sim.schedule(start, Kind::MigrationStart);
+        if sim.probe_log.is_some() {
+            sim.schedule((start - PROBE_WINDOW).max(0.0), Kind::ProbeReset);
+        }
         sim.schedule(POLICY_TICK, Kind::PolicyTick);
         sim.schedule(BACKGROUND_TICK, Kind::BackgroundTick);
         sim.schedule(SAMPLE_TICK, Kind::Sample);
@@ -309,6 +323,13 @@ impl<'a> Sim<'a> {
                 Kind::ServiceDone { backend, request } => self.service_done(backend, request),
                 Kind::MigrationNotice => self.rebuild(),
                 Kind::MigrationStart => self.migration_start(),
+                Kind::ProbeReset => {
+                    if let Some(log) = self.probe_log.as_mut() {
+                        log.sync();
+                    }
+                }
+                Kind::ProbeTick => self.probe_tick(),
+                Kind::AdaptiveStep => self.adaptive_step(),
                 Kind::PassEnd => self.pass_end(),
                 Kind::BlackoutEnd => self.blackout_end(),
                 Kind::PolicyTick => {
@@ -429,6 +450,9 @@ impl<'a> Sim<'a> {
         for _ in 0..whole {
             let page = self.pages.zipf(self.hot_pages, self.s.vm.zipf);
             self.dirty.mark(page as usize);
+            if let Some(log) = self.probe_log.as_mut() {
+                log.mark(page as usize);
+            }
         }
     }
 
@@ -483,10 +507,58 @@ impl<'a> Sim<'a> {
         let config = engine_config(self.s);
         let nonzero = self.s.vm.ram.0 * self.s.vm.nonzero;
         let (engine, step) = Engine::start(config, self.now, nonzero);
+        let first_pass = engine.outcome.pass_bytes[0];
         self.engine = Some(engine);
         self.dirty.sync();
+        if self.adaptor.is_some() {
+            let probe = self.take_probe();
+            let adaptor = self.adaptor.as_mut().expect("checked");
+            let level = adaptor.before_copy(self.now, first_pass, config.bandwidth, probe);
+            let next = adaptor.next_at();
+            self.timeline.set_level(self.now, level);
+            self.schedule(next, Kind::AdaptiveStep);
+            if probe.is_some() {
+                self.schedule(self.now + PROBE_WINDOW, Kind::ProbeTick);
+            }
+        }
         self.rebuild();
         self.handle(step);
+    }
+
+    /// Bytes/s of distinct pages dirtied since the probe log was last synced (a window ago).
+    fn take_probe(&mut self) -> Option<f64> {
+        let log = self.probe_log.as_mut()?;
+        Some(log.sync() as f64 * self.s.vm.page_size.0 / PROBE_WINDOW)
+    }
+
+    fn probe_tick(&mut self) {
+        if !self.migration_running() {
+            return;
+        }
+        if let Some(rate) = self.take_probe()
+            && let Some(adaptor) = self.adaptor.as_mut()
+        {
+            adaptor.probed(self.now, rate);
+        }
+        self.schedule(self.now + PROBE_WINDOW, Kind::ProbeTick);
+    }
+
+    fn adaptive_step(&mut self) {
+        if !self.migration_running() || self.blackout.is_some() {
+            return;
+        }
+        let Some(engine) = self.engine.as_ref() else {
+            return;
+        };
+        let progress = engine.progress(self.now);
+        let adaptor = self.adaptor.as_mut().expect("scheduled only with a controller");
+        let level = adaptor.step(self.now, &progress);
+        let next = adaptor.next_at();
+        if self.timeline.level_at(self.now) != Some(level) {
+            self.timeline.set_level(self.now, level);
+            self.rebuild();
+        }
+        self.schedule(next, Kind::AdaptiveStep);
     }
 
     fn handle(&mut self, step: Step) {
@@ -543,6 +615,9 @@ impl<'a> Sim<'a> {
         for _ in 0..count {
             let page = self.background.below(self.nonzero_pages);
             self.dirty.mark(page as usize);
+            if let Some(log) = self.probe_log.as_mut() {
+                log.mark(page as usize);
+            }
         }
         self.schedule(self.now + BACKGROUND_TICK, Kind::BackgroundTick);
     }
@@ -576,6 +651,11 @@ impl<'a> Sim<'a> {
     }
 
     fn finish(mut self) -> RunResult {
+        let share = if self.new_in_migration > 0 {
+            self.new_to_vm_in_migration as f64 / self.new_in_migration as f64
+        } else {
+            f64::NAN
+        };
         let outcome = self
             .engine
             .as_ref()
@@ -602,11 +682,8 @@ impl<'a> Sim<'a> {
             latency_p999_ms: quantile(&mut self.latencies, 0.999) * 1000.0,
             window_p99_ms: quantile(&mut self.window_latencies, 0.99) * 1000.0,
             window_max_ms: self.window_latencies.iter().copied().fold(f64::NAN, f64::max) * 1000.0,
-            vm_share_in_migration: if self.new_in_migration > 0 {
-                self.new_to_vm_in_migration as f64 / self.new_in_migration as f64
-            } else {
-                f64::NAN
-            },
+            vm_share_in_migration: share,
+            share_kept: share * self.backends.len() as f64,
             back_to_full_s: back_to_full.unwrap_or(f64::NAN),
             samples: self.samples,
         }

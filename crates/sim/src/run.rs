@@ -43,6 +43,8 @@ pub struct RunResult {
     pub window_max_ms: f64,
     /// Share of new work the VM got while it migrated.
     pub vm_share_in_migration: f64,
+    /// That share over its normal share (1: it kept all of it; 0: a full drain).
+    pub share_kept: f64,
     /// Seconds from the end of the migration until the VM is back at 90 % of its normal share.
     pub back_to_full_s: f64,
     /// Timeline samples.

@@ -249,6 +249,54 @@ pub struct PolicySpec {
     /// What existing traffic keeps (always connections in the simulator).
     #[serde(default = "connections")]
     pub keep: Keep,
+    /// Adaptive drain: `core`'s controller moves the VM's level between 0 and `target` from the
+    /// migration's progress (as the pool key `drain.adaptive`).
+    #[serde(default)]
+    pub adaptive: bool,
+    /// Switchover quiescence: no new work from `quiesce_lead` before the predicted switchover.
+    #[serde(default)]
+    pub quiesce: bool,
+    /// As the pool's `drain.quiesce_lead` (2 s).
+    #[serde(default)]
+    pub quiesce_lead: Option<Dur>,
+    /// As the pool's `drain.max_slowdown` (0.05).
+    #[serde(default)]
+    pub max_slowdown: Option<f64>,
+    /// As the pool's `drain.give_back_step` (0.25).
+    #[serde(default)]
+    pub give_back_step: Option<f64>,
+    /// As the pool's `drain.give_back_interval` (1 s).
+    #[serde(default)]
+    pub give_back_interval: Option<Dur>,
+    /// As the pool's `drain.stall_passes` (2).
+    #[serde(default)]
+    pub stall_passes: Option<u32>,
+    /// How often the controller sees the migration's progress (`handover migrate` polls every
+    /// 250 ms, the QMP watcher every `poll_interval`).
+    #[serde(default = "quarter_second")]
+    pub progress_interval: Dur,
+    /// Dirty-rate probes: one over the second before the copy, then one a second (`handover
+    /// migrate` and the QMP watcher run `calc-dirty-rate` for adaptive VMs). Without them the
+    /// controller learns only from QEMU's per-pass rate.
+    #[serde(default = "yes")]
+    pub probe: bool,
+}
+
+impl PolicySpec {
+    /// The adaptive settings of this policy, with the pool defaults for what it does not set.
+    pub fn adaptive_drain(&self) -> handover_core::adaptive::AdaptiveDrain {
+        let d = handover_core::adaptive::AdaptiveDrain::default();
+        handover_core::adaptive::AdaptiveDrain {
+            enabled: self.adaptive,
+            quiesce: self.quiesce,
+            quiesce_lead: self.quiesce_lead.map_or(d.quiesce_lead, |l| l.0),
+            quiesce_hold: d.quiesce_hold,
+            max_slowdown: self.max_slowdown.unwrap_or(d.max_slowdown),
+            give_back_step: self.give_back_step.unwrap_or(d.give_back_step),
+            give_back_interval: self.give_back_interval.map_or(d.give_back_interval, |i| i.0),
+            stall_passes: self.stall_passes.unwrap_or(d.stall_passes),
+        }
+    }
 }
 
 /// A fleet: hosts evacuated one VM at a time, several hosts at once.
@@ -557,6 +605,7 @@ fn validate(s: &Scenario) -> Result<(), ScenarioError> {
                 p.name
             ));
         }
+        validate_adaptive(p)?;
     }
     if let Some(fleet) = &s.fleet
         && (fleet.hosts == 0 || fleet.vms_per_host == 0 || fleet.parallel_hosts == 0)
@@ -564,6 +613,53 @@ fn validate(s: &Scenario) -> Result<(), ScenarioError> {
         return bad("fleet: hosts, vms_per_host and parallel_hosts above zero".into());
     }
     Ok(())
+}
+
+/// The adaptive keys of a policy: tunables only with their switch, values in range.
+fn validate_adaptive(p: &PolicySpec) -> Result<(), ScenarioError> {
+    let bad = |field: &str, m: &str| {
+        Err(ScenarioError::Invalid(format!(
+            "policies.{}.{field}: {m}",
+            p.name
+        )))
+    };
+    let adaptive_tunables = [
+        ("max_slowdown", p.max_slowdown.is_some()),
+        ("give_back_step", p.give_back_step.is_some()),
+        ("give_back_interval", p.give_back_interval.is_some()),
+        ("stall_passes", p.stall_passes.is_some()),
+    ];
+    for (field, given) in adaptive_tunables {
+        if given && !p.adaptive {
+            return bad(field, "only used with adaptive = true");
+        }
+    }
+    if p.quiesce_lead.is_some() && !p.quiesce {
+        return bad("quiesce_lead", "only used with quiesce = true");
+    }
+    if (p.adaptive || p.quiesce) && !p.aware {
+        return bad("aware", "an unaware balancer cannot adapt or quiesce");
+    }
+    if p.max_slowdown.is_some_and(|m| !(0.0..=10.0).contains(&m)) {
+        return bad("max_slowdown", "between 0 and 10");
+    }
+    if p.give_back_step.is_some_and(|s| !(s > 0.0 && s <= 1.0)) {
+        return bad("give_back_step", "above 0 and at most 1");
+    }
+    if p.stall_passes == Some(0) {
+        return bad("stall_passes", "at least 1");
+    }
+    if p.quiesce_lead.is_some_and(|l| l.0.is_zero()) {
+        return bad("quiesce_lead", "above zero");
+    }
+    if p.progress_interval.0.is_zero() {
+        return bad("progress_interval", "above zero");
+    }
+    Ok(())
+}
+
+fn quarter_second() -> Dur {
+    Dur(Duration::from_millis(250))
 }
 
 fn default_page() -> Bytes {

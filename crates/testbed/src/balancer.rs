@@ -27,6 +27,12 @@ pub struct Policy {
     pub target: f64,
     /// Ramp window after the migration, seconds (0: back at once).
     pub ramp_s: f64,
+    /// Adaptive drain (the level moves between 0 and `target` with the migration's progress).
+    #[serde(default)]
+    pub adaptive: bool,
+    /// Switchover quiescence (no new work ahead of the switchover; `handover migrate` holds it).
+    #[serde(default)]
+    pub quiesce: bool,
 }
 
 impl Policy {
@@ -38,6 +44,8 @@ impl Policy {
             haproxy,
             target,
             ramp_s,
+            adaptive: false,
+            quiesce: false,
         };
         Some(match name {
             "unaware" => policy(false, false, 1.0, 0.0),
@@ -45,12 +53,29 @@ impl Policy {
             "reduce-0.25" => policy(true, false, 0.25, 0.0),
             "drain-ramp" => policy(true, false, 0.0, 10.0),
             "haproxy" => policy(false, true, 1.0, 0.0),
+            "adaptive" => Policy {
+                adaptive: true,
+                ..policy(true, false, 0.5, 0.0)
+            },
+            "adaptive-quiesce" => Policy {
+                adaptive: true,
+                quiesce: true,
+                ..policy(true, false, 0.5, 0.0)
+            },
             _ => return None,
         })
     }
 
     /// Every policy of the benchmark.
-    pub const ALL: [&'static str; 5] = ["unaware", "drain", "reduce-0.25", "drain-ramp", "haproxy"];
+    pub const ALL: [&'static str; 7] = [
+        "unaware",
+        "drain",
+        "reduce-0.25",
+        "drain-ramp",
+        "haproxy",
+        "adaptive",
+        "adaptive-quiesce",
+    ];
 }
 
 /// The HTTP port the balancer listens on.
@@ -91,10 +116,12 @@ pub fn handover_config(policy: &Policy, vms: &[VmSpec]) -> String {
         let _ = write!(
             config,
             "\n[pools.{pool}]\nalgorithm = \"round_robin\"\n\
-             drain = {{ target = {}, shape = \"step\", keep = \"connections\" }}\n\
+             drain = {{ target = {}, shape = \"step\", keep = \"connections\", adaptive = {}, quiesce = {} }}\n\
              ramp = {{ window = \"{}ms\", aggression = 1.0, min_percent = 10 }}\n\
              deadline = \"5m\"\nconnect_timeout = \"2s\"\nretries = 2\n",
             policy.target,
+            policy.adaptive,
+            policy.quiesce,
             (policy.ramp_s * 1000.0) as u64
         );
         for vm in vms {

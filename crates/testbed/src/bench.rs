@@ -75,6 +75,18 @@ pub struct PointSummary {
     pub in_flight_at_blackout: Spread,
     /// The VM's share of new work during the copy.
     pub vm_share_in_window: Spread,
+    /// The share of its normal new work the balancer gave the VM during the copy.
+    #[serde(default = "no_spread")]
+    pub share_kept: Spread,
+    /// How long before the blackout quiescence began, ms.
+    #[serde(default = "no_spread")]
+    pub quiesce_lead_ms: Spread,
+    /// How long the switchover was held, ms.
+    #[serde(default = "no_spread")]
+    pub hold_ms: Spread,
+    /// The host's 1-minute load average when the runs began.
+    #[serde(default = "no_spread")]
+    pub host_load: Spread,
     /// Back to 90 % of its share, s after the end.
     pub back_to_full_s: Spread,
     /// Broken long-lived connections per run.
@@ -94,6 +106,11 @@ pub struct BenchReport {
     pub errors: Vec<String>,
     /// Per point and policy.
     pub summary: Vec<PointSummary>,
+}
+
+/// A spread of nothing (summaries saved before a measure existed).
+fn no_spread() -> Spread {
+    Spread::of(&[])
 }
 
 /// Summarises the runs of one point and policy.
@@ -126,6 +143,10 @@ pub fn summarise(rate: f64, bandwidth: f64, policy: &str, runs: &[&RunMetrics]) 
         window_max_ms: of(&|r| r.window_max_ms),
         in_flight_at_blackout: converged(&|r| r.in_flight_at_blackout as f64),
         vm_share_in_window: of(&|r| r.vm_share_in_window),
+        share_kept: of(&|r| r.share_kept),
+        quiesce_lead_ms: converged(&|r| r.quiesce_lead_ms),
+        hold_ms: of(&|r| r.hold_ms),
+        host_load: of(&|r| r.host_load),
         back_to_full_s: converged(&|r| r.back_to_full_s),
         broken_connections: of(&|r| r.broken_connections as f64),
     }
@@ -177,12 +198,13 @@ pub async fn run(
                     Ok(record) => {
                         let m = measure(&record);
                         progress(&format!(
-                            "[{done}/{total}] {name}: {} in {:.2} s, {} passes, {} failed, {} in flight at the blackout",
+                            "[{done}/{total}] {name}: {} in {:.2} s, {} passes, {} failed, {} in flight at the blackout, host load {:.1}",
                             m.status,
                             m.total_time_ms / 1000.0,
                             m.passes,
                             m.failed,
-                            m.in_flight_at_blackout
+                            m.in_flight_at_blackout,
+                            m.host_load
                         ));
                         let path = runs_dir.join(format!("{name}.json"));
                         let body = serde_json::json!({ "metrics": &m, "record": &record });

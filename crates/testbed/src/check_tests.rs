@@ -83,6 +83,7 @@ fn clean() -> RunRecord {
             })
             .collect(),
         answered_from_destination: Some(Ok(MIGRATING.to_string())),
+        host_load: None,
     }
 }
 

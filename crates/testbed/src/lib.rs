@@ -14,12 +14,14 @@
 //! - [`check`]: the CI scenario and its verdicts.
 //! - [`calibrate`]: the guest's dirty rate and idle migrations, fitted into the simulator, whose
 //!   predictions are set beside the benchmark's measurements.
+//! - [`hold`]: ways of holding QEMU's switchover for quiescence, and what each costs.
 
 pub mod balancer;
 pub mod bench;
 pub mod calibrate;
 pub mod check;
 pub mod guest;
+pub mod hold;
 pub mod load;
 pub mod metrics;
 pub mod migration;

@@ -51,6 +51,16 @@ pub struct RunMetrics {
     pub in_flight_at_blackout: usize,
     /// The migrating VM's share of the requests sent in the window.
     pub vm_share_in_window: f64,
+    /// The share of its normal new work the balancer gave the VM during the copy, from
+    /// handover's record (the drain target times the adaptive level, averaged over the copy; 1
+    /// for an unaware balancer). Exact where the requests of a short copy are too few to tell.
+    pub share_kept: f64,
+    /// How long before the blackout quiescence began, ms (adaptive-quiesce).
+    pub quiesce_lead_ms: f64,
+    /// How long `handover migrate` held the switchover, ms (0 when it did not).
+    pub hold_ms: f64,
+    /// The host's 1-minute load average when the run began.
+    pub host_load: f64,
     /// Seconds from the end of the migration until the VM has 90 % of its normal share again.
     pub back_to_full_s: f64,
     /// Long-lived connections.
@@ -139,6 +149,21 @@ pub fn measure(run: &RunRecord) -> RunMetrics {
         } else {
             to_vm as f64 / answered.len() as f64
         },
+        share_kept: share_kept(run),
+        host_load: run.host_load.unwrap_or(f64::NAN),
+        quiesce_lead_ms: match (
+            m.stop_ms,
+            run.handover.as_ref().and_then(|v| v.record.quiesce_started_at),
+        ) {
+            (Some(stop), Some(quiesce)) => stop - quiesce as f64,
+            _ => f64::NAN,
+        },
+        hold_ms: run.handover.as_ref().map_or(0.0, |v| {
+            match (v.record.hold_started_at, v.record.hold_ended_at) {
+                (Some(start), Some(end)) => end.saturating_sub(start) as f64,
+                _ => 0.0,
+            }
+        }),
         back_to_full_s: back_to_full(run, window_end, 0.9 / vms),
         connections: run.echoes.len(),
         broken_connections: run.echoes.iter().filter(|e| e.broken.is_some()).count(),
@@ -148,6 +173,39 @@ pub fn measure(run: &RunRecord) -> RunMetrics {
             .map(|a| a.as_deref() == Ok(MIGRATING)),
         phases_in_order,
     }
+}
+
+/// The share of its normal new work the balancer gave the VM over the copy (QEMU's setup to its
+/// end): the policy's target times the adaptive level in force, time-averaged.
+fn share_kept(run: &RunRecord) -> f64 {
+    let policy = &run.spec.policy;
+    if !policy.aware {
+        return 1.0;
+    }
+    let m = &run.migration;
+    let (Some(start), Some(end)) = (m.setup_ms, m.end_ms) else {
+        return f64::NAN;
+    };
+    let entries = run
+        .handover
+        .as_ref()
+        .map(|v| v.record.adaptive.as_slice())
+        .unwrap_or_default();
+    if !(policy.adaptive || policy.quiesce) || end <= start {
+        return policy.target;
+    }
+    // The level is 1 until the controller's first step, then each step's until the next.
+    let level_at = |t: f64| {
+        entries
+            .iter()
+            .rev()
+            .find(|e| e.at as f64 <= t)
+            .map_or(1.0, |e| e.level.get())
+    };
+    let steps = 1000;
+    let dt = (end - start) / steps as f64;
+    let sum: f64 = (0..steps).map(|i| level_at(start + (i as f64 + 0.5) * dt)).sum();
+    policy.target * sum / steps as f64
 }
 
 /// Seconds after `end` to the first 3-second window (stepping 0.5 s) in which the migrating VM

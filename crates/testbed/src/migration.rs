@@ -39,6 +39,11 @@ impl Observer {
         Ok(Self { client, events: seen })
     }
 
+    /// The QMP client itself.
+    pub fn client(&self) -> &QmpClient {
+        &self.client
+    }
+
     /// Runs a QMP command.
     pub async fn execute(&self, command: &str, arguments: Option<Value>) -> Result<Value, TestbedError> {
         self.client
@@ -170,7 +175,25 @@ pub async fn migrate(
             .and_then(Value::as_str)
             .unwrap_or("none")
             .to_string();
-        if matches!(name.as_str(), "completed" | "failed" | "cancelled") {
+        // Until this run's migration began, a final status is the last one's: a QEMU that was
+        // the destination of the previous run reports its incoming migration as completed (and
+        // `handover migrate` may still be draining or probing).
+        let begun = source.event_ms("MIGRATION", Some("setup")).is_some();
+        if !begun && driver.as_ref().is_some_and(|d| d.is_finished()) {
+            let output = match driver.take() {
+                Some(d) => d.await.ok().and_then(Result::ok),
+                None => None,
+            };
+            return Err(TestbedError::Failed(format!(
+                "handover migrate exited before the migration began: {}",
+                output.map_or_else(String::new, |o| format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ))
+            )));
+        }
+        if matches!(name.as_str(), "completed" | "failed" | "cancelled") && begun {
             break status;
         }
         // `handover migrate` may still be draining (status none) when nothing started yet.

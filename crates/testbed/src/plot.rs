@@ -18,6 +18,7 @@ const DRAINING: RGBColor = RGBColor(0xff, 0xf1, 0xb8);
 const COPYING: RGBColor = RGBColor(0xdd, 0xea, 0xf7);
 const BLACKOUT: RGBColor = RGBColor(0x30, 0x30, 0x30);
 const RAMPING: RGBColor = RGBColor(0xdf, 0xf2, 0xdc);
+const QUIESCING: RGBColor = RGBColor(0xe4, 0xd7, 0xf2);
 
 fn error(path: &Path, e: impl std::fmt::Display) -> TestbedError {
     TestbedError::Failed(format!("cannot draw {}: {e}", path.display()))
@@ -30,6 +31,7 @@ struct Phases {
     resume: Option<f64>,
     end: Option<f64>,
     stable: Option<f64>,
+    quiesce: Option<f64>,
 }
 
 fn phases(run: &RunRecord, origin: f64) -> Phases {
@@ -44,6 +46,11 @@ fn phases(run: &RunRecord, origin: f64) -> Phases {
             .handover
             .as_ref()
             .and_then(|v| v.record.stable_at)
+            .map(|t| t as f64)),
+        quiesce: s(run
+            .handover
+            .as_ref()
+            .and_then(|v| v.record.quiesce_started_at)
             .map(|t| t as f64)),
     }
 }
@@ -61,7 +68,7 @@ pub fn timeline(runs: &[RunRecord], title: &str, path: &Path) -> Result<(), Test
         .titled(title, ("sans-serif", 18))
         .map_err(|e| error(path, e))?
         .draw(&Text::new(
-            "shaded: yellow = announced, draining; blue = copying memory; black = blackout; green = ramping back",
+            "shaded: yellow = announced, draining; blue = copying memory; purple = quiescing; black = blackout; green = ramping back",
             (10, 6),
             ("sans-serif", 13),
         ))
@@ -216,6 +223,9 @@ where
         bands.push(band(0.0, stop, COPYING));
     } else if let Some(end) = p.end {
         bands.push(band(0.0, end, COPYING));
+    }
+    if let (Some(quiesce), Some(until)) = (p.quiesce, p.stop.or(p.end)) {
+        bands.push(band(quiesce, until, QUIESCING));
     }
     if let (Some(end), Some(stable)) = (p.end, p.stable) {
         bands.push(band(end, stable.min(x1), RAMPING));

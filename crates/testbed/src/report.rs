@@ -25,13 +25,13 @@ pub fn markdown(points: &[PointSummary]) -> String {
     let _ = writeln!(
         out,
         "| req/s | cap MiB/s | policy | runs | completed | total time s | downtime ms | blackout ms | passes | sent MiB | \
-         lead s | failed | p50 ms | p99 ms | max ms | in flight at blackout | VM share in copy | back to 90 % s | broken conns |"
+         lead s | failed | p50 ms | p99 ms | max ms | in flight at blackout | VM share in copy | share kept | quiesced before blackout s | hold ms | back to 90 % s | broken conns | host load |"
     );
-    let _ = writeln!(out, "|{}", "---|".repeat(19));
+    let _ = writeln!(out, "|{}", "---|".repeat(23));
     for p in points {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             p.rate,
             p.max_bandwidth_mib,
             p.policy,
@@ -49,8 +49,19 @@ pub fn markdown(points: &[PointSummary]) -> String {
             cell(&p.window_max_ms, 0),
             cell(&p.in_flight_at_blackout, 0),
             cell(&p.vm_share_in_window, 2),
+            cell(&p.share_kept, 2),
+            cell(
+                &Spread {
+                    median: p.quiesce_lead_ms.median / 1000.0,
+                    min: p.quiesce_lead_ms.min / 1000.0,
+                    max: p.quiesce_lead_ms.max / 1000.0,
+                },
+                1
+            ),
+            cell(&p.hold_ms, 0),
             cell(&p.back_to_full_s, 1),
             cell(&p.broken_connections, 0),
+            cell(&p.host_load, 1),
         );
     }
     out

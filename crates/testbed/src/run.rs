@@ -116,6 +116,7 @@ impl Testbed {
 
     /// One measured migration of vm-a.
     pub async fn run(&mut self, spec: &RunSpec) -> Result<RunRecord, TestbedError> {
+        let load = host_load();
         for qemu in &mut self.others {
             if !qemu.running() {
                 return Err(TestbedError::Failed(format!("QEMU {} is gone", qemu.label)));
@@ -215,7 +216,43 @@ impl Testbed {
             requests,
             echoes,
             answered_from_destination,
+            host_load: load,
         })
+    }
+
+    /// Starts the migrating VM's next destination (listening on [`MIGRATION_PORT`]), for a
+    /// migration the caller drives; hand it back to [`Testbed::after_migration`].
+    pub fn start_destination(&mut self) -> Result<Destination, TestbedError> {
+        let next = 1 - self.side;
+        let qemu = Qemu::start(
+            &self.vms[0],
+            &self.image,
+            self.accel.0,
+            ["tap-a0", "tap-a1"][next],
+            &self.layout.work_dir,
+            &format!("vm-a-{next}"),
+            Some(MIGRATION_PORT),
+        )?;
+        Ok(Destination { qemu, side: next })
+    }
+
+    /// After a migration the caller drove: a completed one makes the destination vm-a's QEMU.
+    pub fn after_migration(&mut self, destination: Destination, completed: bool) {
+        let Destination { mut qemu, side } = destination;
+        if completed {
+            if let Some(mut old) = self.migrating.take() {
+                old.kill();
+            }
+            self.migrating = Some(qemu);
+            self.side = side;
+        } else {
+            qemu.kill();
+        }
+    }
+
+    /// The URI the destination listens on.
+    pub fn migration_uri() -> String {
+        format!("tcp:127.0.0.1:{MIGRATION_PORT}")
     }
 
     /// A new QMP observer connection to the migrating VM's current QEMU.
@@ -253,6 +290,14 @@ async fn direct_request(vm: &VmSpec) -> Result<String, String> {
         Some(r) => Err(r.error.clone().unwrap_or_else(|| format!("status {}", r.status))),
         None => Err("no request was sent".into()),
     }
+}
+
+/// A destination QEMU started for a migration the caller drives.
+#[derive(Debug)]
+pub struct Destination {
+    /// The QEMU process.
+    pub qemu: Qemu,
+    side: usize,
 }
 
 /// One run's settings.
@@ -301,6 +346,19 @@ pub struct RunRecord {
     pub echoes: Vec<EchoRecord>,
     /// After a completed migration (source stopped): the VM that answered a direct request.
     pub answered_from_destination: Option<Result<String, String>>,
+    /// The host's 1-minute load average when the run began (its own three guests included).
+    #[serde(default)]
+    pub host_load: Option<f64>,
+}
+
+/// The host's 1-minute load average (`/proc/loadavg`).
+pub fn host_load() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The default working layout relative to a checkout.

@@ -7,11 +7,9 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use handover_core::api::{ErrorBody, NoticeRequest, NoticeResponse};
+use handover_core::api::{ErrorBody, NoticeRequest, NoticeResponse, ProgressReply};
 use handover_core::migration::MigrationProgress;
 use handover_core::model::VmId;
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use super::auth::authorize;
 use super::{ApiError, ApiState, json, vm_from_path};
@@ -54,14 +52,9 @@ pub async fn notice(
     Ok((status, Json(response)))
 }
 
-/// Reply of `PUT /v1/vms/{vm}/migration/progress`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProgressRecorded {
-    /// Always true: the progress was recorded.
-    pub recorded: bool,
-}
-
-/// Records hypervisor progress on the VM's current migration (what `handover migrate` reports).
+/// Records hypervisor progress on the VM's current migration (what `handover migrate` reports) and
+/// answers where the VM's adaptive drain stands: `{"recorded": true, "adaptive": {...}}`, the
+/// second only for a VM whose pools adapt or quiesce (level, decision, λ, quiescing, quiesced).
 #[utoipa::path(
     put,
     path = "/v1/vms/{vm}/migration/progress",
@@ -70,7 +63,7 @@ pub struct ProgressRecorded {
     request_body(content = MigrationProgress, content_type = "application/json"),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Recorded on the VM's current or last migration", body = ProgressRecorded),
+        (status = 200, description = "Recorded on the VM's current or last migration; `adaptive` says where its adaptive drain stands", body = ProgressReply),
         (status = 400, description = "The body or `vm` is not valid; `field` names what", body = ErrorBody),
         (status = 401, description = "The token is missing or wrong", body = ErrorBody),
         (status = 413, description = "The body is longer than 2 MiB", body = ErrorBody),
@@ -82,12 +75,18 @@ pub async fn progress(
     vm: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<ProgressRecorded>, ApiError> {
+) -> Result<Json<ProgressReply>, ApiError> {
     authorize(&state, &headers)?;
     let vm = vm_from_path(vm)?;
     let progress: MigrationProgress = json::parse(&json::body(body)?)?;
-    if state.coordinator.record_progress(&vm, progress) {
-        Ok(Json(ProgressRecorded { recorded: true }))
+    if let Err((field, message)) = progress.validate() {
+        return Err(ApiError::bad_request(message, Some(field)));
+    }
+    if state.coordinator.record_progress(&vm, progress).await {
+        Ok(Json(ProgressReply {
+            recorded: true,
+            adaptive: state.coordinator.adaptive_status(&vm),
+        }))
     } else {
         Err(ApiError::not_found(format!(
             "VM {vm} has no migration to record progress on"

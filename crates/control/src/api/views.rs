@@ -25,6 +25,7 @@ pub(crate) async fn collect_vms(state: &ApiState) -> Vec<VmView> {
             .migration
             .and_then(|id| history.iter().rev().find(|r| r.id == id))
             .and_then(|r| r.progress.clone());
+        let adaptive = state.coordinator.adaptive_status(&vm);
         views.insert(
             vm.clone(),
             VmView {
@@ -35,6 +36,7 @@ pub(crate) async fn collect_vms(state: &ApiState) -> Vec<VmView> {
                 migration: s.migration,
                 queued: s.queued_since.is_some(),
                 progress,
+                adaptive,
                 backends: Vec::new(),
             },
         );
@@ -49,6 +51,7 @@ pub(crate) async fn collect_vms(state: &ApiState) -> Vec<VmView> {
                 migration: None,
                 queued: false,
                 progress: None,
+                adaptive: None,
                 backends: Vec::new(),
             });
             view.backends.push(VmBackendView {

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::adaptive::Level;
 use crate::api::BackendReport;
 use crate::model::VmId;
 use crate::phase::{Notice, Phase};
@@ -100,4 +101,8 @@ pub struct NoticeView {
     pub at: Millis,
     /// Its deadline (drained phases).
     pub deadline_at: Option<Millis>,
+    /// The adaptive drain's level the fleet applies (the fraction of the drain target the VM
+    /// keeps), when a node's controller chose one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<Level>,
 }

@@ -4,6 +4,7 @@
 //! This module only parses text; reading the file is the binary's job.
 
 pub mod access_log;
+mod adaptive;
 mod error;
 mod fleet;
 mod reader;
@@ -1032,6 +1033,7 @@ fn read_drain(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>, long_lived: bool) ->
             ],
         )
     });
+    let adaptive = adaptive::read_adaptive(doc, &mut t, &field.path);
     let long_lived_close_after = match t.get("long_lived") {
         Some(f) if !long_lived => {
             doc.error(
@@ -1054,6 +1056,7 @@ fn read_drain(doc: &mut Doc<'_, '_>, field: &Field<'_, '_>, long_lived: bool) ->
         shape: shape?,
         window: window?,
         keep: keep?,
+        adaptive: adaptive?,
         long_lived_close_after: long_lived_close_after?,
     };
     if policy.shape == DrainShape::Linear && policy.window.is_zero() {
@@ -1647,6 +1650,9 @@ fn cross_check(doc: &mut Doc<'_, '_>, parts: &Parts<'_>) {
                 "is the control API's address (control.bind)",
             );
         }
+    }
+    if let Some(pools) = parts.pools {
+        adaptive::check_one_controller_per_vm(doc, pools);
     }
     let mut watched = HashSet::new();
     for (i, qmp) in parts.qmp.iter().enumerate() {

@@ -160,6 +160,11 @@ impl<'a, 'i> Fields<'a, 'i> {
             })
     }
 
+    /// Whether the table has `key` (without marking it used).
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.table.iter().any(|(k, _)| k.get_ref().as_ref() == key)
+    }
+
     /// Every key of the table with its value, in file order (for maps such as `pools`).
     pub(crate) fn entries(&mut self) -> Vec<(String, Range<usize>, Field<'a, 'i>)> {
         let path = self.path.clone();
@@ -285,6 +290,16 @@ impl<'a, 'i> Field<'a, 'i> {
                     self.span(),
                     format!("must be a number between {min} and {max}"),
                 );
+                None
+            }
+        }
+    }
+
+    pub(crate) fn boolean(&self, doc: &mut Doc<'_, '_>) -> Option<bool> {
+        match self.value.get_ref().as_bool() {
+            Some(b) => Some(b),
+            None => {
+                doc.error(&self.path, self.span(), "expected true or false");
                 None
             }
         }

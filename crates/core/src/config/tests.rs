@@ -355,6 +355,104 @@ fn listener_timeouts_default_to_a_minute_and_must_be_positive() {
 }
 
 #[test]
+fn an_adaptive_drain_with_its_tunables_parses() {
+    let src = EXAMPLE.replace(
+        "drain = { target = 0.0, shape = \"step\", keep = \"connections\" }",
+        "drain = { target = 0.5, adaptive = true, quiesce = true, quiesce_lead = \"3s\", quiesce_hold = \"0s\", \
+         max_slowdown = 0.2, give_back_step = 0.5, give_back_interval = \"2s\", stall_passes = 3 }",
+    );
+    let config = parse(&src).unwrap();
+    let adaptive = config.pool("web").unwrap().drain.adaptive;
+    assert!(adaptive.enabled && adaptive.quiesce);
+    assert_eq!(adaptive.quiesce_lead, Duration::from_secs(3));
+    assert_eq!(adaptive.quiesce_hold, Duration::ZERO);
+    assert_eq!(adaptive.max_slowdown, 0.2);
+    assert_eq!(adaptive.give_back_step, 0.5);
+    assert_eq!(adaptive.give_back_interval, Duration::from_secs(2));
+    assert_eq!(adaptive.stall_passes, 3);
+    // The defaults when only the switches are given.
+    let src = EXAMPLE.replace("target = 0.0, shape", "target = 0.5, adaptive = true, shape");
+    let adaptive = parse(&src).unwrap().pool("web").unwrap().drain.adaptive;
+    assert_eq!(
+        adaptive,
+        crate::adaptive::AdaptiveDrain {
+            enabled: true,
+            ..Default::default()
+        }
+    );
+}
+
+#[test]
+fn adaptive_tunables_without_their_switch_are_rejected_with_their_field() {
+    let src = EXAMPLE.replace(
+        "target = 0.0, shape",
+        "target = 0.5, max_slowdown = 0.2, quiesce_lead = \"1s\", shape",
+    );
+    let errors = errors_of(&src);
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 2, "{messages:?}");
+    assert_eq!(errors[0].path, "pools.web.drain.max_slowdown");
+    assert!(
+        messages[0].contains("only used with adaptive = true"),
+        "{messages:?}"
+    );
+    assert_eq!(errors[1].path, "pools.web.drain.quiesce_lead");
+    assert!(
+        messages[1].contains("only used with quiesce = true"),
+        "{messages:?}"
+    );
+    assert_eq!(errors[0].line, Some(13));
+}
+
+#[test]
+fn bad_adaptive_values_name_their_fields() {
+    let src = EXAMPLE.replace(
+        "target = 0.0, shape",
+        "target = 0.5, adaptive = \"yes\", quiesce = true, quiesce_lead = \"0s\", shape",
+    );
+    let paths: Vec<String> = errors_of(&src).into_iter().map(|e| e.path).collect();
+    assert_eq!(
+        paths,
+        ["pools.web.drain.adaptive", "pools.web.drain.quiesce_lead"]
+    );
+    let src = EXAMPLE.replace(
+        "target = 0.0, shape",
+        "target = 0.5, adaptive = true, max_slowdown = -1, give_back_step = 0, stall_passes = 0, shape",
+    );
+    let errors = errors_of(&src);
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "pools.web.drain.max_slowdown",
+            "pools.web.drain.give_back_step",
+            "pools.web.drain.stall_passes"
+        ]
+    );
+    assert!(errors[1].to_string().contains("must be above zero"));
+}
+
+#[test]
+fn a_vm_whose_pools_adapt_differently_is_rejected() {
+    let src = format!(
+        "{EXAMPLE}\n[pools.api]\ndrain = {{ target = 0.5, adaptive = true }}\n\n[[pools.api.backends]]\naddress = \"127.0.0.1:9101\"\nvm = \"vm-a\"\n"
+    )
+    .replace("target = 0.0, shape", "target = 0.5, adaptive = true, max_slowdown = 0.3, shape");
+    let errors = errors_of(&src);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    // Pools are checked in name order: the second one named is at fault.
+    assert_eq!(errors[0].path, "pools.web.drain");
+    assert!(
+        errors[0].to_string().contains("vm-a is also in pool \"api\""),
+        "{}",
+        errors[0]
+    );
+    // The same settings in both pools are fine.
+    let same = src.replace("max_slowdown = 0.3, ", "");
+    assert!(parse(&same).is_ok());
+}
+
+#[test]
 fn a_qmp_monitor_of_a_vm_nothing_serves_is_an_error() {
     let errors = errors_of(
         "[[listeners]]\nname = \"l\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\n[[pools.p.backends]]\naddress = \"127.0.0.1:1\"\nvm = \"vm-a\"\n[[qmp]]\nsocket = \"/a\"\nvm = \"vm-typo\"\n",

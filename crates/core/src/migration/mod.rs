@@ -6,10 +6,14 @@
 //! a socket, so any sequence of notices can be replayed in a test. Call `tick(now)` before `apply`
 //! so that expired deadlines are seen first.
 
+mod adaptive;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use adaptive::{AdaptiveEntry, AdaptiveStatus};
 
 use crate::config::{Config, GuardAction, GuardConfig};
 use crate::model::{RestoreMode, VmId};
@@ -33,6 +37,8 @@ pub struct PoolTopology {
     pub ramp_window: Duration,
     /// Restore mode after a failure, cancel or deadline.
     pub restore: RestoreMode,
+    /// Adaptive drain and quiescence of its VMs.
+    pub adaptive: crate::adaptive::AdaptiveDrain,
 }
 
 /// The local pools, as the registry sees them.
@@ -56,6 +62,7 @@ impl Topology {
                     deadline: p.deadline,
                     ramp_window: p.ramp.window,
                     restore: p.restore,
+                    adaptive: p.drain.adaptive,
                 })
                 .collect(),
         }
@@ -111,6 +118,8 @@ pub enum Cause {
     RampDone,
     /// A queued prepare was admitted by the capacity guard.
     Dequeued,
+    /// The adaptive controller changed the VM's level (the phase stays).
+    Adaptive,
     /// A peer's command, followed (the peer drives the migration).
     Peer,
     /// A drain found on a driven balancer at start, adopted.
@@ -203,6 +212,7 @@ pub struct MigrationProgress {
     /// Dirty-bitmap syncs, i.e. passes over memory.
     pub passes: Option<u64>,
     /// Throughput in megabits per second.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0))]
     pub mbps: Option<f64>,
     /// Expected downtime in milliseconds (while active).
     pub expected_downtime_ms: Option<u64>,
@@ -212,6 +222,48 @@ pub struct MigrationProgress {
     pub downtime_ms: Option<u64>,
     /// Setup time in milliseconds.
     pub setup_time_ms: Option<u64>,
+    /// Bytes per page (`ram.page-size`; dirty rates are in pages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_size: Option<u64>,
+    /// QEMU's copy bandwidth cap (`max-bandwidth`), bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth: Option<u64>,
+    /// QEMU's `downtime-limit`, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_limit_ms: Option<u64>,
+    /// The latest dirty-rate probe (`calc-dirty-rate`), when the source runs them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_probe: Option<crate::adaptive::Probe>,
+    /// `handover migrate` holds QEMU's switchover until the VM is quiesced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover_held: Option<bool>,
+}
+
+impl MigrationProgress {
+    /// Checks figures that came from outside (the progress API): rates must be finite and not
+    /// negative. Returns the offending field and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(mbps) = self.mbps
+            && !(mbps.is_finite() && mbps >= 0.0)
+        {
+            return Err((
+                "mbps",
+                format!("mbps: {mbps} is not a rate; expected a number ≥ 0"),
+            ));
+        }
+        if let Some(probe) = &self.dirty_probe
+            && !(probe.bytes_per_s.is_finite() && probe.bytes_per_s >= 0.0)
+        {
+            return Err((
+                "dirty_probe.bytes_per_s",
+                format!(
+                    "dirty_probe.bytes_per_s: {} is not a rate; expected a number ≥ 0",
+                    probe.bytes_per_s
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One migration of one VM, with the timestamp of every phase.
@@ -242,6 +294,22 @@ pub struct MigrationRecord {
     pub stable_at: Option<Millis>,
     /// Latest progress from the hypervisor.
     pub progress: Option<MigrationProgress>,
+    /// The adaptive controller's decisions over time (level, λ, what remains, why).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adaptive: Vec<AdaptiveEntry>,
+    /// When quiescence began (no new work until the end of the migration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesce_started_at: Option<Millis>,
+    /// When, quiescing, the balancers first reported nothing in flight to the VM (at most the
+    /// drained threshold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesced_at: Option<Millis>,
+    /// When `handover migrate` began holding QEMU's switchover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_started_at: Option<Millis>,
+    /// When it let the switchover go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_ended_at: Option<Millis>,
     /// How this node learned of the migration, when not from a notice (followed from a peer,
     /// adopted from a driven balancer at start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -263,6 +331,11 @@ impl MigrationRecord {
             end: None,
             stable_at: None,
             progress: None,
+            adaptive: Vec::new(),
+            quiesce_started_at: None,
+            quiesced_at: None,
+            hold_started_at: None,
+            hold_ended_at: None,
             note: None,
         }
     }
@@ -334,6 +407,8 @@ pub struct Registry {
     queue: VecDeque<QueuedPrepare>,
     history: VecDeque<MigrationRecord>,
     next_id: u64,
+    /// Adaptive controllers of VMs draining or migrating, with the migration each belongs to.
+    controllers: BTreeMap<VmId, (u64, crate::adaptive::Controller)>,
 }
 
 impl Registry {
@@ -346,6 +421,7 @@ impl Registry {
             queue: VecDeque::new(),
             history: VecDeque::new(),
             next_id: 1,
+            controllers: BTreeMap::new(),
         }
     }
 
@@ -694,6 +770,7 @@ impl Registry {
                 elapsed_ms,
                 migrating,
                 deadline_in_ms,
+                level,
             } => {
                 let began = now.saturating_sub(elapsed_ms);
                 let id = match (from.is_drained(), state.migration) {
@@ -716,6 +793,8 @@ impl Registry {
                 };
                 next.drain_started_at = Some(began);
                 next.deadline_at = Some(now.saturating_add(deadline_in_ms));
+                // The driving node's adaptive level (absent: the pools' target).
+                next.level = level;
                 next.ramp_started_at = None;
                 next.ramp_until = None;
                 next.end_reason = None;
@@ -733,6 +812,7 @@ impl Registry {
                 }
                 next.drain_started_at = None;
                 next.deadline_at = None;
+                next.level = None;
                 next.end_reason = Some(reason);
                 if until > now {
                     next.phase = Phase::Ramping;
@@ -889,6 +969,7 @@ impl Registry {
             deadline_at: Some(now.saturating_add(deadline)),
             ramp_started_at: None,
             ramp_until: None,
+            level: None,
             end_reason: None,
             migration: Some(id),
             queued_since: None,

@@ -14,6 +14,7 @@ fn pool(name: &str, vms: &[&str], guard: GuardConfig) -> PoolTopology {
         deadline: Duration::from_secs(60),
         ramp_window: Duration::from_secs(10),
         restore: RestoreMode::Ramp,
+        adaptive: crate::adaptive::AdaptiveDrain::default(),
     }
 }
 
@@ -49,7 +50,8 @@ fn a_full_migration_walks_every_phase_with_timestamps() {
         PhaseCommand::Drain {
             elapsed_ms: 0,
             migrating: false,
-            deadline_in_ms: 60_000
+            deadline_in_ms: 60_000,
+            level: None,
         }
     );
     let t = applied(reg.apply(&a, Notice::Started, 2_000, NONE));
@@ -219,7 +221,8 @@ fn vms_only_peers_serve_use_the_default_deadline() {
         PhaseCommand::Drain {
             elapsed_ms: 0,
             migrating: false,
-            deadline_in_ms: 600_000
+            deadline_in_ms: 600_000,
+            level: None,
         }
     );
     let end = applied(reg.apply(&vm("elsewhere"), Notice::Completed, 10, NONE));
@@ -405,6 +408,45 @@ fn a_started_for_a_queued_vm_continues_its_queued_record() {
 }
 
 #[test]
+fn a_followed_drain_takes_the_peers_adaptive_level_and_a_followed_ramp_drops_it() {
+    let mut reg = registry(GuardConfig::default());
+    let a = vm("vm-a");
+    let drain = |level| PhaseCommand::Drain {
+        elapsed_ms: 0,
+        migrating: true,
+        deadline_in_ms: 60_000,
+        level,
+    };
+    reg.follow(&a, drain(None), 10_000, 10_000).unwrap();
+    assert_eq!(reg.vm(&a).unwrap().level, None);
+    // The driving node's controller lowered the level: the same phase, a new share.
+    let lowered = crate::adaptive::Level::new(0.25);
+    let t = reg
+        .follow(&a, drain(Some(lowered)), 11_000, 11_000)
+        .expect("the level changed the VM's state");
+    assert_eq!(
+        (t.from, t.to, t.origin),
+        (Phase::Migrating, Phase::Migrating, Origin::Peer)
+    );
+    assert_eq!(reg.vm(&a).unwrap().level, Some(lowered));
+    match reg.command_for(&a, 11_500) {
+        PhaseCommand::Drain { level, .. } => assert_eq!(level, Some(lowered)),
+        other => panic!("expected a drain, got {other:?}"),
+    }
+    reg.follow(
+        &a,
+        PhaseCommand::Ramp {
+            elapsed_ms: 0,
+            reason: EndReason::Completed,
+        },
+        12_000,
+        12_000,
+    )
+    .unwrap();
+    assert_eq!(reg.vm(&a).unwrap().level, None);
+}
+
+#[test]
 fn following_a_peer_takes_its_phase_times_and_deadline_and_ends_with_it() {
     let mut reg = registry(GuardConfig::default());
     let a = vm("vm-a");
@@ -415,6 +457,7 @@ fn following_a_peer_takes_its_phase_times_and_deadline_and_ends_with_it() {
                 elapsed_ms: 500,
                 migrating: false,
                 deadline_in_ms: 4_000,
+                level: None,
             },
             10_000,
             10_000,
@@ -442,6 +485,7 @@ fn following_a_peer_takes_its_phase_times_and_deadline_and_ends_with_it() {
             elapsed_ms: 0,
             migrating: true,
             deadline_in_ms: 60_000,
+            level: None,
         },
         0,
         0,
@@ -480,6 +524,7 @@ fn a_followed_deadline_restores_the_vm_on_this_node_only() {
             elapsed_ms: 0,
             migrating: false,
             deadline_in_ms: 1_000,
+            level: None,
         },
         0,
         0,
@@ -550,6 +595,7 @@ fn a_followed_phase_keeps_the_time_it_changed_at_its_origin_so_an_older_one_is_t
         elapsed_ms: 0,
         migrating: false,
         deadline_in_ms: 60_000,
+        level: None,
     };
     // Made at 1 000 on the peer, received at 1 500.
     reg.follow(&a, drain, 1_500, 1_000).unwrap();

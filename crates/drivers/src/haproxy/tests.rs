@@ -203,6 +203,7 @@ fn drain() -> PhaseCommand {
         elapsed_ms: 0,
         migrating: false,
         deadline_in_ms: 3_600_000,
+        level: None,
     }
 }
 

@@ -201,7 +201,8 @@ impl LibvirtWatcher {
                         passes: Some(iteration),
                         ..MigrationProgress::default()
                     },
-                );
+                )
+                .await;
             }
             VirshEvent::Other => {}
         }

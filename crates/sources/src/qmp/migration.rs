@@ -126,6 +126,8 @@ pub fn progress_of(reply: &Value) -> MigrationProgress {
         total_time_ms: top_u64("total-time"),
         downtime_ms: top_u64("downtime"),
         setup_time_ms: top_u64("setup-time"),
+        page_size: ram_u64("page-size"),
+        ..MigrationProgress::default()
     }
 }
 

@@ -6,13 +6,17 @@
 //! would lose the `completed` that follows and leave the VM drained until its deadline.
 
 pub mod client;
+pub mod dirty_rate;
+pub mod hold;
 pub mod lines;
 pub mod message;
 pub mod migration;
 pub mod watcher;
 
 pub use client::{Events, QmpClient, QmpError};
+pub use dirty_rate::Prober;
 pub use handover_core::model::Endpoint;
+pub use hold::SwitchoverHold;
 pub use message::Event;
 pub use migration::{MigrationStatus, progress_of, status_of};
 pub use watcher::{MigrationSink, QmpWatcher};

@@ -7,7 +7,10 @@
 //! (`setup` → prepare, `active` → started, `completed`, `failed`, `cancelled`) and progress is
 //! reported on every poll. If QEMU disappears mid-migration the VM stays drained until the
 //! migration's deadline restores it; if a *new* QEMU answers (status `none` after a running
-//! migration), the migration is reported failed at once.
+//! migration), the migration is reported failed at once. For a VM whose drain adapts, it also reads
+//! the migration's `max-bandwidth` and `downtime-limit` and keeps a dirty-rate probe running
+//! while the migration runs (see [`super::dirty_rate`]), so that the controller can act before the
+//! first pass ends.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,14 +26,16 @@ use tracing::{debug, info, warn};
 use handover_core::model::Endpoint;
 
 use super::client::{Events, QmpClient};
+use super::dirty_rate::{self, Prober};
 use super::migration::{MigrationStatus, progress_of, status_of};
 
 /// Where notices and progress go (the coordinator, in `handover run`).
 pub trait MigrationSink: Send + Sync {
     /// A migration notice for a VM.
     fn notice<'a>(&'a self, vm: &'a VmId, notice: Notice) -> BoxFuture<'a, Result<(), String>>;
-    /// Latest progress of the VM's migration.
-    fn progress(&self, vm: &VmId, progress: MigrationProgress);
+    /// Latest progress of the VM's migration (the coordinator may tell the balancers a new
+    /// adaptive level before this returns).
+    fn progress<'a>(&'a self, vm: &'a VmId, progress: MigrationProgress) -> BoxFuture<'a, ()>;
 }
 
 /// Settings of one watcher.
@@ -44,6 +49,8 @@ pub struct QmpWatcher {
     pub poll_interval: Duration,
     /// Timeout of every QMP command.
     pub command_timeout: Duration,
+    /// Run dirty-rate probes and report the migration's parameters (the VM's drain adapts).
+    pub probe: bool,
 }
 
 #[cfg(test)]
@@ -60,6 +67,10 @@ struct Tracker {
     running: bool,
     progress: MigrationProgress,
     last_notice: Option<Notice>,
+    /// The running migration's probes (adaptive VMs), and its parameters and latest probe.
+    prober: Option<Prober>,
+    parameters: (Option<u64>, Option<u64>),
+    probe: Option<handover_core::adaptive::Probe>,
 }
 
 impl QmpWatcher {
@@ -140,7 +151,7 @@ impl QmpWatcher {
                         "MIGRATION_PASS" => {
                             if let Some(pass) = event.data.get("pass").and_then(|p| p.as_u64()) {
                                 tracker.progress.passes = Some(pass);
-                                sink.progress(&self.vm, tracker.progress.clone());
+                                sink.progress(&self.vm, tracker.progress.clone()).await;
                             }
                         }
                         _ => {}
@@ -150,8 +161,9 @@ impl QmpWatcher {
                     match client.execute("query-migrate", None).await {
                         Ok(reply) => {
                             let status = status_of(&reply);
-                            tracker.progress = progress_of(&reply);
-                            sink.progress(&self.vm, tracker.progress.clone());
+                            self.probe_tick(client, tracker).await;
+                            tracker.progress = self.enrich(tracker, progress_of(&reply));
+                            sink.progress(&self.vm, tracker.progress.clone()).await;
                             // Catches transitions when events are off.
                             self.on_status(status, Some(&reply), client, sink, tracker).await;
                         }
@@ -181,6 +193,11 @@ impl QmpWatcher {
         if status == MigrationStatus::Setup {
             tracker.last_notice = None;
             tracker.progress = MigrationProgress::default();
+            tracker.prober = None;
+            tracker.probe = None;
+        }
+        if self.probe && status.is_running() && tracker.prober.is_none() {
+            self.start_probing(client, tracker).await;
         }
         if matches!(
             status,
@@ -192,8 +209,8 @@ impl QmpWatcher {
                 None => client.execute("query-migrate", None).await.ok(),
             };
             if let Some(reply) = final_reply {
-                tracker.progress = progress_of(&reply);
-                sink.progress(&self.vm, tracker.progress.clone());
+                tracker.progress = self.enrich(tracker, progress_of(&reply));
+                sink.progress(&self.vm, tracker.progress.clone()).await;
             }
         }
         // A migration first seen already active (handover started late) still gets its prepare.
@@ -207,6 +224,38 @@ impl QmpWatcher {
         }
         tracker.running = status.is_running();
         tracker.status = Some(status);
+    }
+
+    /// Reads the migration's parameters and the guest's size, and starts the first probe.
+    async fn start_probing(&self, client: &QmpClient, tracker: &mut Tracker) {
+        match dirty_rate::parameters(client).await {
+            Ok(parameters) => tracker.parameters = parameters,
+            Err(e) => debug!(vm = %self.vm, error = %e, "query-migrate-parameters failed"),
+        }
+        let memory = dirty_rate::memory_size(client).await.unwrap_or(None);
+        tracker.prober = Some(Prober::new(memory));
+        self.probe_tick(client, tracker).await;
+    }
+
+    /// Advances the dirty-rate probe (adaptive VMs only); a failure is logged and the next poll
+    /// tries again.
+    async fn probe_tick(&self, client: &QmpClient, tracker: &mut Tracker) {
+        let Some(prober) = tracker.prober.as_mut() else {
+            return;
+        };
+        match prober.tick(client).await {
+            Ok(Some(probe)) => tracker.probe = Some(probe),
+            Ok(None) => {}
+            Err(e) => debug!(vm = %self.vm, error = %e, "dirty-rate probe failed"),
+        }
+    }
+
+    /// A progress report with what the watcher knows beyond `query-migrate`.
+    fn enrich(&self, tracker: &Tracker, mut progress: MigrationProgress) -> MigrationProgress {
+        progress.max_bandwidth = tracker.parameters.0;
+        progress.downtime_limit_ms = tracker.parameters.1;
+        progress.dirty_probe = tracker.probe;
+        progress
     }
 
     async fn send(&self, sink: &dyn MigrationSink, tracker: &mut Tracker, notice: Notice) {

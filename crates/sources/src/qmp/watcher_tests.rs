@@ -30,7 +30,9 @@ impl MigrationSink for Recorder {
         Box::pin(async { Ok(()) })
     }
 
-    fn progress(&self, _vm: &VmId, _progress: MigrationProgress) {}
+    fn progress<'a>(&'a self, _vm: &'a VmId, _progress: MigrationProgress) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
 impl Recorder {
@@ -107,6 +109,7 @@ fn watcher(path: &std::path::Path) -> QmpWatcher {
         vm: VmId::new("vm-a").unwrap(),
         poll_interval: Duration::from_millis(50),
         command_timeout: Duration::from_secs(5),
+        probe: false,
     }
 }
 

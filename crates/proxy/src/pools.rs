@@ -97,6 +97,9 @@ pub struct PoolExport {
     pub ejected: Vec<(usize, u64)>,
 }
 
+/// A pool's snapshot as read by the data plane: cheap to take, to be dropped before a wait.
+pub type SnapshotGuard = arc_swap::Guard<Arc<PoolSnapshot>>;
+
 /// One pool: its name, its state and the current snapshot (which carries its configuration and
 /// backends).
 #[derive(Debug)]
@@ -148,7 +151,7 @@ impl Pool {
 
     /// The current snapshot (a cheap, lock-free load).
     #[inline]
-    pub fn snapshot(&self) -> arc_swap::Guard<Arc<PoolSnapshot>> {
+    pub fn snapshot(&self) -> SnapshotGuard {
         self.snapshot.load()
     }
 

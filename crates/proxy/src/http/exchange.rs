@@ -30,6 +30,7 @@ use super::upstream::{self, Upstream};
 use crate::backend::Traffic;
 use crate::buffer::Buffer;
 use crate::log_limit::LogLimit;
+use crate::pools::SnapshotGuard;
 use crate::random;
 use crate::snapshot::{BackendEntry, PoolSnapshot};
 
@@ -66,19 +67,22 @@ pub(super) async fn forward<S: ClientStream>(
     conn: &mut Connection<S>,
     request: Request,
     mut out: Buffer,
+    snapshot: SnapshotGuard,
 ) -> bool {
+    // Read when the head was parsed; dropped before the first wait (a guard is not held long).
+    let mut parsed_with = Some(snapshot);
     let route = conn.route.clone();
     let pool = &route.pool;
     let started = Instant::now();
     let head_len = out.len();
-    let attempts = pool.snapshot().config.retries as usize + 1;
     let mut tried: Vec<usize> = Vec::new();
     // Allocated only when a connect fails (the hot path allocates nothing).
     let mut last_error: Option<String> = None;
     let mut stale_retries = 0;
     let mut fresh_only = false;
     let (entry, guard, answered) = loop {
-        if tried.len() >= attempts {
+        // The first attempt reads nothing more than the choice's snapshot (the hot path).
+        if !tried.is_empty() && tried.len() > pool.snapshot().config.retries as usize {
             return refuse(
                 conn,
                 &request,
@@ -89,14 +93,19 @@ pub(super) async fn forward<S: ClientStream>(
             .await;
         }
         let choice = {
-            let snapshot = pool.snapshot();
-            choose(&snapshot, request.sticky, snapshot.config.drain.keep, &tried).ok_or_else(|| {
-                let down = snapshot.entries.iter().filter(|e| !e.available).count();
-                (down, snapshot.entries.len())
-            })
+            let snapshot = parsed_with.take().unwrap_or_else(|| pool.snapshot());
+            choose(&snapshot, request.sticky, snapshot.config.drain.keep, &tried)
+                .map(|entry| {
+                    let set_cookie = sticky_set_cookie(&snapshot, &request, &entry);
+                    (entry, set_cookie)
+                })
+                .ok_or_else(|| {
+                    let down = snapshot.entries.iter().filter(|e| !e.available).count();
+                    (down, snapshot.entries.len())
+                })
         };
-        let entry = match choice {
-            Ok(entry) => entry,
+        let (entry, set_cookie) = match choice {
+            Ok(chosen) => chosen,
             Err((down, total)) if tried.is_empty() => {
                 let message = format!(
                     "no backend of pool {} can take new requests ({down} of {total} down)",
@@ -136,17 +145,7 @@ pub(super) async fn forward<S: ClientStream>(
             }
         };
         out.truncate_to(head_len);
-        match attempt(
-            conn,
-            &request,
-            &mut out,
-            upstream,
-            started,
-            route.response_timeout,
-            &entry,
-        )
-        .await
-        {
+        match attempt(conn, &request, &mut out, upstream, started, set_cookie).await {
             Ok(answered) => break (entry, guard, answered),
             Err(Failure::Stale) if stale_retries == 0 => {
                 debug!(backend = %entry.address, "reused connection was closed by the backend; trying a new one");
@@ -263,9 +262,9 @@ async fn attempt<S: ClientStream>(
     out: &mut Buffer,
     mut upstream: Upstream,
     started: Instant,
-    response_timeout: Duration,
-    entry: &BackendEntry,
+    set_cookie: Option<String>,
 ) -> Result<Answered, Failure> {
+    let response_timeout = conn.route.response_timeout;
     let reused = upstream.reused;
     let mut body = BodyCounter::new(request.framing);
     let input = conn.input.get_or_insert_with(Buffer::take);
@@ -300,7 +299,6 @@ async fn attempt<S: ClientStream>(
     let mut deadline = started + response_timeout;
     let mut from_backend = Buffer::take();
     let mut answered_anything = false;
-    let set_cookie = sticky_set_cookie(conn, request, entry);
     loop {
         if !body.is_done() {
             pump_body(conn, &mut upstream, &mut body, &mut from_backend).await?;
@@ -372,8 +370,7 @@ async fn attempt<S: ClientStream>(
 }
 
 /// The `Set-Cookie` value that binds a new session to the chosen backend.
-fn sticky_set_cookie<S>(conn: &Connection<S>, request: &Request, entry: &BackendEntry) -> Option<String> {
-    let snapshot = conn.route.pool.snapshot();
+fn sticky_set_cookie(snapshot: &PoolSnapshot, request: &Request, entry: &BackendEntry) -> Option<String> {
     let sticky = snapshot.config.sticky.as_ref()?;
     (request.sticky != Some(entry.index)).then(|| {
         format!(

@@ -70,7 +70,7 @@ pub(crate) use exchange::{choose as choose_backend, unreachable as unreachable_t
 use crate::accept::accept_loop;
 use crate::access_log::AccessLog;
 use crate::buffer::Buffer;
-use crate::pools::Pool;
+use crate::pools::{Pool, SnapshotGuard};
 use crate::shutdown::{Shutdown, ShutdownListener};
 use crate::tls::TlsServer;
 use crate::tls::upstream::UpstreamTls;
@@ -213,8 +213,9 @@ pub(crate) async fn serve_read<S: ClientStream>(
 
 /// What waiting for the next request gave.
 enum Next {
-    /// A request head, parsed, and its rewritten form in a buffer.
-    Request(Request, Buffer),
+    /// A request head, parsed, its rewritten form in a buffer, and the pool's snapshot it was
+    /// parsed with (the first choice of a backend uses it: one snapshot read per request).
+    Request(Request, Buffer, SnapshotGuard),
     /// The client closed, was idle too long, or the worker shuts down.
     Closed,
     /// The head cannot be forwarded: answer this and close.
@@ -271,8 +272,8 @@ impl<S: ClientStream> Connection<S> {
     /// Requests one after another until either side closes.
     async fn serve(mut self) {
         loop {
-            let (request, out) = match self.next_request().await {
-                Next::Request(request, out) => (request, out),
+            let (request, out, snapshot) = match self.next_request().await {
+                Next::Request(request, out, snapshot) => (request, out, snapshot),
                 Next::Closed => return,
                 Next::Refused(error) => {
                     let mut out = Buffer::take();
@@ -299,9 +300,10 @@ impl<S: ClientStream> Connection<S> {
                 ));
             }
             let keep = if self.route.upstream_h2 {
+                drop(snapshot);
                 to_h2::forward(&mut self, request, out).await
             } else {
-                exchange::forward(&mut self, request, out).await
+                exchange::forward(&mut self, request, out, snapshot).await
             };
             self.finish_record();
             if !keep {
@@ -332,7 +334,7 @@ impl<S: ClientStream> Connection<S> {
                 match head::parse_request(input.filled(), &context, &mut out) {
                     Ok(Some(request)) => {
                         input.consume(request.head_len);
-                        return Next::Request(request, out);
+                        return Next::Request(request, out, snapshot);
                     }
                     Ok(None) if input.is_full() => {
                         return Next::Refused(RequestError {

@@ -217,6 +217,7 @@ impl NginxBalancer {
         }
         let mut interval = tokio::time::interval(self.config.policy.step);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = self.inner.lock().await.written.is_none();
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
@@ -226,8 +227,16 @@ impl NginxBalancer {
             if !inner.desired.any_active() && inner.written.is_some() {
                 continue;
             }
-            if let Err(e) = self.sync(&mut inner).await {
-                warn!(nginx = %self.config.name, error = %e, "cannot update nginx; retrying");
+            match self.sync(&mut inner).await {
+                Ok(_) if failing => {
+                    failing = false;
+                    info!(nginx = %self.config.name, file = %self.config.file.display(), "upstream written; nginx reloaded after failing")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failing = true;
+                    warn!(nginx = %self.config.name, error = %e, "cannot update nginx; retrying")
+                }
             }
             inner.desired.settle(&self.config.policy);
         }

@@ -309,8 +309,9 @@ async fn handover_migrate_holds_the_switchover_until_nothing_is_in_flight() {
         node.log()
     );
     let held_at = now_ms();
-    // Held: QEMU does not switch over while the connection is open.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Held: QEMU does not switch over while the connection is open (a second is enough to see
+    // it; the hold lasts as long as the guest dirties a page in every pass).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(observer.status().await, "active", "{}", migration(node).await);
     assert!(observer.migration_event_ms("completed").is_none());
     assert_eq!(
@@ -341,7 +342,8 @@ async fn handover_migrate_holds_the_switchover_until_nothing_is_in_flight() {
         quiesced >= closed_at,
         "quiesced only once the connection closed: {record}"
     );
-    assert!(hold_end >= quiesced && hold_end - closed_at < 2000, "{record}");
+    // Released once the close was seen (the bound leaves a loaded machine room).
+    assert!(hold_end >= quiesced && hold_end - closed_at < 5000, "{record}");
     // QEMU stopped the guest only after the hold was released, and got its parameters back.
     let stop = observer
         .events

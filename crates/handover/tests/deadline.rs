@@ -10,16 +10,17 @@ use common::{eventually, notice, tcp_node};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_without_an_end_notice_is_restored_at_the_deadline() {
-    let (node, _backends) = tcp_node("deadline = \"1500ms\"\nramp = { window = \"1s\" }").await;
+    let (node, _backends) = tcp_node("deadline = \"3s\"\nramp = { window = \"1s\" }").await;
     // The deadline runs from the prepare's arrival, which is after `sent`.
     let sent = Instant::now();
     let (status, reply) = node.notice("vm-a", notice("prepare")).await;
     assert_eq!(status, 200, "{reply}");
+    // Well inside the 3 s deadline even on a loaded machine (three batches of 30 connects).
     let counts = vm_counts(node.listener("tcp"), 90, 30).await;
     assert_eq!(counts.get("vm-a"), None);
 
     // Restored after the deadline without any notice, and not before it: the first time the
-    // phase is seen to have left draining is at least 1.5 s after the prepare was sent.
+    // phase is seen to have left draining is at least 3 s after the prepare was sent.
     let left_draining = loop {
         let phase = node.phase("vm-a").await;
         if phase != "draining" {
@@ -29,7 +30,7 @@ async fn a_migration_without_an_end_notice_is_restored_at_the_deadline() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(
-        left_draining >= Duration::from_millis(1500),
+        left_draining >= Duration::from_millis(3000),
         "restored {left_draining:?} after the prepare, before its deadline"
     );
     assert!(
@@ -53,7 +54,7 @@ async fn a_migration_without_an_end_notice_is_restored_at_the_deadline() {
     let ended = m["ended_at"].as_u64().unwrap();
     assert!(
         // Not before the deadline; the upper bound leaves room for a loaded machine.
-        (1500..6000).contains(&(ended - prepared)),
+        (3000..8000).contains(&(ended - prepared)),
         "ended {} ms after prepare",
         ended - prepared
     );

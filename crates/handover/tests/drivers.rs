@@ -114,9 +114,15 @@ async fn haproxy_drain_moves_new_connections_keeps_existing_ones_and_ramps_back_
     assert_eq!(status, 200);
     let started = Instant::now();
     let mut weights = Vec::new();
+    let mut early = Vec::new();
     while started.elapsed() < Duration::from_millis(3600) {
+        // Dated by time, not by index: on a loaded machine the readings may be far apart.
+        let at = started.elapsed();
         let s = haproxy.servers();
         weights.push((s["s1"].0, s["s2"].0));
+        if at < Duration::from_millis(700) {
+            early.push(s["s1"].0);
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut steps: Vec<u32> = weights.iter().map(|(s1, _)| *s1).collect();
@@ -134,8 +140,10 @@ async fn haproxy_drain_moves_new_connections_keeps_existing_ones_and_ramps_back_
         "configured weights restored: {:?}",
         haproxy.servers()
     );
-    let early: Vec<u32> = weights.iter().take(3).map(|(s1, _)| *s1).collect();
-    assert!(early.iter().all(|w| *w < 128), "it starts low: {weights:?}");
+    assert!(
+        early.iter().all(|w| *w < 128),
+        "it starts low: {early:?} of {weights:?}"
+    );
 }
 
 async fn haproxy_partial_target_gives_the_expected_share() {
@@ -298,7 +306,7 @@ async fn nginx_drain_keeps_existing_connections_and_ramps_back_through_reloads()
     let started = Instant::now();
     loop {
         let counts = vm_counts(nginx.frontend, 150, 15).await;
-        if counts.get("vm-a").is_none() {
+        if !counts.contains_key("vm-a") {
             break;
         }
         assert!(
@@ -405,8 +413,10 @@ async fn haproxy_reports_the_sessions_that_remain_and_when_the_vm_is_drained() {
         "{reply}"
     );
 
+    // Closed 1.5 s after this point; the node counts its wait from the notice's arrival, a
+    // little later, so at least 400 ms even when the notice is slow to arrive.
     let closing = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         drop(client);
     });
     let (_, reply) = node

@@ -239,11 +239,15 @@ async fn fifty_prepares_with_a_hung_peer_drain_locally_at_once_and_answer_within
             .expect("the prepares end");
     let took = started.elapsed();
     assert!(all_drained);
-    assert!(
-        drained_after < Duration::from_millis(1500),
-        "every local drain applied at once, not after the peer: {drained_after:?}"
-    );
     assert!(replies.iter().all(|(status, _)| *status == 200), "{replies:?}");
+    // Every prepare waits up to the peer's 2 s timeout before it answers; the drains were all in
+    // force before the first answer came (each reply's time counts from its own send, later than
+    // `started`, so this is if anything stricter).
+    let fastest = replies.iter().map(|(_, t)| *t).min().unwrap();
+    assert!(
+        drained_after < fastest,
+        "every local drain applied at once, not after the peer: all drained after {drained_after:?}, first reply after {fastest:?}"
+    );
     let slowest = replies.iter().map(|(_, t)| *t).max().unwrap();
     assert!(
         slowest < Duration::from_secs(4),
@@ -256,8 +260,8 @@ async fn fifty_prepares_with_a_hung_peer_drain_locally_at_once_and_answer_within
     assert!(replies.iter().all(|(status, _)| *status == 200), "{replies:?}");
     let slowest = replies.iter().map(|(_, t)| *t).max().unwrap();
     assert!(
-        slowest < Duration::from_millis(1500),
-        "a peer known to hang is not waited for again: slowest {slowest:?} of {:?}",
+        slowest < Duration::from_secs(2),
+        "a peer known to hang is not waited for again (its timeout is 2 s): slowest {slowest:?} of {:?}",
         started.elapsed()
     );
     assert!(pool_phases(&node_a).await.values().all(|p| p != "draining"));
@@ -512,8 +516,23 @@ async fn a_haproxy_drain_is_restored_at_its_original_deadline_by_the_restarted_n
         "not before the deadline: {restored_after:?}"
     );
     assert!(
-        restored_after < Duration::from_secs(8),
-        "at the deadline (4 s) plus the 1 s ramp, not one counted from the restart: {restored_after:?}"
+        restored_after < Duration::from_secs(12),
+        "at the deadline (4 s) plus the 1 s ramp, and a loaded machine's delays: {restored_after:?}"
+    );
+    // The node's own record: the deadline fell 4 s after the prepare, not 4 s after the restart
+    // (which came at least 1 s after it).
+    let migrations: serde_json::Value = node.client(None).get("/v1/migrations").await.unwrap();
+    let m = migrations
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["vm"] == "vm-a")
+        .unwrap_or_else(|| panic!("{migrations}"));
+    assert_eq!(m["end"], "deadline", "{migrations}");
+    let held = m["ended_at"].as_u64().unwrap() - m["prepared_at"].as_u64().unwrap();
+    assert!(
+        (3900..4900).contains(&held),
+        "the deadline counted from the prepare, not from the restart: ended {held} ms after it"
     );
 }
 
@@ -767,9 +786,27 @@ async fn running_out_of_descriptors_never_ejects_backends_nor_silences_the_contr
     let node = Node::start_limited(&config, Some(256));
     let web = node.listener("web");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients: Vec<_> = (0..400)
-        .map(|_| tokio::spawn(http_load_client(web, stop.clone())))
-        .collect();
+    // The 400 clients run on a runtime of their own, so the time the API probe measures is
+    // handover's, not this test's own scheduler busy with the load.
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("the load's runtime")
+                .block_on(async move {
+                    let clients: Vec<_> = (0..400)
+                        .map(|_| tokio::spawn(http_load_client(web, stop.clone())))
+                        .collect();
+                    let mut results = Vec::new();
+                    for client in clients {
+                        results.push(client.await.expect("a load client"));
+                    }
+                    results
+                })
+        })
+    };
 
     // While 400 clients hold the proxy at its limit, the control API answers, promptly.
     let started = Instant::now();
@@ -801,8 +838,10 @@ async fn running_out_of_descriptors_never_ejects_backends_nor_silences_the_contr
     assert!(slowest < Duration::from_secs(2), "slowest API answer {slowest:?}");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut served = 0;
-    for client in clients {
-        let (ok, not_ok, _) = client.await.unwrap();
+    let results = tokio::task::spawn_blocking(move || load.join().expect("the load's thread"))
+        .await
+        .unwrap();
+    for (ok, not_ok, _) in results {
         served += ok;
         assert_eq!(not_ok, 0, "no 5xx while at the limit");
     }
@@ -1283,14 +1322,24 @@ async fn a_drain_begun_while_a_node_was_frozen_mid_ramp_reaches_it_when_it_runs_
     let node_b = Node::start(&twin_config(port_b, &url(port_a), "", &backends));
     assert_eq!(node_a.notice("vm-a", notice("prepare")).await.0, 200);
     assert_eq!(node_a.notice("vm-a", notice("completed")).await.0, 200);
-    assert_eq!(pool_phase(&node_b, "vm-a").await, "ramping");
+    // B is frozen mid-ramp, or (on a slow machine, the ramp being 1 s) just after it ended:
+    // either way it is no longer draining.
+    let phase = pool_phase(&node_b, "vm-a").await;
+    assert!(phase == "ramping" || phase == "stable", "{phase}");
     node_b.signal("STOP");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(node_a.notice("vm-a", notice("prepare")).await.0, 200);
     tokio::time::sleep(Duration::from_secs(4)).await;
     node_b.signal("CONT");
+    // Woken, B notices the freeze at its next run-loop iteration and asks A; on a loaded machine
+    // that takes a while, so wait for the event (generously), then for the phase.
     assert!(
-        eventually(Duration::from_secs(1), || async {
+        common::log_contains(&node_b, "phases fetched again", Duration::from_secs(5)).await,
+        "{}",
+        node_b.plain_log()
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || async {
             pool_phase(&node_b, "vm-a").await == "draining"
         })
         .await,

@@ -261,8 +261,9 @@ async fn a_node_killed_during_a_migration_is_reported_within_ack_timeout_and_con
     let (status, reply) = b.notice("vm-a", notice("started")).await;
     let took = sent.elapsed();
     assert_eq!(status, 200, "{reply}");
-    // ack_timeout is 1 s: the reply never waits much past it for the dead node.
-    assert!(took < Duration::from_millis(2500), "{took:?}");
+    // ack_timeout is 1 s: the reply never waits much past it for the dead node (its 4 s lease
+    // expires 2.7 s after the kill at the earliest; the bound leaves a loaded machine room).
+    assert!(took < Duration::from_secs(3), "{took:?}");
     let dead = reply["balancers"]
         .as_array()
         .unwrap()
@@ -284,7 +285,7 @@ async fn a_node_killed_during_a_migration_is_reported_within_ack_timeout_and_con
     let c = Node::start(&config_with(&etcd, "lb-3", &pairs(&backends), "1s"));
     assert_eq!(pool_phase(&c, "vm-a").await, "migrating", "{}", c.log());
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );

@@ -158,8 +158,11 @@ async fn blackout(
     let started = Instant::now();
     let mut went_down = false;
     loop {
+        // The counter first, then the health: once the counter shows the event, the health read
+        // after it is the state that event left (vm-a stays stopped until the loop ends).
+        let reached = backend_field(node, "vm-a", field).await.as_u64().unwrap() >= at_least;
         went_down |= health_of(node, "vm-a").await == "down";
-        if backend_field(node, "vm-a", field).await.as_u64().unwrap() >= at_least {
+        if reached {
             break;
         }
         assert!(

@@ -1,14 +1,14 @@
 //! Backends set or removed through the API (`PUT`/`DELETE /v1/pools/{pool}/backends/{address}`),
 //! shared through etcd: the node that takes the call applies the change locally (durably), then
 //! puts it under `backends/<pool>/<address>` (no lease: it outlives the node). Every node lists
-//! those keys when it starts, then watches them, and applies each change to its own pools through
-//! a [`BackendSink`] (a node without the pool skips it). A change the sink cannot make now (its
-//! state directory is full) is tried again by listing again, with backoff. etcd keeps the last
-//! change of each pool and address, and every node applies the changes in etcd's order, so nodes
-//! converge on etcd's value even when two nodes change the same backend at once. A node never
-//! applies a change older than one it applied or wrote itself: a `PUT` then a `DELETE` of one
-//! backend through one node does not bring the backend back for a moment when the node sees its
-//! own `PUT` through the watch.
+//! those keys when it starts, then watches them (through `prefix_watch`), and applies each change
+//! to its own pools through a [`BackendSink`] (a node without the pool skips it). A change the sink
+//! cannot make now (its state directory is full) is tried again by listing again, with backoff.
+//! etcd keeps the last change of each pool and address, and every node applies the changes in
+//! etcd's order, so nodes converge on etcd's value even when two nodes change the same backend at
+//! once. A node never applies a change older than one it applied or wrote itself: a `PUT` then a
+//! `DELETE` of one backend through one node does not bring the backend back for a moment when the
+//! node sees its own `PUT` through the watch.
 
 use std::sync::Arc;
 
@@ -17,10 +17,10 @@ use handover_core::balancer::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::etcd::{EtcdError, EventType, KeyValue, WatchEvent, compacted_revision};
-use crate::node::{FleetNode, RETRY_MIN};
+use crate::etcd::{EtcdError, KeyValue};
+use crate::node::FleetNode;
+use crate::prefix_watch::{self, Change, PrefixHandler};
 use crate::records::{decode, encode};
-use crate::watcher::sleep_or_cancel;
 
 /// Why a sink did not apply a change.
 #[derive(Debug, Clone)]
@@ -75,16 +75,10 @@ impl FleetNode {
     /// Lists every backend change and applies each through `sink`; returns the revision of the
     /// list, or why it must be tried again.
     pub async fn sync_backends(&self, sink: &dyn BackendSink) -> Result<i64, String> {
-        let (mut kvs, revision) = self.etcd.list(&self.keys.backends()).await.map_err(|e| {
-            self.stats.lock().etcd_error("backends");
-            format!("cannot list the fleet's backends: {e}")
-        })?;
-        kvs.sort_by_key(|kv| kv.mod_revision);
-        for kv in &kvs {
-            self.apply_backend(sink, kv).await?;
-        }
-        debug!(changes = kvs.len(), revision, "fleet backends listed");
-        Ok(revision)
+        let backends = Backends { node: self, sink };
+        prefix_watch::list_and_apply(self, &backends)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Watches the backend changes from the revision after `start` (0: list first), applying
@@ -95,86 +89,45 @@ impl FleetNode {
         start: i64,
         cancel: CancellationToken,
     ) {
-        let mut revision = start;
-        let mut backoff = RETRY_MIN;
-        loop {
-            if cancel.is_cancelled() {
-                return;
-            }
-            if revision == 0 {
-                match self.sync_backends(sink.as_ref()).await {
-                    Ok(r) => revision = r,
-                    Err(e) => {
-                        warn!(error = %e, "fleet backends: will list again");
-                        if sleep_or_cancel(&cancel, &mut backoff).await {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-            }
-            let mut watch = match self.etcd.watch(&self.keys.backends(), revision + 1).await {
-                Ok(watch) => {
-                    backoff = RETRY_MIN;
-                    watch
-                }
-                Err(e) => {
-                    if compacted_revision(&e).is_none() {
-                        self.stats.lock().etcd_error("backends");
-                        warn!(error = %e, "cannot watch the fleet's backends; will list again");
-                        if sleep_or_cancel(&cancel, &mut backoff).await {
-                            return;
-                        }
-                    }
-                    revision = 0;
-                    continue;
-                }
-            };
-            loop {
-                let next = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    next = watch.next() => next,
-                };
-                match next {
-                    Ok(WatchEvent::Events(events)) => {
-                        let mut failed = None;
-                        for event in events {
-                            let Some(kv) = event.kv else { continue };
-                            // A deleted key (by hand) leaves the nodes as they are.
-                            if event.r#type == EventType::Delete as i32 {
-                                revision = revision.max(kv.mod_revision);
-                                continue;
-                            }
-                            if let Err(e) = self.apply_backend(sink.as_ref(), &kv).await {
-                                failed = Some(e);
-                                break;
-                            }
-                            revision = revision.max(kv.mod_revision);
-                        }
-                        if let Some(e) = failed {
-                            warn!(error = %e, "fleet backends: will list again");
-                            if sleep_or_cancel(&cancel, &mut backoff).await {
-                                return;
-                            }
-                            revision = 0;
-                            break;
-                        }
-                    }
-                    Ok(WatchEvent::Progress(r)) => revision = revision.max(r),
-                    Ok(WatchEvent::Compacted(_)) => {
-                        revision = 0;
-                        break;
-                    }
-                    Err(e) => {
-                        self.stats.lock().etcd_error("backends");
-                        warn!(error = %e, "the fleet's backends watch broke; watching again");
-                        if sleep_or_cancel(&cancel, &mut backoff).await {
-                            return;
-                        }
-                        break;
-                    }
-                }
-            }
+        let backends = Backends {
+            node: &self,
+            sink: sink.as_ref(),
+        };
+        prefix_watch::list_then_watch(&self, &backends, start, &cancel).await;
+    }
+}
+
+/// The backend changes, as the list-then-watch driver hands them to a sink.
+struct Backends<'a> {
+    node: &'a FleetNode,
+    sink: &'a dyn BackendSink,
+}
+
+impl PrefixHandler for Backends<'_> {
+    const WHAT: &'static str = "backends";
+    const LIST_ERROR: &'static str = "backends";
+    const WATCH_ERROR: &'static str = "backends";
+    /// What was not applied, and why.
+    type Refusal = String;
+
+    fn prefix(&self) -> String {
+        self.node.keys.backends()
+    }
+
+    async fn apply_listed(&self, mut kvs: Vec<KeyValue>, revision: i64) -> Result<(), String> {
+        kvs.sort_by_key(|kv| kv.mod_revision);
+        for kv in &kvs {
+            self.node.apply_backend(self.sink, kv).await?;
+        }
+        debug!(changes = kvs.len(), revision, "fleet backends listed");
+        Ok(())
+    }
+
+    async fn apply_change(&self, change: Change) -> Result<(), String> {
+        match change {
+            // A deleted key (by hand) leaves the nodes as they are.
+            Change::Delete(_) => Ok(()),
+            Change::Put(kv) => self.node.apply_backend(self.sink, &kv).await,
         }
     }
 }

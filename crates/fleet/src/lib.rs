@@ -19,6 +19,7 @@
 //!   notice, and the other nodes' in-flight for quiescence; [`view`]: `handover fleet`.
 //! - [`local`]: the node's own balancers as the fleet sees them; [`stats`]: `/metrics`.
 //! - [`backends`]: backends set through the API, shared through etcd and applied on every node.
+//! - `prefix_watch`: list then watch one prefix (notices, backends) with backoff and resync.
 
 mod adaptive;
 pub mod backends;
@@ -28,6 +29,7 @@ pub mod keys;
 pub mod local;
 pub mod node;
 mod notifier;
+mod prefix_watch;
 #[allow(missing_docs)]
 mod proto;
 pub mod records;

@@ -1,6 +1,7 @@
 //! Never miss a phase: list every notice at a revision, apply each to the local balancers and
-//! acknowledge it, then watch from the revision after the list. A watch that breaks is opened again
-//! from the last revision seen; one whose revision was compacted lists again. While etcd cannot be
+//! acknowledge it, then watch from the revision after the list (through `prefix_watch`). A watch
+//! that breaks is opened again from the last revision seen; one whose revision was compacted lists
+//! again. While etcd cannot be
 //! reached the local balancers keep their last state (and their deadlines, which they enforce
 //! themselves).
 //!
@@ -9,6 +10,7 @@
 //! every serving node reports it drained.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,8 +20,9 @@ use handover_core::model::VmId;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::etcd::{EtcdError, EventType, KeyValue, WatchEvent, compacted_revision};
-use crate::node::{FleetNode, RETRY_MAX, RETRY_MIN, Seen, now_ms};
+use crate::etcd::{EtcdError, KeyValue};
+use crate::node::{FleetNode, Seen, now_ms};
+use crate::prefix_watch::{self, Change, ListError, PrefixHandler};
 use crate::records::{AckRecord, NoticeRecord, decode};
 
 /// How often a drained VM's traffic through this node is looked at.
@@ -29,33 +32,12 @@ impl FleetNode {
     /// Lists every notice, applies each to the local balancers (a VM with no notice is stable),
     /// and acknowledges them; returns the revision of the list.
     pub(crate) async fn sync(&self) -> Result<i64, EtcdError> {
-        let (kvs, revision) = match self.etcd.list(&self.keys.notices()).await {
-            Ok(listed) => listed,
-            Err(e) => {
-                self.stats.lock().etcd_error("list");
-                return Err(e);
-            }
-        };
-        self.stats.lock().relists += 1;
-        let mut listed: BTreeMap<VmId, Seen> = BTreeMap::new();
-        for kv in &kvs {
-            if let Some((vm, seen)) = self.parse_notice(kv) {
-                listed.insert(vm, seen);
-            }
-        }
-        let before: Vec<VmId> = self.notices.lock().keys().cloned().collect();
-        for (vm, seen) in &listed {
-            self.apply(vm, Some(seen.clone())).await;
-        }
-        // Notices deleted while this node was away (or never seen by it): stable.
-        for vm in before.iter().chain(self.served.keys()) {
-            if !listed.contains_key(vm) {
-                self.apply(vm, None).await;
-            }
-        }
-        self.synced.store(true, Ordering::Release);
-        debug!(notices = listed.len(), revision, "fleet notices listed");
-        Ok(revision)
+        prefix_watch::list_and_apply(self, &Notices(self))
+            .await
+            .map_err(|e| match e {
+                ListError::Etcd { source, .. } => source,
+                ListError::Refused(never) => match never {},
+            })
     }
 
     fn parse_notice(&self, kv: &KeyValue) -> Option<(VmId, Seen)> {
@@ -147,89 +129,9 @@ impl FleetNode {
         }
     }
 
-    /// Lists, then watches the notices from the revision after the list, until cancelled.
+    /// Watches the notices from the revision after `start` (0: list first), until cancelled.
     pub(crate) async fn watch_notices(self: Arc<Self>, start: i64, cancel: CancellationToken) {
-        let mut revision = start;
-        let mut backoff = RETRY_MIN;
-        loop {
-            if cancel.is_cancelled() {
-                return;
-            }
-            if revision == 0 {
-                match self.sync().await {
-                    Ok(r) => revision = r,
-                    Err(e) => {
-                        warn!(error = %e, "cannot list the fleet's notices; will retry");
-                        if sleep_or_cancel(&cancel, &mut backoff).await {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-            }
-            let mut watch = match self.etcd.watch(&self.keys.notices(), revision + 1).await {
-                Ok(watch) => {
-                    backoff = RETRY_MIN;
-                    watch
-                }
-                Err(e) => {
-                    if let Some(compacted) = compacted_revision(&e) {
-                        info!(
-                            revision,
-                            compacted, "fleet history compacted past this node; listing again"
-                        );
-                        revision = 0;
-                        continue;
-                    }
-                    self.stats.lock().etcd_error("watch");
-                    warn!(error = %e, "cannot watch the fleet's notices; will retry");
-                    if sleep_or_cancel(&cancel, &mut backoff).await {
-                        return;
-                    }
-                    // A long absence may span a compaction; listing again is always correct.
-                    revision = 0;
-                    continue;
-                }
-            };
-            loop {
-                let next = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    next = watch.next() => next,
-                };
-                match next {
-                    Ok(WatchEvent::Events(events)) => {
-                        for event in events {
-                            let Some(kv) = event.kv else { continue };
-                            revision = revision.max(kv.mod_revision);
-                            if event.r#type == EventType::Delete as i32 {
-                                if let Some(vm) = self.keys.vm_of_notice(&kv.key) {
-                                    self.apply(&vm, None).await;
-                                }
-                            } else if let Some((vm, seen)) = self.parse_notice(&kv) {
-                                self.apply(&vm, Some(seen)).await;
-                            }
-                        }
-                    }
-                    Ok(WatchEvent::Progress(r)) => revision = revision.max(r),
-                    Ok(WatchEvent::Compacted(compacted)) => {
-                        info!(
-                            revision,
-                            compacted, "fleet history compacted past this node; listing again"
-                        );
-                        revision = 0;
-                        break;
-                    }
-                    Err(e) => {
-                        self.stats.lock().etcd_error("watch");
-                        warn!(error = %e, "the fleet watch broke; watching again");
-                        if sleep_or_cancel(&cancel, &mut backoff).await {
-                            return;
-                        }
-                        break;
-                    }
-                }
-            }
-        }
+        prefix_watch::list_then_watch(&self, &Notices(&self), start, &cancel).await;
     }
 
     /// Rewrites the acknowledgement of every drained VM whose traffic through this node changed.
@@ -270,12 +172,57 @@ impl FleetNode {
     }
 }
 
-/// Sleeps `backoff` (doubling it up to the maximum); true if cancelled meanwhile.
-pub(crate) async fn sleep_or_cancel(cancel: &CancellationToken, backoff: &mut Duration) -> bool {
-    let wait = *backoff;
-    *backoff = (*backoff * 2).min(RETRY_MAX);
-    tokio::select! {
-        _ = cancel.cancelled() => true,
-        _ = tokio::time::sleep(wait) => false,
+/// The notices, as the list-then-watch driver hands them to this node.
+struct Notices<'a>(&'a FleetNode);
+
+impl PrefixHandler for Notices<'_> {
+    const WHAT: &'static str = "notices";
+    const LIST_ERROR: &'static str = "list";
+    const WATCH_ERROR: &'static str = "watch";
+    type Refusal = Infallible;
+
+    fn prefix(&self) -> String {
+        self.0.keys.notices()
+    }
+
+    async fn apply_listed(&self, kvs: Vec<KeyValue>, revision: i64) -> Result<(), Infallible> {
+        let node = self.0;
+        node.stats.lock().relists += 1;
+        let mut listed: BTreeMap<VmId, Seen> = BTreeMap::new();
+        for kv in &kvs {
+            if let Some((vm, seen)) = node.parse_notice(kv) {
+                listed.insert(vm, seen);
+            }
+        }
+        let before: Vec<VmId> = node.notices.lock().keys().cloned().collect();
+        for (vm, seen) in &listed {
+            node.apply(vm, Some(seen.clone())).await;
+        }
+        // Notices deleted while this node was away (or never seen by it): stable.
+        for vm in before.iter().chain(node.served.keys()) {
+            if !listed.contains_key(vm) {
+                node.apply(vm, None).await;
+            }
+        }
+        node.synced.store(true, Ordering::Release);
+        debug!(notices = listed.len(), revision, "fleet notices listed");
+        Ok(())
+    }
+
+    async fn apply_change(&self, change: Change) -> Result<(), Infallible> {
+        let node = self.0;
+        match change {
+            Change::Delete(kv) => {
+                if let Some(vm) = node.keys.vm_of_notice(&kv.key) {
+                    node.apply(&vm, None).await;
+                }
+            }
+            Change::Put(kv) => {
+                if let Some((vm, seen)) = node.parse_notice(&kv) {
+                    node.apply(&vm, Some(seen)).await;
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -16,6 +16,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -25,6 +26,7 @@ use super::request;
 use crate::backend::{BackendRuntime, Traffic};
 use crate::buffer::Buffer;
 use crate::http::head::RequestContext;
+use crate::http::upstream::ConnectError;
 use crate::pools::Pool;
 use crate::snapshot::BackendEntry;
 use crate::tls::upstream::UpstreamTls;
@@ -59,74 +61,32 @@ fn pooled(backend: &BackendRuntime, address: SocketAddr) -> Option<SendRequest<R
     })
 }
 
-/// Why a connection to a backend could not be opened.
-struct ConnectFailure {
-    why: String,
-    /// handover itself ran out of descriptors: not the backend's fault.
-    exhausted: bool,
-}
-
-impl From<String> for ConnectFailure {
-    fn from(why: String) -> Self {
-        Self {
-            why,
-            exhausted: false,
-        }
-    }
-}
-
 /// Opens a connection to a backend and keeps it for the worker's next streams.
 async fn connect(
     entry: &BackendEntry,
     pool: &Pool,
     tls: Option<&UpstreamTls>,
-) -> Result<SendRequest<ResponseBody>, ConnectFailure> {
+) -> Result<SendRequest<ResponseBody>, ConnectError> {
     let backend = &entry.backend;
     let generation = backend.idle_generation();
     let address = entry.address;
     let timeout = pool.snapshot().config.connect_timeout;
     let tcp = match tokio::time::timeout(timeout, crate::descriptors::connect(address)).await {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            return Err(ConnectFailure {
-                why: format!("connect to {address} failed: {e}"),
-                exhausted: crate::descriptors::is_exhaustion(&e),
-            });
-        }
-        Err(_) => return Err(format!("connect to {address} timed out after {timeout:?}").into()),
+        Ok(Err(e)) => return Err(ConnectError::Io(address, e)),
+        Err(_) => return Err(ConnectError::Timeout(address, timeout)),
     };
     let _ = tcp.set_nodelay(true);
-    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new());
     let sender = match tls {
         Some(tls) => {
-            let session = tokio::time::timeout(timeout, tls.connect(address, tcp))
-                .await
-                .map_err(|_| format!("TLS handshake with {address} timed out"))?
-                .map_err(|e| format!("TLS handshake with {address} failed: {e}"))?;
-            let (sender, connection) = builder
-                .handshake(TokioIo::new(session))
-                .await
-                .map_err(|e| format!("HTTP/2 handshake with {address} failed: {e}"))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    debug!(backend = %address, error = %e, "HTTP/2 upstream connection ended");
-                }
-            });
-            sender
+            let session = match tokio::time::timeout(timeout, tls.connect(address, tcp)).await {
+                Ok(Ok(session)) => session,
+                Ok(Err(e)) => return Err(ConnectError::Tls(address, e)),
+                Err(_) => return Err(ConnectError::Timeout(address, timeout)),
+            };
+            handshake(session, address).await?
         }
-        None => {
-            let (sender, connection) = builder
-                .handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|e| format!("HTTP/2 handshake with {address} failed: {e}"))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    debug!(backend = %address, error = %e, "HTTP/2 upstream connection ended");
-                }
-            });
-            sender
-        }
+        None => handshake(tcp, address).await?,
     };
     CONNECTIONS.with(|connections| {
         let mut connections = connections.borrow_mut();
@@ -138,6 +98,26 @@ async fn connect(
             address,
             generation,
         });
+    });
+    Ok(sender)
+}
+
+/// The HTTP/2 handshake on a new connection to `address`; the connection is then driven by a
+/// task of its own until it ends.
+async fn handshake<I>(io: I, address: SocketAddr) -> Result<SendRequest<ResponseBody>, ConnectError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    let (sender, connection) = builder
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ConnectError::Http2(address, e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!(backend = %address, error = %e, "HTTP/2 upstream connection ended");
+        }
     });
     Ok(sender)
 }
@@ -222,23 +202,8 @@ pub async fn send(
             Some(sender) => sender,
             None => match connect(&entry, pool, route.upstream_tls.as_ref()).await {
                 Ok(sender) => sender,
-                Err(ConnectFailure { why, exhausted: true }) => {
-                    // handover's own shortage is not the backend's fault.
-                    if let Some(suppressed) = crate::descriptors::CONNECT_EXHAUSTED.ready() {
-                        warn!(listener = %route.listener, error = %why, suppressed, "out of descriptors for a backend connection (not counted against the backend)");
-                    }
-                    last_error = Some(format!("handover is out of descriptors ({why})"));
-                    tried.push(entry.index);
-                    continue;
-                }
-                Err(ConnectFailure {
-                    why,
-                    exhausted: false,
-                }) => {
-                    entry.backend.record_failure();
-                    pool.record_traffic(&entry.backend, false);
-                    warn!(listener = %route.listener, backend = %entry.address, error = %why, "trying another backend");
-                    last_error = Some(why);
+                Err(e) => {
+                    last_error = Some(e.record(&route.listener, pool, &entry));
                     tried.push(entry.index);
                     continue;
                 }

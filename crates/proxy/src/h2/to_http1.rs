@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::ClientContext;
 use super::body::{BoxError, ChannelBody, ResponseBody, answer};
@@ -106,17 +106,15 @@ pub async fn forward(
         let guard = entry
             .backend
             .track(client.peer, entry.address, Traffic::Http(checked.line), started);
-        let upstream = match upstream::obtain(pool, &entry, route.upstream_tls.as_ref(), fresh_only, started)
-            .await
-        {
-            Ok(upstream) => upstream,
-            Err(e) => {
-                warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
-                last_error = Some(e.to_string());
-                tried.push(entry.index);
-                continue;
-            }
-        };
+        let upstream =
+            match upstream::obtain(pool, &entry, route.upstream_tls.as_ref(), fresh_only, started).await {
+                Ok(upstream) => upstream,
+                Err(e) => {
+                    last_error = Some(e.record(&route.listener, pool, &entry));
+                    tried.push(entry.index);
+                    continue;
+                }
+            };
         let reused = upstream.reused;
         let set_cookie = config.sticky.as_ref().and_then(|sticky| {
             (checked.sticky != Some(entry.index)).then(|| {

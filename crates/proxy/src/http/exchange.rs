@@ -127,19 +127,8 @@ pub(super) async fn forward<S: ClientStream>(
         let tls = route.upstream_tls.as_ref();
         let upstream = match upstream::obtain(pool, &entry, tls, fresh_only, started).await {
             Ok(upstream) => upstream,
-            Err(e) if e.is_exhaustion() => {
-                // handover's own shortage is not the backend's fault (`obtain` does not count it),
-                // and is logged once per interval.
-                if let Some(suppressed) = crate::descriptors::CONNECT_EXHAUSTED.ready() {
-                    warn!(listener = %route.listener, error = %e, suppressed, "out of descriptors for a backend connection (not counted against the backend)");
-                }
-                last_error = Some(format!("handover is out of descriptors ({e})"));
-                tried.push(entry.index);
-                continue;
-            }
             Err(e) => {
-                warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
-                last_error = Some(e.to_string());
+                last_error = Some(e.record(&route.listener, pool, &entry));
                 tried.push(entry.index);
                 continue;
             }

@@ -27,7 +27,7 @@ use crate::backend::{BackendRuntime, Traffic};
 use crate::buffer::Buffer;
 use crate::http::head::RequestContext;
 use crate::http::upstream::ConnectError;
-use crate::pools::Pool;
+use crate::pools::{Pool, SnapshotGuard};
 use crate::snapshot::BackendEntry;
 use crate::tls::upstream::UpstreamTls;
 
@@ -144,23 +144,26 @@ pub async fn forward(
 ) -> hyper::Response<ResponseBody> {
     let (parts, body) = request.into_parts();
     let body = body.map_err(Into::into).boxed_unsync();
-    send(parts, body, client).await
+    let snapshot = client.route.pool.snapshot();
+    send(parts, body, client, snapshot).await
 }
 
 /// Forwards a request whose body is already a [`ResponseBody`]-typed stream (HTTP/2 clients,
-/// and HTTP/1.1 clients whose pool speaks HTTP/2).
+/// and HTTP/1.1 clients whose pool speaks HTTP/2). `snapshot` is the pool's, read when the
+/// request arrived: the edge rules and the first choice of a backend use it (one read per request
+/// on the hot path), and it is dropped before the first wait.
 pub async fn send(
     parts: http::request::Parts,
     body: ResponseBody,
     client: &ClientContext,
+    snapshot: SnapshotGuard,
 ) -> hyper::Response<ResponseBody> {
     let route = &client.route;
     let pool = &route.pool;
     let has_body = !http_body::Body::is_end_stream(&body);
-    let config = pool.config();
     let context = RequestContext {
         client: &client.peer_text,
-        sticky_cookie: config.sticky.as_ref().map(|s| s.cookie.as_str()),
+        sticky_cookie: snapshot.config.sticky.as_ref().map(|s| s.cookie.as_str()),
         websocket: false,
     };
     // The same edge rules as every request (the HTTP/1.1 form written is not used).
@@ -173,20 +176,26 @@ pub async fn send(
         }
     };
     drop(scratch);
+    let mut first = Some(snapshot);
     let started = Instant::now();
-    let attempts = pool.snapshot().config.retries as usize + 1;
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error: Option<String> = None;
-    let (entry, guard, mut sender) = loop {
-        if tried.len() >= attempts {
+    let (entry, guard, set_cookie, mut sender) = loop {
+        // The retry limit is read only when a retry is considered.
+        if !tried.is_empty() && tried.len() > pool.snapshot().config.retries as usize {
             warn!(pool = %pool.name, error = last_error.as_deref().unwrap_or("none tried"), "no backend could be reached");
             return answer(502, &format!("no backend of pool {} could be reached", pool.name));
         }
         let choice = {
-            let snapshot = pool.snapshot();
-            crate::http::choose_backend(&snapshot, checked.sticky, snapshot.config.drain.keep, &tried)
+            let snapshot = first.take().unwrap_or_else(|| pool.snapshot());
+            crate::http::choose_backend(&snapshot, checked.sticky, snapshot.config.drain.keep, &tried).map(
+                |entry| {
+                    let set_cookie = crate::http::sticky_set_cookie(&snapshot, checked.sticky, &entry);
+                    (entry, set_cookie)
+                },
+            )
         };
-        let Some(entry) = choice else {
+        let Some((entry, set_cookie)) = choice else {
             if tried.is_empty() {
                 return answer(
                     503,
@@ -209,7 +218,7 @@ pub async fn send(
                 }
             },
         };
-        break (entry, guard, sender);
+        break (entry, guard, set_cookie, sender);
     };
     let outgoing = match outgoing(parts, body, client, route.upstream_tls.is_some()) {
         Ok(outgoing) => outgoing,
@@ -251,13 +260,7 @@ pub async fn send(
     ] {
         parts.headers.remove(name);
     }
-    if let Some(sticky) = &pool.snapshot().config.sticky
-        && checked.sticky != Some(entry.index)
-        && let Ok(value) = http::HeaderValue::from_str(&format!(
-            "{}={}-{}; Path=/; HttpOnly",
-            sticky.cookie, entry.index, entry.backend.vm
-        ))
-    {
+    if let Some(value) = set_cookie.and_then(|cookie| http::HeaderValue::from_str(&cookie).ok()) {
         parts.headers.append(http::header::SET_COOKIE, value);
     }
     let body = Guarded {

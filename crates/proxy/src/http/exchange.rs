@@ -96,7 +96,7 @@ pub(super) async fn forward<S: ClientStream>(
             let snapshot = parsed_with.take().unwrap_or_else(|| pool.snapshot());
             choose(&snapshot, request.sticky, snapshot.config.drain.keep, &tried)
                 .map(|entry| {
-                    let set_cookie = sticky_set_cookie(&snapshot, &request, &entry);
+                    let set_cookie = sticky_set_cookie(&snapshot, request.sticky, &entry);
                     (entry, set_cookie)
                 })
                 .ok_or_else(|| {
@@ -358,13 +358,18 @@ async fn attempt<S: ClientStream>(
     }
 }
 
-/// The `Set-Cookie` value that binds a new session to the chosen backend.
-fn sticky_set_cookie(snapshot: &PoolSnapshot, request: &Request, entry: &BackendEntry) -> Option<String> {
-    let sticky = snapshot.config.sticky.as_ref()?;
-    (request.sticky != Some(entry.index)).then(|| {
+/// The `Set-Cookie` value that binds a new session to the chosen backend, when the pool is sticky
+/// and the request's cookie (`sticky`, the backend index it names) did not already name it.
+pub(crate) fn sticky_set_cookie(
+    snapshot: &PoolSnapshot,
+    sticky: Option<usize>,
+    entry: &BackendEntry,
+) -> Option<String> {
+    let config = snapshot.config.sticky.as_ref()?;
+    (sticky != Some(entry.index)).then(|| {
         format!(
             "{}={}-{}; Path=/; HttpOnly",
-            sticky.cookie, entry.index, entry.backend.vm
+            config.cookie, entry.index, entry.backend.vm
         )
     })
 }

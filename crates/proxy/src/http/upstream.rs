@@ -222,3 +222,38 @@ pub fn sweep(now: Instant, generation_of: impl Fn(usize) -> Option<u64>) -> usiz
 pub fn idle_count(backend: &BackendRuntime) -> usize {
     IDLE.with(|idle| idle.borrow().get(backend.uid).map_or(0, Vec::len))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every L7 path records a failed connect through [`ConnectError::record`]: handover's own
+    /// shortage of descriptors leaves the backend's record untouched, a refused connect counts.
+    #[test]
+    fn a_connect_failed_for_want_of_descriptors_is_not_counted_against_the_backend_and_others_are() {
+        let config = handover_core::config::parse(
+            "[control]\nbind = \"127.0.0.1:0\"\n[pools.p]\n[[pools.p.backends]]\naddress = \"127.0.0.1:1\"\nvm = \"v\"\n",
+        )
+        .unwrap();
+        let pool = crate::pools::Pools::new(&config).pool("p").unwrap();
+        let entry = pool.snapshot().entries[0].clone();
+        let failures = || entry.backend.totals().2;
+
+        let exhausted = ConnectError::Io(entry.address, io::Error::from_raw_os_error(24 /* EMFILE */));
+        let why = exhausted.record("web", &pool, &entry);
+        assert!(why.starts_with("handover is out of descriptors ("), "{why}");
+        assert_eq!(failures(), 0);
+        assert!(!entry.backend.is_failing());
+
+        let refused = ConnectError::Io(entry.address, io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert!(!refused.is_exhaustion());
+        assert_eq!(refused.record("web", &pool, &entry), refused.to_string());
+        assert_eq!(failures(), 1);
+        assert!(entry.backend.is_failing());
+
+        let timed_out = ConnectError::Timeout(entry.address, Duration::from_millis(500));
+        assert!(!timed_out.is_exhaustion());
+        timed_out.record("web", &pool, &entry);
+        assert_eq!(failures(), 2);
+    }
+}

@@ -16,6 +16,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -25,7 +26,8 @@ use super::request;
 use crate::backend::{BackendRuntime, Traffic};
 use crate::buffer::Buffer;
 use crate::http::head::RequestContext;
-use crate::pools::Pool;
+use crate::http::upstream::ConnectError;
+use crate::pools::{Pool, SnapshotGuard};
 use crate::snapshot::BackendEntry;
 use crate::tls::upstream::UpstreamTls;
 
@@ -59,74 +61,32 @@ fn pooled(backend: &BackendRuntime, address: SocketAddr) -> Option<SendRequest<R
     })
 }
 
-/// Why a connection to a backend could not be opened.
-struct ConnectFailure {
-    why: String,
-    /// handover itself ran out of descriptors: not the backend's fault.
-    exhausted: bool,
-}
-
-impl From<String> for ConnectFailure {
-    fn from(why: String) -> Self {
-        Self {
-            why,
-            exhausted: false,
-        }
-    }
-}
-
 /// Opens a connection to a backend and keeps it for the worker's next streams.
 async fn connect(
     entry: &BackendEntry,
     pool: &Pool,
     tls: Option<&UpstreamTls>,
-) -> Result<SendRequest<ResponseBody>, ConnectFailure> {
+) -> Result<SendRequest<ResponseBody>, ConnectError> {
     let backend = &entry.backend;
     let generation = backend.idle_generation();
     let address = entry.address;
     let timeout = pool.snapshot().config.connect_timeout;
     let tcp = match tokio::time::timeout(timeout, crate::descriptors::connect(address)).await {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            return Err(ConnectFailure {
-                why: format!("connect to {address} failed: {e}"),
-                exhausted: crate::descriptors::is_exhaustion(&e),
-            });
-        }
-        Err(_) => return Err(format!("connect to {address} timed out after {timeout:?}").into()),
+        Ok(Err(e)) => return Err(ConnectError::Io(address, e)),
+        Err(_) => return Err(ConnectError::Timeout(address, timeout)),
     };
     let _ = tcp.set_nodelay(true);
-    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new());
     let sender = match tls {
         Some(tls) => {
-            let session = tokio::time::timeout(timeout, tls.connect(address, tcp))
-                .await
-                .map_err(|_| format!("TLS handshake with {address} timed out"))?
-                .map_err(|e| format!("TLS handshake with {address} failed: {e}"))?;
-            let (sender, connection) = builder
-                .handshake(TokioIo::new(session))
-                .await
-                .map_err(|e| format!("HTTP/2 handshake with {address} failed: {e}"))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    debug!(backend = %address, error = %e, "HTTP/2 upstream connection ended");
-                }
-            });
-            sender
+            let session = match tokio::time::timeout(timeout, tls.connect(address, tcp)).await {
+                Ok(Ok(session)) => session,
+                Ok(Err(e)) => return Err(ConnectError::Tls(address, e)),
+                Err(_) => return Err(ConnectError::Timeout(address, timeout)),
+            };
+            handshake(session, address).await?
         }
-        None => {
-            let (sender, connection) = builder
-                .handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|e| format!("HTTP/2 handshake with {address} failed: {e}"))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    debug!(backend = %address, error = %e, "HTTP/2 upstream connection ended");
-                }
-            });
-            sender
-        }
+        None => handshake(tcp, address).await?,
     };
     CONNECTIONS.with(|connections| {
         let mut connections = connections.borrow_mut();
@@ -138,6 +98,26 @@ async fn connect(
             address,
             generation,
         });
+    });
+    Ok(sender)
+}
+
+/// The HTTP/2 handshake on a new connection to `address`; the connection is then driven by a
+/// task of its own until it ends.
+async fn handshake<I>(io: I, address: SocketAddr) -> Result<SendRequest<ResponseBody>, ConnectError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    let (sender, connection) = builder
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ConnectError::Http2(address, e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!(backend = %address, error = %e, "HTTP/2 upstream connection ended");
+        }
     });
     Ok(sender)
 }
@@ -164,23 +144,26 @@ pub async fn forward(
 ) -> hyper::Response<ResponseBody> {
     let (parts, body) = request.into_parts();
     let body = body.map_err(Into::into).boxed_unsync();
-    send(parts, body, client).await
+    let snapshot = client.route.pool.snapshot();
+    send(parts, body, client, snapshot).await
 }
 
 /// Forwards a request whose body is already a [`ResponseBody`]-typed stream (HTTP/2 clients,
-/// and HTTP/1.1 clients whose pool speaks HTTP/2).
+/// and HTTP/1.1 clients whose pool speaks HTTP/2). `snapshot` is the pool's, read when the
+/// request arrived: the edge rules and the first choice of a backend use it (one read per request
+/// on the hot path), and it is dropped before the first wait.
 pub async fn send(
     parts: http::request::Parts,
     body: ResponseBody,
     client: &ClientContext,
+    snapshot: SnapshotGuard,
 ) -> hyper::Response<ResponseBody> {
     let route = &client.route;
     let pool = &route.pool;
     let has_body = !http_body::Body::is_end_stream(&body);
-    let config = pool.config();
     let context = RequestContext {
         client: &client.peer_text,
-        sticky_cookie: config.sticky.as_ref().map(|s| s.cookie.as_str()),
+        sticky_cookie: snapshot.config.sticky.as_ref().map(|s| s.cookie.as_str()),
         websocket: false,
     };
     // The same edge rules as every request (the HTTP/1.1 form written is not used).
@@ -193,20 +176,26 @@ pub async fn send(
         }
     };
     drop(scratch);
+    let mut first = Some(snapshot);
     let started = Instant::now();
-    let attempts = pool.snapshot().config.retries as usize + 1;
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error: Option<String> = None;
-    let (entry, guard, mut sender) = loop {
-        if tried.len() >= attempts {
+    let (entry, guard, set_cookie, mut sender) = loop {
+        // The retry limit is read only when a retry is considered.
+        if !tried.is_empty() && tried.len() > pool.snapshot().config.retries as usize {
             warn!(pool = %pool.name, error = last_error.as_deref().unwrap_or("none tried"), "no backend could be reached");
             return answer(502, &format!("no backend of pool {} could be reached", pool.name));
         }
         let choice = {
-            let snapshot = pool.snapshot();
-            crate::http::choose_backend(&snapshot, checked.sticky, snapshot.config.drain.keep, &tried)
+            let snapshot = first.take().unwrap_or_else(|| pool.snapshot());
+            crate::http::choose_backend(&snapshot, checked.sticky, snapshot.config.drain.keep, &tried).map(
+                |entry| {
+                    let set_cookie = crate::http::sticky_set_cookie(&snapshot, checked.sticky, &entry);
+                    (entry, set_cookie)
+                },
+            )
         };
-        let Some(entry) = choice else {
+        let Some((entry, set_cookie)) = choice else {
             if tried.is_empty() {
                 return answer(
                     503,
@@ -222,29 +211,14 @@ pub async fn send(
             Some(sender) => sender,
             None => match connect(&entry, pool, route.upstream_tls.as_ref()).await {
                 Ok(sender) => sender,
-                Err(ConnectFailure { why, exhausted: true }) => {
-                    // handover's own shortage is not the backend's fault.
-                    if let Some(suppressed) = crate::descriptors::CONNECT_EXHAUSTED.ready() {
-                        warn!(listener = %route.listener, error = %why, suppressed, "out of descriptors for a backend connection (not counted against the backend)");
-                    }
-                    last_error = Some(format!("handover is out of descriptors ({why})"));
-                    tried.push(entry.index);
-                    continue;
-                }
-                Err(ConnectFailure {
-                    why,
-                    exhausted: false,
-                }) => {
-                    entry.backend.record_failure();
-                    pool.record_traffic(&entry.backend, false);
-                    warn!(listener = %route.listener, backend = %entry.address, error = %why, "trying another backend");
-                    last_error = Some(why);
+                Err(e) => {
+                    last_error = Some(e.record(&route.listener, pool, &entry));
                     tried.push(entry.index);
                     continue;
                 }
             },
         };
-        break (entry, guard, sender);
+        break (entry, guard, set_cookie, sender);
     };
     let outgoing = match outgoing(parts, body, client, route.upstream_tls.is_some()) {
         Ok(outgoing) => outgoing,
@@ -286,13 +260,7 @@ pub async fn send(
     ] {
         parts.headers.remove(name);
     }
-    if let Some(sticky) = &pool.snapshot().config.sticky
-        && checked.sticky != Some(entry.index)
-        && let Ok(value) = http::HeaderValue::from_str(&format!(
-            "{}={}-{}; Path=/; HttpOnly",
-            sticky.cookie, entry.index, entry.backend.vm
-        ))
-    {
+    if let Some(value) = set_cookie.and_then(|cookie| http::HeaderValue::from_str(&cookie).ok()) {
         parts.headers.append(http::header::SET_COOKIE, value);
     }
     let body = Guarded {

@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::ClientContext;
 use super::body::{BoxError, ChannelBody, ResponseBody, answer};
@@ -56,10 +56,12 @@ pub async fn forward(
     let pool = &route.pool;
     let (parts, body) = request.into_parts();
     let has_body = !body.is_end_stream();
-    let config = pool.config();
+    // The edge rules and the first choice of a backend read the same snapshot (one read per
+    // request on the hot path); it is dropped before the first wait.
+    let snapshot = pool.snapshot();
     let context = RequestContext {
         client: &client.peer_text,
-        sticky_cookie: config.sticky.as_ref().map(|s| s.cookie.as_str()),
+        sticky_cookie: snapshot.config.sticky.as_ref().map(|s| s.cookie.as_str()),
         websocket: false,
     };
     let mut out = Buffer::take();
@@ -72,26 +74,31 @@ pub async fn forward(
     };
     let head = Bytes::copy_from_slice(out.filled());
     drop(out);
+    let mut first = Some(snapshot);
     let started = Instant::now();
-    let attempts = pool.snapshot().config.retries as usize + 1;
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error: Option<String> = None;
     let mut fresh_only = false;
     let mut body = Some(body);
     loop {
-        if tried.len() >= attempts {
+        // The retry limit is read only when a retry is considered.
+        if !tried.is_empty() && tried.len() > pool.snapshot().config.retries as usize {
             return unreachable(&route.listener, pool, last_error.as_deref());
         }
         let choice = {
-            let snapshot = pool.snapshot();
+            let snapshot = first.take().unwrap_or_else(|| pool.snapshot());
             crate::http::choose_backend(&snapshot, checked.sticky, snapshot.config.drain.keep, &tried)
+                .map(|entry| {
+                    let set_cookie = crate::http::sticky_set_cookie(&snapshot, checked.sticky, &entry);
+                    (entry, set_cookie)
+                })
                 .ok_or_else(|| {
                     let down = snapshot.entries.iter().filter(|e| !e.available).count();
                     (down, snapshot.entries.len())
                 })
         };
-        let entry = match choice {
-            Ok(entry) => entry,
+        let (entry, set_cookie) = match choice {
+            Ok(chosen) => chosen,
             Err((down, total)) if tried.is_empty() => {
                 return answer(
                     503,
@@ -106,26 +113,16 @@ pub async fn forward(
         let guard = entry
             .backend
             .track(client.peer, entry.address, Traffic::Http(checked.line), started);
-        let upstream = match upstream::obtain(pool, &entry, route.upstream_tls.as_ref(), fresh_only, started)
-            .await
-        {
-            Ok(upstream) => upstream,
-            Err(e) => {
-                warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
-                last_error = Some(e.to_string());
-                tried.push(entry.index);
-                continue;
-            }
-        };
+        let upstream =
+            match upstream::obtain(pool, &entry, route.upstream_tls.as_ref(), fresh_only, started).await {
+                Ok(upstream) => upstream,
+                Err(e) => {
+                    last_error = Some(e.record(&route.listener, pool, &entry));
+                    tried.push(entry.index);
+                    continue;
+                }
+            };
         let reused = upstream.reused;
-        let set_cookie = config.sticky.as_ref().and_then(|sticky| {
-            (checked.sticky != Some(entry.index)).then(|| {
-                format!(
-                    "{}={}-{}; Path=/; HttpOnly",
-                    sticky.cookie, entry.index, entry.backend.vm
-                )
-            })
-        });
         let (head_tx, head_rx) = oneshot::channel();
         let (frames_tx, frames_rx) = mpsc::channel(4);
         // Only a bodiless request can be sent again on a new connection.

@@ -96,7 +96,7 @@ pub(super) async fn forward<S: ClientStream>(
             let snapshot = parsed_with.take().unwrap_or_else(|| pool.snapshot());
             choose(&snapshot, request.sticky, snapshot.config.drain.keep, &tried)
                 .map(|entry| {
-                    let set_cookie = sticky_set_cookie(&snapshot, &request, &entry);
+                    let set_cookie = sticky_set_cookie(&snapshot, request.sticky, &entry);
                     (entry, set_cookie)
                 })
                 .ok_or_else(|| {
@@ -127,19 +127,8 @@ pub(super) async fn forward<S: ClientStream>(
         let tls = route.upstream_tls.as_ref();
         let upstream = match upstream::obtain(pool, &entry, tls, fresh_only, started).await {
             Ok(upstream) => upstream,
-            Err(e) if e.is_exhaustion() => {
-                // handover's own shortage is not the backend's fault (`obtain` does not count it),
-                // and is logged once per interval.
-                if let Some(suppressed) = crate::descriptors::CONNECT_EXHAUSTED.ready() {
-                    warn!(listener = %route.listener, error = %e, suppressed, "out of descriptors for a backend connection (not counted against the backend)");
-                }
-                last_error = Some(format!("handover is out of descriptors ({e})"));
-                tried.push(entry.index);
-                continue;
-            }
             Err(e) => {
-                warn!(listener = %route.listener, backend = %entry.address, error = %e, "trying another backend");
-                last_error = Some(e.to_string());
+                last_error = Some(e.record(&route.listener, pool, &entry));
                 tried.push(entry.index);
                 continue;
             }
@@ -369,13 +358,18 @@ async fn attempt<S: ClientStream>(
     }
 }
 
-/// The `Set-Cookie` value that binds a new session to the chosen backend.
-fn sticky_set_cookie(snapshot: &PoolSnapshot, request: &Request, entry: &BackendEntry) -> Option<String> {
-    let sticky = snapshot.config.sticky.as_ref()?;
-    (request.sticky != Some(entry.index)).then(|| {
+/// The `Set-Cookie` value that binds a new session to the chosen backend, when the pool is sticky
+/// and the request's cookie (`sticky`, the backend index it names) did not already name it.
+pub(crate) fn sticky_set_cookie(
+    snapshot: &PoolSnapshot,
+    sticky: Option<usize>,
+    entry: &BackendEntry,
+) -> Option<String> {
+    let config = snapshot.config.sticky.as_ref()?;
+    (sticky != Some(entry.index)).then(|| {
         format!(
             "{}={}-{}; Path=/; HttpOnly",
-            sticky.cookie, entry.index, entry.backend.vm
+            config.cookie, entry.index, entry.backend.vm
         )
     })
 }

@@ -65,7 +65,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub(crate) use exchange::{choose as choose_backend, unreachable as unreachable_text};
+pub(crate) use exchange::{choose as choose_backend, sticky_set_cookie, unreachable as unreachable_text};
 
 use crate::accept::accept_loop;
 use crate::access_log::AccessLog;
@@ -300,8 +300,7 @@ impl<S: ClientStream> Connection<S> {
                 ));
             }
             let keep = if self.route.upstream_h2 {
-                drop(snapshot);
-                to_h2::forward(&mut self, request, out).await
+                to_h2::forward(&mut self, request, out, snapshot).await
             } else {
                 exchange::forward(&mut self, request, out, snapshot).await
             };

@@ -22,6 +22,7 @@ use super::stream::ClientStream;
 use crate::buffer::Buffer;
 use crate::h2::ClientContext;
 use crate::h2::body::{BoxError, ChannelBody, ResponseBody};
+use crate::pools::SnapshotGuard;
 
 /// Fields that do not go into an HTTP/2 request or come out of its response as they are.
 const CONNECTION_SPECIFIC: [&str; 6] = [
@@ -169,11 +170,13 @@ impl Upload {
     }
 }
 
-/// Forwards one request; returns whether the client connection stays open.
+/// Forwards one request; returns whether the client connection stays open. `snapshot` is the
+/// pool's the head was parsed with: the first choice of a backend uses it too.
 pub(super) async fn forward<S: ClientStream>(
     conn: &mut Connection<S>,
     request: Request,
     out: Buffer,
+    snapshot: SnapshotGuard,
 ) -> bool {
     if request.websocket {
         return local(
@@ -218,7 +221,7 @@ pub(super) async fn forward<S: ClientStream>(
         peer: conn.peer,
         peer_text: conn.peer_text.clone(),
     };
-    let response = crate::h2::to_h2::send(parts, body, &context);
+    let response = crate::h2::to_h2::send(parts, body, &context, snapshot);
     tokio::pin!(response);
     // The body goes up while the response is awaited; the response is awaited all along, since
     // the request only leaves once it is polled.

@@ -7,6 +7,10 @@
 //! only requests in flight, a VM that moved), when it is older than [`MAX_IDLE_AGE`], or when its
 //! peer closed it or sent something unasked (seen from the socket's readiness, without a system
 //! call in the common case). A sweep per worker closes such connections even if nobody asks.
+//!
+//! [`ConnectError`] says why a connection could not be opened (to HTTP/2 backends too:
+//! `h2::to_h2`), and [`ConnectError::record`] is what every path does with it before trying
+//! another backend.
 
 use std::cell::RefCell;
 use std::io;
@@ -14,6 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::warn;
 
 use super::backend_stream::BackendStream;
 use crate::backend::BackendRuntime;
@@ -39,6 +44,9 @@ pub enum ConnectError {
     /// The TLS handshake failed (an unverified certificate, a backend that does not speak TLS).
     #[error("TLS handshake with {0} failed: {1}")]
     Tls(SocketAddr, io::Error),
+    /// The HTTP/2 handshake failed (pools with `protocol = "h2"`).
+    #[error("HTTP/2 handshake with {0} failed: {1}")]
+    Http2(SocketAddr, hyper::Error),
 }
 
 impl ConnectError {
@@ -46,6 +54,25 @@ impl ConnectError {
     /// `ENFILE`, ...): handover's problem, never the backend's.
     pub fn is_exhaustion(&self) -> bool {
         matches!(self, Self::Io(_, io) if crate::descriptors::is_exhaustion(io))
+    }
+
+    /// Records a failed connect to `entry`'s backend before the request tries another one, the
+    /// same way on every path (HTTP/1.1 or HTTP/2 clients, HTTP/1.1 or HTTP/2 backends):
+    /// handover's own shortage ([`Self::is_exhaustion`]) is not counted against the backend and is
+    /// logged at most once per interval; any other failure counts against the backend (its
+    /// failures and the pool's traffic record) and is logged. Returns the text the "no backend
+    /// could be reached" line names as the last error, should no backend be reached.
+    pub fn record(&self, listener: &str, pool: &Pool, entry: &BackendEntry) -> String {
+        if self.is_exhaustion() {
+            if let Some(suppressed) = crate::descriptors::CONNECT_EXHAUSTED.ready() {
+                warn!(listener = %listener, error = %self, suppressed, "out of descriptors for a backend connection (not counted against the backend)");
+            }
+            return format!("handover is out of descriptors ({self})");
+        }
+        entry.backend.record_failure();
+        pool.record_traffic(&entry.backend, false);
+        warn!(listener = %listener, backend = %entry.address, error = %self, "trying another backend");
+        self.to_string()
     }
 }
 
@@ -116,10 +143,8 @@ pub fn checkin(backend: &BackendRuntime, upstream: Upstream, now: Instant) {
 }
 
 /// A connection to `entry`'s backend for one request (over TLS with `tls`): an idle one of this
-/// worker's unless `fresh_only`, else a new one. A connect or handshake that fails counts against
-/// the backend (its failures and the pool's traffic record), unless handover itself is out of
-/// descriptors ([`ConnectError::is_exhaustion`]), and is returned for the caller to try another
-/// backend.
+/// worker's unless `fresh_only`, else a new one. A connect or handshake that fails is returned
+/// uncounted: the caller records it ([`ConnectError::record`]) and tries another backend.
 pub async fn obtain(
     pool: &Pool,
     entry: &BackendEntry,
@@ -137,12 +162,6 @@ pub async fn obtain(
         tls,
     )
     .await
-    .inspect_err(|e| {
-        if !e.is_exhaustion() {
-            entry.backend.record_failure();
-            pool.record_traffic(&entry.backend, false);
-        }
-    })
 }
 
 /// Opens a new connection; with `tls`, the handshake is done too, within the same `timeout`.
@@ -202,4 +221,39 @@ pub fn sweep(now: Instant, generation_of: impl Fn(usize) -> Option<u64>) -> usiz
 /// Number of idle connections this worker keeps to a backend.
 pub fn idle_count(backend: &BackendRuntime) -> usize {
     IDLE.with(|idle| idle.borrow().get(backend.uid).map_or(0, Vec::len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every L7 path records a failed connect through [`ConnectError::record`]: handover's own
+    /// shortage of descriptors leaves the backend's record untouched, a refused connect counts.
+    #[test]
+    fn a_connect_failed_for_want_of_descriptors_is_not_counted_against_the_backend_and_others_are() {
+        let config = handover_core::config::parse(
+            "[control]\nbind = \"127.0.0.1:0\"\n[pools.p]\n[[pools.p.backends]]\naddress = \"127.0.0.1:1\"\nvm = \"v\"\n",
+        )
+        .unwrap();
+        let pool = crate::pools::Pools::new(&config).pool("p").unwrap();
+        let entry = pool.snapshot().entries[0].clone();
+        let failures = || entry.backend.totals().2;
+
+        let exhausted = ConnectError::Io(entry.address, io::Error::from_raw_os_error(24 /* EMFILE */));
+        let why = exhausted.record("web", &pool, &entry);
+        assert!(why.starts_with("handover is out of descriptors ("), "{why}");
+        assert_eq!(failures(), 0);
+        assert!(!entry.backend.is_failing());
+
+        let refused = ConnectError::Io(entry.address, io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert!(!refused.is_exhaustion());
+        assert_eq!(refused.record("web", &pool, &entry), refused.to_string());
+        assert_eq!(failures(), 1);
+        assert!(entry.backend.is_failing());
+
+        let timed_out = ConnectError::Timeout(entry.address, Duration::from_millis(500));
+        assert!(!timed_out.is_exhaustion());
+        timed_out.record("web", &pool, &entry);
+        assert_eq!(failures(), 2);
+    }
 }

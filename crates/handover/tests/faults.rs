@@ -1209,7 +1209,7 @@ fn check_reports_every_error_in_one_run() {
 // 8. The recovery ramp after a health check stopped at an effective weight of 0.98 (its last step
 // was never published).
 async fn the_recovery_ramp_after_a_health_check_reaches_full_weight() {
-    let backends = three_backends().await;
+    let mut backends = three_backends().await;
     let node = Node::start(&format!(
         "{}{}",
         control(0),
@@ -1219,7 +1219,7 @@ async fn the_recovery_ramp_after_a_health_check_reaches_full_weight() {
         )
     ));
     let address = backends[0].address;
-    backends[0].stop();
+    backends[0].stop().await;
     let weight_of_a = || async {
         let pools: serde_json::Value = node.client(None).get("/v1/pools").await.unwrap();
         pools[0]["backends"][0]["effective_weight"].as_f64().unwrap()

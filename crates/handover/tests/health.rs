@@ -54,7 +54,7 @@ async fn a_backend_that_stops_listening_goes_down_and_ramps_back_when_it_returns
         .await
     );
 
-    backends[0].stop();
+    backends[0].stop().await;
     assert!(
         eventually(Duration::from_secs(3), || async {
             health_of(&node, "vm-a").await == "down"
@@ -154,7 +154,7 @@ async fn blackout(
     field: &str,
     at_least: u64,
 ) -> bool {
-    backends[0].stop();
+    backends[0].stop().await;
     let started = Instant::now();
     let mut went_down = false;
     loop {
@@ -237,7 +237,7 @@ async fn a_blackout_during_a_migration_is_not_an_outage_but_the_same_outage_outs
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_still_dead_after_its_migration_is_marked_down() {
-    let backends = [TcpBackend::start("vm-a").await, TcpBackend::start("vm-b").await];
+    let mut backends = [TcpBackend::start("vm-a").await, TcpBackend::start("vm-b").await];
     let addresses: Vec<_> = backends.iter().map(|b| b.address).collect();
     let node = Node::start(&tcp_config(
         &addresses,
@@ -245,7 +245,7 @@ async fn a_vm_still_dead_after_its_migration_is_marked_down() {
     ));
     node.notice("vm-a", notice("prepare")).await;
     node.notice("vm-a", notice("started")).await;
-    backends[0].stop();
+    backends[0].stop().await;
     // Tolerated for 500 ms, then counted: down well before the migration ends.
     assert!(
         eventually(Duration::from_secs(3), || async {
@@ -351,7 +351,7 @@ async fn a_restart_while_a_vm_drains_keeps_it_draining_and_the_migration_goes_on
     let node = Node::start(&config);
     let (status, _) = node.notice("vm-a", notice("prepare")).await;
     assert_eq!(status, 200);
-    backends[2].stop();
+    backends[2].stop().await;
     assert!(
         eventually(Duration::from_secs(4), || async {
             health_of(&node, "vm-c").await == "down"
@@ -426,7 +426,7 @@ async fn failed_connects_on_real_traffic_eject_a_backend_for_a_while() {
         &addresses,
         "outlier = { consecutive_failures = 2, ejection = \"1s\" }\nramp = { window = \"0s\" }",
     ));
-    backends[0].stop();
+    backends[0].stop().await;
     // Clients are still served (the failed connect is retried elsewhere) while vm-a is ejected.
     let counts = vm_counts(node.listener("tcp"), 40, 1).await;
     assert_eq!(counts.get("vm-b"), Some(&40), "{counts:?}");

@@ -55,7 +55,7 @@ async fn a_restart_keeps_moved_addresses_queued_prepares_and_ejections() {
     let (status, reply) = node.notice("vm-c", notice("prepare")).await;
     assert_eq!(status, 202, "queued: {reply}");
     // vm-d stops answering; failed connects on real traffic eject it for two minutes.
-    d.stop();
+    d.stop().await;
     assert!(
         eventually(Duration::from_secs(20), || async {
             let _ = vm_counts(node.listener("tcp"), 8, 1).await;

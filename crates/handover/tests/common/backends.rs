@@ -71,9 +71,11 @@ impl TcpBackend {
         }
     }
 
-    /// Stops accepting (open connections keep going).
-    pub fn stop(&self) {
+    /// Stops accepting (open connections keep going); returns once the listener is closed, so a
+    /// connect made after it is refused (the abort alone takes effect later, on a worker thread).
+    pub async fn stop(&mut self) {
         self.task.abort();
+        let _ = (&mut self.task).await;
     }
 }
 

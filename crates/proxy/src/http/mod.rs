@@ -71,7 +71,7 @@ use crate::accept::accept_loop;
 use crate::access_log::AccessLog;
 use crate::buffer::Buffer;
 use crate::pools::{Pool, SnapshotGuard};
-use crate::shutdown::{Shutdown, ShutdownListener};
+use crate::shutdown::{Shutdown, ShutdownListener, Wake};
 use crate::tls::TlsServer;
 use crate::tls::upstream::UpstreamTls;
 use head::{Request, RequestContext, RequestError};
@@ -186,17 +186,57 @@ pub(crate) async fn serve_connection<S: ClientStream>(
         None => drop(first),
     }
     shutdown.set_deadline(Some(Instant::now() + route.client_timeout));
-    tokio::select! {
+    let woke = tokio::select! {
         biased;
-        _ = &mut shutdown => return,
+        wake = &mut shutdown => Some(wake),
         ready = poll_fn(|cx| stream.poll_idle(cx)) => {
             if ready.is_err() {
                 return;
             }
+            None
         }
+    };
+    match woke {
+        Some(Wake::Expired) => return,
+        Some(Wake::Shutdown) => {
+            return serve_first_request_after_shutdown(stream, peer, route, shutdown).await;
+        }
+        None => {}
     }
     shutdown.set_deadline(None);
     Box::pin(Connection::new(stream, peer, route, shutdown, None).serve()).await;
+}
+
+/// How long a connection accepted before shutdown waits for its first request after it.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// A connection accepted just before shutdown (a reload's or a binary upgrade's handover to the
+/// new process, or a stop) whose first request is still on its way: its client opened it to send
+/// one, and closing it unanswered would fail that request (a keep-alive connection that already
+/// carried requests is closed at once instead: its client retries on a new one). Waits up to
+/// [`FIRST_REQUEST_GRACE`] (at most the client timeout) for the first bytes, then serves that one
+/// request, answered with `Connection: close`.
+async fn serve_first_request_after_shutdown<S: ClientStream>(
+    mut stream: S,
+    peer: SocketAddr,
+    route: Arc<HttpRoute>,
+    shutdown: ShutdownListener,
+) {
+    let deadline = Instant::now() + FIRST_REQUEST_GRACE.min(route.client_timeout);
+    let mut first = Buffer::take();
+    loop {
+        match first.read_now(&mut stream) {
+            Some(Ok(0) | Err(_)) => return,
+            Some(Ok(_)) => {
+                return Box::pin(Connection::new(stream, peer, route, shutdown, Some(first)).serve()).await;
+            }
+            None => {}
+        }
+        match tokio::time::timeout_at(deadline, poll_fn(|cx| stream.poll_idle(cx))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return,
+        }
+    }
 }
 
 /// Serves a client connection whose first bytes were already read (TLS sessions, and cleartext

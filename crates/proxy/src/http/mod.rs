@@ -199,7 +199,8 @@ pub(crate) async fn serve_connection<S: ClientStream>(
     match woke {
         Some(Wake::Expired) => return,
         Some(Wake::Shutdown) => {
-            return serve_first_request_after_shutdown(stream, peer, route, shutdown).await;
+            // Boxed: only a connection that meets a shutdown pays for this state.
+            return Box::pin(serve_first_request_after_shutdown(stream, peer, route, shutdown)).await;
         }
         None => {}
     }
